@@ -1,0 +1,521 @@
+//! Compiles the file model into the runtime model, reporting every semantic problem.
+//!
+//! Name references become `Arc`s, addresses are resolved, regexes, header names and direct
+//! responses are built here once, so nothing is parsed on the request path.
+
+use super::error::{did_you_mean, ErrorSink};
+use super::model::{
+    BalancerKind, ClusterSection, HealthCheckKind, HealthCheckSection, RespondSection,
+    RouteSection, ServerSection,
+};
+use super::ServerSettings;
+use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction, RouteSpec};
+use crate::upstream::{BackendAddr, Cluster, HashOn, HealthCheckSpec, Timeouts};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use ipnet::IpNet;
+use pingora::http::RequestHeader;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+use toml::Spanned;
+
+/// Compiles sections that deserialized cleanly; problems go to `errors`.
+pub struct Compiler<'e, 'a> {
+    errors: &'e mut ErrorSink<'a>,
+    /// The span of the entry being compiled, for problems that have no narrower position.
+    entry: Option<Range<usize>>,
+}
+
+impl<'e, 'a> Compiler<'e, 'a> {
+    /// A compiler recording into `errors`.
+    pub fn new(errors: &'e mut ErrorSink<'a>) -> Self {
+        Compiler {
+            errors,
+            entry: None,
+        }
+    }
+
+    /// Sets the entry that following problems without a narrower position point at.
+    pub fn at_entry(&mut self, span: Range<usize>) {
+        self.entry = Some(span);
+    }
+
+    fn entry_error(&mut self, key: &str, msg: impl Into<String>, hint: Option<String>) {
+        self.errors.push(self.entry.clone(), key, msg, hint);
+    }
+
+    fn error<T>(
+        &mut self,
+        spanned: &Spanned<T>,
+        key: &str,
+        msg: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        let span = spanned.span();
+        let span = (span.end > 0).then_some(span);
+        self.errors.push(span, key, msg, hint);
+    }
+
+    /// `[server]`.
+    pub fn server(&mut self, s: ServerSection) -> ServerSettings {
+        let mut listen = Vec::new();
+        if s.listen.is_empty() {
+            self.entry_error(
+                "server.listen",
+                "no listener configured",
+                Some("add listen = [\"127.0.0.1:8080\"]".into()),
+            );
+        }
+        for (i, addr) in s.listen.iter().enumerate() {
+            match addr.get_ref().parse::<SocketAddr>() {
+                Ok(a) => listen.push(a),
+                Err(_) => self.error(
+                    addr,
+                    &format!("server.listen[{i}]"),
+                    format!("`{}` is not an IP:port address", addr.get_ref()),
+                    Some("write it like \"127.0.0.1:8080\" or \"[::]:8080\"".into()),
+                ),
+            }
+        }
+        let mut trusted = Vec::new();
+        for (i, net) in s.trusted_proxies.iter().enumerate() {
+            let text = net.get_ref();
+            match text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            {
+                Ok(n) => trusted.push(n),
+                Err(_) => self.error(
+                    net,
+                    &format!("server.trusted_proxies[{i}]"),
+                    format!("`{text}` is not an IP address or CIDR block"),
+                    Some("write it like \"10.0.0.0/8\" or \"192.168.1.10\"".into()),
+                ),
+            }
+        }
+        let threads = match s.threads {
+            Some(0) => {
+                self.entry_error("server.threads", "threads must be at least 1", None);
+                1
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        ServerSettings {
+            listen,
+            threads,
+            trusted_proxies: trusted,
+            h2c: s.h2c,
+            grace_period: s.grace_period.map_or(Duration::from_secs(5), |d| d.0),
+            keepalive_timeout: s.keepalive_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(128),
+            pid_file: s.pid_file.unwrap_or_else(|| "/tmp/gantry.pid".into()),
+            upgrade_sock: s
+                .upgrade_sock
+                .unwrap_or_else(|| "/tmp/gantry_upgrade.sock".into()),
+            error_log: s.error_log,
+        }
+    }
+
+    /// `[clusters.NAME]`; `None` when it has errors.
+    pub fn cluster(&mut self, name: &str, c: ClusterSection) -> Option<Cluster> {
+        let before = self.error_count();
+        let key = format!("clusters.{name}");
+        if c.backends.is_empty() {
+            self.entry_error(
+                &format!("{key}.backends"),
+                "a cluster needs at least one backend",
+                Some("add backends = [\"127.0.0.1:9000\"]".into()),
+            );
+        }
+        let mut backends: Vec<BackendAddr> = Vec::new();
+        for (i, spec) in c.backends.iter().enumerate() {
+            let bkey = format!("{key}.backends[{i}]");
+            let b = spec.get_ref();
+            if b.weight == 0 {
+                self.error(
+                    spec,
+                    &bkey,
+                    "weight must be at least 1",
+                    Some("remove the backend to take it out of rotation".into()),
+                );
+                continue;
+            }
+            match resolve(&b.addr) {
+                Ok(addr) if backends.iter().any(|x| x.addr == addr) => self.error(
+                    spec,
+                    &bkey,
+                    format!("backend `{}` is listed twice", b.addr),
+                    Some("list each backend once and use weight to send it more traffic".into()),
+                ),
+                Ok(addr) => backends.push(BackendAddr {
+                    addr,
+                    weight: b.weight,
+                }),
+                Err(e) => self.error(
+                    spec,
+                    &bkey,
+                    e,
+                    Some("write it like \"127.0.0.1:9000\" or \"backend.internal:9000\"".into()),
+                ),
+            }
+        }
+        let hash_on = match (c.balancer, &c.hash_on) {
+            (BalancerKind::RoundRobin, Some(h)) => {
+                self.error(
+                    h,
+                    &format!("{key}.hash_on"),
+                    "hash_on only applies to balancer = \"consistent_hash\"",
+                    Some("remove hash_on or set balancer = \"consistent_hash\"".into()),
+                );
+                None
+            }
+            (BalancerKind::RoundRobin, None) => None,
+            (BalancerKind::ConsistentHash, None) => Some(HashOn::ClientIp),
+            (BalancerKind::ConsistentHash, Some(h)) => match HashOn::parse(h.get_ref()) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    self.error(h, &format!("{key}.hash_on"), e, None);
+                    None
+                }
+            },
+        };
+        let timeouts = Timeouts {
+            connect: self.positive(
+                c.connect_timeout.map(|d| d.0),
+                Duration::from_secs(5),
+                &key,
+                "connect_timeout",
+            ),
+            read: self.positive(
+                c.read_timeout.map(|d| d.0),
+                Duration::from_secs(60),
+                &key,
+                "read_timeout",
+            ),
+            write: self.positive(
+                c.write_timeout.map(|d| d.0),
+                Duration::from_secs(60),
+                &key,
+                "write_timeout",
+            ),
+            idle: c.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        };
+        let retries = c.retries.unwrap_or(2);
+        if retries > 15 {
+            self.entry_error(
+                &format!("{key}.retries"),
+                "retries must be at most 15",
+                None,
+            );
+        }
+        let health = c.health_check.and_then(|h| self.health_check(&key, h));
+        (self.error_count() == before)
+            .then(|| Cluster::new(name, &backends, hash_on, timeouts, retries, health))
+    }
+
+    fn health_check(
+        &mut self,
+        cluster_key: &str,
+        h: HealthCheckSection,
+    ) -> Option<HealthCheckSpec> {
+        let key = format!("{cluster_key}.health_check");
+        let interval = self.positive(
+            h.interval.map(|d| d.0),
+            Duration::from_secs(5),
+            &key,
+            "interval",
+        );
+        let timeout = self.positive(
+            h.timeout.map(|d| d.0),
+            Duration::from_secs(1),
+            &key,
+            "timeout",
+        );
+        let healthy_threshold = h.healthy_threshold.unwrap_or(2);
+        let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(2);
+        for (n, field) in [
+            (healthy_threshold, "healthy_threshold"),
+            (unhealthy_threshold, "unhealthy_threshold"),
+        ] {
+            if n == 0 {
+                self.entry_error(
+                    &format!("{key}.{field}"),
+                    format!("{field} must be at least 1"),
+                    None,
+                );
+            }
+        }
+        let expected_statuses = h.expected_statuses.unwrap_or_else(|| vec![200]);
+        if expected_statuses.is_empty()
+            || expected_statuses.iter().any(|s| !(100..=599).contains(s))
+        {
+            self.entry_error(
+                &format!("{key}.expected_statuses"),
+                "expected_statuses must list status codes between 100 and 599",
+                None,
+            );
+        }
+        let http_request = match h.kind {
+            HealthCheckKind::Tcp => {
+                for (field, set) in [("path", h.path.is_some()), ("host", h.host.is_some())] {
+                    if set {
+                        self.entry_error(
+                            &format!("{key}.{field}"),
+                            format!("`{field}` only applies to type = \"http\" checks"),
+                            None,
+                        );
+                    }
+                }
+                None
+            }
+            HealthCheckKind::Http => {
+                let path = h.path.as_ref().map_or("/", |p| p.get_ref().as_str());
+                let host = h
+                    .host
+                    .as_ref()
+                    .map_or("localhost", |p| p.get_ref().as_str());
+                let req = RequestHeader::build("GET", path.as_bytes(), None).and_then(|mut r| {
+                    r.insert_header(http::header::HOST, host)?;
+                    Ok(r)
+                });
+                match (path.starts_with('/'), req) {
+                    (true, Ok(r)) => Some(r),
+                    _ => {
+                        self.entry_error(
+                            &format!("{key}.path"),
+                            format!("invalid health check path `{path}` or host `{host}`"),
+                            Some("the path must start with `/`".into()),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        Some(HealthCheckSpec {
+            http_request,
+            interval,
+            timeout,
+            healthy_threshold,
+            unhealthy_threshold,
+            expected_statuses,
+        })
+    }
+
+    /// `[routes.NAME]`; `None` when it has errors.
+    pub fn route(
+        &mut self,
+        name: &str,
+        r: RouteSection,
+        clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
+    ) -> Option<RouteSpec> {
+        let before = self.error_count();
+        let key = format!("routes.{name}");
+        let hosts = self.parse_list(&r.hosts, &format!("{key}.hosts"), HostPattern::parse);
+        if r.paths.is_empty() {
+            self.entry_error(
+                &format!("{key}.paths"),
+                "a route needs at least one path",
+                Some("add paths = [\"/\"] to match everything".into()),
+            );
+        }
+        let paths = self.parse_list(&r.paths, &format!("{key}.paths"), PathPattern::parse);
+        if r.strip_prefix && paths.iter().any(|p| matches!(p, PathPattern::Regex(_))) {
+            self.entry_error(
+                &format!("{key}.strip_prefix"),
+                "strip_prefix needs prefix or exact paths; a regex has no prefix to strip",
+                None,
+            );
+        }
+        let methods = self.parse_list(&r.methods, &format!("{key}.methods"), |m| {
+            if m.bytes().any(|b| b.is_ascii_lowercase()) {
+                return Err(format!(
+                    "method `{m}` must be upper case (`{}`)",
+                    m.to_ascii_uppercase()
+                ));
+            }
+            Method::from_bytes(m.as_bytes()).map_err(|_| format!("invalid method `{m}`"))
+        });
+        let headers = self.headers(&r.headers, &format!("{key}.headers"));
+        let action = match (&r.cluster, r.respond) {
+            (Some(c), None) => match clusters.get(c.get_ref()) {
+                Some(Some(cluster)) => Some(RouteAction::Proxy(Arc::clone(cluster))),
+                // Already reported where the cluster is defined.
+                Some(None) => return None,
+                None => {
+                    let hint = did_you_mean(c.get_ref(), clusters.keys().map(String::as_str))
+                        .or_else(|| {
+                            Some(format!("define [clusters.{}] or fix the name", c.get_ref()))
+                        });
+                    self.error(
+                        c,
+                        &format!("{key}.cluster"),
+                        format!("cluster `{}` is not defined", c.get_ref()),
+                        hint,
+                    );
+                    None
+                }
+            },
+            (None, Some(resp)) => self.respond(&key, resp).map(RouteAction::Respond),
+            (Some(c), Some(_)) => {
+                self.error(
+                    c,
+                    &key,
+                    "a route has either `cluster` or `respond`, not both",
+                    None,
+                );
+                None
+            }
+            (None, None) => {
+                self.entry_error(
+                    &key,
+                    "a route needs `cluster` (to proxy) or `respond` (to answer directly)",
+                    Some("add cluster = \"NAME\"".into()),
+                );
+                None
+            }
+        };
+        if self.error_count() != before {
+            return None;
+        }
+        let route = Route {
+            name: name.into(),
+            methods,
+            headers,
+            priority: r.priority,
+            strip_prefix: r.strip_prefix,
+            action: action?,
+        };
+        Some(RouteSpec {
+            route: Arc::new(route),
+            hosts,
+            paths,
+        })
+    }
+
+    fn respond(
+        &mut self,
+        route_key: &str,
+        resp: Spanned<RespondSection>,
+    ) -> Option<DirectResponse> {
+        let key = format!("{route_key}.respond");
+        let span = resp.span();
+        let resp = resp.into_inner();
+        let status = match StatusCode::from_u16(resp.status) {
+            Ok(s) if (200..=599).contains(&resp.status) => s,
+            _ => {
+                self.errors.push(
+                    Some(span),
+                    &format!("{key}.status"),
+                    format!("status {} is not between 200 and 599", resp.status),
+                    None,
+                );
+                return None;
+            }
+        };
+        let mut headers = self.headers(&resp.headers, &format!("{key}.headers"));
+        let content_type = resp
+            .content_type
+            .as_deref()
+            .unwrap_or("text/plain; charset=utf-8");
+        match HeaderValue::from_str(content_type) {
+            Ok(v) => headers.push((http::header::CONTENT_TYPE, v)),
+            Err(_) => self.errors.push(
+                Some(span),
+                &format!("{key}.content_type"),
+                format!("`{content_type}` is not a valid header value"),
+                None,
+            ),
+        }
+        Some(DirectResponse {
+            status,
+            headers,
+            body: bytes::Bytes::from(resp.body),
+        })
+    }
+
+    fn headers(
+        &mut self,
+        map: &BTreeMap<String, Spanned<String>>,
+        key: &str,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::new();
+        for (name, value) in map {
+            let hname = HeaderName::from_bytes(name.as_bytes());
+            let hvalue = HeaderValue::from_str(value.get_ref());
+            match (hname, hvalue) {
+                (Ok(n), Ok(v)) => out.push((n, v)),
+                (Err(_), _) => self.error(
+                    value,
+                    &format!("{key}.{name}"),
+                    format!("`{name}` is not a valid header name"),
+                    None,
+                ),
+                (_, Err(_)) => self.error(
+                    value,
+                    &format!("{key}.{name}"),
+                    "not a valid header value (control characters are not allowed)",
+                    None,
+                ),
+            }
+        }
+        out
+    }
+
+    fn parse_list<T>(
+        &mut self,
+        items: &[Spanned<String>],
+        key: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Vec<T> {
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match parse(item.get_ref()) {
+                Ok(v) => out.push(v),
+                Err(e) => self.error(item, &format!("{key}[{i}]"), e, None),
+            }
+        }
+        out
+    }
+
+    fn positive(
+        &mut self,
+        value: Option<Duration>,
+        default: Duration,
+        key: &str,
+        field: &str,
+    ) -> Duration {
+        match value {
+            Some(d) if d.is_zero() => {
+                self.entry_error(
+                    &format!("{key}.{field}"),
+                    format!("{field} must be greater than zero"),
+                    None,
+                );
+                default
+            }
+            Some(d) => d,
+            None => default,
+        }
+    }
+
+    fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+}
+
+/// Resolves `host:port` once, at load (never on the request path).
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !addr.contains(':') {
+        return Err(format!("backend `{addr}` has no port"));
+    }
+    addr.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve backend `{addr}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("backend `{addr}` resolved to no address"))
+}

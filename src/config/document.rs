@@ -1,0 +1,255 @@
+//! The spanned TOML document and per-entry deserialization.
+//!
+//! serde stops at the first error, which would make an operator fix a file one mistake at a
+//! time. Instead the file is parsed once into spanned values and every entry (`[server]`, each
+//! `[clusters.*]`, each `[routes.*]`) is deserialized on its own. When an entry fails, the
+//! offending key is removed and the entry is tried again, so one pass reports every unknown key
+//! and every bad value with its line and column.
+
+use super::error::{did_you_mean, ConfigErrors, ErrorSink};
+use serde::de::DeserializeOwned;
+use serde_path_to_error::Segment;
+use toml::de::{DeArray, DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+/// A parsed configuration file whose sections are taken out one by one.
+pub struct Document<'a> {
+    root: DeTable<'a>,
+    /// Errors found so far.
+    pub errors: ErrorSink<'a>,
+}
+
+/// A named entry of a map section (`routes.users`).
+pub struct Entry<'a> {
+    /// The entry's name.
+    pub name: String,
+    /// The entry's value.
+    pub value: Spanned<DeValue<'a>>,
+}
+
+impl<'a> Document<'a> {
+    /// Parses `src`, reporting every syntax error at once.
+    pub fn parse(file: &'a str, src: &'a str) -> Result<Self, ConfigErrors> {
+        let (root, syntax_errors) = DeTable::parse_recoverable(src);
+        let mut errors = ErrorSink::new(file, src);
+        if !syntax_errors.is_empty() {
+            for e in syntax_errors {
+                errors.push(
+                    e.span(),
+                    "",
+                    format!("TOML syntax: {}", e.message().trim()),
+                    None,
+                );
+            }
+            return Err(errors.into_errors());
+        }
+        Ok(Document {
+            root: root.into_inner(),
+            errors,
+        })
+    }
+
+    /// Removes the top-level key `name` and returns its value.
+    pub fn take(&mut self, name: &str) -> Option<Spanned<DeValue<'a>>> {
+        take_key(&mut self.root, name)
+    }
+
+    /// Reports every top-level key that is left over as unknown.
+    pub fn reject_remaining(&mut self, known: &[&str]) {
+        let leftovers: Vec<_> = self.root.iter().map(|(k, _)| k.clone()).collect();
+        for key in leftovers {
+            let hint = did_you_mean(key.get_ref(), known.iter().copied())
+                .or_else(|| Some(format!("top-level sections are: {}", known.join(", "))));
+            self.errors.push(
+                Some(key.span()),
+                key.get_ref(),
+                format!("unknown section `{}`", key.get_ref()),
+                hint,
+            );
+        }
+    }
+
+    /// Splits a map section (`[routes]`) into its named entries.
+    pub fn entries(&mut self, section: &str, value: Spanned<DeValue<'a>>) -> Vec<Entry<'a>> {
+        let span = value.span();
+        match value.into_inner() {
+            DeValue::Table(table) => table
+                .into_iter()
+                .map(|(k, v)| Entry {
+                    name: k.get_ref().to_string(),
+                    value: v,
+                })
+                .collect(),
+            other => {
+                self.errors.push(
+                    Some(span),
+                    section,
+                    format!(
+                        "expected a table of named entries, found {}",
+                        other.type_str()
+                    ),
+                    Some(format!("write entries as [{section}.NAME]")),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// Deserializes one entry, recording every problem in it. Keys with problems are dropped
+    /// and the rest is returned for semantic checks; `None` when a required key is missing.
+    pub fn deserialize<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
+        mut value: Spanned<DeValue<'a>>,
+    ) -> Option<T> {
+        let mut removed: Vec<String> = Vec::new();
+        // Each failed attempt removes one key, so this ends after at most one pass per key.
+        loop {
+            let attempt =
+                serde_path_to_error::deserialize::<_, T>(ValueDeserializer::from(value.clone()));
+            let err = match attempt {
+                // Keys removed above were reported already; the rest is still checked.
+                Ok(parsed) => return Some(parsed),
+                Err(err) => err,
+            };
+            let mut path: Vec<Segment> = err.path().iter().cloned().collect();
+            let inner = err.into_inner();
+            let message = inner.message().trim().to_string();
+
+            if let Some(field) = quoted(&message, "missing field `") {
+                if !removed.iter().any(|r| r.ends_with(&format!(".{field}"))) {
+                    let full = join_key(key, &path, Some(field));
+                    self.errors.push(
+                        inner.span(),
+                        &full,
+                        format!("missing required key `{field}`"),
+                        Some(format!("add `{field} = …` here")),
+                    );
+                }
+                return None;
+            }
+
+            let (text, hint) = if let Some(field) = quoted(&message, "unknown field `") {
+                if !matches!(path.last(), Some(Segment::Map { key }) if key == field) {
+                    path.push(Segment::Map {
+                        key: field.to_string(),
+                    });
+                }
+                let expected = expected_names(&message);
+                let hint = did_you_mean(field, expected.iter().copied()).or_else(|| {
+                    (!expected.is_empty())
+                        .then(|| format!("valid keys here: {}", expected.join(", ")))
+                });
+                (format!("unknown key `{field}`"), hint)
+            } else if let Some(variant) = quoted(&message, "unknown variant `") {
+                let expected = expected_names(&message);
+                let hint = did_you_mean(variant, expected.iter().copied())
+                    .or_else(|| Some(format!("use one of: {}", expected.join(", "))));
+                (format!("unknown value `{variant}`"), hint)
+            } else {
+                (message.clone(), None)
+            };
+            let full = join_key(key, &path, None);
+            self.errors.push(inner.span(), &full, text, hint);
+            removed.push(full);
+            if path.is_empty() || !remove_path(&mut value, &path) {
+                return None;
+            }
+        }
+    }
+}
+
+fn take_key<'a>(table: &mut DeTable<'a>, name: &str) -> Option<Spanned<DeValue<'a>>> {
+    let key = table.keys().find(|k| k.get_ref() == name)?.clone();
+    table.remove(&key)
+}
+
+/// Removes the value at `path` so the next attempt can find the next problem.
+fn remove_path(value: &mut Spanned<DeValue<'_>>, path: &[Segment]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut cur = value.get_mut();
+    for seg in parents {
+        cur = match (cur, seg) {
+            (DeValue::Table(t), Segment::Map { key }) => {
+                match t.iter_mut().find(|(k, _)| k.get_ref() == key) {
+                    Some((_, v)) => v.get_mut(),
+                    None => return false,
+                }
+            }
+            (DeValue::Array(a), Segment::Seq { index }) => match a.get_mut(*index) {
+                Some(v) => v.get_mut(),
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (cur, last) {
+        (DeValue::Table(t), Segment::Map { key }) => take_key(t, key).is_some(),
+        (DeValue::Array(a), Segment::Seq { index }) if *index < a.len() => {
+            let items = std::mem::replace(a, DeArray::new());
+            *a = items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, v)| (i != *index).then_some(v))
+                .collect();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `routes.users` + `[health_check, interval]` -> `routes.users.health_check.interval`.
+fn join_key(base: &str, path: &[Segment], extra: Option<&str>) -> String {
+    let mut out = base.to_string();
+    for seg in path {
+        match seg {
+            Segment::Map { key } => {
+                out.push('.');
+                out.push_str(key);
+            }
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Enum { variant } => {
+                out.push('.');
+                out.push_str(variant);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    if let Some(extra) = extra {
+        out.push('.');
+        out.push_str(extra);
+    }
+    out
+}
+
+/// The text between `prefix` and the next backtick.
+fn quoted<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
+    let rest = &message[message.find(prefix)? + prefix.len()..];
+    Some(&rest[..rest.find('`')?])
+}
+
+/// The backticked names after "expected" in a serde message.
+fn expected_names(message: &str) -> Vec<&str> {
+    let Some(pos) = message.find("expected") else {
+        return Vec::new();
+    };
+    message[pos..].split('`').skip(1).step_by(2).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_names_are_read_from_serde_messages() {
+        let msg = "unknown field `clsuter`, expected one of `hosts`, `paths`, `cluster`";
+        assert_eq!(quoted(msg, "unknown field `"), Some("clsuter"));
+        assert_eq!(expected_names(msg), vec!["hosts", "paths", "cluster"]);
+        assert_eq!(
+            expected_names("unknown variant `x`, expected `a` or `b`"),
+            vec!["a", "b"]
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! The file model: serde structs that mirror `gantry.toml` exactly.
+//!
+//! These types are the public configuration interface and nothing else; they are never used on
+//! the request path. [`super::compile`] turns them into the runtime model. Every struct denies
+//! unknown keys so a misspelt key is an error, never silently ignored. Defaults are documented
+//! on each field and in `docs/configuration.md`.
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+use toml::Spanned;
+
+/// A humantime duration such as `"500ms"`, `"1s"` or `"2m 30s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| {
+                de::Error::custom(format!(
+                    "invalid duration `{text}`: {e} (write it like \"500ms\", \"1s\" or \"2m\")"
+                ))
+            })
+    }
+}
+
+/// `[server]`: listeners and process-wide settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Plain-text listeners (HTTP/1.1 and h2c on the same port). Default `["127.0.0.1:8080"]`.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<Spanned<String>>,
+    /// Worker threads. Default: the number of CPUs.
+    pub threads: Option<usize>,
+    /// Peers whose `X-Forwarded-*` and `X-Request-Id` headers are believed. Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Accept HTTP/2 prior-knowledge (h2c) on the plain listeners. Default `true`.
+    #[serde(default = "default_true")]
+    pub h2c: bool,
+    /// How long SIGTERM waits for in-flight requests before exiting. Default `"5s"`.
+    pub grace_period: Option<HumanDuration>,
+    /// How long an idle client keep-alive connection is kept open. Default `"60s"`.
+    pub keepalive_timeout: Option<HumanDuration>,
+    /// Idle upstream connections kept per worker thread. Default `128`.
+    pub upstream_keepalive_pool_size: Option<usize>,
+    /// The pid file (used with `--daemon`). Default `/tmp/gantry.pid`.
+    pub pid_file: Option<String>,
+    /// The Unix socket that hands listeners over on `--upgrade`. Default `/tmp/gantry_upgrade.sock`.
+    pub upgrade_sock: Option<String>,
+    /// Where logs go when running with `--daemon`. Default: stderr.
+    pub error_log: Option<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: default_listen(),
+            threads: None,
+            trusted_proxies: Vec::new(),
+            h2c: true,
+            grace_period: None,
+            keepalive_timeout: None,
+            upstream_keepalive_pool_size: None,
+            pid_file: None,
+            upgrade_sock: None,
+            error_log: None,
+        }
+    }
+}
+
+fn default_listen() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "127.0.0.1:8080".to_string())]
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `balancer = "…"` of a cluster.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancerKind {
+    /// Weighted round robin (the default).
+    #[default]
+    RoundRobin,
+    /// Ketama consistent hashing keyed by `hash_on`.
+    ConsistentHash,
+}
+
+/// `[clusters.NAME]`: a named group of upstream backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Selection algorithm. Default `round_robin`.
+    #[serde(default)]
+    pub balancer: BalancerKind,
+    /// What a consistent hash is keyed on. Default `client_ip`.
+    pub hash_on: Option<Spanned<String>>,
+    /// `"host:port"` strings or `{ addr, weight }` tables. Required, at least one.
+    pub backends: Vec<Spanned<BackendSpec>>,
+    /// TCP connect timeout. Default `"5s"`.
+    pub connect_timeout: Option<HumanDuration>,
+    /// Timeout for each read from the upstream (response header and every body chunk). Default `"60s"`.
+    pub read_timeout: Option<HumanDuration>,
+    /// Timeout for each write to the upstream. Default `"60s"`.
+    pub write_timeout: Option<HumanDuration>,
+    /// How long an idle pooled upstream connection is kept. Default `"60s"`.
+    pub idle_timeout: Option<HumanDuration>,
+    /// Connection failures retried on another backend. Default `2`.
+    pub retries: Option<u32>,
+    /// Active health checking. Default: none (every backend is considered up).
+    pub health_check: Option<HealthCheckSection>,
+}
+
+/// One entry of `backends`.
+#[derive(Debug, Clone)]
+pub struct BackendSpec {
+    /// `host:port`; hostnames are resolved when the config is loaded.
+    pub addr: String,
+    /// Relative weight for round robin. Default `1`.
+    pub weight: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendTable {
+    addr: String,
+    #[serde(default = "default_weight")]
+    weight: usize,
+}
+
+fn default_weight() -> usize {
+    1
+}
+
+impl<'de> Deserialize<'de> for BackendSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SpecVisitor;
+        impl<'de> Visitor<'de> for SpecVisitor {
+            type Value = BackendSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"host:port\" or { addr = \"host:port\", weight = N }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<BackendSpec, E> {
+                Ok(BackendSpec {
+                    addr: v.to_string(),
+                    weight: 1,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<BackendSpec, A::Error> {
+                let t = BackendTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(BackendSpec {
+                    addr: t.addr,
+                    weight: t.weight,
+                })
+            }
+        }
+        deserializer.deserialize_any(SpecVisitor)
+    }
+}
+
+/// `type = "…"` of a health check.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// `GET path` must answer one of `expected_statuses` (the default).
+    #[default]
+    Http,
+    /// A TCP connect must succeed.
+    Tcp,
+}
+
+/// `[clusters.NAME.health_check]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// `http` or `tcp`. Default `http`.
+    #[serde(default, rename = "type")]
+    pub kind: HealthCheckKind,
+    /// Path probed by HTTP checks. Default `"/"`.
+    pub path: Option<Spanned<String>>,
+    /// `Host` header sent by HTTP checks. Default `"localhost"`.
+    pub host: Option<Spanned<String>>,
+    /// Time between checks. Default `"5s"`.
+    pub interval: Option<HumanDuration>,
+    /// Connect and read timeout of one check. Default `"1s"`.
+    pub timeout: Option<HumanDuration>,
+    /// Consecutive successes that mark a backend up. Default `2`.
+    pub healthy_threshold: Option<usize>,
+    /// Consecutive failures that mark a backend down. Default `2`.
+    pub unhealthy_threshold: Option<usize>,
+    /// Statuses counted as healthy for HTTP checks. Default `[200]`.
+    pub expected_statuses: Option<Vec<u16>>,
+}
+
+/// `[routes.NAME]`: how requests are matched and where they go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// Hosts, exact (`api.example.com`) or leading wildcard (`*.example.com`). Default: any host.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// Paths: `/p` prefix, `=/p` exact, `~^/re` regex. Required, at least one.
+    pub paths: Vec<Spanned<String>>,
+    /// Allowed methods. Default: any method.
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// Headers that must be present with exactly this value. Default: none.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    /// Higher wins before any other precedence rule. Default `0`.
+    #[serde(default)]
+    pub priority: i64,
+    /// Remove the matched prefix before proxying. Default `false`.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// The cluster that serves this route (exactly one of `cluster` and `respond`).
+    pub cluster: Option<Spanned<String>>,
+    /// A direct response served by the gateway itself.
+    pub respond: Option<Spanned<RespondSection>>,
+}
+
+/// `respond = { … }` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondSection {
+    /// Status code. Default `200`.
+    #[serde(default = "default_status")]
+    pub status: u16,
+    /// Body text. Default: empty.
+    #[serde(default)]
+    pub body: String,
+    /// `Content-Type` of the body. Default `"text/plain; charset=utf-8"`.
+    pub content_type: Option<String>,
+    /// Extra response headers. Default: none.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+}
+
+fn default_status() -> u16 {
+    200
+}

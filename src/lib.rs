@@ -1,0 +1,22 @@
+//! Gantry: an API gateway and edge proxy on Cloudflare's Pingora.
+//!
+//! A request flows through these modules:
+//!
+//! ```text
+//! config  (TOML file -> validated, compiled Config; every error at once, with line and key)
+//!   |
+//! server  (Pingora Server: listeners, proxy service, health-check service)
+//!   |
+//! proxy   request_filter: request id, client IP, routing, direct responses, 404/405/400
+//!   |     upstream_peer:  cluster selection (again on each connect retry)
+//!   |     upstream_request_filter / response_filter: strip_prefix, X-Forwarded-*, X-Request-Id
+//!   |     fail_to_proxy:  every error as RFC 9457 problem+json
+//! router  (host index -> exact / prefix trie / regex path index)
+//! upstream (pingora-load-balancing clusters, peers with timeouts, active health checks)
+//! ```
+
+pub mod config;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,304 @@
+//! The Pingora `ProxyHttp` implementation: each hook is a few lines delegating to the router,
+//! the upstream clusters and the problem writer.
+//!
+//! Per request: `request_filter` assigns the request id and client IP, routes, and answers
+//! direct responses and routing errors; `upstream_peer` picks a backend (again on each retry);
+//! `fail_to_connect` decides retries; `upstream_request_filter` strips the prefix and sets the
+//! forwarding headers; `response_filter` echoes the request id; `fail_to_proxy` turns any
+//! error into problem+json.
+
+mod ctx;
+mod forwarded;
+mod problem;
+
+pub use ctx::RequestCtx;
+pub use problem::{Problem, ProblemKind};
+
+use crate::config::Config;
+use crate::router::{normalize_host, Lookup, RequestView, RouteAction};
+use crate::upstream::hash_key::ip_key;
+use async_trait::async_trait;
+use forwarded::X_REQUEST_ID;
+use http::{header, Method, Uri};
+use pingora::http::ResponseHeader;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use problem::{ALL_BACKENDS_FAILED, NO_HEALTHY_BACKEND};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The gateway: routes every request of one configuration.
+pub struct Gateway {
+    config: Arc<Config>,
+    keepalive_secs: u64,
+}
+
+impl Gateway {
+    /// A gateway serving `config`.
+    pub fn new(config: Arc<Config>) -> Self {
+        let keepalive_secs = config.server.keepalive_timeout.as_secs().max(1);
+        Gateway {
+            config,
+            keepalive_secs,
+        }
+    }
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// What routing decided, owned so the session can be written to afterwards.
+enum Decision {
+    Proxy,
+    Respond(Arc<crate::router::Route>),
+    Problem(ProblemKind, String, Vec<Method>),
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let settings = &self.config.server;
+        session.set_keepalive(Some(self.keepalive_secs));
+        let peer = peer_ip(session);
+        ctx.peer_trusted = peer.is_some_and(|ip| settings.is_trusted(ip));
+        let req = session.req_header();
+        ctx.request_id = forwarded::request_id(&req.headers, ctx.peer_trusted);
+        ctx.client_ip = forwarded::client_ip(peer, ctx.peer_trusted, &req.headers, settings);
+
+        let path = req.uri.path();
+        let decision = if !forwarded::is_routable_path(path) {
+            Decision::Problem(
+                ProblemKind::MalformedRequest,
+                "the path must be absolute and must not contain `.` or `..` segments".into(),
+                Vec::new(),
+            )
+        } else {
+            let raw_host = req
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str()))
+                .unwrap_or_default();
+            let host = normalize_host(raw_host);
+            let view = RequestView {
+                host: &host,
+                path,
+                method: &req.method,
+                headers: &req.headers,
+            };
+            match self.config.router.lookup(&view) {
+                Lookup::Found(m) => {
+                    ctx.prefix_len = m.prefix_len;
+                    ctx.route = Some(Arc::clone(m.route));
+                    match m.route.action {
+                        RouteAction::Proxy(_) => Decision::Proxy,
+                        RouteAction::Respond(_) => Decision::Respond(Arc::clone(m.route)),
+                    }
+                }
+                Lookup::MethodNotAllowed(allowed) => Decision::Problem(
+                    ProblemKind::MethodNotAllowed,
+                    format!("{} is not allowed here", req.method),
+                    allowed,
+                ),
+                Lookup::NotFound => Decision::Problem(
+                    ProblemKind::NoRoute,
+                    "no route matches this host and path".into(),
+                    Vec::new(),
+                ),
+            }
+        };
+        match decision {
+            Decision::Proxy => Ok(false),
+            Decision::Respond(route) => {
+                write_direct_response(session, &route, ctx).await?;
+                Ok(true)
+            }
+            Decision::Problem(kind, detail, allow) => {
+                let problem = Problem {
+                    kind,
+                    detail: &detail,
+                    allow: &allow,
+                };
+                problem.send(session, &ctx.request_id).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(RouteAction::Proxy(cluster)) = ctx.route.as_ref().map(|r| &r.action) else {
+            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a cluster");
+        };
+        let mut ip_buf = [0u8; 16];
+        let client = ip_key(ctx.client_ip, &mut ip_buf);
+        let key = match cluster.hash_on() {
+            Some(hash_on) => hash_on.key(session.req_header(), client),
+            None => &[],
+        };
+        match cluster.select(key, &ctx.failed) {
+            Some((addr, peer)) => {
+                ctx.backend = Some(*addr);
+                Ok(Box::new(peer.clone()))
+            }
+            None if ctx.failed.is_empty() => Error::e_explain(
+                NO_HEALTHY_BACKEND,
+                format!("cluster {} has no healthy backend", cluster.name),
+            ),
+            None => Error::e_explain(
+                ALL_BACKENDS_FAILED,
+                format!("cluster {}: every healthy backend failed", cluster.name),
+            ),
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(addr) = ctx.backend.take() {
+            ctx.failed.push(addr);
+        }
+        let retries = match ctx.route.as_ref().map(|r| &r.action) {
+            Some(RouteAction::Proxy(cluster)) => cluster.retries,
+            _ => 0,
+        };
+        if ctx.retries_used < retries {
+            ctx.retries_used += 1;
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut pingora::http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.route.as_ref().is_some_and(|r| r.strip_prefix) {
+            let stripped = strip_prefix(&upstream.uri, ctx.prefix_len)?;
+            upstream.set_uri(stripped);
+        }
+        let host = session.req_header().headers.get(header::HOST).cloned();
+        forwarded::set_forwarded_headers(upstream, peer_ip(session), ctx.peer_trusted, host)?;
+        upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let Some(kind) = ProblemKind::from_error(e) else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if ctx.request_id.is_empty() {
+            ctx.request_id = forwarded::new_request_id();
+        }
+        if session.response_written().is_none() {
+            let detail = match kind {
+                ProblemKind::UpstreamTimeout => "the upstream did not answer in time",
+                ProblemKind::NoHealthyBackend => "no backend of the cluster is healthy",
+                ProblemKind::UpstreamUnavailable => "the upstream could not be reached",
+                ProblemKind::MalformedRequest => "the request could not be read",
+                _ => "the request failed inside the gateway",
+            };
+            if let Err(err) = Problem::new(kind, detail)
+                .send(session, &ctx.request_id)
+                .await
+            {
+                log::debug!("could not send the error response: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: kind.status(),
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+/// `/users/7?x=1` with a 6-byte prefix becomes `/7?x=1`; the whole path becomes `/`.
+fn strip_prefix(uri: &Uri, prefix_len: usize) -> Result<Uri> {
+    let path = uri.path();
+    let rest = path.get(prefix_len..).unwrap_or_default();
+    let rest = if rest.starts_with('/') { rest } else { "/" };
+    let new = match uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    new.parse::<Uri>()
+        .map_err(|_| Error::explain(ErrorType::InternalError, "stripped path is not a valid URI"))
+}
+
+async fn write_direct_response(
+    session: &mut Session,
+    route: &crate::router::Route,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    let RouteAction::Respond(direct) = &route.action else {
+        return Ok(());
+    };
+    let mut resp = ResponseHeader::build(direct.status, Some(direct.headers.len() + 2))?;
+    for (name, value) in &direct.headers {
+        resp.insert_header(name.clone(), value.clone())?;
+    }
+    resp.insert_header(header::CONTENT_LENGTH, direct.body.len())?;
+    resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+    let no_body = direct.body.is_empty() || session.req_header().method == Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), no_body)
+        .await?;
+    if !no_body {
+        session
+            .write_response_body(Some(direct.body.clone()), true)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_prefix_keeps_the_query_and_a_leading_slash() {
+        let uri: Uri = "/users/7?x=1".parse().unwrap();
+        assert_eq!(strip_prefix(&uri, 6).unwrap(), "/7?x=1");
+        let uri: Uri = "/users".parse().unwrap();
+        assert_eq!(strip_prefix(&uri, 6).unwrap(), "/");
+        let uri: Uri = "/anything".parse().unwrap();
+        assert_eq!(strip_prefix(&uri, 0).unwrap(), "/anything");
+    }
+}

@@ -1,0 +1,193 @@
+//! RFC 9457 problem+json error responses, written in one place for every error.
+//!
+//! Each kind has a stable `type` URI (`urn:gantry:problem:SLUG`) documented in `docs/errors.md`.
+//! Every body carries the request id; the `detail` never contains secrets or upstream internals.
+
+use http::{header, HeaderValue, Method};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+/// Error type raised by `upstream_peer` when no backend of the cluster is healthy.
+pub const NO_HEALTHY_BACKEND: ErrorType = ErrorType::Custom("no healthy backend");
+/// Error type raised when every backend tried for a request failed to connect.
+pub const ALL_BACKENDS_FAILED: ErrorType = ErrorType::Custom("every backend tried failed");
+
+/// The stable kinds of error a client can receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// 400: the request cannot be routed as sent.
+    MalformedRequest,
+    /// 404: no route matched.
+    NoRoute,
+    /// 405: a route matched the path but not the method.
+    MethodNotAllowed,
+    /// 500: a bug or an unexpected internal failure.
+    Internal,
+    /// 502: the upstream could not be reached or answered badly.
+    UpstreamUnavailable,
+    /// 503: the cluster has no healthy backend.
+    NoHealthyBackend,
+    /// 504: the upstream did not answer in time.
+    UpstreamTimeout,
+}
+
+impl ProblemKind {
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            ProblemKind::MalformedRequest => 400,
+            ProblemKind::NoRoute => 404,
+            ProblemKind::MethodNotAllowed => 405,
+            ProblemKind::Internal => 500,
+            ProblemKind::UpstreamUnavailable => 502,
+            ProblemKind::NoHealthyBackend => 503,
+            ProblemKind::UpstreamTimeout => 504,
+        }
+    }
+
+    /// The last part of the `type` URI.
+    pub fn slug(self) -> &'static str {
+        match self {
+            ProblemKind::MalformedRequest => "malformed-request",
+            ProblemKind::NoRoute => "no-route",
+            ProblemKind::MethodNotAllowed => "method-not-allowed",
+            ProblemKind::Internal => "internal-error",
+            ProblemKind::UpstreamUnavailable => "upstream-unavailable",
+            ProblemKind::NoHealthyBackend => "no-healthy-backend",
+            ProblemKind::UpstreamTimeout => "upstream-timeout",
+        }
+    }
+
+    /// The short human summary.
+    pub fn title(self) -> &'static str {
+        match self {
+            ProblemKind::MalformedRequest => "Malformed request",
+            ProblemKind::NoRoute => "No route matched",
+            ProblemKind::MethodNotAllowed => "Method not allowed",
+            ProblemKind::Internal => "Internal error",
+            ProblemKind::UpstreamUnavailable => "Upstream unavailable",
+            ProblemKind::NoHealthyBackend => "No healthy backend",
+            ProblemKind::UpstreamTimeout => "Upstream timeout",
+        }
+    }
+
+    /// Classifies a proxying error; `None` when the client is gone and nothing can be sent.
+    pub fn from_error(e: &Error) -> Option<ProblemKind> {
+        use ErrorType::*;
+        let kind = match (e.etype(), e.esource()) {
+            (t, _) if *t == NO_HEALTHY_BACKEND => ProblemKind::NoHealthyBackend,
+            (t, _) if *t == ALL_BACKENDS_FAILED => ProblemKind::UpstreamUnavailable,
+            (HTTPStatus(404), _) => ProblemKind::NoRoute,
+            (HTTPStatus(code), _) if (400..500).contains(code) => ProblemKind::MalformedRequest,
+            (ConnectTimedout | ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
+                ProblemKind::UpstreamTimeout
+            }
+            (_, ErrorSource::Upstream) => ProblemKind::UpstreamUnavailable,
+            (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => return None,
+            (_, ErrorSource::Downstream) => ProblemKind::MalformedRequest,
+            _ => ProblemKind::Internal,
+        };
+        Some(kind)
+    }
+}
+
+/// A problem to send: its kind, a detail line and, for 405, the allowed methods.
+pub struct Problem<'a> {
+    /// What went wrong.
+    pub kind: ProblemKind,
+    /// One line for the client, without secrets.
+    pub detail: &'a str,
+    /// Methods for the `Allow` header (405 only).
+    pub allow: &'a [Method],
+}
+
+impl<'a> Problem<'a> {
+    /// A problem without `Allow`.
+    pub fn new(kind: ProblemKind, detail: &'a str) -> Self {
+        Problem {
+            kind,
+            detail,
+            allow: &[],
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self, request_id: &str) -> String {
+        let kind = self.kind;
+        format!(
+            "{{\"type\":\"urn:gantry:problem:{}\",\"title\":\"{}\",\"status\":{},\"detail\":{},\"request_id\":{}}}",
+            kind.slug(),
+            kind.title(),
+            kind.status(),
+            serde_json::Value::from(self.detail),
+            serde_json::Value::from(request_id),
+        )
+    }
+
+    /// Writes the problem as the response. The connection is closed afterwards for 400s.
+    pub async fn send(&self, session: &mut Session, request_id: &HeaderValue) -> Result<()> {
+        let body = self.body(request_id.to_str().unwrap_or_default());
+        let mut resp = ResponseHeader::build(self.kind.status(), Some(5))?;
+        resp.insert_header(header::CONTENT_TYPE, "application/problem+json")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        resp.insert_header("x-request-id", request_id.clone())?;
+        if !self.allow.is_empty() {
+            let allow: Vec<&str> = self.allow.iter().map(Method::as_str).collect();
+            resp.insert_header(header::ALLOW, allow.join(", "))?;
+        }
+        if self.kind == ProblemKind::MalformedRequest {
+            session.set_keepalive(None);
+        }
+        let head_only = session.req_header().method == Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
+        if !head_only {
+            session
+                .write_response_body(Some(bytes::Bytes::from(body)), true)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_valid_json_with_escaped_detail() {
+        let p = Problem::new(ProblemKind::NoRoute, "no route for \"/x\"\n");
+        let v: serde_json::Value = serde_json::from_str(&p.body("id-1")).expect("valid json");
+        assert_eq!(v["type"], "urn:gantry:problem:no-route");
+        assert_eq!(v["status"], 404);
+        assert_eq!(v["detail"], "no route for \"/x\"\n");
+        assert_eq!(v["request_id"], "id-1");
+    }
+
+    #[test]
+    fn errors_map_to_stable_kinds() {
+        let e = Error::new(NO_HEALTHY_BACKEND);
+        assert_eq!(
+            ProblemKind::from_error(&e),
+            Some(ProblemKind::NoHealthyBackend)
+        );
+        let mut e = Error::new(ErrorType::ReadTimedout);
+        e.as_up();
+        assert_eq!(
+            ProblemKind::from_error(&e),
+            Some(ProblemKind::UpstreamTimeout)
+        );
+        let mut e = Error::new(ErrorType::ConnectRefused);
+        e.as_up();
+        assert_eq!(
+            ProblemKind::from_error(&e),
+            Some(ProblemKind::UpstreamUnavailable)
+        );
+        let mut e = Error::new(ErrorType::ConnectionClosed);
+        e.as_down();
+        assert_eq!(ProblemKind::from_error(&e), None);
+    }
+}

@@ -1,0 +1,254 @@
+//! Request routing: host, path, method and header matching compiled into an index.
+//!
+//! Precedence, in order: the highest `priority`; then the host (exact before wildcard before no
+//! host); then the path (exact before the longest prefix before regex); then the route with more
+//! method/header conditions; then the route declared first. Method and header conditions only
+//! narrow a candidate. The index is a host hash map (exact and wildcard suffixes) over a path
+//! index (exact hash map, segment trie for prefixes, regexes in declared order), so a lookup
+//! costs a few hash probes per path segment, not a scan over every route.
+
+mod host;
+mod path;
+
+pub use host::{normalize_host, HostPattern};
+pub use path::PathPattern;
+
+use crate::upstream::Cluster;
+use ahash::AHashMap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use path::{Candidate, PathIndex, PathRank};
+use std::sync::Arc;
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's name from the config (`routes.NAME`).
+    pub name: Arc<str>,
+    /// Allowed methods; empty means any.
+    pub methods: Vec<Method>,
+    /// Headers that must be present with exactly these values.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Higher wins first.
+    pub priority: i64,
+    /// Remove the matched prefix before proxying.
+    pub strip_prefix: bool,
+    /// What happens to a matched request.
+    pub action: RouteAction,
+}
+
+/// What a matched route does.
+#[derive(Debug)]
+pub enum RouteAction {
+    /// Proxy to a cluster.
+    Proxy(Arc<Cluster>),
+    /// Answer directly.
+    Respond(DirectResponse),
+}
+
+/// A response served by the gateway itself, prepared at load.
+#[derive(Debug)]
+pub struct DirectResponse {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers including `Content-Type`.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Route {
+    fn method_allowed(&self, method: &Method) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m == method)
+    }
+
+    fn headers_match(&self, headers: &HeaderMap) -> bool {
+        self.headers
+            .iter()
+            .all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
+    }
+
+    fn condition_count(&self) -> usize {
+        usize::from(!self.methods.is_empty()) + self.headers.len()
+    }
+}
+
+/// A route with the hosts and paths it is reachable under, as input to [`Router::new`].
+pub struct RouteSpec {
+    /// The route.
+    pub route: Arc<Route>,
+    /// Host patterns; empty means any host.
+    pub hosts: Vec<HostPattern>,
+    /// Path patterns; at least one.
+    pub paths: Vec<PathPattern>,
+}
+
+/// The parts of a request that routing looks at.
+pub struct RequestView<'a> {
+    /// Lower-case host without port (see [`normalize_host`]).
+    pub host: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// The method.
+    pub method: &'a Method,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// The result of a lookup.
+#[derive(Debug)]
+pub enum Lookup<'r> {
+    /// A route matched.
+    Found(RouteMatch<'r>),
+    /// A route matched host and path but not the method; these methods would have matched.
+    MethodNotAllowed(Vec<Method>),
+    /// Nothing matched.
+    NotFound,
+}
+
+/// A matched route and how much of the path its prefix covered.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteMatch<'r> {
+    /// The route.
+    pub route: &'r Arc<Route>,
+    /// Bytes of the path matched by a prefix (the part `strip_prefix` removes); 0 otherwise.
+    pub prefix_len: usize,
+}
+
+/// Precedence of one candidate; the greatest wins.
+#[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
+struct Rank {
+    priority: i64,
+    host: u8,
+    path: PathRank,
+    conditions: usize,
+    earlier: std::cmp::Reverse<usize>,
+}
+
+/// The compiled routing index.
+#[derive(Default)]
+pub struct Router {
+    exact_hosts: AHashMap<Box<str>, PathIndex>,
+    /// Keyed by the suffix including its leading dot: `*.example.com` is `.example.com`.
+    wildcard_hosts: AHashMap<Box<str>, PathIndex>,
+    any_host: PathIndex,
+    len: usize,
+}
+
+impl Router {
+    /// Builds the index. `specs` are in declaration order, which breaks ties.
+    pub fn new(specs: Vec<RouteSpec>) -> Router {
+        let mut router = Router {
+            len: specs.len(),
+            ..Router::default()
+        };
+        for (order, spec) in specs.into_iter().enumerate() {
+            if spec.hosts.is_empty() {
+                insert_paths(&mut router.any_host, &spec, order);
+                continue;
+            }
+            let mut hosts = spec.hosts.clone();
+            hosts.sort_unstable();
+            hosts.dedup();
+            for host in hosts {
+                let index = match host {
+                    HostPattern::Exact(name) => router.exact_hosts.entry(name.into()),
+                    HostPattern::Wildcard(suffix) => router.wildcard_hosts.entry(suffix.into()),
+                }
+                .or_default();
+                insert_paths(index, &spec, order);
+            }
+        }
+        router
+    }
+
+    /// Number of routes in the index.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no route is configured.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Finds the route for a request.
+    pub fn lookup(&self, req: &RequestView<'_>) -> Lookup<'_> {
+        let mut best: Option<(Rank, &Candidate)> = None;
+        let mut method_blocked = false;
+        self.for_each_host_index(req.host, |index, host_rank| {
+            if let Some((rank, _)) = &best {
+                if rank.priority >= index.max_priority {
+                    return;
+                }
+            }
+            index.for_each_match(req.path, |cand, path_rank| {
+                let route = &cand.route;
+                if !route.headers_match(req.headers) {
+                    return;
+                }
+                if !route.method_allowed(req.method) {
+                    method_blocked = true;
+                    return;
+                }
+                let rank = Rank {
+                    priority: route.priority,
+                    host: host_rank,
+                    path: path_rank,
+                    conditions: route.condition_count(),
+                    earlier: std::cmp::Reverse(cand.order),
+                };
+                if best.as_ref().is_none_or(|(b, _)| rank > *b) {
+                    best = Some((rank, cand));
+                }
+            });
+        });
+        match best {
+            Some((_, cand)) => Lookup::Found(RouteMatch {
+                route: &cand.route,
+                prefix_len: cand.prefix_len,
+            }),
+            None if method_blocked => Lookup::MethodNotAllowed(self.allowed_methods(req)),
+            None => Lookup::NotFound,
+        }
+    }
+
+    /// The methods that would have matched host, path and headers (for `Allow` on a 405).
+    fn allowed_methods(&self, req: &RequestView<'_>) -> Vec<Method> {
+        let mut methods: Vec<Method> = Vec::new();
+        self.for_each_host_index(req.host, |index, _| {
+            index.for_each_match(req.path, |cand, _| {
+                if cand.route.headers_match(req.headers) {
+                    methods.extend(cand.route.methods.iter().cloned());
+                }
+            });
+        });
+        methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        methods.dedup();
+        methods
+    }
+
+    /// Calls `f` for each path index that applies to `host`, most specific host first.
+    fn for_each_host_index<'s>(&'s self, host: &str, mut f: impl FnMut(&'s PathIndex, u8)) {
+        if !self.exact_hosts.is_empty() {
+            if let Some(index) = self.exact_hosts.get(host) {
+                f(index, 2);
+            }
+        }
+        if !self.wildcard_hosts.is_empty() {
+            // Longest suffix first: `a.b.example.com` tries `.b.example.com`, then `.example.com`.
+            for (i, _) in host.match_indices('.') {
+                if let Some(index) = self.wildcard_hosts.get(&host[i..]) {
+                    f(index, 1);
+                }
+            }
+        }
+        f(&self.any_host, 0);
+    }
+}
+
+fn insert_paths(index: &mut PathIndex, spec: &RouteSpec, order: usize) {
+    for p in &spec.paths {
+        index.insert(p, Arc::clone(&spec.route), order);
+    }
+}

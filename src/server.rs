@@ -1,0 +1,70 @@
+//! Bootstrap: turns a compiled [`Config`] into a running Pingora server.
+
+use crate::config::Config;
+use crate::proxy::Gateway;
+use crate::upstream::HealthChecks;
+use pingora::apps::HttpServerOptions;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use std::sync::Arc;
+
+/// Process options from the command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Fork into the background.
+    pub daemon: bool,
+    /// Take the listeners over from a running instance (graceful upgrade).
+    pub upgrade: bool,
+}
+
+/// Builds the Pingora server for `config`; `run_forever` on the result serves it.
+pub fn build(config: Config, opts: RunOptions) -> Server {
+    let settings = config.server.clone();
+    let conf = ServerConf {
+        threads: settings.threads,
+        daemon: opts.daemon,
+        pid_file: settings.pid_file.clone(),
+        upgrade_sock: settings.upgrade_sock.clone(),
+        error_log: settings.error_log.clone(),
+        grace_period_seconds: Some(settings.grace_period.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: settings.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let probes: Vec<_> = config
+        .clusters
+        .values()
+        .filter_map(|c| c.health_probe())
+        .collect();
+    let health = HealthChecks::new(probes);
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(Arc::new(config)),
+        "gantry",
+    );
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.h2c = settings.h2c;
+        app.server_options = Some(options);
+    }
+    for addr in &settings.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+    if !health.is_empty() {
+        server.add_service(background_service("health checks", health));
+    }
+    server
+}

@@ -1,0 +1,126 @@
+//! Active health checks: HTTP or TCP probes that mark backends up and down.
+//!
+//! All clusters are probed by one background service ([`HealthChecks`]) on one thread, each
+//! cluster on its own interval, rather than one Pingora service (and thread) per cluster.
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::{Consistent, RoundRobin};
+use pingora::lb::LoadBalancer;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::{Error, ErrorType};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A compiled `[clusters.NAME.health_check]`.
+#[derive(Debug, Clone)]
+pub struct HealthCheckSpec {
+    /// `Some(request)` for HTTP checks, `None` for TCP.
+    pub http_request: Option<RequestHeader>,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Connect and read timeout of one check.
+    pub timeout: Duration,
+    /// Consecutive successes that mark a backend up.
+    pub healthy_threshold: usize,
+    /// Consecutive failures that mark a backend down.
+    pub unhealthy_threshold: usize,
+    /// Statuses counted as healthy (HTTP).
+    pub expected_statuses: Vec<u16>,
+}
+
+impl HealthCheckSpec {
+    /// The Pingora health check this spec describes.
+    pub fn build(&self) -> Box<dyn HealthCheck + Send + Sync> {
+        match &self.http_request {
+            Some(req) => {
+                let mut hc = HttpHealthCheck::new("localhost", false);
+                hc.req = req.clone();
+                hc.consecutive_success = self.healthy_threshold;
+                hc.consecutive_failure = self.unhealthy_threshold;
+                hc.peer_template.options.connection_timeout = Some(self.timeout);
+                hc.peer_template.options.total_connection_timeout = Some(self.timeout);
+                hc.peer_template.options.read_timeout = Some(self.timeout);
+                let statuses = self.expected_statuses.clone();
+                hc.validator = Some(Box::new(move |resp: &ResponseHeader| {
+                    let status = resp.status.as_u16();
+                    if statuses.contains(&status) {
+                        Ok(())
+                    } else {
+                        Error::e_explain(
+                            ErrorType::CustomCode("unexpected health check status", status),
+                            "status not in expected_statuses",
+                        )
+                    }
+                }));
+                Box::new(hc)
+            }
+            None => {
+                let mut hc = TcpHealthCheck::new();
+                hc.consecutive_success = self.healthy_threshold;
+                hc.consecutive_failure = self.unhealthy_threshold;
+                hc.peer_template.options.connection_timeout = Some(self.timeout);
+                hc
+            }
+        }
+    }
+}
+
+/// One cluster's balancer to probe and how often.
+pub enum HealthProbe {
+    /// A round-robin cluster.
+    RoundRobin(Arc<LoadBalancer<RoundRobin>>, Duration),
+    /// A consistent-hash cluster.
+    Consistent(Arc<LoadBalancer<Consistent>>, Duration),
+}
+
+impl HealthProbe {
+    async fn run_once(&self) -> Duration {
+        match self {
+            HealthProbe::RoundRobin(lb, every) => {
+                lb.backends().run_health_check(true).await;
+                *every
+            }
+            HealthProbe::Consistent(lb, every) => {
+                lb.backends().run_health_check(true).await;
+                *every
+            }
+        }
+    }
+
+    async fn run(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let every = self.run_once().await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// The background service that probes every cluster with a health check.
+pub struct HealthChecks {
+    probes: Vec<HealthProbe>,
+}
+
+impl HealthChecks {
+    /// A service over `probes`.
+    pub fn new(probes: Vec<HealthProbe>) -> Self {
+        HealthChecks { probes }
+    }
+
+    /// True when there is nothing to probe.
+    pub fn is_empty(&self) -> bool {
+        self.probes.is_empty()
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        futures::future::join_all(self.probes.iter().map(|p| p.run(shutdown.clone()))).await;
+    }
+}

@@ -1,0 +1,163 @@
+//! Upstream clusters: backends, balancing, peers and active health checks.
+//!
+//! A cluster wraps a `pingora-load-balancing` [`LoadBalancer`] (weighted round robin or ketama
+//! consistent hashing). Peers (address plus timeouts) are built once per backend at load, so
+//! picking an upstream costs a selection and a clone, nothing else.
+
+pub mod hash_key;
+mod health;
+
+pub use hash_key::HashOn;
+pub use health::{HealthCheckSpec, HealthChecks, HealthProbe};
+
+use ahash::AHashMap;
+use pingora::lb::discovery::Static;
+use pingora::lb::selection::{Consistent, RoundRobin};
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::upstreams::peer::HttpPeer;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Selection walks at most this many ring/list steps looking for an acceptable backend.
+const MAX_SELECT_STEPS: usize = 256;
+
+/// Timeouts applied to every connection of a cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Each read (response header and every body chunk).
+    pub read: Duration,
+    /// Each write.
+    pub write: Duration,
+    /// Idle time of a pooled connection.
+    pub idle: Duration,
+}
+
+/// One resolved backend of a cluster.
+#[derive(Debug, Clone)]
+pub struct BackendAddr {
+    /// The resolved socket address.
+    pub addr: SocketAddr,
+    /// Relative weight (round robin only).
+    pub weight: usize,
+}
+
+/// The selection algorithm and its balancer.
+enum Selector {
+    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
+    Consistent(Arc<LoadBalancer<Consistent>>, HashOn),
+}
+
+/// A named group of backends.
+pub struct Cluster {
+    /// The cluster's name (`clusters.NAME`).
+    pub name: Arc<str>,
+    selector: Selector,
+    peers: AHashMap<SocketAddr, HttpPeer>,
+    /// Connection failures retried on another backend.
+    pub retries: u32,
+    health: Option<HealthCheckSpec>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("backends", &self.peers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// Builds a cluster. `hash_on` is `Some` for consistent hashing.
+    pub fn new(
+        name: &str,
+        backends: &[BackendAddr],
+        hash_on: Option<HashOn>,
+        timeouts: Timeouts,
+        retries: u32,
+        health: Option<HealthCheckSpec>,
+    ) -> Cluster {
+        let set: BTreeSet<Backend> = backends
+            .iter()
+            .map(|b| Backend {
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(b.addr),
+                weight: b.weight.max(1),
+                ext: Default::default(),
+            })
+            .collect();
+        let selector = match hash_on {
+            None => Selector::RoundRobin(Arc::new(balancer(&set, health.as_ref()))),
+            Some(key) => Selector::Consistent(Arc::new(balancer(&set, health.as_ref())), key),
+        };
+        let peers = backends
+            .iter()
+            .map(|b| (b.addr, peer_for(b.addr, &timeouts)))
+            .collect();
+        Cluster {
+            name: name.into(),
+            selector,
+            peers,
+            retries,
+            health,
+        }
+    }
+
+    /// What the consistent hash is keyed on, or `None` for round robin.
+    pub fn hash_on(&self) -> Option<&HashOn> {
+        match &self.selector {
+            Selector::RoundRobin(_) => None,
+            Selector::Consistent(_, key) => Some(key),
+        }
+    }
+
+    /// Picks a healthy backend not in `tried`. `key` feeds consistent hashing.
+    pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<(&SocketAddr, &HttpPeer)> {
+        let accept = |b: &Backend, healthy: bool| {
+            healthy && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
+        };
+        let backend = match &self.selector {
+            Selector::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+            Selector::Consistent(lb, _) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+        }?;
+        self.peers.get_key_value(backend.addr.as_inet()?)
+    }
+
+    /// The probe that runs this cluster's health checks, if it has any.
+    pub fn health_probe(&self) -> Option<HealthProbe> {
+        let spec = self.health.as_ref()?;
+        Some(match &self.selector {
+            Selector::RoundRobin(lb) => HealthProbe::RoundRobin(Arc::clone(lb), spec.interval),
+            Selector::Consistent(lb, _) => HealthProbe::Consistent(Arc::clone(lb), spec.interval),
+        })
+    }
+}
+
+fn balancer<S>(set: &BTreeSet<Backend>, health: Option<&HealthCheckSpec>) -> LoadBalancer<S>
+where
+    S: pingora::lb::selection::BackendSelection + 'static,
+    S::Iter: pingora::lb::selection::BackendIter,
+{
+    let mut backends = Backends::new(Static::new(set.clone()));
+    if let Some(spec) = health {
+        backends.set_health_check(spec.build());
+    }
+    let lb = LoadBalancer::from_backends(backends);
+    // Static discovery never waits and never fails: fill the selector now so the first
+    // request has backends even before the health service runs.
+    futures::FutureExt::now_or_never(lb.update());
+    lb
+}
+
+fn peer_for(addr: SocketAddr, t: &Timeouts) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(t.connect);
+    peer.options.total_connection_timeout = Some(t.connect);
+    peer.options.read_timeout = Some(t.read);
+    peer.options.write_timeout = Some(t.write);
+    peer.options.idle_timeout = Some(t.idle);
+    peer
+}
