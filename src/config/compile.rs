@@ -110,6 +110,9 @@ impl<'e, 'a> Compiler<'e, 'a> {
             h2c: s.h2c,
             grace_period: s.grace_period.map_or(Duration::from_secs(5), |d| d.0),
             keepalive_timeout: s.keepalive_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            max_request_header_size: s
+                .max_request_header_size
+                .map_or(64 * 1024, |b| usize::try_from(b.0).unwrap_or(usize::MAX)),
             upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(128),
             pid_file: s.pid_file.unwrap_or_else(|| "/tmp/gantry.pid".into()),
             upgrade_sock: s

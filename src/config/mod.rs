@@ -39,6 +39,8 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     /// Idle client keep-alive.
     pub keepalive_timeout: Duration,
+    /// Largest accepted request line plus headers, in bytes.
+    pub max_request_header_size: usize,
     /// Idle upstream connections per thread.
     pub upstream_keepalive_pool_size: usize,
     /// Pid file for `--daemon`.

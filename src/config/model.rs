@@ -29,6 +29,40 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A byte size such as `"64KiB"`, `"10MiB"` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanSize(pub u64);
+
+impl<'de> Deserialize<'de> for HumanSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = HumanSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size like \"64KiB\" or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<HumanSize, E> {
+                Ok(HumanSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<HumanSize, E> {
+                u64::try_from(v)
+                    .map(HumanSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanSize, E> {
+                v.parse::<bytesize::ByteSize>()
+                    .map(|b| HumanSize(b.as_u64()))
+                    .map_err(|e| {
+                        E::custom(format!(
+                            "invalid size `{v}`: {e} (write it like \"64KiB\" or \"10MiB\")"
+                        ))
+                    })
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
 /// `[server]`: listeners and process-wide settings.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +82,8 @@ pub struct ServerSection {
     pub grace_period: Option<HumanDuration>,
     /// How long an idle client keep-alive connection is kept open. Default `"60s"`.
     pub keepalive_timeout: Option<HumanDuration>,
+    /// Largest accepted request line plus headers; larger requests get a 431. Default `"64KiB"`.
+    pub max_request_header_size: Option<HumanSize>,
     /// Idle upstream connections kept per worker thread. Default `128`.
     pub upstream_keepalive_pool_size: Option<usize>,
     /// The pid file (used with `--daemon`). Default `/tmp/gantry.pid`.
@@ -67,6 +103,7 @@ impl Default for ServerSection {
             h2c: true,
             grace_period: None,
             keepalive_timeout: None,
+            max_request_header_size: None,
             upstream_keepalive_pool_size: None,
             pid_file: None,
             upgrade_sock: None,

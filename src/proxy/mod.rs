@@ -77,7 +77,16 @@ impl ProxyHttp for Gateway {
         ctx.client_ip = forwarded::client_ip(peer, ctx.peer_trusted, &req.headers, settings);
 
         let path = req.uri.path();
-        let decision = if !forwarded::is_routable_path(path) {
+        let decision = if header_size(req) > settings.max_request_header_size {
+            Decision::Problem(
+                ProblemKind::HeaderTooLarge,
+                format!(
+                    "the request line and headers exceed {} bytes",
+                    settings.max_request_header_size
+                ),
+                Vec::new(),
+            )
+        } else if !forwarded::is_routable_path(path) {
             Decision::Problem(
                 ProblemKind::MalformedRequest,
                 "the path must be absolute and must not contain `.` or `..` segments".into(),
@@ -247,6 +256,15 @@ impl ProxyHttp for Gateway {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// The size of the request line and headers as sent (approximately: separators counted).
+fn header_size(req: &pingora::http::RequestHeader) -> usize {
+    let line =
+        req.method.as_str().len() + req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 /// `/users/7?x=1` with a 6-byte prefix becomes `/7?x=1`; the whole path becomes `/`.

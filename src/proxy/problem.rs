@@ -22,6 +22,8 @@ pub enum ProblemKind {
     NoRoute,
     /// 405: a route matched the path but not the method.
     MethodNotAllowed,
+    /// 431: the request line and headers are larger than `server.max_request_header_size`.
+    HeaderTooLarge,
     /// 500: a bug or an unexpected internal failure.
     Internal,
     /// 502: the upstream could not be reached or answered badly.
@@ -39,6 +41,7 @@ impl ProblemKind {
             ProblemKind::MalformedRequest => 400,
             ProblemKind::NoRoute => 404,
             ProblemKind::MethodNotAllowed => 405,
+            ProblemKind::HeaderTooLarge => 431,
             ProblemKind::Internal => 500,
             ProblemKind::UpstreamUnavailable => 502,
             ProblemKind::NoHealthyBackend => 503,
@@ -52,6 +55,7 @@ impl ProblemKind {
             ProblemKind::MalformedRequest => "malformed-request",
             ProblemKind::NoRoute => "no-route",
             ProblemKind::MethodNotAllowed => "method-not-allowed",
+            ProblemKind::HeaderTooLarge => "header-too-large",
             ProblemKind::Internal => "internal-error",
             ProblemKind::UpstreamUnavailable => "upstream-unavailable",
             ProblemKind::NoHealthyBackend => "no-healthy-backend",
@@ -65,6 +69,7 @@ impl ProblemKind {
             ProblemKind::MalformedRequest => "Malformed request",
             ProblemKind::NoRoute => "No route matched",
             ProblemKind::MethodNotAllowed => "Method not allowed",
+            ProblemKind::HeaderTooLarge => "Request header too large",
             ProblemKind::Internal => "Internal error",
             ProblemKind::UpstreamUnavailable => "Upstream unavailable",
             ProblemKind::NoHealthyBackend => "No healthy backend",
@@ -125,7 +130,7 @@ impl<'a> Problem<'a> {
         )
     }
 
-    /// Writes the problem as the response. The connection is closed afterwards for 400s.
+    /// Writes the problem as the response. The connection is closed afterwards for 400 and 431.
     pub async fn send(&self, session: &mut Session, request_id: &HeaderValue) -> Result<()> {
         let body = self.body(request_id.to_str().unwrap_or_default());
         let mut resp = ResponseHeader::build(self.kind.status(), Some(5))?;
@@ -137,7 +142,10 @@ impl<'a> Problem<'a> {
             let allow: Vec<&str> = self.allow.iter().map(Method::as_str).collect();
             resp.insert_header(header::ALLOW, allow.join(", "))?;
         }
-        if self.kind == ProblemKind::MalformedRequest {
+        if matches!(
+            self.kind,
+            ProblemKind::MalformedRequest | ProblemKind::HeaderTooLarge
+        ) {
             session.set_keepalive(None);
         }
         let head_only = session.req_header().method == Method::HEAD;

@@ -1,0 +1,291 @@
+//! Test harness: the real `gantry` binary as a child process and real upstream servers, all
+//! on ephemeral loopback ports.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A loopback address nothing listens on (connections are refused).
+pub fn dead_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// The gateway binary running one config.
+pub struct Gantry {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Gantry {
+    /// Runs `body` (clusters and routes) with a default `[server]` section.
+    pub fn start(body: &str) -> Gantry {
+        Gantry::start_with("", body)
+    }
+
+    /// Runs with extra `[server]` keys (`server_extra`) and `body`.
+    pub fn start_with(server_extra: &str, body: &str) -> Gantry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 1\ngrace_period = \"1s\"\n\
+             pid_file = \"{dir}/gantry.pid\"\nupgrade_sock = \"{dir}/upgrade.sock\"\n{server_extra}\n{body}",
+            dir = dir.path().display()
+        );
+        let path = dir.path().join("gantry.toml");
+        std::fs::write(&path, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("gantry.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .arg("-c")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start gantry");
+        let gantry = Gantry {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            dir,
+        };
+        gantry.wait_ready();
+        gantry
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("gantry did not start; log:\n{}", self.log());
+    }
+
+    /// What the gateway wrote to stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gantry.log")).unwrap_or_default()
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends a signal to the gateway process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for the process to exit and returns how long it took.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gantry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client that never uses a proxy from the environment.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// Runs `gantry -t -c FILE` on `text` and returns (exit success, stdout + stderr).
+pub fn check_config(text: &str) -> (bool, String) {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(text.as_bytes()).expect("write");
+    check_config_file(file.path().to_path_buf())
+}
+
+/// Runs `gantry -t -c PATH`.
+pub fn check_config_file(path: PathBuf) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .arg("-t")
+        .arg("-c")
+        .arg(path)
+        .output()
+        .expect("run gantry -t");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A real HTTP/1.1 upstream that answers with a JSON echo of the request:
+/// `{"upstream": NAME, "method", "uri", "headers": {..}, "body"}`.
+/// `GET /healthz` answers 200 while healthy, 503 otherwise; `/slow/MS` waits MS milliseconds.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Requests served, health checks excluded.
+    pub hits: Arc<AtomicUsize>,
+    pub healthy: Arc<AtomicBool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let name: Arc<str> = name.into();
+        let (h, ok) = (hits.clone(), healthy.clone());
+        let server = tokio::spawn(async move {
+            // Connection tasks live in this set, so aborting the server kills them too.
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (name, hits, healthy) = (name.clone(), h.clone(), ok.clone());
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| {
+                        echo(req, name.clone(), hits.clone(), healthy.clone())
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            hits,
+            healthy,
+            server,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops listening and drops every open connection.
+    pub fn kill(&self) {
+        self.server.abort();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn echo(
+    req: Request<Incoming>,
+    name: Arc<str>,
+    hits: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        let status = if healthy.load(Ordering::SeqCst) {
+            200
+        } else {
+            503
+        };
+        return Ok(Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .expect("response"));
+    }
+    hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        let ms: u64 = ms.parse().unwrap_or(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::from(v.to_str().unwrap_or_default()),
+            )
+        })
+        .collect();
+    let body = req.into_body().collect().await?.to_bytes();
+    let json = serde_json::json!({
+        "upstream": &*name,
+        "method": method,
+        "uri": uri,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json.to_string())))
+        .expect("response"))
+}
+
+/// Reads a problem+json response and checks the parts every problem must have.
+pub async fn assert_problem(resp: reqwest::Response, status: u16, slug: &str) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/problem+json",
+        "problem content type"
+    );
+    let request_id = resp.headers()["x-request-id"]
+        .to_str()
+        .expect("request id")
+        .to_string();
+    let body: serde_json::Value = resp.json().await.expect("problem body is JSON");
+    assert_eq!(body["type"], format!("urn:gantry:problem:{slug}"));
+    assert_eq!(body["status"], status);
+    assert_eq!(body["request_id"], request_id);
+    assert!(body["title"].is_string() && body["detail"].is_string());
+    body
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real gateway binary, real upstreams, real HTTP on loopback.
+
+mod balancing;
+mod cli;
+mod common;
+mod errors;
+mod proxying;
+mod routing;
+mod websocket;

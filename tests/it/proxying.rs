@@ -1,0 +1,131 @@
+//! Proxying: what reaches the upstream and what comes back.
+
+use crate::common::{client, Gantry, Upstream};
+use serde_json::Value;
+use std::time::Duration;
+
+fn cluster(name: &str, backends: &[&Upstream]) -> String {
+    let list: Vec<String> = backends.iter().map(|u| format!("\"{}\"", u.addr)).collect();
+    format!("[clusters.{name}]\nbackends = [{}]\n", list.join(", "))
+}
+
+#[tokio::test]
+async fn requests_pass_through_with_prefix_stripped() {
+    let up = Upstream::start("users").await;
+    let g = Gantry::start(&format!(
+        "{}\n[routes.users]\npaths = [\"/users\"]\nstrip_prefix = true\ncluster = \"users\"\n\
+         [routes.raw]\npaths = [\"/raw\"]\ncluster = \"users\"\n",
+        cluster("users", &[&up])
+    ));
+    let c = client();
+    let echo: Value = c
+        .post(g.url("/users/7/orders?limit=5&sort=desc"))
+        .header("x-custom", "kept")
+        .body("payload bytes")
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["uri"], "/7/orders?limit=5&sort=desc");
+    assert_eq!(echo["body"], "payload bytes");
+    assert_eq!(echo["headers"]["x-custom"], "kept");
+
+    let echo: Value = c
+        .get(g.url("/users"))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(echo["uri"], "/");
+    let echo: Value = c
+        .get(g.url("/raw/a?b=c"))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(echo["uri"], "/raw/a?b=c");
+    assert_eq!(up.hits(), 3);
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_only_believed_from_trusted_proxies() {
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "{}\n[routes.all]\npaths = [\"/\"]\ncluster = \"u\"\n",
+        cluster("u", &[&up])
+    );
+    let c = client();
+
+    // An untrusted client cannot spoof X-Forwarded-For or pick its request id.
+    let g = Gantry::start(&body);
+    let resp = c
+        .get(g.url("/x"))
+        .header("host", "shop.example.com")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("x-request-id", "client-chosen")
+        .send()
+        .await
+        .expect("request");
+    let echoed_id = resp.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let echo: Value = resp.json().await.expect("json");
+    let h = &echo["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "shop.example.com");
+    assert_eq!(h["host"], "shop.example.com");
+    assert_ne!(echoed_id, "client-chosen");
+    assert_eq!(echoed_id.len(), 36);
+    assert_eq!(h["x-request-id"], echoed_id.as_str());
+    drop(g);
+
+    // A trusted proxy's chain is extended and its request id kept.
+    let g = Gantry::start_with("trusted_proxies = [\"127.0.0.1\"]", &body);
+    let resp = c
+        .get(g.url("/x"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .header("x-request-id", "edge-42")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.headers()["x-request-id"], "edge-42");
+    let echo: Value = resp.json().await.expect("json");
+    let h = &echo["headers"];
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-request-id"], "edge-42");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests() {
+    let up = Upstream::start("slow").await;
+    let mut g = Gantry::start(&format!(
+        "{}\n[routes.all]\npaths = [\"/\"]\ncluster = \"slow\"\n",
+        cluster("slow", &[&up])
+    ));
+    let url = g.url("/slow/400");
+    let in_flight = tokio::spawn(async move { client().get(url).send().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    g.signal(libc::SIGTERM);
+    let resp = in_flight
+        .await
+        .expect("join")
+        .expect("in-flight request completes");
+    assert_eq!(resp.status(), 200);
+    // grace_period = "1s" in the test config, plus the 1 s runtime shutdown timeout.
+    let took = g
+        .wait_exit(Duration::from_secs(10))
+        .expect("gantry exits after SIGTERM");
+    assert!(took < Duration::from_secs(4), "exit took {took:?}");
+}
