@@ -169,3 +169,78 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
         _ => Err(errors.into_errors()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(toml: &str) -> Vec<String> {
+        match load_str("t.toml", toml) {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                e.0.iter()
+                    .map(|e| format!("{} {}", e.key, e.message))
+                    .collect()
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_apply_to_an_empty_file() {
+        let c = load_str("t.toml", "").expect("empty config is valid");
+        assert_eq!(c.server.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.server.grace_period, Duration::from_secs(5));
+        assert_eq!(c.server.max_request_header_size, 65536);
+        assert!(c.router.is_empty());
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let e = errors(
+            r#"
+[clusters.c]
+hash_on = "path"
+backends = ["127.0.0.1:1", "127.0.0.1:1", "nohost"]
+read_timeout = "0s"
+[clusters.c.health_check]
+type = "tcp"
+path = "/x"
+healthy_threshold = 0
+[routes.r]
+paths = ["~^/x$"]
+strip_prefix = true
+cluster = "c"
+respond = { body = "x" }
+[routes.s]
+paths = ["/"]
+headers = { "bad header" = "v" }
+respond = { status = 99 }
+"#,
+        );
+        let want = [
+            "clusters.c.hash_on hash_on only applies",
+            "clusters.c.backends[1] backend `127.0.0.1:1` is listed twice",
+            "clusters.c.backends[2] backend `nohost` has no port",
+            "clusters.c.read_timeout read_timeout must be greater than zero",
+            "clusters.c.health_check.path `path` only applies",
+            "clusters.c.health_check.healthy_threshold healthy_threshold must be at least 1",
+            "routes.r.strip_prefix strip_prefix needs prefix",
+            "routes.r a route has either `cluster` or `respond`",
+            "routes.s.headers.bad header `bad header` is not a valid header name",
+            "routes.s.respond.status status 99",
+        ];
+        for w in want {
+            assert!(
+                e.iter().any(|x| x.starts_with(w)),
+                "missing `{w}` in {e:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_route_to_a_broken_cluster_is_not_reported_twice() {
+        let e =
+            errors("[clusters.c]\nbackends = []\n[routes.r]\npaths = [\"/\"]\ncluster = \"c\"\n");
+        assert_eq!(e.len(), 1, "{e:#?}");
+    }
+}

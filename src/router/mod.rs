@@ -252,3 +252,95 @@ fn insert_paths(index: &mut PathIndex, spec: &RouteSpec, order: usize) {
         index.insert(p, Arc::clone(&spec.route), order);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(toml: &str) -> Router {
+        crate::config::load_str("t.toml", toml)
+            .expect("valid")
+            .router
+    }
+
+    fn find<'r>(r: &'r Router, host: &str, method: Method, path: &str) -> Lookup<'r> {
+        let headers = HeaderMap::new();
+        let view = RequestView {
+            host,
+            path,
+            method: &method,
+            headers: &headers,
+        };
+        r.lookup(&view)
+    }
+
+    fn name(l: &Lookup<'_>) -> String {
+        match l {
+            Lookup::Found(m) => format!("{}+{}", m.route.name, m.prefix_len),
+            Lookup::MethodNotAllowed(m) => format!("405 {m:?}"),
+            Lookup::NotFound => "404".into(),
+        }
+    }
+
+    const R: &str = r#"
+[routes.root]
+paths = ["/"]
+respond = {}
+[routes.a]
+paths = ["/a"]
+respond = {}
+[routes.ab_slash]
+paths = ["/a/b/"]
+respond = {}
+[routes.exact]
+paths = ["=/a/b"]
+methods = ["PUT"]
+respond = {}
+[routes.wild]
+hosts = ["*.example.com"]
+paths = ["/a"]
+respond = {}
+"#;
+
+    #[test]
+    fn prefixes_match_at_segment_boundaries() {
+        let r = router(R);
+        assert_eq!(name(&find(&r, "h", Method::GET, "/a")), "a+2");
+        assert_eq!(name(&find(&r, "h", Method::GET, "/a/x")), "a+2");
+        assert_eq!(name(&find(&r, "h", Method::GET, "/ab")), "root+0");
+        // `/a/b/` needs something after the slash; `/a/b` alone falls back to `/a`.
+        assert_eq!(name(&find(&r, "h", Method::GET, "/a/b/c")), "ab_slash+4");
+        assert_eq!(name(&find(&r, "h", Method::GET, "/a/b")), "a+2");
+        assert_eq!(name(&find(&r, "h", Method::PUT, "/a/b")), "exact+4");
+    }
+
+    #[test]
+    fn wildcards_match_any_depth_but_not_the_apex() {
+        let r = router(R);
+        assert_eq!(
+            name(&find(&r, "x.y.example.com", Method::GET, "/a")),
+            "wild+2"
+        );
+        assert_eq!(name(&find(&r, "example.com", Method::GET, "/a")), "a+2");
+    }
+
+    #[test]
+    fn method_mismatch_on_a_matching_path_is_405_with_allowed_methods() {
+        let r = router(
+            "[routes.x]\npaths = [\"=/x\"]\nmethods = [\"POST\", \"GET\"]\nrespond = {}\n\
+             [routes.y]\npaths = [\"=/x\"]\nmethods = [\"PUT\"]\nrespond = {}\n",
+        );
+        assert_eq!(
+            name(&find(&r, "h", Method::DELETE, "/x")),
+            "405 [GET, POST, PUT]"
+        );
+        assert_eq!(name(&find(&r, "h", Method::GET, "/y")), "404");
+    }
+
+    #[test]
+    fn empty_router_finds_nothing() {
+        let r = Router::new(Vec::new());
+        assert!(r.is_empty());
+        assert_eq!(name(&find(&r, "h", Method::GET, "/")), "404");
+    }
+}
