@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Load test: Gantry vs nginx as reverse proxies in front of the same upstream, on this machine.
+#
+#   benches/load.sh                 # 3 alternating rounds of 10 s each, 50 connections
+#   ROUNDS=5 DURATION=20s CONNS=100 benches/load.sh
+#
+# Upstream: nginx, one worker, answering a small body. Proxies: nginx (one worker, upstream
+# keepalive, request id and X-Forwarded-For set) and Gantry (one thread, health checks on,
+# request ids on). The proxy under test is pinned to CPU 0; the upstream and wrk share CPU 1,
+# so the proxy is the bottleneck. Prints req/s and p50/p99 latency per run, then the medians
+# and the ratio Gantry/nginx.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+PATH_UNDER_TEST=${PATH_UNDER_TEST:-/bench}
+
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "install ${need[*]} first: sudo apt-get install -y ${need[*]}" >&2
+    exit 1
+  fi
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --quiet
+GANTRY=target/release/gantry
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); NGX=$(free_port); GAN=$(free_port)
+
+cat > "$work/upstream.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/upstream.pid;
+error_log $work/upstream.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UP;
+    location / { return 200 "hello from the upstream\n"; }
+  }
+}
+CONF
+
+cat > "$work/proxy.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/proxy.pid;
+error_log $work/proxy.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$UP; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Request-Id \$request_id;
+      add_header X-Request-Id \$request_id;
+    }
+  }
+}
+CONF
+
+cat > "$work/gantry.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$GAN"]
+threads = 1
+pid_file = "$work/gantry.pid"
+upgrade_sock = "$work/gantry.sock"
+
+[clusters.backend]
+backends = ["127.0.0.1:$UP"]
+[clusters.backend.health_check]
+type = "http"
+path = "/"
+interval = "1s"
+
+[routes.bench]
+paths = ["/"]
+cluster = "backend"
+CONF
+
+taskset -c 1 "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
+taskset -c 0 "$NGINX" -c "$work/proxy.conf" -p "$work" & pids+=($!)
+RUST_LOG=error taskset -c 0 "$GANTRY" -c "$work/gantry.toml" 2>"$work/gantry.err" & pids+=($!)
+
+for port in "$UP" "$NGX" "$GAN"; do
+  for _ in $(seq 100); do
+    curl -fs -o /dev/null "http://127.0.0.1:$port$PATH_UNDER_TEST" && break
+    sleep 0.1
+  done
+  curl -fs -o /dev/null "http://127.0.0.1:$port$PATH_UNDER_TEST" || { echo "port $port not serving" >&2; cat "$work"/*.err >&2; exit 1; }
+done
+
+# wrk prints latency with units; normalise to milliseconds.
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
+
+run() { # name port -> "rps p50 p99"
+  local out
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$2$PATH_UNDER_TEST")
+  local rps p50 p99 errs
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms)
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
+  errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+  [ -n "$errs" ] && echo "  $1: $errs" >&2
+  echo "$rps $p50 $p99"
+}
+
+# Warm both (pools, caches) before measuring.
+taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NGX$PATH_UNDER_TEST" >/dev/null
+taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$GAN$PATH_UNDER_TEST" >/dev/null
+
+printf "%-7s %-6s %12s %9s %9s\n" round server "req/s" "p50 ms" "p99 ms"
+: > "$work/results"
+for r in $(seq "$ROUNDS"); do
+  for pair in "nginx:$NGX" "gantry:$GAN"; do
+    name=${pair%%:*}; port=${pair##*:}
+    read -r rps p50 p99 < <(run "$name" "$port")
+    printf "%-7s %-6s %12s %9s %9s\n" "$r" "$name" "$rps" "$p50" "$p99"
+    echo "$name $rps $p50 $p99" >> "$work/results"
+  done
+done
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+for name in nginx gantry; do
+  for col in 2 3 4; do
+    v=$(awk -v n="$name" -v c="$col" '$1==n {print $c}' "$work/results" | median)
+    eval "${name}_$col=$v"
+  done
+done
+echo
+printf "median  %-6s %12.0f %9.3f %9.3f\n" nginx "$nginx_2" "$nginx_3" "$nginx_4"
+printf "median  %-6s %12.0f %9.3f %9.3f\n" gantry "$gantry_2" "$gantry_3" "$gantry_4"
+awk -v g="$gantry_2" -v n="$nginx_2" -v gp="$gantry_4" -v np="$nginx_4" -v g5="$gantry_3" -v n5="$nginx_3" \
+  'BEGIN { printf "ratio gantry/nginx: req/s %.2f   p50 %.2f   p99 %.2f (lower latency ratio is better)\n", g/n, g5/n5, gp/np }'
