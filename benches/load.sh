@@ -106,8 +106,8 @@ cluster = "backend"
 CONF
 
 taskset -c 1 "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
-taskset -c 0 "$NGINX" -c "$work/proxy.conf" -p "$work" & pids+=($!)
-RUST_LOG=error taskset -c 0 "$GANTRY" -c "$work/gantry.toml" 2>"$work/gantry.err" & pids+=($!)
+taskset -c 0 "$NGINX" -c "$work/proxy.conf" -p "$work" & pids+=($!); nginx_master=$!
+RUST_LOG=error taskset -c 0 "$GANTRY" -c "$work/gantry.toml" 2>"$work/gantry.err" & pids+=($!); gantry_pid=$!
 
 for port in "$UP" "$NGX" "$GAN"; do
   for _ in $(seq 100); do
@@ -117,45 +117,55 @@ for port in "$UP" "$NGX" "$GAN"; do
   curl -fs -o /dev/null "http://127.0.0.1:$port$PATH_UNDER_TEST" || { echo "port $port not serving" >&2; cat "$work"/*.err >&2; exit 1; }
 done
 
+nginx_worker=$(pgrep -P "$nginx_master" | head -1)
+declare -A cpu_pid=([nginx]=$nginx_worker [gantry]=$gantry_pid)
+TICK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 # wrk prints latency with units; normalise to milliseconds.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
 
-run() { # name port -> "rps p50 p99"
-  local out
+run() { # name port -> "rps p50 p99 cpu_us_per_request"
+  local out before after
+  before=$(cpu_ticks "${cpu_pid[$1]}")
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$2$PATH_UNDER_TEST")
-  local rps p50 p99 errs
+  after=$(cpu_ticks "${cpu_pid[$1]}")
+  local rps p50 p99 errs total cpu
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms)
   p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
   errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
   [ -n "$errs" ] && echo "  $1: $errs" >&2
-  echo "$rps $p50 $p99"
+  total=$(echo "$out" | awk '/requests in/ {print $1}')
+  cpu=$(awk -v t=$((after - before)) -v hz="$TICK" -v n="$total" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+  echo "$rps $p50 $p99 $cpu"
 }
 
 # Warm both (pools, caches) before measuring.
 taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NGX$PATH_UNDER_TEST" >/dev/null
 taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$GAN$PATH_UNDER_TEST" >/dev/null
 
-printf "%-7s %-6s %12s %9s %9s\n" round server "req/s" "p50 ms" "p99 ms"
+printf "%-7s %-6s %12s %9s %9s %11s\n" round server "req/s" "p50 ms" "p99 ms" "cpu us/req"
 : > "$work/results"
 for r in $(seq "$ROUNDS"); do
   for pair in "nginx:$NGX" "gantry:$GAN"; do
     name=${pair%%:*}; port=${pair##*:}
-    read -r rps p50 p99 < <(run "$name" "$port")
-    printf "%-7s %-6s %12s %9s %9s\n" "$r" "$name" "$rps" "$p50" "$p99"
-    echo "$name $rps $p50 $p99" >> "$work/results"
+    read -r rps p50 p99 cpu < <(run "$name" "$port")
+    printf "%-7s %-6s %12s %9s %9s %11s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu"
+    echo "$name $rps $p50 $p99 $cpu" >> "$work/results"
   done
 done
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 for name in nginx gantry; do
-  for col in 2 3 4; do
+  for col in 2 3 4 5; do
     v=$(awk -v n="$name" -v c="$col" '$1==n {print $c}' "$work/results" | median)
     eval "${name}_$col=$v"
   done
 done
 echo
-printf "median  %-6s %12.0f %9.3f %9.3f\n" nginx "$nginx_2" "$nginx_3" "$nginx_4"
-printf "median  %-6s %12.0f %9.3f %9.3f\n" gantry "$gantry_2" "$gantry_3" "$gantry_4"
+printf "median  %-6s %12.0f %9.3f %9.3f %11.2f\n" nginx "$nginx_2" "$nginx_3" "$nginx_4" "$nginx_5"
+printf "median  %-6s %12.0f %9.3f %9.3f %11.2f\n" gantry "$gantry_2" "$gantry_3" "$gantry_4" "$gantry_5"
 awk -v g="$gantry_2" -v n="$nginx_2" -v gp="$gantry_4" -v np="$nginx_4" -v g5="$gantry_3" -v n5="$nginx_3" \
-  'BEGIN { printf "ratio gantry/nginx: req/s %.2f   p50 %.2f   p99 %.2f (lower latency ratio is better)\n", g/n, g5/n5, gp/np }'
+  -v gc="$gantry_5" -v nc="$nginx_5" \
+  'BEGIN { printf "ratio gantry/nginx: req/s %.2f   p50 %.2f   p99 %.2f   cpu/req %.2f (latency and cpu: lower is better)\n", g/n, g5/n5, gp/np, gc/nc }'

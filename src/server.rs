@@ -30,6 +30,7 @@ pub fn build(config: Config, opts: RunOptions) -> Server {
         grace_period_seconds: Some(settings.grace_period.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: settings.upstream_keepalive_pool_size,
+        work_stealing: settings.work_stealing,
         ..ServerConf::default()
     };
     let opt = Opt {

@@ -108,6 +108,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
             threads,
             trusted_proxies: trusted,
             h2c: s.h2c,
+            work_stealing: s.work_stealing,
             grace_period: s.grace_period.map_or(Duration::from_secs(5), |d| d.0),
             keepalive_timeout: s.keepalive_timeout.map_or(Duration::from_secs(60), |d| d.0),
             max_request_header_size: s

@@ -35,6 +35,8 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Accept h2c prior knowledge.
     pub h2c: bool,
+    /// Tokio work stealing between worker threads.
+    pub work_stealing: bool,
     /// Drain time on SIGTERM.
     pub grace_period: Duration,
     /// Idle client keep-alive.

@@ -7,6 +7,7 @@ use crate::config::ServerSettings;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::Result;
+use std::io::Write;
 use std::net::IpAddr;
 
 /// `X-Request-Id`.
@@ -91,16 +92,27 @@ pub fn set_forwarded_headers(
     peer_trusted: bool,
     host: Option<HeaderValue>,
 ) -> Result<()> {
-    let peer_text = peer.map(|ip| ip.to_string()).unwrap_or_default();
+    // An IP address fits in 45 bytes; format it on the stack.
+    let mut ip_buf = [0u8; 48];
+    let ip_len = match peer {
+        Some(ip) => {
+            let mut cursor = std::io::Cursor::new(&mut ip_buf[..]);
+            let _ = write!(cursor, "{ip}");
+            cursor.position() as usize
+        }
+        None => 0,
+    };
+    let peer_text = &ip_buf[..ip_len];
     let xff = match upstream.headers.get(&X_FORWARDED_FOR) {
         Some(prev) if peer_trusted => {
             let mut v = Vec::with_capacity(prev.len() + 2 + peer_text.len());
             v.extend_from_slice(prev.as_bytes());
             v.extend_from_slice(b", ");
-            v.extend_from_slice(peer_text.as_bytes());
+            v.extend_from_slice(peer_text);
             HeaderValue::from_bytes(&v).ok()
         }
-        _ => HeaderValue::from_str(&peer_text).ok(),
+        _ if peer.is_some() => HeaderValue::from_bytes(peer_text).ok(),
+        _ => None,
     };
     match xff {
         Some(v) => upstream.insert_header(X_FORWARDED_FOR.clone(), v)?,

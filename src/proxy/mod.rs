@@ -63,6 +63,10 @@ enum Decision {
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
+    /// No downstream modules: Pingora's default adds a disabled compression module whose
+    /// per-request setup costs CPU for nothing.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::default()
     }

@@ -129,3 +129,47 @@ async fn sigterm_drains_in_flight_requests() {
         .expect("gantry exits after SIGTERM");
     assert!(took < Duration::from_secs(4), "exit took {took:?}");
 }
+
+#[tokio::test]
+async fn graceful_upgrade_hands_the_listener_to_a_new_process() {
+    let mut old = Gantry::start("[routes.all]\npaths = [\"/\"]\nrespond = { body = \"up\" }\n");
+    let new = old.spawn_upgrade();
+    // The new process waits on the upgrade socket for the listening sockets.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    old.signal(libc::SIGQUIT);
+    // A new connection per request: the guarantee is that no connection is refused. (An idle
+    // keep-alive connection to the old process is closed when it drains, as in any HTTP/1.1
+    // server shutdown.)
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let mut served = 0;
+    // Requests keep being answered while the old process hands over and drains.
+    while old.wait_exit(Duration::from_millis(50)).is_none() {
+        let resp = c
+            .get(old.url("/"))
+            .send()
+            .await
+            .expect("no request is refused");
+        assert_eq!(resp.status(), 200);
+        served += 1;
+        assert!(
+            served < 2000,
+            "old process did not exit; log:\n{}",
+            old.log()
+        );
+    }
+    let resp = c
+        .get(new.url("/"))
+        .send()
+        .await
+        .expect("served by the new process");
+    assert_eq!(
+        resp.text().await.expect("body"),
+        "up",
+        "new log:\n{}",
+        new.log()
+    );
+}

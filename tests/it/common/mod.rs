@@ -37,7 +37,8 @@ pub struct Gantry {
     /// `http://127.0.0.1:PORT`
     pub base: String,
     pub port: u16,
-    dir: tempfile::TempDir,
+    dir: Arc<tempfile::TempDir>,
+    log_name: &'static str,
 }
 
 impl Gantry {
@@ -55,25 +56,46 @@ impl Gantry {
              pid_file = \"{dir}/gantry.pid\"\nupgrade_sock = \"{dir}/upgrade.sock\"\n{server_extra}\n{body}",
             dir = dir.path().display()
         );
-        let path = dir.path().join("gantry.toml");
-        std::fs::write(&path, config).expect("write config");
-        let log = std::fs::File::create(dir.path().join("gantry.log")).expect("log file");
+        std::fs::write(dir.path().join("gantry.toml"), config).expect("write config");
+        let gantry = Gantry::spawn(Arc::new(dir), port, "gantry.log", &[]);
+        gantry.wait_ready();
+        gantry
+    }
+
+    fn spawn(
+        dir: Arc<tempfile::TempDir>,
+        port: u16,
+        log_name: &'static str,
+        args: &[&str],
+    ) -> Gantry {
+        let log = std::fs::File::create(dir.path().join(log_name)).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(args)
             .arg("-c")
-            .arg(&path)
+            .arg(dir.path().join("gantry.toml"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start gantry");
-        let gantry = Gantry {
+        Gantry {
             child,
             base: format!("http://127.0.0.1:{port}"),
             port,
             dir,
-        };
-        gantry.wait_ready();
-        gantry
+            log_name,
+        }
+    }
+
+    /// Starts a second process with `--upgrade` on the same config; it takes the listeners
+    /// over once this one receives SIGQUIT.
+    pub fn spawn_upgrade(&self) -> Gantry {
+        Gantry::spawn(
+            Arc::clone(&self.dir),
+            self.port,
+            "upgraded.log",
+            &["--upgrade"],
+        )
     }
 
     fn wait_ready(&self) {
@@ -89,7 +111,7 @@ impl Gantry {
 
     /// What the gateway wrote to stderr.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("gantry.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(self.log_name)).unwrap_or_default()
     }
 
     /// `base` + `path`.
