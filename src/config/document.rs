@@ -9,6 +9,7 @@
 use super::error::{did_you_mean, ConfigErrors, ErrorSink};
 use serde::de::DeserializeOwned;
 use serde_path_to_error::Segment;
+use std::ops::Range;
 use toml::de::{DeArray, DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
@@ -70,7 +71,7 @@ impl<'a> Document<'a> {
     }
 
     /// Splits a map section (`[routes]`) into its named entries.
-    pub fn entries(&mut self, section: &str, value: Spanned<DeValue<'a>>) -> Vec<Entry<'a>> {
+    fn entries(&mut self, section: &str, value: Spanned<DeValue<'a>>) -> Vec<Entry<'a>> {
         let span = value.span();
         match value.into_inner() {
             DeValue::Table(table) => table
@@ -93,6 +94,25 @@ impl<'a> Document<'a> {
                 Vec::new()
             }
         }
+    }
+
+    /// Deserializes every named entry of a map section (`[routes.*]`): name, span and value.
+    pub fn deserialize_entries<T: DeserializeOwned>(
+        &mut self,
+        section: &str,
+        value: Option<Spanned<DeValue<'a>>>,
+    ) -> Vec<(String, Range<usize>, Option<T>)> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        self.entries(section, value)
+            .into_iter()
+            .map(|e| {
+                let span = e.value.span();
+                let parsed = self.deserialize(&format!("{section}.{}", e.name), e.value);
+                (e.name, span, parsed)
+            })
+            .collect()
     }
 
     /// Deserializes one entry, recording every problem in it. Keys with problems are dropped

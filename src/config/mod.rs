@@ -103,38 +103,8 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
         }
         None => Some((0..0, model::ServerSection::default())),
     };
-    let cluster_sections: Vec<_> = match clusters {
-        Some(v) => doc
-            .entries("clusters", v)
-            .into_iter()
-            .map(|e| {
-                let key = format!("clusters.{}", e.name);
-                let span = e.value.span();
-                (
-                    e.name,
-                    span,
-                    doc.deserialize::<model::ClusterSection>(&key, e.value),
-                )
-            })
-            .collect(),
-        None => Vec::new(),
-    };
-    let route_sections: Vec<_> = match routes {
-        Some(v) => doc
-            .entries("routes", v)
-            .into_iter()
-            .map(|e| {
-                let key = format!("routes.{}", e.name);
-                let span = e.value.span();
-                (
-                    e.name,
-                    span,
-                    doc.deserialize::<model::RouteSection>(&key, e.value),
-                )
-            })
-            .collect(),
-        None => Vec::new(),
-    };
+    let cluster_sections = doc.deserialize_entries::<model::ClusterSection>("clusters", clusters);
+    let route_sections = doc.deserialize_entries::<model::RouteSection>("routes", routes);
 
     let mut errors = doc.errors;
     let mut compiler = Compiler::new(&mut errors);
