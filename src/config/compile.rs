@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
+/// The largest backend weight: the balancers expand weights into lists and hash rings.
+const MAX_WEIGHT: usize = 1000;
+
 /// Compiles sections that deserialized cleanly; problems go to `errors`.
 pub struct Compiler<'e, 'a> {
     errors: &'e mut ErrorSink<'a>,
@@ -138,12 +141,14 @@ impl<'e, 'a> Compiler<'e, 'a> {
         for (i, spec) in c.backends.iter().enumerate() {
             let bkey = format!("{key}.backends[{i}]");
             let b = spec.get_ref();
-            if b.weight == 0 {
+            if b.weight == 0 || b.weight > MAX_WEIGHT {
                 self.error(
                     spec,
                     &bkey,
-                    "weight must be at least 1",
-                    Some("remove the backend to take it out of rotation".into()),
+                    format!("weight must be between 1 and {MAX_WEIGHT}"),
+                    Some(
+                        "weights are relative: 1 and 3 send the second three times as much".into(),
+                    ),
                 );
                 continue;
             }
@@ -407,32 +412,41 @@ impl<'e, 'a> Compiler<'e, 'a> {
         let key = format!("{route_key}.respond");
         let span = resp.span();
         let resp = resp.into_inner();
-        let status = match StatusCode::from_u16(resp.status) {
-            Ok(s) if (200..=599).contains(&resp.status) => s,
-            _ => {
-                self.errors.push(
-                    Some(span),
-                    &format!("{key}.status"),
-                    format!("status {} is not between 200 and 599", resp.status),
-                    None,
-                );
-                return None;
-            }
-        };
-        let mut headers = self.headers(&resp.headers, &format!("{key}.headers"));
-        let content_type = resp
-            .content_type
-            .as_deref()
-            .unwrap_or("text/plain; charset=utf-8");
-        match HeaderValue::from_str(content_type) {
-            Ok(v) => headers.push((http::header::CONTENT_TYPE, v)),
-            Err(_) => self.errors.push(
-                Some(span),
-                &format!("{key}.content_type"),
-                format!("`{content_type}` is not a valid header value"),
+        let status = StatusCode::from_u16(resp.status)
+            .ok()
+            .filter(|_| (200..=599).contains(&resp.status));
+        if status.is_none() {
+            self.errors.push(
+                Some(span.clone()),
+                &format!("{key}.status"),
+                format!("status {} is not between 200 and 599", resp.status),
                 None,
-            ),
+            );
         }
+        let mut headers = self.headers(&resp.headers, &format!("{key}.headers"));
+        let has_type = headers.iter().any(|(n, _)| n == http::header::CONTENT_TYPE);
+        match (&resp.content_type, has_type) {
+            (Some(_), true) => self.errors.push(
+                Some(span.clone()),
+                &format!("{key}.content_type"),
+                "Content-Type is set both by `content_type` and in `headers`",
+                Some("keep one of them".into()),
+            ),
+            (_, true) => {}
+            (ct, false) => {
+                let ct = ct.as_deref().unwrap_or("text/plain; charset=utf-8");
+                match HeaderValue::from_str(ct) {
+                    Ok(v) => headers.push((http::header::CONTENT_TYPE, v)),
+                    Err(_) => self.errors.push(
+                        Some(span.clone()),
+                        &format!("{key}.content_type"),
+                        format!("`{ct}` is not a valid header value"),
+                        None,
+                    ),
+                }
+            }
+        }
+        let status = status?;
         Some(DirectResponse {
             status,
             headers,

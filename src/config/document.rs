@@ -132,7 +132,13 @@ impl<'a> Document<'a> {
                 Ok(parsed) => return Some(parsed),
                 Err(err) => err,
             };
-            let mut path: Vec<Segment> = err.path().iter().cloned().collect();
+            // `Spanned<T>` reads its value through a hidden key; it is not part of the user's path.
+            let mut path: Vec<Segment> = err
+                .path()
+                .iter()
+                .filter(|seg| !matches!(seg, Segment::Map { key } if key.starts_with("$__serde_spanned")))
+                .cloned()
+                .collect();
             let inner = err.into_inner();
             let message = inner.message().trim().to_string();
 

@@ -210,6 +210,26 @@ respond = { status = 99 }
     }
 
     #[test]
+    fn errors_inside_spanned_values_keep_checking_the_entry() {
+        let e = errors(
+            "[clusters.c]\nbackends = [{ addr = \"127.0.0.1:1\", wieght = 2 }]\n\
+             [routes.r]\npaths = [1]\nrespond = { bdy = \"x\" }\nclsuter = \"c\"\n",
+        );
+        for w in [
+            "clusters.c.backends[0].wieght unknown key",
+            "routes.r.paths[0] invalid type",
+            "routes.r.respond.bdy unknown key",
+            "routes.r.clsuter unknown key",
+        ] {
+            assert!(
+                e.iter().any(|x| x.starts_with(w)),
+                "missing `{w}` in {e:#?}"
+            );
+        }
+        assert!(e.iter().all(|x| !x.contains("$__serde")), "{e:#?}");
+    }
+
+    #[test]
     fn a_route_to_a_broken_cluster_is_not_reported_twice() {
         let e =
             errors("[clusters.c]\nbackends = []\n[routes.r]\npaths = [\"/\"]\ncluster = \"c\"\n");

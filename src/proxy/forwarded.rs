@@ -15,6 +15,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Longest client-supplied request id that is kept.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -58,7 +59,7 @@ pub fn client_ip(
     for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
         let Ok(text) = value.to_str() else { break };
         for part in text.rsplit(',') {
-            let Ok(ip) = part.trim().parse::<IpAddr>() else {
+            let Ok(ip) = part.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
                 return leftmost;
             };
             if !settings.is_trusted(ip) {
@@ -70,18 +71,56 @@ pub fn client_ip(
     leftmost
 }
 
-/// True when the path is absolute and has no `.` or `..` segments (raw or percent-encoded),
-/// which could otherwise reach a different route upstream than the one matched here.
-pub fn is_routable_path(path: &str) -> bool {
-    if !path.starts_with('/') {
-        return false;
+/// Refuses paths that could reach a different resource upstream than the route matched here:
+/// relative paths, `.`/`..` segments (raw, `%2e`-encoded or with `;params`), encoded slashes
+/// and backslashes, and empty segments (`//`), which servers normalise in different ways.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err("the path must start with `/`");
+    };
+    if path.contains('\\') {
+        return Err("the path must not contain a backslash");
     }
-    path.split('/').all(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        !matches!(
-            lower.as_str(),
-            "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."
-        )
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let is_last = segments.peek().is_none();
+        if seg.is_empty() && !is_last {
+            return Err("the path must not contain empty segments (`//`)");
+        }
+        if has_encoded_separator(seg) {
+            return Err("the path must not contain encoded `/` or `\\`");
+        }
+        let name = seg.split(';').next().unwrap_or_default();
+        if is_dot_segment(name) {
+            return Err("the path must not contain `.` or `..` segments");
+        }
+    }
+    Ok(())
+}
+
+/// `.` or `..`, each dot written as `.` or `%2e`.
+fn is_dot_segment(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    let (mut i, mut dots) = (0, 0);
+    while i < b.len() {
+        if b[i] == b'.' {
+            i += 1;
+        } else if b.len() - i >= 3 && b[i] == b'%' && b[i + 1] == b'2' && (b[i + 2] | 0x20) == b'e'
+        {
+            i += 3;
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    (1..=2).contains(&dots)
+}
+
+/// `%2f` or `%5c` in any case.
+fn has_encoded_separator(seg: &str) -> bool {
+    seg.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && ((w[1] == b'2' && (w[2] | 0x20) == b'f') || (w[1] == b'5' && (w[2] | 0x20) == b'c'))
     })
 }
 
@@ -103,22 +142,30 @@ pub fn set_forwarded_headers(
         None => 0,
     };
     let peer_text = &ip_buf[..ip_len];
-    let xff = match upstream.headers.get(&X_FORWARDED_FOR) {
-        Some(prev) if peer_trusted => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + peer_text.len());
+    let xff = if peer_trusted && upstream.headers.contains_key(&X_FORWARDED_FOR) {
+        // Every X-Forwarded-For line of a trusted peer, in order, then the peer.
+        let mut v = Vec::with_capacity(64);
+        for prev in upstream.headers.get_all(&X_FORWARDED_FOR) {
             v.extend_from_slice(prev.as_bytes());
             v.extend_from_slice(b", ");
-            v.extend_from_slice(peer_text);
-            HeaderValue::from_bytes(&v).ok()
         }
-        _ if peer.is_some() => HeaderValue::from_bytes(peer_text).ok(),
-        _ => None,
+        v.extend_from_slice(peer_text);
+        HeaderValue::from_bytes(&v).ok()
+    } else if peer.is_some() {
+        HeaderValue::from_bytes(peer_text).ok()
+    } else {
+        None
     };
     match xff {
         Some(v) => upstream.insert_header(X_FORWARDED_FOR.clone(), v)?,
         None => {
             upstream.remove_header(&X_FORWARDED_FOR);
         }
+    }
+    if !peer_trusted {
+        // Other client-address headers an untrusted client could use to spoof its identity.
+        upstream.remove_header(&http::header::FORWARDED);
+        upstream.remove_header(&X_REAL_IP);
     }
     if !peer_trusted || !upstream.headers.contains_key(&X_FORWARDED_PROTO) {
         upstream.insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
@@ -180,10 +227,30 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_are_not_routable() {
-        assert!(is_routable_path("/a/b.c/d"));
-        assert!(!is_routable_path("/a/../admin"));
-        assert!(!is_routable_path("/a/%2E%2e/admin"));
-        assert!(!is_routable_path("relative"));
+    fn ambiguous_paths_are_not_routable() {
+        for ok in [
+            "/",
+            "/a/b.c/d",
+            "/users/",
+            "/a/...",
+            "/a/.well-known/x",
+            "/a;v=1/b",
+        ] {
+            assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "relative",
+            "/a/../admin",
+            "/a/%2E%2e/admin",
+            "/a/.",
+            "/public/..;/admin",
+            "/public/..%2fadmin",
+            "/public/..%5Cadmin",
+            "/a\\b",
+            "//admin",
+            "/a//b",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
     }
 }

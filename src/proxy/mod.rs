@@ -49,7 +49,7 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
+        .map(|a| a.ip().to_canonical())
 }
 
 /// What routing decided, owned so the session can be written to afterwards.
@@ -90,20 +90,12 @@ impl ProxyHttp for Gateway {
                 ),
                 Vec::new(),
             )
-        } else if !forwarded::is_routable_path(path) {
-            Decision::Problem(
-                ProblemKind::MalformedRequest,
-                "the path must be absolute and must not contain `.` or `..` segments".into(),
-                Vec::new(),
-            )
+        } else if let Err(why) = forwarded::check_path(path) {
+            Decision::Problem(ProblemKind::MalformedRequest, why.into(), Vec::new())
+        } else if let Err(why) = valid_host(request_host(req)) {
+            Decision::Problem(ProblemKind::MalformedRequest, why.into(), Vec::new())
         } else {
-            let raw_host = req
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri.authority().map(|a| a.as_str()))
-                .unwrap_or_default();
-            let host = normalize_host(raw_host);
+            let host = normalize_host(request_host(req));
             let view = RequestView {
                 host: &host,
                 path,
@@ -189,11 +181,12 @@ impl ProxyHttp for Gateway {
         if let Some(addr) = ctx.backend.take() {
             ctx.failed.push(addr);
         }
-        let retries = match ctx.route.as_ref().map(|r| &r.action) {
-            Some(RouteAction::Proxy(cluster)) => cluster.retries,
-            _ => 0,
+        let Some(RouteAction::Proxy(cluster)) = ctx.route.as_ref().map(|r| &r.action) else {
+            return e;
         };
-        if ctx.retries_used < retries {
+        // Retry only while attempts remain and a healthy backend has not failed yet; otherwise
+        // the client gets this connect error (a 502, or a 504 for a connect timeout).
+        if ctx.retries_used < cluster.retries && cluster.select(&[], &ctx.failed).is_some() {
             ctx.retries_used += 1;
             e.set_retry(true);
         }
@@ -210,7 +203,14 @@ impl ProxyHttp for Gateway {
             let stripped = strip_prefix(&upstream.uri, ctx.prefix_len)?;
             upstream.set_uri(stripped);
         }
-        let host = session.req_header().headers.get(header::HOST).cloned();
+        let req = session.req_header();
+        let host = match req.headers.get(header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => req
+                .uri
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()),
+        };
         forwarded::set_forwarded_headers(upstream, peer_ip(session), ctx.peer_trusted, host)?;
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         Ok(())
@@ -259,6 +259,28 @@ impl ProxyHttp for Gateway {
             error_code: kind.status(),
             can_reuse_downstream: false,
         }
+    }
+}
+
+/// The host a request is for: `Host`, or the URI authority (HTTP/2, absolute-form).
+fn request_host(req: &pingora::http::RequestHeader) -> &str {
+    req.headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default()
+}
+
+/// A host (with optional port) no longer than DNS allows, made of host-name characters.
+fn valid_host(host: &str) -> std::result::Result<(), &'static str> {
+    let ok_len = host.len() <= 253 + 6;
+    let ok_chars = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'));
+    if ok_len && ok_chars {
+        Ok(())
+    } else {
+        Err("the Host header is not a valid host name")
     }
 }
 

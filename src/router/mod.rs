@@ -119,7 +119,8 @@ pub struct RouteMatch<'r> {
 #[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
 struct Rank {
     priority: i64,
-    host: u8,
+    /// Exact host (`usize::MAX`), then wildcards by suffix length, then no host (0).
+    host: usize,
     path: PathRank,
     conditions: usize,
     earlier: std::cmp::Reverse<usize>,
@@ -159,6 +160,12 @@ impl Router {
                 insert_paths(index, &spec, order);
             }
         }
+        router
+            .exact_hosts
+            .values_mut()
+            .chain(router.wildcard_hosts.values_mut())
+            .chain(std::iter::once(&mut router.any_host))
+            .for_each(PathIndex::finish);
         router
     }
 
@@ -228,18 +235,20 @@ impl Router {
         methods
     }
 
-    /// Calls `f` for each path index that applies to `host`, most specific host first.
-    fn for_each_host_index<'s>(&'s self, host: &str, mut f: impl FnMut(&'s PathIndex, u8)) {
+    /// Calls `f` for each path index that applies to `host` with its host rank, highest first
+    /// (which is what lets `lookup` skip indexes that cannot beat the best match).
+    fn for_each_host_index<'s>(&'s self, host: &str, mut f: impl FnMut(&'s PathIndex, usize)) {
         if !self.exact_hosts.is_empty() {
             if let Some(index) = self.exact_hosts.get(host) {
-                f(index, 2);
+                f(index, usize::MAX);
             }
         }
         if !self.wildcard_hosts.is_empty() {
             // Longest suffix first: `a.b.example.com` tries `.b.example.com`, then `.example.com`.
             for (i, _) in host.match_indices('.') {
-                if let Some(index) = self.wildcard_hosts.get(&host[i..]) {
-                    f(index, 1);
+                let suffix = &host[i..];
+                if let Some(index) = self.wildcard_hosts.get(suffix) {
+                    f(index, suffix.len());
                 }
             }
         }
@@ -335,6 +344,22 @@ respond = {}
             "405 [GET, POST, PUT]"
         );
         assert_eq!(name(&find(&r, "h", Method::GET, "/y")), "404");
+    }
+
+    #[test]
+    fn the_longer_wildcard_wins_whatever_other_routes_exist() {
+        let base = "[routes.short]\nhosts = [\"*.example.com\"]\npaths = [\"=/login\"]\nrespond = {}\n\
+                    [routes.long]\nhosts = [\"*.api.example.com\"]\npaths = [\"/\"]\nrespond = {}\n";
+        let with_priority = format!(
+            "{base}[routes.other]\nhosts = [\"*.example.com\"]\npaths = [\"=/x\"]\npriority = 1\nrespond = {{}}\n"
+        );
+        for cfg in [base.to_string(), with_priority] {
+            let r = router(&cfg);
+            assert_eq!(
+                name(&find(&r, "x.api.example.com", Method::GET, "/login")),
+                "long+0"
+            );
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::Route;
 use ahash::AHashMap;
-use regex::Regex;
+use regex::{Regex, RegexSet};
 use std::sync::Arc;
 
 /// A compiled `paths` entry.
@@ -77,6 +77,8 @@ pub struct PathIndex {
     exact: AHashMap<Box<str>, Vec<Candidate>>,
     prefixes: PrefixNode,
     regexes: Vec<(Regex, Candidate)>,
+    /// All of `regexes` in one automaton, so a path is scanned once however many there are.
+    regex_set: Option<RegexSet>,
     /// The highest route priority in this index, to skip it when it cannot win.
     pub max_priority: i64,
 }
@@ -87,6 +89,7 @@ impl Default for PathIndex {
             exact: AHashMap::default(),
             prefixes: PrefixNode::default(),
             regexes: Vec::new(),
+            regex_set: None,
             max_priority: i64::MIN,
         }
     }
@@ -123,6 +126,15 @@ impl PathIndex {
         }
     }
 
+    /// Compiles the regexes into one set; call after the last [`PathIndex::insert`].
+    pub fn finish(&mut self) {
+        // A set only pays off with several regexes; if it cannot be built (size limits), the
+        // regexes are tried one by one.
+        self.regex_set = (self.regexes.len() > 1)
+            .then(|| RegexSet::new(self.regexes.iter().map(|(re, _)| re.as_str())).ok())
+            .flatten();
+    }
+
     /// Calls `f` for every candidate whose path pattern matches `path`.
     pub fn for_each_match<'s>(&'s self, path: &str, mut f: impl FnMut(&'s Candidate, PathRank)) {
         if let Some(cands) = self.exact.get(path) {
@@ -150,10 +162,17 @@ impl PathIndex {
                 node.below.iter().for_each(|c| f(c, PathRank::Prefix(len)));
             }
         }
-        for (re, cand) in &self.regexes {
-            if re.is_match(path) {
-                f(cand, PathRank::Regex);
-            }
+        match &self.regex_set {
+            Some(set) => set
+                .matches(path)
+                .iter()
+                .filter_map(|i| self.regexes.get(i))
+                .for_each(|(_, cand)| f(cand, PathRank::Regex)),
+            None => self
+                .regexes
+                .iter()
+                .filter(|(re, _)| re.is_match(path))
+                .for_each(|(_, cand)| f(cand, PathRank::Regex)),
         }
     }
 }

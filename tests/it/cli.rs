@@ -47,7 +47,7 @@ cluster = "user"
         ),
         (
             ":7:31: `clusters.users.backends[1]`",
-            "weight must be at least 1",
+            "weight must be between 1 and 1000",
         ),
         (
             ":8:19: `clusters.users.connect_timeout`",

@@ -26,17 +26,30 @@ async fn upstream_timeout_is_a_504_problem() {
 }
 
 #[tokio::test]
-async fn dot_segments_are_a_400_problem() {
+async fn ambiguous_paths_and_hosts_are_400_problems() {
     let g = Gantry::start("[routes.all]\npaths = [\"/\"]\nrespond = { body = \"ok\" }\n");
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", g.port)).expect("connect");
-    stream
-        .write_all(b"GET /public/../admin HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("write");
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("read until close");
-    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
-    assert!(raw.contains("application/problem+json"));
-    assert!(raw.contains("urn:gantry:problem:malformed-request"));
+    let long_host = "a.".repeat(3000);
+    let requests = [
+        ("/public/../admin", "localhost"),
+        ("/public/..;/admin", "localhost"),
+        ("/public/..%2fadmin", "localhost"),
+        ("//admin", "localhost"),
+        ("/ok", long_host.as_str()),
+        ("/ok", "bad host!"),
+    ];
+    for (path, host) in requests {
+        // Raw HTTP: clients would normalise these paths before sending.
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", g.port)).expect("connect");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").expect("write");
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).expect("read until close");
+        assert!(raw.starts_with("HTTP/1.1 400"), "{path}: {raw}");
+        assert!(raw.contains("application/problem+json"), "{path}");
+        assert!(
+            raw.contains("urn:gantry:problem:malformed-request"),
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test]
