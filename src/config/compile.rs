@@ -153,16 +153,19 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 continue;
             }
             match resolve(&b.addr) {
-                Ok(addr) if backends.iter().any(|x| x.addr == addr) => self.error(
-                    spec,
-                    &bkey,
-                    format!("backend `{}` is listed twice", b.addr),
-                    Some("list each backend once and use weight to send it more traffic".into()),
-                ),
-                Ok(addr) => backends.push(BackendAddr {
+                Ok(addrs) if addrs.iter().any(|a| backends.iter().any(|x| x.addr == *a)) => self
+                    .error(
+                        spec,
+                        &bkey,
+                        format!("backend `{}` is listed twice", b.addr),
+                        Some(
+                            "list each backend once and use weight to send it more traffic".into(),
+                        ),
+                    ),
+                Ok(addrs) => backends.extend(addrs.into_iter().map(|addr| BackendAddr {
                     addr,
                     weight: b.weight,
-                }),
+                })),
                 Err(e) => self.error(
                     spec,
                     &bkey,
@@ -524,16 +527,23 @@ impl<'e, 'a> Compiler<'e, 'a> {
     }
 }
 
-/// Resolves `host:port` once, at load (never on the request path).
-fn resolve(addr: &str) -> Result<SocketAddr, String> {
+/// Resolves `host:port` once, at load (never on the request path). Like nginx, a name that
+/// resolves to several addresses becomes one backend per address.
+fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
     if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(a);
+        return Ok(vec![a]);
     }
     if !addr.contains(':') {
         return Err(format!("backend `{addr}` has no port"));
     }
-    addr.to_socket_addrs()
+    let mut addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
         .map_err(|e| format!("cannot resolve backend `{addr}`: {e}"))?
-        .next()
-        .ok_or_else(|| format!("backend `{addr}` resolved to no address"))
+        .collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(format!("backend `{addr}` resolved to no address"));
+    }
+    Ok(addrs)
 }

@@ -166,3 +166,56 @@ async fn graceful_upgrade_hands_the_listener_to_a_new_process() {
         new.log()
     );
 }
+
+#[tokio::test]
+async fn h2c_clients_are_served_and_proxied_to_http1_upstreams() {
+    let up = Upstream::start("h1").await;
+    let g = Gantry::start(&format!(
+        "{}\n[routes.api]\npaths = [\"/api\"]\ncluster = \"h1\"\n\
+         [routes.hello]\npaths = [\"=/hello\"]\nrespond = {{ body = \"hi\" }}\n",
+        cluster("h1", &[&up])
+    ));
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2c client");
+    let resp = h2.get(g.url("/hello")).send().await.expect("h2c request");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.text().await.expect("body"), "hi");
+    let resp = h2
+        .post(g.url("/api/x?q=1"))
+        .body("over h2")
+        .send()
+        .await
+        .expect("h2c request");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let echo: Value = resp.json().await.expect("json");
+    assert_eq!(echo["uri"], "/api/x?q=1");
+    assert_eq!(echo["body"], "over h2");
+    assert!(echo["headers"]["x-forwarded-host"]
+        .as_str()
+        .is_some_and(|h| h.starts_with("127.0.0.1:")));
+}
+
+#[tokio::test]
+async fn backend_host_names_are_resolved_at_load() {
+    let up = Upstream::start("named").await;
+    let g = Gantry::start(&format!(
+        "[clusters.named]\nbackends = [\"localhost:{}\"]\n[routes.all]\npaths = [\"/\"]\ncluster = \"named\"\n",
+        up.addr.port()
+    ));
+    // `localhost` may also resolve to ::1, where nothing listens: those attempts are retried.
+    for _ in 0..10 {
+        let echo: Value = client()
+            .get(g.url("/"))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(echo["upstream"], "named");
+    }
+    assert_eq!(up.hits(), 10);
+}
