@@ -188,6 +188,9 @@ mod tests {
             ProblemKind::from_error(&e),
             Some(ProblemKind::UpstreamTimeout)
         );
+        let mut e = Error::new(ErrorType::ConnectTimedout);
+        e.as_up();
+        assert_eq!(ProblemKind::from_error(&e), Some(ProblemKind::UpstreamTimeout));
         let mut e = Error::new(ErrorType::ConnectRefused);
         e.as_up();
         assert_eq!(
