@@ -11,8 +11,8 @@ run: deps
 ## Every check CI runs: formatting, clippy, unit and integration tests.
 test: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
 
 ## Install missing build tools (cmake) or say how.
 deps:
@@ -20,7 +20,7 @@ deps:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## Criterion micro-benchmarks (router matching).
 bench:

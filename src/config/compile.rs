@@ -322,6 +322,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
         name: &str,
         r: RouteSection,
         clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
+        plugins: Box<[Arc<dyn gantry_plugins::Plugin>]>,
     ) -> Option<RouteSpec> {
         let before = self.error_count();
         let key = format!("routes.{name}");
@@ -398,6 +399,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
             headers,
             priority: r.priority,
             strip_prefix: r.strip_prefix,
+            plugins,
             action: action?,
         };
         Some(RouteSpec {

@@ -55,6 +55,17 @@ impl<'a> Document<'a> {
         take_key(&mut self.root, name)
     }
 
+    /// Removes `name` from a table value (so the table can be deserialized without it).
+    pub fn take_child(
+        value: &mut Spanned<DeValue<'a>>,
+        name: &str,
+    ) -> Option<Spanned<DeValue<'a>>> {
+        match value.get_mut() {
+            DeValue::Table(table) => take_key(table, name),
+            _ => None,
+        }
+    }
+
     /// Reports every top-level key that is left over as unknown.
     pub fn reject_remaining(&mut self, known: &[&str]) {
         let leftovers: Vec<_> = self.root.iter().map(|(k, _)| k.clone()).collect();
@@ -71,7 +82,7 @@ impl<'a> Document<'a> {
     }
 
     /// Splits a map section (`[routes]`) into its named entries.
-    fn entries(&mut self, section: &str, value: Spanned<DeValue<'a>>) -> Vec<Entry<'a>> {
+    pub fn entries(&mut self, section: &str, value: Spanned<DeValue<'a>>) -> Vec<Entry<'a>> {
         let span = value.span();
         match value.into_inner() {
             DeValue::Table(table) => table

@@ -7,6 +7,7 @@ mod compile;
 mod document;
 mod error;
 pub mod model;
+mod plugins;
 
 pub use error::{ConfigError, ConfigErrors};
 
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The top-level sections a file may have.
-const SECTIONS: &[&str] = &["server", "clusters", "routes"];
+const SECTIONS: &[&str] = &["server", "clusters", "routes", "plugins"];
 
 /// Compiled `[server]` settings.
 #[derive(Debug, Clone)]
@@ -93,6 +94,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
     let server = doc.take("server");
     let clusters = doc.take("clusters");
     let routes = doc.take("routes");
+    let global_plugins = doc.take("plugins");
     doc.reject_remaining(SECTIONS);
 
     let server = match server {
@@ -104,7 +106,25 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
         None => Some((0..0, model::ServerSection::default())),
     };
     let cluster_sections = doc.deserialize_entries::<model::ClusterSection>("clusters", clusters);
-    let route_sections = doc.deserialize_entries::<model::RouteSection>("routes", routes);
+    let global_plugins = plugins::global(&mut doc, global_plugins);
+    let route_entries = routes.map(|v| doc.entries("routes", v)).unwrap_or_default();
+    let route_sections: Vec<_> = route_entries
+        .into_iter()
+        .map(|mut e| {
+            let key = format!("routes.{}", e.name);
+            let span = e.value.span();
+            let overrides = Document::take_child(&mut e.value, "plugins")
+                .map(|p| plugins::route(&mut doc, &key, p))
+                .unwrap_or_default();
+            let section = doc.deserialize::<model::RouteSection>(&key, e.value);
+            (
+                e.name,
+                span,
+                section,
+                plugins::chain(&global_plugins, &overrides),
+            )
+        })
+        .collect();
 
     let mut errors = doc.errors;
     let mut compiler = Compiler::new(&mut errors);
@@ -123,9 +143,9 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
         clusters.insert(name, cluster);
     }
     let mut specs = Vec::new();
-    for (name, span, section) in route_sections {
+    for (name, span, section, chain) in route_sections {
         compiler.at_entry(span);
-        if let Some(spec) = section.and_then(|s| compiler.route(&name, s, &clusters)) {
+        if let Some(spec) = section.and_then(|s| compiler.route(&name, s, &clusters, chain)) {
             specs.push(spec);
         }
     }

@@ -1,8 +1,9 @@
 //! Per-request state shared by the proxy's hooks.
 
 use crate::router::Route;
+use gantry_plugins::PluginState;
 use http::HeaderValue;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// State of one request, created empty by `new_ctx` and filled by the hooks.
@@ -13,8 +14,8 @@ pub struct RequestCtx {
     pub route: Option<Arc<Route>>,
     /// Bytes of the path covered by the route's prefix.
     pub prefix_len: usize,
-    /// The client address after trusted proxies.
-    pub client_ip: Option<IpAddr>,
+    /// What plugins see and update: the client address (after trusted proxies), ...
+    pub state: PluginState,
     /// Whether the direct peer is a trusted proxy.
     pub peer_trusted: bool,
     /// Connection retries used so far.
@@ -31,7 +32,7 @@ impl Default for RequestCtx {
             request_id: HeaderValue::from_static(""),
             route: None,
             prefix_len: 0,
-            client_ip: None,
+            state: PluginState::default(),
             peer_trusted: false,
             retries_used: 0,
             failed: Vec::new(),

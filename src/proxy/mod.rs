@@ -19,6 +19,7 @@ use crate::router::{normalize_host, Lookup, RequestView, RouteAction};
 use crate::upstream::hash_key::ip_key;
 use async_trait::async_trait;
 use forwarded::X_REQUEST_ID;
+use gantry_plugins::{Flow, Rejection};
 use http::{header, Method, Uri};
 use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -42,6 +43,24 @@ impl Gateway {
             config,
             keepalive_secs,
         }
+    }
+
+    /// Runs the matched route's `on_request` chain; the first refusal wins.
+    async fn run_request_plugins(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Rejection>> {
+        let Some(route) = ctx.route.as_ref().filter(|r| !r.plugins.is_empty()) else {
+            return Ok(None);
+        };
+        let route = Arc::clone(route);
+        for plugin in route.plugins.iter() {
+            if let Flow::Reject(rejection) = plugin.on_request(session, &mut ctx.state).await? {
+                return Ok(Some(rejection));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -78,7 +97,7 @@ impl ProxyHttp for Gateway {
         ctx.peer_trusted = peer.is_some_and(|ip| settings.is_trusted(ip));
         let req = session.req_header();
         ctx.request_id = forwarded::request_id(&req.headers, ctx.peer_trusted);
-        ctx.client_ip = forwarded::client_ip(peer, ctx.peer_trusted, &req.headers, settings);
+        ctx.state.client_ip = forwarded::client_ip(peer, ctx.peer_trusted, &req.headers, settings);
 
         let path = req.uri.path();
         let decision = if header_size(req) > settings.max_request_header_size {
@@ -123,6 +142,14 @@ impl ProxyHttp for Gateway {
                 ),
             }
         };
+        if matches!(decision, Decision::Proxy | Decision::Respond(_)) {
+            if let Some(rejection) = self.run_request_plugins(session, ctx).await? {
+                Problem::rejected(&rejection)
+                    .send(session, &ctx.request_id)
+                    .await?;
+                return Ok(true);
+            }
+        }
         match decision {
             Decision::Proxy => Ok(false),
             Decision::Respond(route) => {
@@ -131,9 +158,8 @@ impl ProxyHttp for Gateway {
             }
             Decision::Problem(kind, detail, allow) => {
                 let problem = Problem {
-                    kind,
-                    detail: &detail,
                     allow: &allow,
+                    ..Problem::new(kind, &detail)
                 };
                 problem.send(session, &ctx.request_id).await?;
                 Ok(true)
@@ -150,7 +176,7 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a cluster");
         };
         let mut ip_buf = [0u8; 16];
-        let client = ip_key(ctx.client_ip, &mut ip_buf);
+        let client = ip_key(ctx.state.client_ip, &mut ip_buf);
         let key = match cluster.hash_on() {
             Some(hash_on) => hash_on.key(session.req_header(), client),
             None => &[],

@@ -3,7 +3,8 @@
 //! Each kind has a stable `type` URI (`urn:gantry:problem:SLUG`) documented in `docs/errors.md`.
 //! Every body carries the request id; the `detail` never contains secrets or upstream internals.
 
-use http::{header, HeaderValue, Method};
+use gantry_plugins::Rejection;
+use http::{header, HeaderName, HeaderValue, Method};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -97,34 +98,61 @@ impl ProblemKind {
     }
 }
 
-/// A problem to send: its kind, a detail line and, for 405, the allowed methods.
+/// A problem to send.
 pub struct Problem<'a> {
-    /// What went wrong.
-    pub kind: ProblemKind,
+    /// HTTP status.
+    pub status: u16,
+    /// The last part of the `type` URI.
+    pub slug: &'static str,
+    /// Short summary.
+    pub title: &'static str,
     /// One line for the client, without secrets.
     pub detail: &'a str,
     /// Methods for the `Allow` header (405 only).
     pub allow: &'a [Method],
+    /// Extra headers (a plugin's `WWW-Authenticate`, for example).
+    pub headers: &'a [(HeaderName, HeaderValue)],
+    /// Close the connection afterwards.
+    pub close: bool,
 }
 
 impl<'a> Problem<'a> {
-    /// A problem without `Allow`.
+    /// A problem of one of the gateway's own kinds.
     pub fn new(kind: ProblemKind, detail: &'a str) -> Self {
         Problem {
-            kind,
+            status: kind.status(),
+            slug: kind.slug(),
+            title: kind.title(),
             detail,
             allow: &[],
+            headers: &[],
+            close: matches!(
+                kind,
+                ProblemKind::MalformedRequest | ProblemKind::HeaderTooLarge
+            ),
+        }
+    }
+
+    /// A plugin's refusal.
+    pub fn rejected(r: &'a Rejection) -> Self {
+        Problem {
+            status: r.status,
+            slug: r.slug,
+            title: r.title,
+            detail: &r.detail,
+            allow: &[],
+            headers: &r.headers,
+            close: false,
         }
     }
 
     /// The JSON body.
     pub fn body(&self, request_id: &str) -> String {
-        let kind = self.kind;
         format!(
-            "{{\"type\":\"urn:gantry:problem:{}\",\"title\":\"{}\",\"status\":{},\"detail\":{},\"request_id\":{}}}",
-            kind.slug(),
-            kind.title(),
-            kind.status(),
+            "{{\"type\":\"urn:gantry:problem:{}\",\"title\":{},\"status\":{},\"detail\":{},\"request_id\":{}}}",
+            self.slug,
+            serde_json::Value::from(self.title),
+            self.status,
             serde_json::Value::from(self.detail),
             serde_json::Value::from(request_id),
         )
@@ -133,7 +161,7 @@ impl<'a> Problem<'a> {
     /// Writes the problem as the response. The connection is closed afterwards for 400 and 431.
     pub async fn send(&self, session: &mut Session, request_id: &HeaderValue) -> Result<()> {
         let body = self.body(request_id.to_str().unwrap_or_default());
-        let mut resp = ResponseHeader::build(self.kind.status(), Some(5))?;
+        let mut resp = ResponseHeader::build(self.status, Some(5 + self.headers.len()))?;
         resp.insert_header(header::CONTENT_TYPE, "application/problem+json")?;
         resp.insert_header(header::CONTENT_LENGTH, body.len())?;
         resp.insert_header(header::CACHE_CONTROL, "no-store")?;
@@ -142,10 +170,10 @@ impl<'a> Problem<'a> {
             let allow: Vec<&str> = self.allow.iter().map(Method::as_str).collect();
             resp.insert_header(header::ALLOW, allow.join(", "))?;
         }
-        if matches!(
-            self.kind,
-            ProblemKind::MalformedRequest | ProblemKind::HeaderTooLarge
-        ) {
+        for (name, value) in self.headers {
+            resp.insert_header(name.clone(), value.clone())?;
+        }
+        if self.close {
             session.set_keepalive(None);
         }
         let head_only = session.req_header().method == Method::HEAD;
@@ -190,7 +218,10 @@ mod tests {
         );
         let mut e = Error::new(ErrorType::ConnectTimedout);
         e.as_up();
-        assert_eq!(ProblemKind::from_error(&e), Some(ProblemKind::UpstreamTimeout));
+        assert_eq!(
+            ProblemKind::from_error(&e),
+            Some(ProblemKind::UpstreamTimeout)
+        );
         let mut e = Error::new(ErrorType::ConnectRefused);
         e.as_up();
         assert_eq!(

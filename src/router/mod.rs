@@ -33,6 +33,8 @@ pub struct Route {
     pub priority: i64,
     /// Remove the matched prefix before proxying.
     pub strip_prefix: bool,
+    /// The route's plugin chain, highest priority first.
+    pub plugins: Box<[Arc<dyn gantry_plugins::Plugin>]>,
     /// What happens to a matched request.
     pub action: RouteAction,
 }

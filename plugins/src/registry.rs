@@ -1,0 +1,43 @@
+//! The explicit list of built-in plugins and how each is built from its configuration.
+
+use crate::{ip_restriction, Plugin};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+/// Every built-in plugin name, for configuration errors ("did you mean").
+pub const NAMES: &[&str] = &[ip_restriction::NAME];
+
+/// Where a plugin's typed configuration comes from. The gateway implements it over its
+/// spanned TOML document, so problems are reported with line, column and key.
+pub trait ConfigSource {
+    /// Deserializes the plugin's table; `None` when it had problems (already reported).
+    fn parse<T: DeserializeOwned>(&mut self) -> Option<T>;
+}
+
+/// The result of building a plugin.
+pub enum Build {
+    /// No plugin has this name.
+    Unknown,
+    /// The table did not deserialize; the source reported why.
+    Invalid,
+    /// The table deserialized but its values are not usable.
+    Failed(String),
+    /// A ready plugin.
+    Ready(Arc<dyn Plugin>),
+}
+
+/// Builds the plugin `name` from `source`.
+pub fn build<S: ConfigSource>(name: &str, source: &mut S) -> Build {
+    match name {
+        ip_restriction::NAME => finish(source.parse().map(ip_restriction::IpRestriction::new)),
+        _ => Build::Unknown,
+    }
+}
+
+fn finish<P: Plugin + 'static>(built: Option<Result<P, String>>) -> Build {
+    match built {
+        None => Build::Invalid,
+        Some(Err(e)) => Build::Failed(e),
+        Some(Ok(p)) => Build::Ready(Arc::new(p)),
+    }
+}

@@ -1,0 +1,130 @@
+//! Plugin configuration: `[plugins.NAME]` (global) and `[routes.R.plugins.NAME]` (per route),
+//! built through the explicit registry of `gantry-plugins` and compiled into per-route chains.
+
+use super::document::Document;
+use super::error::did_you_mean;
+use gantry_plugins::registry::{self, Build, ConfigSource};
+use gantry_plugins::Plugin;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use toml::de::DeValue;
+use toml::Spanned;
+
+/// A route's plugin entry: a configured instance, or `None` for `enabled = false`.
+pub type Override = (String, Option<Arc<dyn Plugin>>);
+
+/// Feeds one plugin table to the registry, reporting problems through the document.
+struct TableSource<'d, 'a> {
+    doc: &'d mut Document<'a>,
+    key: &'d str,
+    value: Option<Spanned<DeValue<'a>>>,
+}
+
+impl ConfigSource for TableSource<'_, '_> {
+    fn parse<T: DeserializeOwned>(&mut self) -> Option<T> {
+        let value = self.value.take()?;
+        self.doc.deserialize(self.key, value)
+    }
+}
+
+/// `[plugins.*]`: the plugins applied to every route.
+pub fn global<'a>(
+    doc: &mut Document<'a>,
+    section: Option<Spanned<DeValue<'a>>>,
+) -> Vec<(String, Arc<dyn Plugin>)> {
+    let Some(section) = section else {
+        return Vec::new();
+    };
+    doc.entries("plugins", section)
+        .into_iter()
+        .filter_map(|e| {
+            let key = format!("plugins.{}", e.name);
+            build(doc, &key, &e.name, e.value).map(|p| (e.name, p))
+        })
+        .collect()
+}
+
+/// `[routes.R.plugins.*]`: the route's replacements and `enabled = false` switches.
+pub fn route<'a>(
+    doc: &mut Document<'a>,
+    route_key: &str,
+    section: Spanned<DeValue<'a>>,
+) -> Vec<Override> {
+    let section_key = format!("{route_key}.plugins");
+    doc.entries(&section_key, section)
+        .into_iter()
+        .filter_map(|mut e| {
+            let key = format!("{section_key}.{}", e.name);
+            let span = e.value.span();
+            match Document::take_child(&mut e.value, "enabled").map(Spanned::into_inner) {
+                None | Some(DeValue::Boolean(true)) => {
+                    build(doc, &key, &e.name, e.value).map(|p| (e.name, Some(p)))
+                }
+                Some(DeValue::Boolean(false)) => {
+                    if !registry::NAMES.contains(&e.name.as_str()) {
+                        unknown(doc, span, &key, &e.name);
+                        return None;
+                    }
+                    Some((e.name, None))
+                }
+                Some(_) => {
+                    doc.errors.push(
+                        Some(span),
+                        &format!("{key}.enabled"),
+                        "`enabled` must be true or false",
+                        None,
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// The route's chain: global plugins not overridden, plus the route's own, highest priority first.
+pub fn chain(
+    global: &[(String, Arc<dyn Plugin>)],
+    overrides: &[Override],
+) -> Box<[Arc<dyn Plugin>]> {
+    let mut chain: Vec<Arc<dyn Plugin>> = global
+        .iter()
+        .filter(|(name, _)| !overrides.iter().any(|(o, _)| o == name))
+        .map(|(_, p)| Arc::clone(p))
+        .chain(overrides.iter().filter_map(|(_, p)| p.clone()))
+        .collect();
+    chain.sort_by_key(|p| (std::cmp::Reverse(p.priority()), p.name()));
+    chain.into_boxed_slice()
+}
+
+fn build<'a>(
+    doc: &mut Document<'a>,
+    key: &str,
+    name: &str,
+    value: Spanned<DeValue<'a>>,
+) -> Option<Arc<dyn Plugin>> {
+    let span = value.span();
+    let mut source = TableSource {
+        doc,
+        key,
+        value: Some(value),
+    };
+    match registry::build(name, &mut source) {
+        Build::Ready(plugin) => Some(plugin),
+        Build::Invalid => None,
+        Build::Failed(message) => {
+            doc.errors.push(Some(span), key, message, None);
+            None
+        }
+        Build::Unknown => {
+            unknown(doc, span, key, name);
+            None
+        }
+    }
+}
+
+fn unknown(doc: &mut Document<'_>, span: std::ops::Range<usize>, key: &str, name: &str) {
+    let hint = did_you_mean(name, registry::NAMES.iter().copied())
+        .or_else(|| Some(format!("built-in plugins: {}", registry::NAMES.join(", "))));
+    doc.errors
+        .push(Some(span), key, format!("unknown plugin `{name}`"), hint);
+}

@@ -1,0 +1,103 @@
+//! The plugin system through the real gateway: global and per-route plugins, `enabled = false`,
+//! and `ip-restriction` with trusted and untrusted forwarding headers.
+
+use crate::common::{assert_problem, check_config, client, Gantry};
+
+const ROUTES: &str = r#"
+[routes.guarded]
+paths = ["/guarded"]
+respond = { body = "guarded" }
+
+[routes.open]
+paths = ["/open"]
+respond = { body = "open" }
+[routes.open.plugins.ip-restriction]
+enabled = false
+
+[routes.office]
+paths = ["/office"]
+respond = { body = "office" }
+[routes.office.plugins.ip-restriction]
+allow = ["127.0.0.0/8"]
+"#;
+
+#[tokio::test]
+async fn global_plugins_apply_unless_a_route_replaces_or_disables_them() {
+    let g = Gantry::start(&format!(
+        "[plugins.ip-restriction]\ndeny = [\"127.0.0.1\"]\n{ROUTES}"
+    ));
+    let c = client();
+    let resp = c.get(g.url("/guarded")).send().await.expect("request");
+    assert_problem(resp, 403, "ip-forbidden").await;
+    for (path, body) in [("/open", "open"), ("/office", "office")] {
+        let resp = c.get(g.url(path)).send().await.expect("request");
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.text().await.expect("body"), body);
+    }
+    // Plugins also run for WebSocket upgrade requests.
+    let upgrade =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/guarded", g.port)).await;
+    match upgrade {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        Err(e) => panic!("unexpected upgrade error: {e}"),
+        Ok(_) => panic!("the upgrade was not refused"),
+    }
+}
+
+#[tokio::test]
+async fn client_ip_rules_follow_trusted_proxies_only() {
+    let rule = "[plugins.ip-restriction]\nallow = [\"203.0.113.0/24\"]\n";
+    let route = "[routes.all]\npaths = [\"/\"]\nrespond = { body = \"in\" }\n";
+    let c = client();
+
+    // An untrusted client cannot claim an allowed address in X-Forwarded-For.
+    let g = Gantry::start(&format!("{rule}{route}"));
+    let resp = c
+        .get(g.url("/"))
+        .header("x-forwarded-for", "203.0.113.5")
+        .send()
+        .await
+        .expect("request");
+    assert_problem(resp, 403, "ip-forbidden").await;
+    drop(g);
+
+    // Through a trusted proxy, the forwarded client address is the one checked.
+    let g = Gantry::start_with(
+        "trusted_proxies = [\"127.0.0.1\"]",
+        &format!("{rule}{route}"),
+    );
+    let resp = c
+        .get(g.url("/"))
+        .header("x-forwarded-for", "203.0.113.5")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let resp = c
+        .get(g.url("/"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .send()
+        .await
+        .expect("request");
+    assert_problem(resp, 403, "ip-forbidden").await;
+}
+
+#[test]
+fn misspelt_or_misconfigured_plugins_fail_the_check() {
+    let (ok, out) = check_config(
+        "[plugins.ip-restrictoin]\ndeny = [\"10.0.0.0/8\"]\n\
+         [routes.r]\npaths = [\"/\"]\nrespond = {}\n\
+         [routes.r.plugins.ip-restriction]\nallow = [\"10.0.0.0/33\"]\n\
+         [routes.s]\npaths = [\"/\"]\nrespond = {}\n\
+         [routes.s.plugins.ip-restriction]\nalow = [\"10.0.0.0/8\"]\nenabled = \"no\"\n",
+    );
+    assert!(!ok, "{out}");
+    for expected in [
+        ":1:1: `plugins.ip-restrictoin`: unknown plugin `ip-restrictoin`",
+        "did you mean `ip-restriction`?",
+        "`routes.r.plugins.ip-restriction`: `10.0.0.0/33` is not an IP address or CIDR block",
+        "`routes.s.plugins.ip-restriction.enabled`: `enabled` must be true or false",
+    ] {
+        assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
+    }
+}
