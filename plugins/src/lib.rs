@@ -13,19 +13,28 @@
 //! Each built-in plugin lives in its own module with its typed `Config`
 //! (`deny_unknown_fields`) and is listed explicitly in [`registry`].
 
+pub mod acl;
+pub mod consumer;
 pub mod ip_restriction;
+pub mod key_auth;
+pub mod query;
 pub mod registry;
 
 use async_trait::async_trait;
+use consumer::Consumer;
 use http::{HeaderName, HeaderValue};
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// What the gateway knows about a request that plugins may read and update.
 #[derive(Debug, Default, Clone)]
 pub struct PluginState {
     /// The client address, after `server.trusted_proxies`.
     pub client_ip: Option<IpAddr>,
+    /// The consumer an authentication plugin resolved the request to.
+    pub consumer: Option<Arc<Consumer>>,
 }
 
 /// A refusal: the gateway turns it into an RFC 9457 problem+json response.
@@ -69,6 +78,29 @@ pub trait Plugin: Send + Sync {
         _state: &mut PluginState,
     ) -> pingora::Result<Flow> {
         Ok(Flow::Continue)
+    }
+
+    /// Runs on the request about to be sent upstream (after the gateway's own rewrites).
+    async fn on_upstream_request(
+        &self,
+        _upstream: &mut RequestHeader,
+        _state: &mut PluginState,
+    ) -> pingora::Result<()> {
+        Ok(())
+    }
+}
+
+impl Rejection {
+    /// A 401: the request carries no usable credentials. `challenge` is the
+    /// `WWW-Authenticate` value.
+    pub fn unauthorized(slug: &'static str, detail: &str, challenge: &HeaderValue) -> Self {
+        Rejection {
+            status: 401,
+            slug,
+            title: "Unauthorized",
+            detail: detail.into(),
+            headers: vec![(http::header::WWW_AUTHENTICATE, challenge.clone())],
+        }
     }
 }
 

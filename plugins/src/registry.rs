@@ -1,11 +1,18 @@
 //! The explicit list of built-in plugins and how each is built from its configuration.
 
-use crate::{ip_restriction, Plugin};
+use crate::consumer::Consumers;
+use crate::{acl, ip_restriction, key_auth, Plugin};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
 /// Every built-in plugin name, for configuration errors ("did you mean").
-pub const NAMES: &[&str] = &[ip_restriction::NAME];
+pub const NAMES: &[&str] = &[ip_restriction::NAME, key_auth::NAME, acl::NAME];
+
+/// What plugins may need from the rest of the configuration.
+pub struct BuildContext {
+    /// `[consumers.*]`.
+    pub consumers: Arc<Consumers>,
+}
 
 /// Where a plugin's typed configuration comes from. The gateway implements it over its
 /// spanned TOML document, so problems are reported with line, column and key.
@@ -27,9 +34,15 @@ pub enum Build {
 }
 
 /// Builds the plugin `name` from `source`.
-pub fn build<S: ConfigSource>(name: &str, source: &mut S) -> Build {
+pub fn build<S: ConfigSource>(name: &str, source: &mut S, ctx: &BuildContext) -> Build {
     match name {
         ip_restriction::NAME => finish(source.parse().map(ip_restriction::IpRestriction::new)),
+        key_auth::NAME => finish(
+            source
+                .parse()
+                .map(|c| key_auth::KeyAuth::new(c, Arc::clone(&ctx.consumers))),
+        ),
+        acl::NAME => finish(source.parse().map(acl::Acl::new)),
         _ => Build::Unknown,
     }
 }

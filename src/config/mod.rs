@@ -15,6 +15,7 @@ use crate::router::Router;
 use crate::upstream::Cluster;
 use compile::Compiler;
 use document::Document;
+use gantry_plugins::registry::BuildContext;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The top-level sections a file may have.
-const SECTIONS: &[&str] = &["server", "clusters", "routes", "plugins"];
+const SECTIONS: &[&str] = &["server", "clusters", "routes", "plugins", "consumers"];
 
 /// Compiled `[server]` settings.
 #[derive(Debug, Clone)]
@@ -95,6 +96,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
     let clusters = doc.take("clusters");
     let routes = doc.take("routes");
     let global_plugins = doc.take("plugins");
+    let consumers = doc.take("consumers");
     doc.reject_remaining(SECTIONS);
 
     let server = match server {
@@ -106,7 +108,10 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
         None => Some((0..0, model::ServerSection::default())),
     };
     let cluster_sections = doc.deserialize_entries::<model::ClusterSection>("clusters", clusters);
-    let global_plugins = plugins::global(&mut doc, global_plugins);
+    let build_ctx = BuildContext {
+        consumers: plugins::consumers(&mut doc, consumers),
+    };
+    let global_plugins = plugins::global(&mut doc, global_plugins, &build_ctx);
     let route_entries = routes.map(|v| doc.entries("routes", v)).unwrap_or_default();
     let route_sections: Vec<_> = route_entries
         .into_iter()
@@ -114,7 +119,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
             let key = format!("routes.{}", e.name);
             let span = e.value.span();
             let overrides = Document::take_child(&mut e.value, "plugins")
-                .map(|p| plugins::route(&mut doc, &key, p))
+                .map(|p| plugins::route(&mut doc, &key, p, &build_ctx))
                 .unwrap_or_default();
             let section = doc.deserialize::<model::RouteSection>(&key, e.value);
             (

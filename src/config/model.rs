@@ -289,3 +289,15 @@ pub struct RespondSection {
 fn default_status() -> u16 {
     200
 }
+
+/// `[consumers.NAME]`: an identity that authentication plugins resolve requests to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSection {
+    /// Groups, for `acl`. Default: none.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// API keys for `key-auth`: `"sha256:HEX"` digests (preferred) or plain keys. Default: none.
+    #[serde(default)]
+    pub keys: Vec<String>,
+}

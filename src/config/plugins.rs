@@ -3,7 +3,9 @@
 
 use super::document::Document;
 use super::error::did_you_mean;
-use gantry_plugins::registry::{self, Build, ConfigSource};
+use super::model::ConsumerSection;
+use gantry_plugins::consumer::{ConsumerSpec, Consumers};
+use gantry_plugins::registry::{self, Build, BuildContext, ConfigSource};
 use gantry_plugins::Plugin;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -31,6 +33,7 @@ impl ConfigSource for TableSource<'_, '_> {
 pub fn global<'a>(
     doc: &mut Document<'a>,
     section: Option<Spanned<DeValue<'a>>>,
+    ctx: &BuildContext,
 ) -> Vec<(String, Arc<dyn Plugin>)> {
     let Some(section) = section else {
         return Vec::new();
@@ -39,7 +42,7 @@ pub fn global<'a>(
         .into_iter()
         .filter_map(|e| {
             let key = format!("plugins.{}", e.name);
-            build(doc, &key, &e.name, e.value).map(|p| (e.name, p))
+            build(doc, &key, &e.name, e.value, ctx).map(|p| (e.name, p))
         })
         .collect()
 }
@@ -49,6 +52,7 @@ pub fn route<'a>(
     doc: &mut Document<'a>,
     route_key: &str,
     section: Spanned<DeValue<'a>>,
+    ctx: &BuildContext,
 ) -> Vec<Override> {
     let section_key = format!("{route_key}.plugins");
     doc.entries(&section_key, section)
@@ -58,7 +62,7 @@ pub fn route<'a>(
             let span = e.value.span();
             match Document::take_child(&mut e.value, "enabled").map(Spanned::into_inner) {
                 None | Some(DeValue::Boolean(true)) => {
-                    build(doc, &key, &e.name, e.value).map(|p| (e.name, Some(p)))
+                    build(doc, &key, &e.name, e.value, ctx).map(|p| (e.name, Some(p)))
                 }
                 Some(DeValue::Boolean(false)) => {
                     if !registry::NAMES.contains(&e.name.as_str()) {
@@ -101,6 +105,7 @@ fn build<'a>(
     key: &str,
     name: &str,
     value: Spanned<DeValue<'a>>,
+    ctx: &BuildContext,
 ) -> Option<Arc<dyn Plugin>> {
     let span = value.span();
     let mut source = TableSource {
@@ -108,7 +113,7 @@ fn build<'a>(
         key,
         value: Some(value),
     };
-    match registry::build(name, &mut source) {
+    match registry::build(name, &mut source, ctx) {
         Build::Ready(plugin) => Some(plugin),
         Build::Invalid => None,
         Build::Failed(message) => {
@@ -127,4 +132,40 @@ fn unknown(doc: &mut Document<'_>, span: std::ops::Range<usize>, key: &str, name
         .or_else(|| Some(format!("built-in plugins: {}", registry::NAMES.join(", "))));
     doc.errors
         .push(Some(span), key, format!("unknown plugin `{name}`"), hint);
+}
+
+/// `[consumers.*]`, indexed for the authentication plugins.
+pub fn consumers<'a>(
+    doc: &mut Document<'a>,
+    section: Option<Spanned<DeValue<'a>>>,
+) -> Arc<Consumers> {
+    let entries = doc.deserialize_entries::<ConsumerSection>("consumers", section);
+    let sections: Vec<_> = entries
+        .iter()
+        .filter_map(|(name, _, s)| s.as_ref().map(|s| (name, s)))
+        .collect();
+    let specs = sections.iter().map(|(name, s)| ConsumerSpec {
+        name,
+        groups: &s.groups,
+        keys: &s.keys,
+    });
+    match Consumers::new(specs) {
+        Ok(consumers) => Arc::new(consumers),
+        Err(problems) => {
+            for problem in problems {
+                // Each problem starts with the consumer's key path.
+                let (key, message) = problem.split_once(": ").unwrap_or(("consumers", &problem));
+                let consumer = key
+                    .trim_start_matches("consumers.")
+                    .split(['.', '['])
+                    .next();
+                let span = entries
+                    .iter()
+                    .find(|(name, _, _)| Some(name.as_str()) == consumer)
+                    .map(|(_, span, _)| span.clone());
+                doc.errors.push(span, key, message, None);
+            }
+            Arc::new(Consumers::default())
+        }
+    }
 }

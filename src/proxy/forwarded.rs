@@ -4,6 +4,7 @@
 //! one of `server.trusted_proxies`; otherwise they are replaced, so clients cannot spoof them.
 
 use crate::config::ServerSettings;
+use gantry_plugins::consumer::Consumer;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::Result;
@@ -16,6 +17,8 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
+static X_CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
 
 /// Longest client-supplied request id that is kept.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -176,6 +179,23 @@ pub fn set_forwarded_headers(
             None => {
                 upstream.remove_header(&X_FORWARDED_HOST);
             }
+        }
+    }
+    Ok(())
+}
+
+/// `X-Consumer-Name` / `X-Consumer-Groups` for an authenticated consumer; client-supplied
+/// copies are always removed, whoever the peer is.
+pub fn set_consumer_headers(
+    upstream: &mut RequestHeader,
+    consumer: Option<&Consumer>,
+) -> Result<()> {
+    upstream.remove_header(&X_CONSUMER_NAME);
+    upstream.remove_header(&X_CONSUMER_GROUPS);
+    if let Some(c) = consumer {
+        upstream.insert_header(X_CONSUMER_NAME.clone(), c.name_header.clone())?;
+        if !c.groups.is_empty() {
+            upstream.insert_header(X_CONSUMER_GROUPS.clone(), c.groups_header.clone())?;
         }
     }
     Ok(())

@@ -239,6 +239,13 @@ impl ProxyHttp for Gateway {
         };
         forwarded::set_forwarded_headers(upstream, peer_ip(session), ctx.peer_trusted, host)?;
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        forwarded::set_consumer_headers(upstream, ctx.state.consumer.as_deref())?;
+        if let Some(route) = ctx.route.as_ref().filter(|r| !r.plugins.is_empty()) {
+            let route = Arc::clone(route);
+            for plugin in route.plugins.iter() {
+                plugin.on_upstream_request(upstream, &mut ctx.state).await?;
+            }
+        }
         Ok(())
     }
 

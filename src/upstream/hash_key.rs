@@ -55,7 +55,11 @@ impl HashOn {
             HashOn::Uri => req.uri.path_and_query().map(|pq| pq.as_str().as_bytes()),
             HashOn::Header(name) => req.headers.get(name).map(|v| v.as_bytes()),
             HashOn::Cookie(name) => cookie_value(req, name),
-            HashOn::Query(name) => req.uri.query().and_then(|q| query_value(q, name)),
+            HashOn::Query(name) => req
+                .uri
+                .query()
+                .and_then(|q| gantry_plugins::query::param(q, name))
+                .map(str::as_bytes),
         };
         found.unwrap_or(client_ip)
     }
@@ -68,14 +72,6 @@ fn cookie_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.as_bytes())
-}
-
-fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a [u8]> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.as_bytes())
 }

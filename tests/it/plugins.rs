@@ -1,7 +1,8 @@
 //! The plugin system through the real gateway: global and per-route plugins, `enabled = false`,
 //! and `ip-restriction` with trusted and untrusted forwarding headers.
 
-use crate::common::{assert_problem, check_config, client, Gantry};
+use crate::common::{assert_problem, check_config, client, Gantry, Upstream};
+use serde_json::Value;
 
 const ROUTES: &str = r#"
 [routes.guarded]
@@ -100,4 +101,114 @@ fn misspelt_or_misconfigured_plugins_fail_the_check() {
     ] {
         assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
     }
+}
+
+#[tokio::test]
+async fn api_keys_identify_consumers_and_acl_limits_groups() {
+    let up = Upstream::start("api").await;
+    let g = Gantry::start(&format!(
+        r#"
+[consumers.alice]
+groups = ["gold", "admins"]
+keys = ["sha256:72ee9d4355ccb9d3a4c9dbf37382e38e75c1b1a225b5bd1f729ee91bbda30c20"]   # alice-key
+[consumers.bob]
+keys = ["bob-key"]
+
+[clusters.api]
+backends = ["{}"]
+
+[routes.api]
+paths = ["/api"]
+cluster = "api"
+[routes.api.plugins.key-auth]
+sources = ["header:x-api-key", "query:api_key"]
+
+[routes.admin]
+paths = ["/admin"]
+cluster = "api"
+[routes.admin.plugins.key-auth]
+[routes.admin.plugins.acl]
+allow_groups = ["admins"]
+
+[routes.visible]
+paths = ["/visible"]
+cluster = "api"
+[routes.visible.plugins.key-auth]
+hide_credentials = false
+
+[routes.free]
+paths = ["/free"]
+cluster = "api"
+"#,
+        up.addr
+    ));
+    let c = client();
+    let get = |path: &str, key: Option<&str>| {
+        let mut req = c.get(g.url(path));
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        req.send()
+    };
+
+    let resp = get("/api", None).await.expect("request");
+    assert_eq!(resp.headers()["www-authenticate"], "Key realm=\"gantry\"");
+    assert_problem(resp, 401, "missing-credentials").await;
+    let resp = get("/api", Some("wrong")).await.expect("request");
+    let body = assert_problem(resp, 401, "invalid-credentials").await;
+    assert!(!body.to_string().contains("wrong"), "the key is not echoed");
+
+    let echo: Value = get("/api", Some("alice-key"))
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(echo["headers"]["x-consumer-name"], "alice");
+    assert_eq!(echo["headers"]["x-consumer-groups"], "gold,admins");
+    assert!(
+        echo["headers"].get("x-api-key").is_none(),
+        "key hidden from upstream"
+    );
+
+    let resp = c
+        .get(g.url("/api/items?api_key=bob-key&page=2"))
+        .header("x-consumer-name", "alice")
+        .send()
+        .await
+        .expect("request");
+    let echo: Value = resp.json().await.expect("json");
+    assert_eq!(echo["uri"], "/api/items?page=2");
+    assert_eq!(echo["headers"]["x-consumer-name"], "bob");
+    assert!(echo["headers"].get("x-consumer-groups").is_none());
+
+    let resp = get("/admin", Some("bob-key")).await.expect("request");
+    assert_problem(resp, 403, "consumer-forbidden").await;
+    assert_eq!(
+        get("/admin", Some("alice-key"))
+            .await
+            .expect("request")
+            .status(),
+        200
+    );
+
+    let echo: Value = get("/visible", Some("bob-key"))
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(echo["headers"]["x-api-key"], "bob-key");
+
+    // Client-supplied consumer headers never reach the upstream.
+    let resp = c
+        .get(g.url("/free"))
+        .header("x-consumer-name", "admin")
+        .header("x-consumer-groups", "admins")
+        .send()
+        .await
+        .expect("request");
+    let echo: Value = resp.json().await.expect("json");
+    assert!(echo["headers"].get("x-consumer-name").is_none());
+    assert!(echo["headers"].get("x-consumer-groups").is_none());
 }

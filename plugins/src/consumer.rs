@@ -1,0 +1,161 @@
+//! Consumers: the identities that authentication plugins resolve requests to.
+//!
+//! API keys are stored only as SHA-256 digests (`sha256:HEX` in the config, or a plain key that
+//! is hashed when the config loads). A presented key is hashed and looked up by digest, then the
+//! digests are compared in constant time, so neither the stored keys nor response timing reveal
+//! anything about a valid key.
+
+use http::HeaderValue;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// An authenticated identity.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Consumer {
+    /// The name from `[consumers.NAME]`.
+    pub name: Arc<str>,
+    /// The consumer's groups, for `acl`.
+    pub groups: Box<[Arc<str>]>,
+    /// `name`, ready to send upstream as `X-Consumer-Name`.
+    pub name_header: HeaderValue,
+    /// `groups` joined with `,`, ready to send upstream as `X-Consumer-Groups`.
+    pub groups_header: HeaderValue,
+}
+
+type KeyDigest = [u8; 32];
+
+/// Every configured consumer, indexed by credential.
+#[derive(Debug, Default)]
+pub struct Consumers {
+    by_key: HashMap<KeyDigest, Arc<Consumer>>,
+}
+
+/// A consumer's configuration, as the gateway's config loader hands it over.
+pub struct ConsumerSpec<'s> {
+    /// The consumer's name.
+    pub name: &'s str,
+    /// Its groups.
+    pub groups: &'s [String],
+    /// Its API keys: `sha256:HEX` digests or plain keys.
+    pub keys: &'s [String],
+}
+
+impl Consumers {
+    /// Indexes `specs`. Errors name the consumer and the problem (a bad digest, a key used by two
+    /// consumers).
+    pub fn new<'s>(specs: impl IntoIterator<Item = ConsumerSpec<'s>>) -> Result<Self, Vec<String>> {
+        let mut consumers = Consumers::default();
+        let mut errors = Vec::new();
+        for spec in specs {
+            let headers = (
+                HeaderValue::from_str(spec.name),
+                HeaderValue::from_str(&spec.groups.join(",")),
+            );
+            let (Ok(name_header), Ok(groups_header)) = headers else {
+                errors.push(format!(
+                    "consumers.{}: names and groups must be printable ASCII (they are sent upstream as headers)",
+                    spec.name
+                ));
+                continue;
+            };
+            let consumer = Arc::new(Consumer {
+                name: spec.name.into(),
+                groups: spec.groups.iter().map(|g| Arc::from(g.as_str())).collect(),
+                name_header,
+                groups_header,
+            });
+            for (i, key) in spec.keys.iter().enumerate() {
+                let digest = match key.strip_prefix("sha256:") {
+                    Some(hex_digest) => match hex::decode(hex_digest)
+                        .ok()
+                        .and_then(|d| KeyDigest::try_from(d).ok())
+                    {
+                        Some(d) => d,
+                        None => {
+                            errors.push(format!(
+                                "consumers.{}.keys[{i}]: `sha256:` must be followed by 64 hex digits",
+                                spec.name
+                            ));
+                            continue;
+                        }
+                    },
+                    None => digest(key),
+                };
+                if let Some(other) = consumers.by_key.insert(digest, Arc::clone(&consumer)) {
+                    errors.push(format!(
+                        "consumers.{}.keys[{i}]: the same key is also a key of consumer `{}`",
+                        spec.name, other.name
+                    ));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(consumers)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The consumer owning API key `key`, if any.
+    pub fn by_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
+        let presented = digest(key);
+        self.by_key
+            .get_key_value(&presented)
+            .filter(|(stored, _)| bool::from(stored.ct_eq(&presented)))
+            .map(|(_, consumer)| consumer)
+    }
+}
+
+fn digest(key: impl AsRef<[u8]>) -> KeyDigest {
+    Sha256::digest(key.as_ref()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_found_by_plain_or_hashed_form() {
+        let hashed = format!("sha256:{}", hex::encode(digest("secret-b")));
+        let consumers = Consumers::new([
+            ConsumerSpec {
+                name: "alice",
+                groups: &["gold".into()],
+                keys: &["secret-a".into()],
+            },
+            ConsumerSpec {
+                name: "bob",
+                groups: &[],
+                keys: &[hashed],
+            },
+        ])
+        .expect("valid");
+        assert_eq!(
+            &*consumers.by_key(b"secret-a").expect("alice").name,
+            "alice"
+        );
+        assert_eq!(&*consumers.by_key(b"secret-b").expect("bob").name, "bob");
+        assert!(consumers.by_key(b"secret-c").is_none());
+    }
+
+    #[test]
+    fn bad_digests_and_shared_keys_are_errors() {
+        let errors = Consumers::new([
+            ConsumerSpec {
+                name: "a",
+                groups: &[],
+                keys: &["sha256:abc".into(), "k".into()],
+            },
+            ConsumerSpec {
+                name: "b",
+                groups: &[],
+                keys: &["k".into()],
+            },
+        ])
+        .expect_err("invalid");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[1].contains("consumer `a`"));
+    }
+}
