@@ -30,6 +30,8 @@ type KeyDigest = [u8; 32];
 #[derive(Debug, Default)]
 pub struct Consumers {
     by_key: HashMap<KeyDigest, Arc<Consumer>>,
+    /// Consumers with a password, by name, with their argon2 PHC hash.
+    by_name: HashMap<Box<str>, (Arc<Consumer>, Arc<str>)>,
 }
 
 /// A consumer's configuration, as the gateway's config loader hands it over.
@@ -40,6 +42,8 @@ pub struct ConsumerSpec<'s> {
     pub groups: &'s [String],
     /// Its API keys: `sha256:HEX` digests or plain keys.
     pub keys: &'s [String],
+    /// Its password for basic auth, as an argon2 PHC hash.
+    pub password: Option<&'s str>,
 }
 
 impl Consumers {
@@ -66,6 +70,20 @@ impl Consumers {
                 name_header,
                 groups_header,
             });
+            if let Some(hash) = spec.password {
+                match argon2::PasswordHash::new(hash) {
+                    Ok(parsed) if parsed.algorithm.as_str().starts_with("argon2") => {
+                        consumers
+                            .by_name
+                            .insert(spec.name.into(), (Arc::clone(&consumer), hash.into()));
+                    }
+                    _ => errors.push(format!(
+                        "consumers.{}.password: only argon2 hashes are accepted (`$argon2id$v=19$...`); \
+                         make one with: echo -n 'PASSWORD' | argon2 \"$(openssl rand -base64 12)\" -id -e",
+                        spec.name
+                    )),
+                }
+            }
             for (i, key) in spec.keys.iter().enumerate() {
                 let digest = match key.strip_prefix("sha256:") {
                     Some(hex_digest) => match hex::decode(hex_digest)
@@ -98,6 +116,11 @@ impl Consumers {
         }
     }
 
+    /// The consumer called `name` and its password hash, if it has a password.
+    pub fn with_password(&self, name: &str) -> Option<&(Arc<Consumer>, Arc<str>)> {
+        self.by_name.get(name)
+    }
+
     /// The consumer owning API key `key`, if any.
     pub fn by_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
         let presented = digest(key);
@@ -124,11 +147,13 @@ mod tests {
                 name: "alice",
                 groups: &["gold".into()],
                 keys: &["secret-a".into()],
+                password: None,
             },
             ConsumerSpec {
                 name: "bob",
                 groups: &[],
                 keys: &[hashed],
+                password: None,
             },
         ])
         .expect("valid");
@@ -147,15 +172,18 @@ mod tests {
                 name: "a",
                 groups: &[],
                 keys: &["sha256:abc".into(), "k".into()],
+                password: None,
             },
             ConsumerSpec {
                 name: "b",
                 groups: &[],
                 keys: &["k".into()],
+                password: Some("plain-text"),
             },
         ])
         .expect_err("invalid");
-        assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[1].contains("consumer `a`"));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[1].contains("only argon2 hashes"));
+        assert!(errors[2].contains("consumer `a`"));
     }
 }

@@ -14,6 +14,7 @@
 //! (`deny_unknown_fields`) and is listed explicitly in [`registry`].
 
 pub mod acl;
+pub mod basic_auth;
 pub mod consumer;
 pub mod ip_restriction;
 pub mod key_auth;

@@ -1,12 +1,17 @@
 //! The explicit list of built-in plugins and how each is built from its configuration.
 
 use crate::consumer::Consumers;
-use crate::{acl, ip_restriction, key_auth, Plugin};
+use crate::{acl, basic_auth, ip_restriction, key_auth, Plugin};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
 /// Every built-in plugin name, for configuration errors ("did you mean").
-pub const NAMES: &[&str] = &[ip_restriction::NAME, key_auth::NAME, acl::NAME];
+pub const NAMES: &[&str] = &[
+    ip_restriction::NAME,
+    key_auth::NAME,
+    basic_auth::NAME,
+    acl::NAME,
+];
 
 /// What plugins may need from the rest of the configuration.
 pub struct BuildContext {
@@ -41,6 +46,11 @@ pub fn build<S: ConfigSource>(name: &str, source: &mut S, ctx: &BuildContext) ->
             source
                 .parse()
                 .map(|c| key_auth::KeyAuth::new(c, Arc::clone(&ctx.consumers))),
+        ),
+        basic_auth::NAME => finish(
+            source
+                .parse()
+                .map(|c| basic_auth::BasicAuth::new(c, Arc::clone(&ctx.consumers))),
         ),
         acl::NAME => finish(source.parse().map(acl::Acl::new)),
         _ => Build::Unknown,

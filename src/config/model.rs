@@ -300,4 +300,6 @@ pub struct ConsumerSection {
     /// API keys for `key-auth`: `"sha256:HEX"` digests (preferred) or plain keys. Default: none.
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Password for `basic-auth`, as an argon2 PHC hash only. Default: none.
+    pub password: Option<String>,
 }

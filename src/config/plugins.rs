@@ -148,6 +148,7 @@ pub fn consumers<'a>(
         name,
         groups: &s.groups,
         keys: &s.keys,
+        password: s.password.as_deref(),
     });
     match Consumers::new(specs) {
         Ok(consumers) => Arc::new(consumers),

@@ -212,3 +212,51 @@ cluster = "api"
     assert!(echo["headers"].get("x-consumer-name").is_none());
     assert!(echo["headers"].get("x-consumer-groups").is_none());
 }
+
+#[tokio::test]
+async fn basic_auth_checks_argon2_passwords() {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::encode_b64(b"gantry-test-salt").expect("salt");
+    let hash = argon2::Argon2::default()
+        .hash_password(b"s3cret", &salt)
+        .expect("hash")
+        .to_string();
+    let g = Gantry::start(&format!(
+        "[consumers.carol]\ngroups = [\"ops\"]\npassword = \"{hash}\"\n\
+         [routes.ops]\npaths = [\"/ops\"]\nrespond = {{ body = \"ops\" }}\n\
+         [routes.ops.plugins.basic-auth]\nrealm = \"operations\"\n"
+    ));
+    let c = client();
+    let resp = c.get(g.url("/ops")).send().await.expect("request");
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Basic realm=\"operations\", charset=\"UTF-8\""
+    );
+    assert_problem(resp, 401, "missing-credentials").await;
+    for (user, password) in [("carol", "wrong"), ("mallory", "s3cret")] {
+        let resp = c
+            .get(g.url("/ops"))
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .expect("request");
+        assert_problem(resp, 401, "invalid-credentials").await;
+    }
+    // Twice: the second is answered from the verification cache.
+    for _ in 0..2 {
+        let resp = c
+            .get(g.url("/ops"))
+            .basic_auth("carol", Some("s3cret"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200);
+    }
+
+    let (ok, out) = check_config("[consumers.dave]\npassword = \"hunter2\"\n");
+    assert!(!ok);
+    assert!(
+        out.contains("consumers.dave.password") && out.contains("only argon2 hashes"),
+        "{out}"
+    );
+}
