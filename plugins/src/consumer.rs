@@ -32,6 +32,8 @@ pub struct Consumers {
     by_key: HashMap<KeyDigest, Arc<Consumer>>,
     /// Consumers with a password, by name, with their argon2 PHC hash.
     by_name: HashMap<Box<str>, (Arc<Consumer>, Arc<str>)>,
+    /// Consumers by the JWT subject they are mapped from.
+    by_subject: HashMap<Box<str>, Arc<Consumer>>,
 }
 
 /// A consumer's configuration, as the gateway's config loader hands it over.
@@ -44,6 +46,8 @@ pub struct ConsumerSpec<'s> {
     pub keys: &'s [String],
     /// Its password for basic auth, as an argon2 PHC hash.
     pub password: Option<&'s str>,
+    /// The verified JWT claim value (`consumer_claim`) that maps a token to it.
+    pub jwt_subject: Option<&'s str>,
 }
 
 impl Consumers {
@@ -70,6 +74,17 @@ impl Consumers {
                 name_header,
                 groups_header,
             });
+            if let Some(subject) = spec.jwt_subject {
+                if let Some(other) = consumers
+                    .by_subject
+                    .insert(subject.into(), Arc::clone(&consumer))
+                {
+                    errors.push(format!(
+                        "consumers.{}.jwt_subject: `{subject}` is also the jwt_subject of consumer `{}`",
+                        spec.name, other.name
+                    ));
+                }
+            }
             if let Some(hash) = spec.password {
                 match argon2::PasswordHash::new(hash) {
                     Ok(parsed) if parsed.algorithm.as_str().starts_with("argon2") => {
@@ -121,6 +136,11 @@ impl Consumers {
         self.by_name.get(name)
     }
 
+    /// The consumer a token's `consumer_claim` value maps to.
+    pub fn by_subject(&self, subject: &str) -> Option<&Arc<Consumer>> {
+        self.by_subject.get(subject)
+    }
+
     /// The consumer owning API key `key`, if any.
     pub fn by_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
         let presented = digest(key);
@@ -148,12 +168,14 @@ mod tests {
                 groups: &["gold".into()],
                 keys: &["secret-a".into()],
                 password: None,
+                jwt_subject: None,
             },
             ConsumerSpec {
                 name: "bob",
                 groups: &[],
                 keys: &[hashed],
                 password: None,
+                jwt_subject: None,
             },
         ])
         .expect("valid");
@@ -173,12 +195,14 @@ mod tests {
                 groups: &[],
                 keys: &["sha256:abc".into(), "k".into()],
                 password: None,
+                jwt_subject: None,
             },
             ConsumerSpec {
                 name: "b",
                 groups: &[],
                 keys: &["k".into()],
                 password: Some("plain-text"),
+                jwt_subject: None,
             },
         ])
         .expect_err("invalid");

@@ -15,8 +15,11 @@
 
 pub mod acl;
 pub mod basic_auth;
+pub mod config_types;
 pub mod consumer;
 pub mod ip_restriction;
+pub mod jwks;
+pub mod jwt_auth;
 pub mod key_auth;
 pub mod query;
 pub mod registry;
@@ -36,6 +39,8 @@ pub struct PluginState {
     pub client_ip: Option<IpAddr>,
     /// The consumer an authentication plugin resolved the request to.
     pub consumer: Option<Arc<Consumer>>,
+    /// The claims of the request's verified JWT.
+    pub jwt_claims: Option<Arc<jwt_auth::Claims>>,
 }
 
 /// A refusal: the gateway turns it into an RFC 9457 problem+json response.

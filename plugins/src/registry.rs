@@ -1,13 +1,14 @@
 //! The explicit list of built-in plugins and how each is built from its configuration.
 
 use crate::consumer::Consumers;
-use crate::{acl, basic_auth, ip_restriction, key_auth, Plugin};
+use crate::{acl, basic_auth, ip_restriction, jwt_auth, key_auth, Plugin};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
 /// Every built-in plugin name, for configuration errors ("did you mean").
 pub const NAMES: &[&str] = &[
     ip_restriction::NAME,
+    jwt_auth::NAME,
     key_auth::NAME,
     basic_auth::NAME,
     acl::NAME,
@@ -46,6 +47,11 @@ pub fn build<S: ConfigSource>(name: &str, source: &mut S, ctx: &BuildContext) ->
             source
                 .parse()
                 .map(|c| key_auth::KeyAuth::new(c, Arc::clone(&ctx.consumers))),
+        ),
+        jwt_auth::NAME => finish(
+            source
+                .parse()
+                .map(|c| jwt_auth::JwtAuth::new(c, Arc::clone(&ctx.consumers))),
         ),
         basic_auth::NAME => finish(
             source

@@ -9,25 +9,9 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
 use toml::Spanned;
 
-/// A humantime duration such as `"500ms"`, `"1s"` or `"2m 30s"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map(HumanDuration)
-            .map_err(|e| {
-                de::Error::custom(format!(
-                    "invalid duration `{text}`: {e} (write it like \"500ms\", \"1s\" or \"2m\")"
-                ))
-            })
-    }
-}
+pub use gantry_plugins::config_types::HumanDuration;
 
 /// A byte size such as `"64KiB"`, `"10MiB"` or a plain number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,4 +286,6 @@ pub struct ConsumerSection {
     pub keys: Vec<String>,
     /// Password for `basic-auth`, as an argon2 PHC hash only. Default: none.
     pub password: Option<String>,
+    /// Maps a verified JWT whose `consumer_claim` has this value to this consumer. Default: none.
+    pub jwt_subject: Option<String>,
 }

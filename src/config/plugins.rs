@@ -149,6 +149,7 @@ pub fn consumers<'a>(
         groups: &s.groups,
         keys: &s.keys,
         password: s.password.as_deref(),
+        jwt_subject: s.jwt_subject.as_deref(),
     });
     match Consumers::new(specs) {
         Ok(consumers) => Arc::new(consumers),

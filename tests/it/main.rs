@@ -4,6 +4,7 @@ mod balancing;
 mod cli;
 mod common;
 mod errors;
+mod jwt;
 mod plugins;
 mod proxying;
 mod routing;

@@ -1,0 +1,562 @@
+//! `jwt-auth`: verifies JSON Web Tokens (signature, `exp`/`nbf`/`iat`, issuer, audience,
+//! scopes, claims) and maps them to consumers.
+//!
+//! An RSA or ECDSA verification costs more than a whole proxied request, so verified tokens are
+//! cached, keyed by the SHA-256 of the whole token and expiring with the token (at most
+//! [`CACHE_TTL`]): a client that reuses its token pays for the signature once.
+
+use crate::config_types::HumanDuration;
+use crate::consumer::{Consumer, Consumers};
+use crate::jwks::{KeySet, RemoteJwks};
+use crate::{query, Flow, Plugin, PluginState, Rejection};
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use pingora_memory_cache::MemoryCache;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use subtle::ConstantTimeEq;
+
+/// The configuration name.
+pub const NAME: &str = "jwt-auth";
+/// The longest a verified token stays cached (it never outlives its `exp`).
+pub const CACHE_TTL: Duration = Duration::from_secs(300);
+const CACHE_ENTRIES: usize = 50_000;
+
+/// Verified claims of a token.
+pub type Claims = Map<String, Value>;
+
+/// `[routes.R.plugins.jwt-auth]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Accepted signature algorithms. Required; `none` is never accepted.
+    pub algorithms: Vec<String>,
+    /// Required `iss`. Default: not checked.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (any one). Default: not checked.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// A JWKS URL, fetched in the background.
+    pub jwks_url: Option<String>,
+    /// A JWKS file, read at load.
+    pub jwks_file: Option<String>,
+    /// A PEM public key file (RSA, EC or Ed25519), read at load.
+    pub public_key_file: Option<String>,
+    /// The shared secret for HS256/384/512.
+    pub secret: Option<String>,
+    /// How old a fetched JWKS may get before it is refreshed. Default `"5m"`.
+    pub jwks_refresh: Option<HumanDuration>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`. Default `"0s"`.
+    pub leeway: Option<HumanDuration>,
+    /// Scopes that must all be granted (`scope`, space separated, or `scp`, an array).
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Claims that must have exactly these values.
+    #[serde(default)]
+    pub required_claims: BTreeMap<String, Value>,
+    /// The claim whose value is looked up in `[consumers.*].jwt_subject`. Default: none.
+    pub consumer_claim: Option<String>,
+    /// Let requests without a token through, without a consumer. Default `false`.
+    #[serde(default)]
+    pub anonymous: bool,
+    /// Upstream headers set from claims: `{ "x-user-id" = "sub" }`.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Where the token is read from, in order. Default `["header:authorization"]`.
+    #[serde(default = "default_sources")]
+    pub token_sources: Vec<String>,
+}
+
+fn default_sources() -> Vec<String> {
+    vec!["header:authorization".into()]
+}
+
+enum Source {
+    /// `Authorization: Bearer TOKEN`.
+    Bearer,
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+}
+
+enum Keys {
+    Static(KeySet),
+    Remote(Arc<RemoteJwks>),
+}
+
+struct Verified {
+    fingerprint: [u8; 32],
+    claims: Arc<Claims>,
+    consumer: Option<Arc<Consumer>>,
+}
+
+/// A compiled `jwt-auth`.
+pub struct JwtAuth {
+    keys: Keys,
+    /// One validation per accepted algorithm: jsonwebtoken refuses a validation that lists
+    /// algorithms of another family than the key.
+    validations: Vec<(Algorithm, Validation)>,
+    leeway: u64,
+    required_scopes: Vec<String>,
+    required_claims: Vec<(String, Value)>,
+    consumer_claim: Option<String>,
+    consumers: Arc<Consumers>,
+    anonymous: bool,
+    forward_claims: Vec<(HeaderName, String)>,
+    sources: Vec<Source>,
+    cache: MemoryCache<[u8; 32], Arc<Verified>>,
+}
+
+impl JwtAuth {
+    /// Compiles `config`: reads key files, checks that the algorithms fit the key source.
+    pub fn new(config: Config, consumers: Arc<Consumers>) -> Result<Self, String> {
+        let algorithms = parse_algorithms(&config.algorithms)?;
+        let sources_set = [
+            config.jwks_url.is_some(),
+            config.jwks_file.is_some(),
+            config.public_key_file.is_some(),
+            config.secret.is_some(),
+        ];
+        if sources_set.iter().filter(|s| **s).count() != 1 {
+            return Err("set exactly one of jwks_url, jwks_file, public_key_file, secret".into());
+        }
+        let symmetric = algorithms
+            .iter()
+            .all(|a| a.family() == AlgorithmFamily::Hmac);
+        let asymmetric = algorithms
+            .iter()
+            .all(|a| a.family() != AlgorithmFamily::Hmac);
+        if config.secret.is_some() && !symmetric {
+            return Err(
+                "a `secret` only verifies HS256, HS384 or HS512: list only those in `algorithms`"
+                    .into(),
+            );
+        }
+        if config.secret.is_none() && !asymmetric {
+            return Err(
+                "HS* algorithms need `secret`; public keys verify RS*, PS*, ES* and EdDSA only"
+                    .into(),
+            );
+        }
+        let keys = if let Some(secret) = &config.secret {
+            if secret.len() < 32 {
+                return Err("`secret` must be at least 32 bytes".into());
+            }
+            Keys::Static(KeySet::single(DecodingKey::from_secret(secret.as_bytes())))
+        } else if let Some(path) = &config.public_key_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read public_key_file `{path}`: {e}"))?;
+            let key = DecodingKey::from_rsa_pem(&pem)
+                .or_else(|_| DecodingKey::from_ec_pem(&pem))
+                .or_else(|_| DecodingKey::from_ed_pem(&pem))
+                .map_err(|_| format!("`{path}` is not an RSA, EC or Ed25519 public key in PEM"))?;
+            Keys::Static(KeySet::single(key))
+        } else if let Some(path) = &config.jwks_file {
+            let json =
+                std::fs::read(path).map_err(|e| format!("cannot read jwks_file `{path}`: {e}"))?;
+            Keys::Static(KeySet::from_jwks(&json).map_err(|e| format!("`{path}`: {e}"))?)
+        } else {
+            let url = config.jwks_url.as_deref().unwrap_or_default();
+            let refresh = config
+                .jwks_refresh
+                .map_or(Duration::from_secs(300), |d| d.0);
+            Keys::Remote(Arc::new(RemoteJwks::new(url, refresh)?))
+        };
+        let leeway = config.leeway.map_or(0, |d| d.0.as_secs());
+        let validations = algorithms
+            .iter()
+            .map(|alg| {
+                let mut validation = Validation::new(*alg);
+                validation.leeway = leeway;
+                validation.validate_nbf = true;
+                validation.set_required_spec_claims(&["exp"]);
+                if let Some(issuer) = &config.issuer {
+                    validation.set_issuer(&[issuer]);
+                }
+                if config.audiences.is_empty() {
+                    validation.validate_aud = false;
+                } else {
+                    validation.set_audience(&config.audiences);
+                }
+                (*alg, validation)
+            })
+            .collect();
+        let forward_claims = config
+            .forward_claims
+            .iter()
+            .map(|(header, claim)| {
+                HeaderName::from_bytes(header.as_bytes())
+                    .map(|h| (h, claim.clone()))
+                    .map_err(|_| format!("forward_claims: `{header}` is not a valid header name"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(JwtAuth {
+            keys,
+            validations,
+            leeway,
+            required_scopes: config.required_scopes,
+            required_claims: config.required_claims.into_iter().collect(),
+            consumer_claim: config.consumer_claim,
+            consumers,
+            anonymous: config.anonymous,
+            forward_claims,
+            sources: parse_sources(&config.token_sources)?,
+            cache: MemoryCache::new(CACHE_ENTRIES),
+        })
+    }
+
+    fn token<'r>(&self, req: &'r RequestHeader) -> Option<&'r str> {
+        self.sources.iter().find_map(|source| match source {
+            Source::Bearer => req
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.get(..7)
+                        .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                        .map(|_| v[7..].trim())
+                }),
+            Source::Header(name) => req.headers.get(name).and_then(|v| v.to_str().ok()),
+            Source::Cookie(name) => req
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v),
+            Source::Query(name) => req.uri.query().and_then(|q| query::param(q, name)),
+        })
+    }
+
+    /// Verifies `token` completely, or says why it is refused.
+    async fn verify(&self, token: &str, fingerprint: [u8; 32]) -> Result<Verified, Refusal> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            Refusal::invalid("the token is malformed or its algorithm is not supported")
+        })?;
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
+            return Err(Refusal::invalid("the token's algorithm is not allowed"));
+        };
+        let kid = header.kid.as_deref();
+        let remote_set;
+        let set = match &self.keys {
+            Keys::Static(set) => set,
+            Keys::Remote(jwks) => {
+                remote_set = jwks
+                    .key_set(kid, header.alg)
+                    .await
+                    .ok_or(Refusal::invalid("no signing keys are available"))?;
+                &remote_set
+            }
+        };
+        let key = set
+            .find(kid, header.alg)
+            .ok_or(Refusal::invalid("the token's signing key is unknown"))?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
+            Refusal::invalid(match e.kind() {
+                ErrorKind::ExpiredSignature => "the token has expired",
+                ErrorKind::ImmatureSignature => "the token is not valid yet",
+                ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
+                ErrorKind::InvalidAudience => "the token's audience is not accepted",
+                ErrorKind::InvalidSignature => "the token's signature is not valid",
+                ErrorKind::MissingRequiredClaim(_) => "the token has no exp claim",
+                ErrorKind::InvalidAlgorithm => "the token's algorithm does not match its key",
+                _ => "the token is not valid",
+            })
+        })?;
+        let claims = data.claims;
+        let now = now_secs();
+        if claims
+            .get("iat")
+            .and_then(Value::as_u64)
+            .is_some_and(|iat| iat > now + self.leeway)
+        {
+            return Err(Refusal::invalid("the token was issued in the future"));
+        }
+        if !self.required_scopes.iter().all(|s| has_scope(&claims, s)) {
+            return Err(Refusal::Scope);
+        }
+        if !self
+            .required_claims
+            .iter()
+            .all(|(k, v)| claims.get(k) == Some(v))
+        {
+            return Err(Refusal::Claims);
+        }
+        let consumer = match &self.consumer_claim {
+            None => None,
+            Some(claim) => {
+                let subject = claims
+                    .get(claim)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                Some(Arc::clone(
+                    self.consumers
+                        .by_subject(subject)
+                        .ok_or(Refusal::UnknownConsumer)?,
+                ))
+            }
+        };
+        Ok(Verified {
+            fingerprint,
+            claims: Arc::new(claims),
+            consumer,
+        })
+    }
+}
+
+/// Why a token was refused.
+enum Refusal {
+    Invalid(&'static str),
+    Scope,
+    Claims,
+    UnknownConsumer,
+}
+
+impl Refusal {
+    fn invalid(why: &'static str) -> Self {
+        Refusal::Invalid(why)
+    }
+
+    fn into_rejection(self, scopes: &[String]) -> Rejection {
+        let bearer = |error: &str, description: &str| {
+            HeaderValue::from_str(&format!(
+                "Bearer realm=\"gantry\", error=\"{error}\", error_description=\"{description}\""
+            ))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"gantry\""))
+        };
+        match self {
+            Refusal::Invalid(why) => {
+                Rejection::unauthorized("invalid-token", why, &bearer("invalid_token", why))
+            }
+            Refusal::UnknownConsumer => Rejection::unauthorized(
+                "unknown-consumer",
+                "the token does not belong to a known consumer",
+                &bearer("invalid_token", "unknown consumer"),
+            ),
+            Refusal::Scope => {
+                let challenge = HeaderValue::from_str(&format!(
+                    "Bearer realm=\"gantry\", error=\"insufficient_scope\", scope=\"{}\"",
+                    scopes.join(" ")
+                ))
+                .unwrap_or_else(|_| {
+                    HeaderValue::from_static("Bearer error=\"insufficient_scope\"")
+                });
+                Rejection {
+                    status: 403,
+                    slug: "insufficient-scope",
+                    title: "Insufficient scope",
+                    detail: "the token lacks a required scope".into(),
+                    headers: vec![(http::header::WWW_AUTHENTICATE, challenge)],
+                }
+            }
+            Refusal::Claims => Rejection {
+                status: 403,
+                slug: "claim-mismatch",
+                title: "Forbidden",
+                detail: "a required claim of the token has another value".into(),
+                headers: Vec::new(),
+            },
+        }
+    }
+}
+
+fn has_scope(claims: &Claims, scope: &str) -> bool {
+    let in_value = |v: &Value| match v {
+        Value::String(s) => s.split(' ').any(|x| x == scope),
+        Value::Array(a) => a.iter().any(|x| x.as_str() == Some(scope)),
+        _ => false,
+    };
+    claims.get("scope").is_some_and(in_value) || claims.get("scp").is_some_and(in_value)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
+    if names.is_empty() {
+        return Err("`algorithms` must list the accepted algorithms, like [\"RS256\"]".into());
+    }
+    names
+        .iter()
+        .map(|name| {
+            if name.eq_ignore_ascii_case("none") {
+                return Err("the `none` algorithm can never be allowed".to_string());
+            }
+            name.parse::<Algorithm>().map_err(|_| {
+                format!("unknown algorithm `{name}`: use HS256/384/512, RS256/384/512, PS256/384/512, ES256/384 or EdDSA")
+            })
+        })
+        .collect()
+}
+
+fn parse_sources(list: &[String]) -> Result<Vec<Source>, String> {
+    if list.is_empty() {
+        return Err("`token_sources` needs at least one entry".into());
+    }
+    list.iter()
+        .map(|s| match s.split_once(':') {
+            Some(("header", name)) if name.eq_ignore_ascii_case("authorization") => {
+                Ok(Source::Bearer)
+            }
+            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                .map(Source::Header)
+                .map_err(|_| format!("`{name}` is not a valid header name")),
+            Some(("cookie", name)) if !name.is_empty() => Ok(Source::Cookie(name.into())),
+            Some(("query", name)) if !name.is_empty() => Ok(Source::Query(name.into())),
+            _ => Err(format!(
+                "invalid token source `{s}`: use header:NAME, cookie:NAME or query:NAME"
+            )),
+        })
+        .collect()
+}
+
+fn claim_header(value: &Value) -> Option<HeaderValue> {
+    match value {
+        Value::String(s) => HeaderValue::from_str(s).ok(),
+        Value::Null => None,
+        other => HeaderValue::from_str(&other.to_string()).ok(),
+    }
+}
+
+#[async_trait]
+impl Plugin for JwtAuth {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn priority(&self) -> i32 {
+        2020
+    }
+
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        state: &mut PluginState,
+    ) -> pingora::Result<Flow> {
+        let Some(token) = self.token(session.req_header()) else {
+            if self.anonymous {
+                return Ok(Flow::Continue);
+            }
+            return Ok(Flow::Reject(Rejection::unauthorized(
+                "missing-credentials",
+                "a bearer token is required",
+                &HeaderValue::from_static("Bearer realm=\"gantry\""),
+            )));
+        };
+        let fingerprint: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = self
+            .cache
+            .get(&fingerprint)
+            .0
+            .filter(|v| bool::from(v.fingerprint.ct_eq(&fingerprint)));
+        let verified = match cached {
+            Some(v) => v,
+            None => {
+                let token = token.to_string();
+                match self.verify(&token, fingerprint).await {
+                    Ok(v) => {
+                        let v = Arc::new(v);
+                        let exp = v.claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+                        let left = Duration::from_secs(exp.saturating_sub(now_secs()));
+                        self.cache
+                            .put(&fingerprint, Arc::clone(&v), Some(left.min(CACHE_TTL)));
+                        v
+                    }
+                    Err(refusal) => {
+                        return Ok(Flow::Reject(refusal.into_rejection(&self.required_scopes)))
+                    }
+                }
+            }
+        };
+        if verified.consumer.is_some() {
+            state.consumer = verified.consumer.clone();
+        }
+        state.jwt_claims = Some(Arc::clone(&verified.claims));
+        Ok(Flow::Continue)
+    }
+
+    async fn on_upstream_request(
+        &self,
+        upstream: &mut RequestHeader,
+        state: &mut PluginState,
+    ) -> pingora::Result<()> {
+        for (header, claim) in &self.forward_claims {
+            upstream.remove_header(header);
+            let value = state
+                .jwt_claims
+                .as_ref()
+                .and_then(|c| c.get(claim))
+                .and_then(claim_header);
+            if let Some(value) = value {
+                upstream.insert_header(header.clone(), value)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn none_and_mixed_algorithm_families_are_refused() {
+        assert!(parse_algorithms(&["none".into()]).is_err());
+        assert!(parse_algorithms(&["RS256".into(), "ES256".into()]).is_ok());
+        let config = |algs: &[&str], secret: Option<&str>| Config {
+            algorithms: algs.iter().map(|s| s.to_string()).collect(),
+            issuer: None,
+            audiences: vec![],
+            jwks_url: secret
+                .is_none()
+                .then(|| "https://idp.example/jwks".to_string()),
+            jwks_file: None,
+            public_key_file: None,
+            secret: secret.map(String::from),
+            jwks_refresh: None,
+            leeway: None,
+            required_scopes: vec![],
+            required_claims: BTreeMap::new(),
+            consumer_claim: None,
+            anonymous: false,
+            forward_claims: BTreeMap::new(),
+            token_sources: default_sources(),
+        };
+        let consumers = Arc::new(Consumers::default());
+        // An HMAC algorithm next to a public key is the classic key-confusion setup.
+        assert!(JwtAuth::new(config(&["RS256", "HS256"], None), Arc::clone(&consumers)).is_err());
+        assert!(JwtAuth::new(
+            config(&["RS256"], Some("0123456789abcdef0123456789abcdef")),
+            Arc::clone(&consumers)
+        )
+        .is_err());
+        assert!(JwtAuth::new(config(&["HS256"], Some("short")), Arc::clone(&consumers)).is_err());
+        assert!(JwtAuth::new(
+            config(&["HS256"], Some("0123456789abcdef0123456789abcdef")),
+            consumers
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn scopes_come_from_scope_or_scp() {
+        let claims: Claims =
+            serde_json::from_str(r#"{"scope":"a users:read b","scp":["x"]}"#).expect("json");
+        assert!(has_scope(&claims, "users:read"));
+        assert!(has_scope(&claims, "x"));
+        assert!(!has_scope(&claims, "users"));
+    }
+}
