@@ -1,7 +1,7 @@
 //! `acl`: lets only some consumers or groups through, after an authentication plugin.
 
 use crate::consumer::Consumer;
-use crate::{Flow, Plugin, PluginState, Rejection};
+use crate::{Flow, Phases, Plugin, PluginState, Rejection};
 use async_trait::async_trait;
 use http::HeaderValue;
 use pingora::proxy::Session;
@@ -79,6 +79,10 @@ impl Plugin for Acl {
 
     fn priority(&self) -> i32 {
         1900
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn on_request(

@@ -7,7 +7,7 @@
 //! password, so a client that reuses its credentials pays the hash once.
 
 use crate::consumer::{Consumer, Consumers};
-use crate::{Flow, Plugin, PluginState, Rejection};
+use crate::{Flow, Phases, Plugin, PluginState, Rejection};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use async_trait::async_trait;
 use base64::Engine;
@@ -142,6 +142,10 @@ impl Plugin for BasicAuth {
 
     fn priority(&self) -> i32 {
         2000
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn on_request(

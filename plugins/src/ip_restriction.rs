@@ -3,7 +3,7 @@
 //! The client IP honours `server.trusted_proxies`: `X-Forwarded-For` is only believed from a
 //! trusted peer, so a client cannot spoof its way past the rule.
 
-use crate::{Flow, Plugin, PluginState, Rejection};
+use crate::{Flow, Phases, Plugin, PluginState, Rejection};
 use async_trait::async_trait;
 use ipnet::IpNet;
 use pingora::proxy::Session;
@@ -71,6 +71,10 @@ impl Plugin for IpRestriction {
 
     fn priority(&self) -> i32 {
         3000
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn on_request(

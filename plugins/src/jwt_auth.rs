@@ -8,7 +8,7 @@
 use crate::config_types::HumanDuration;
 use crate::consumer::{Consumer, Consumers};
 use crate::jwks::{KeySet, RemoteJwks};
-use crate::{query, Flow, Plugin, PluginState, Rejection};
+use crate::{query, Flow, Phases, Plugin, PluginState, Rejection};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
@@ -439,6 +439,10 @@ impl Plugin for JwtAuth {
 
     fn priority(&self) -> i32 {
         2020
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST.and(Phases::UPSTREAM_REQUEST)
     }
 
     async fn on_request(

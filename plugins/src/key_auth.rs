@@ -1,7 +1,7 @@
 //! `key-auth`: authenticates a request by an API key that belongs to a consumer.
 
 use crate::consumer::Consumers;
-use crate::{query, Flow, Plugin, PluginState, Rejection};
+use crate::{query, Flow, Phases, Plugin, PluginState, Rejection};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
@@ -92,6 +92,10 @@ impl Plugin for KeyAuth {
 
     fn priority(&self) -> i32 {
         2010
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST.and(Phases::UPSTREAM_REQUEST)
     }
 
     async fn on_request(

@@ -25,9 +25,10 @@ pub mod query;
 pub mod registry;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use consumer::Consumer;
 use http::{HeaderName, HeaderValue};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -67,7 +68,38 @@ pub enum Flow {
     Reject(Rejection),
 }
 
-/// A configured plugin instance. Phases have defaults, so a plugin implements only its own.
+/// The phases a plugin acts in, so that each phase's chain holds only those plugins (and a
+/// route without body plugins never pays for a body phase).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Phases(u8);
+
+impl Phases {
+    /// [`Plugin::on_request`].
+    pub const REQUEST: Phases = Phases(1);
+    /// [`Plugin::on_upstream_request`].
+    pub const UPSTREAM_REQUEST: Phases = Phases(2);
+    /// [`Plugin::on_upstream_response`].
+    pub const UPSTREAM_RESPONSE: Phases = Phases(4);
+    /// [`Plugin::on_response`].
+    pub const RESPONSE: Phases = Phases(8);
+    /// [`Plugin::on_response_body`].
+    pub const RESPONSE_BODY: Phases = Phases(16);
+    /// [`Plugin::on_log`].
+    pub const LOG: Phases = Phases(32);
+
+    /// Both sets of phases.
+    pub const fn and(self, other: Phases) -> Phases {
+        Phases(self.0 | other.0)
+    }
+
+    /// True when every phase of `other` is in `self`.
+    pub const fn contains(self, other: Phases) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+/// A configured plugin instance. Every phase has a default that does nothing; a plugin
+/// implements its own phases and lists them in [`Plugin::phases`].
 #[async_trait]
 pub trait Plugin: Send + Sync {
     /// The name used in the configuration (`ip-restriction`).
@@ -76,8 +108,11 @@ pub trait Plugin: Send + Sync {
     /// Order in the chain: higher runs first. Fixed per plugin kind and documented.
     fn priority(&self) -> i32;
 
-    /// Runs after routing, before the request goes upstream (or a direct response is sent),
-    /// for every request of the route, including WebSocket upgrades and requests with bodies.
+    /// The phases this plugin implements.
+    fn phases(&self) -> Phases;
+
+    /// After routing, before the request goes upstream (or a direct response is sent), for
+    /// every request of the route, including WebSocket upgrades and requests with bodies.
     async fn on_request(
         &self,
         _session: &mut Session,
@@ -86,13 +121,108 @@ pub trait Plugin: Send + Sync {
         Ok(Flow::Continue)
     }
 
-    /// Runs on the request about to be sent upstream (after the gateway's own rewrites).
+    /// On the request about to be sent upstream (after the gateway's own rewrites).
     async fn on_upstream_request(
         &self,
         _upstream: &mut RequestHeader,
         _state: &mut PluginState,
     ) -> pingora::Result<()> {
         Ok(())
+    }
+
+    /// On the upstream's response header, before anything is sent to the client.
+    async fn on_upstream_response(
+        &self,
+        _response: &mut ResponseHeader,
+        _state: &mut PluginState,
+    ) -> pingora::Result<()> {
+        Ok(())
+    }
+
+    /// On the response header about to be sent to the client.
+    async fn on_response(
+        &self,
+        _response: &mut ResponseHeader,
+        _state: &mut PluginState,
+    ) -> pingora::Result<()> {
+        Ok(())
+    }
+
+    /// On each response body chunk; synchronous so that no future is allocated per chunk.
+    fn on_response_body(
+        &self,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        _state: &mut PluginState,
+    ) -> pingora::Result<()> {
+        Ok(())
+    }
+
+    /// After the response is finished (or failed), with the status sent (0 when none was).
+    async fn on_log(&self, _state: &PluginState, _status: u16) {}
+}
+
+/// A route's plugins grouped by phase, each group ordered highest priority first.
+#[derive(Default)]
+pub struct PluginChain {
+    /// [`Phases::REQUEST`].
+    pub request: Box<[Arc<dyn Plugin>]>,
+    /// [`Phases::UPSTREAM_REQUEST`].
+    pub upstream_request: Box<[Arc<dyn Plugin>]>,
+    /// [`Phases::UPSTREAM_RESPONSE`].
+    pub upstream_response: Box<[Arc<dyn Plugin>]>,
+    /// [`Phases::RESPONSE`].
+    pub response: Box<[Arc<dyn Plugin>]>,
+    /// [`Phases::RESPONSE_BODY`].
+    pub response_body: Box<[Arc<dyn Plugin>]>,
+    /// [`Phases::LOG`].
+    pub log: Box<[Arc<dyn Plugin>]>,
+}
+
+impl PluginChain {
+    /// Orders `plugins` by priority (then name, for a stable order) and groups them by phase.
+    pub fn new(mut plugins: Vec<Arc<dyn Plugin>>) -> Self {
+        plugins.sort_by_key(|p| (std::cmp::Reverse(p.priority()), p.name()));
+        let of = |phase: Phases| -> Box<[Arc<dyn Plugin>]> {
+            plugins
+                .iter()
+                .filter(|p| p.phases().contains(phase))
+                .cloned()
+                .collect()
+        };
+        PluginChain {
+            request: of(Phases::REQUEST),
+            upstream_request: of(Phases::UPSTREAM_REQUEST),
+            upstream_response: of(Phases::UPSTREAM_RESPONSE),
+            response: of(Phases::RESPONSE),
+            response_body: of(Phases::RESPONSE_BODY),
+            log: of(Phases::LOG),
+        }
+    }
+
+    /// The plugins' names in request order, for diagnostics.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut seen: Vec<&'static str> = Vec::new();
+        for p in self
+            .request
+            .iter()
+            .chain(self.upstream_request.iter())
+            .chain(self.upstream_response.iter())
+            .chain(self.response.iter())
+            .chain(self.response_body.iter())
+            .chain(self.log.iter())
+        {
+            if !seen.contains(&p.name()) {
+                seen.push(p.name());
+            }
+        }
+        seen
+    }
+}
+
+impl std::fmt::Debug for PluginChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
     }
 }
 
@@ -110,8 +240,48 @@ impl Rejection {
     }
 }
 
-impl std::fmt::Debug for dyn Plugin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake(&'static str, i32, Phases);
+
+    #[async_trait]
+    impl Plugin for Fake {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn priority(&self) -> i32 {
+            self.1
+        }
+        fn phases(&self) -> Phases {
+            self.2
+        }
+    }
+
+    #[test]
+    fn chains_are_grouped_by_phase_in_priority_order() {
+        let chain = PluginChain::new(vec![
+            Arc::new(Fake(
+                "transform",
+                500,
+                Phases::RESPONSE.and(Phases::RESPONSE_BODY),
+            )),
+            Arc::new(Fake(
+                "auth",
+                2000,
+                Phases::REQUEST.and(Phases::UPSTREAM_REQUEST),
+            )),
+            Arc::new(Fake("ip", 3000, Phases::REQUEST)),
+            Arc::new(Fake("logger", 100, Phases::LOG)),
+        ]);
+        let names = |group: &[Arc<dyn Plugin>]| group.iter().map(|p| p.name()).collect::<Vec<_>>();
+        assert_eq!(names(&chain.request), ["ip", "auth"]);
+        assert_eq!(names(&chain.upstream_request), ["auth"]);
+        assert!(chain.upstream_response.is_empty());
+        assert_eq!(names(&chain.response), ["transform"]);
+        assert_eq!(names(&chain.response_body), ["transform"]);
+        assert_eq!(names(&chain.log), ["logger"]);
+        assert_eq!(chain.names(), ["ip", "auth", "transform", "logger"]);
     }
 }

@@ -322,7 +322,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
         name: &str,
         r: RouteSection,
         clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
-        plugins: Box<[Arc<dyn gantry_plugins::Plugin>]>,
+        plugins: gantry_plugins::PluginChain,
     ) -> Option<RouteSpec> {
         let before = self.error_count();
         let key = format!("routes.{name}");

@@ -6,7 +6,7 @@ use super::error::did_you_mean;
 use super::model::ConsumerSection;
 use gantry_plugins::consumer::{ConsumerSpec, Consumers};
 use gantry_plugins::registry::{self, Build, BuildContext, ConfigSource};
-use gantry_plugins::Plugin;
+use gantry_plugins::{Plugin, PluginChain};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use toml::de::DeValue;
@@ -85,19 +85,16 @@ pub fn route<'a>(
         .collect()
 }
 
-/// The route's chain: global plugins not overridden, plus the route's own, highest priority first.
-pub fn chain(
-    global: &[(String, Arc<dyn Plugin>)],
-    overrides: &[Override],
-) -> Box<[Arc<dyn Plugin>]> {
-    let mut chain: Vec<Arc<dyn Plugin>> = global
-        .iter()
-        .filter(|(name, _)| !overrides.iter().any(|(o, _)| o == name))
-        .map(|(_, p)| Arc::clone(p))
-        .chain(overrides.iter().filter_map(|(_, p)| p.clone()))
-        .collect();
-    chain.sort_by_key(|p| (std::cmp::Reverse(p.priority()), p.name()));
-    chain.into_boxed_slice()
+/// The route's chain: global plugins not overridden, plus the route's own, grouped by phase.
+pub fn chain(global: &[(String, Arc<dyn Plugin>)], overrides: &[Override]) -> PluginChain {
+    PluginChain::new(
+        global
+            .iter()
+            .filter(|(name, _)| !overrides.iter().any(|(o, _)| o == name))
+            .map(|(_, p)| Arc::clone(p))
+            .chain(overrides.iter().filter_map(|(_, p)| p.clone()))
+            .collect(),
+    )
 }
 
 fn build<'a>(

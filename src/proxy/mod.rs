@@ -51,11 +51,10 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Rejection>> {
-        let Some(route) = ctx.route.as_ref().filter(|r| !r.plugins.is_empty()) else {
+        let Some(route) = &ctx.route else {
             return Ok(None);
         };
-        let route = Arc::clone(route);
-        for plugin in route.plugins.iter() {
+        for plugin in route.plugins.request.iter() {
             if let Flow::Reject(rejection) = plugin.on_request(session, &mut ctx.state).await? {
                 return Ok(Some(rejection));
             }
@@ -240,10 +239,25 @@ impl ProxyHttp for Gateway {
         forwarded::set_forwarded_headers(upstream, peer_ip(session), ctx.peer_trusted, host)?;
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         forwarded::set_consumer_headers(upstream, ctx.state.consumer.as_deref())?;
-        if let Some(route) = ctx.route.as_ref().filter(|r| !r.plugins.is_empty()) {
-            let route = Arc::clone(route);
-            for plugin in route.plugins.iter() {
+        if let Some(route) = &ctx.route {
+            for plugin in route.plugins.upstream_request.iter() {
                 plugin.on_upstream_request(upstream, &mut ctx.state).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(route) = &ctx.route {
+            for plugin in route.plugins.upstream_response.iter() {
+                plugin
+                    .on_upstream_response(upstream_response, &mut ctx.state)
+                    .await?;
             }
         }
         Ok(())
@@ -255,7 +269,39 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())
+        upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        if let Some(route) = &ctx.route {
+            for plugin in route.plugins.response.iter() {
+                plugin
+                    .on_response(upstream_response, &mut ctx.state)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(route) = &ctx.route {
+            for plugin in route.plugins.response_body.iter() {
+                plugin.on_response_body(body, end_of_stream, &mut ctx.state)?;
+            }
+        }
+        Ok(None)
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(route) = &ctx.route {
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            for plugin in route.plugins.log.iter() {
+                plugin.on_log(&ctx.state, status).await;
+            }
+        }
     }
 
     async fn fail_to_proxy(

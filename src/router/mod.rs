@@ -33,8 +33,8 @@ pub struct Route {
     pub priority: i64,
     /// Remove the matched prefix before proxying.
     pub strip_prefix: bool,
-    /// The route's plugin chain, highest priority first.
-    pub plugins: Box<[Arc<dyn gantry_plugins::Plugin>]>,
+    /// The route's plugins, grouped by phase.
+    pub plugins: gantry_plugins::PluginChain,
     /// What happens to a matched request.
     pub action: RouteAction,
 }
