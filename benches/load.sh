@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Load test: Gantry vs nginx as reverse proxies in front of the same upstream, on this machine.
+# Load test: Gantry vs nginx as reverse proxies in front of the same upstream, on this machine,
+# then the cost of Gantry's authentication plugins against Gantry's plain route.
 #
 #   benches/load.sh                 # 3 alternating rounds of 10 s each, 50 connections
 #   ROUNDS=5 DURATION=20s CONNS=100 benches/load.sh
@@ -8,7 +9,8 @@
 # keepalive, request id and X-Forwarded-For set) and Gantry (one thread, health checks on,
 # request ids on). The proxy under test is pinned to CPU 0; the upstream and wrk share CPU 1,
 # so the proxy is the bottleneck. Prints req/s and p50/p99 latency per run, then the medians
-# and the ratio Gantry/nginx.
+# and the ratio Gantry/nginx. Then the same Gantry serves /jwt (jwt-auth, RS256, one token
+# reused as clients do) and /key (key-auth), compared with its plain route.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,7 +105,29 @@ interval = "1s"
 [routes.bench]
 paths = ["/"]
 cluster = "backend"
+
+[consumers.bench]
+keys = ["bench-key-0123456789"]
+
+[routes.jwt]
+paths = ["/jwt"]
+cluster = "backend"
+[routes.jwt.plugins.jwt-auth]
+algorithms = ["RS256"]
+public_key_file = "$PWD/tests/fixtures/jwt/rsa1.pub"
+
+[routes.key]
+paths = ["/key"]
+cluster = "backend"
+[routes.key.plugins.key-auth]
 CONF
+
+# An RS256 token signed with the test-only key (tests/fixtures/jwt), valid for a day.
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+jwt_head=$(printf '{"alg":"RS256","typ":"JWT"}' | b64url)
+jwt_body=$(printf '{"sub":"bench","exp":%d}' $(( $(date +%s) + 86400 )) | b64url)
+jwt_sig=$(printf '%s.%s' "$jwt_head" "$jwt_body" | openssl dgst -sha256 -sign tests/fixtures/jwt/rsa1.key | b64url)
+TOKEN="$jwt_head.$jwt_body.$jwt_sig"
 
 taskset -c 1 "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
 taskset -c 0 "$NGINX" -c "$work/proxy.conf" -p "$work" & pids+=($!); nginx_master=$!
@@ -125,10 +149,12 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # wrk prints latency with units; normalise to milliseconds.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
 
-run() { # name port -> "rps p50 p99 cpu_us_per_request"
-  local out before after
+run() { # name port [path [header]] -> "rps p50 p99 cpu_us_per_request"
+  local out before after path=${3:-$PATH_UNDER_TEST}
+  local -a hdr=()
+  [ -n "${4:-}" ] && hdr=(-H "$4")
   before=$(cpu_ticks "${cpu_pid[$1]}")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$2$PATH_UNDER_TEST")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${hdr[@]}" "http://127.0.0.1:$2$path")
   after=$(cpu_ticks "${cpu_pid[$1]}")
   local rps p50 p99 errs total cpu
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
@@ -169,3 +195,24 @@ printf "median  %-6s %12.0f %9.3f %9.3f %11.2f\n" gantry "$gantry_2" "$gantry_3"
 awk -v g="$gantry_2" -v n="$nginx_2" -v gp="$gantry_4" -v np="$nginx_4" -v g5="$gantry_3" -v n5="$nginx_3" \
   -v gc="$gantry_5" -v nc="$nginx_5" \
   'BEGIN { printf "ratio gantry/nginx: req/s %.2f   p50 %.2f   p99 %.2f   cpu/req %.2f (latency and cpu: lower is better)\n", g/n, g5/n5, gp/np, gc/nc }'
+
+# Plugins: Gantry's plain route against jwt-auth and key-auth routes, alternating.
+curl -fs -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GAN/jwt" || { echo "jwt route refused the token" >&2; exit 1; }
+curl -fs -o /dev/null -H "x-api-key: bench-key-0123456789" "http://127.0.0.1:$GAN/key" || { echo "key route refused the key" >&2; exit 1; }
+echo
+printf "%-7s %-6s %12s %9s %9s %11s\n" round route "req/s" "p50 ms" "p99 ms" "cpu us/req"
+: > "$work/plugin_results"
+for r in $(seq "$ROUNDS"); do
+  for spec in "plain|/bench|" "jwt|/jwt|Authorization: Bearer $TOKEN" "key|/key|x-api-key: bench-key-0123456789"; do
+    IFS='|' read -r name path header <<< "$spec"
+    read -r rps p50 p99 cpu < <(run gantry "$GAN" "$path" "$header")
+    printf "%-7s %-6s %12s %9s %9s %11s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu"
+    echo "$name $rps $p50 $p99 $cpu" >> "$work/plugin_results"
+  done
+done
+for name in plain jwt key; do
+  v=$(awk -v n="$name" '$1==n {print $2}' "$work/plugin_results" | median)
+  eval "plugin_$name=$v"
+done
+awk -v p="$plugin_plain" -v j="$plugin_jwt" -v k="$plugin_key" \
+  'BEGIN { printf "median req/s: plain %.0f  jwt %.0f  key %.0f; cost vs plain: jwt-auth %.1f%%  key-auth %.1f%%\n", p, j, k, (1 - j/p) * 100, (1 - k/p) * 100 }'
