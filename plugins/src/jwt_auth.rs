@@ -225,15 +225,7 @@ impl JwtAuth {
                         .map(|_| v[7..].trim())
                 }),
             Source::Header(name) => req.headers.get(name).and_then(|v| v.to_str().ok()),
-            Source::Cookie(name) => req
-                .headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|pair| pair.trim().split_once('='))
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v),
+            Source::Cookie(name) => query::cookie(&req.headers, name),
             Source::Query(name) => req.uri.query().and_then(|q| query::param(q, name)),
         })
     }

@@ -1,12 +1,24 @@
-//! Query-string helpers shared by plugins that read or strip parameters.
+//! Query-string and cookie helpers shared by the plugins and the gateway.
 
-use http::Uri;
+use http::{HeaderMap, Uri};
 
 /// The raw value of the first `name=value` pair of `query`.
 pub fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
 }

@@ -54,7 +54,9 @@ impl HashOn {
             HashOn::Path => Some(req.uri.path().as_bytes()),
             HashOn::Uri => req.uri.path_and_query().map(|pq| pq.as_str().as_bytes()),
             HashOn::Header(name) => req.headers.get(name).map(|v| v.as_bytes()),
-            HashOn::Cookie(name) => cookie_value(req, name),
+            HashOn::Cookie(name) => {
+                gantry_plugins::query::cookie(&req.headers, name).map(str::as_bytes)
+            }
             HashOn::Query(name) => req
                 .uri
                 .query()
@@ -63,17 +65,6 @@ impl HashOn {
         };
         found.unwrap_or(client_ip)
     }
-}
-
-fn cookie_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.as_bytes())
 }
 
 /// Writes the address bytes into `buf` and returns them, for hashing on the client IP.
