@@ -12,6 +12,7 @@ use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use async_trait::async_trait;
 use base64::Engine;
 use http::HeaderValue;
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora_memory_cache::MemoryCache;
 use serde::Deserialize;
@@ -27,6 +28,10 @@ pub const NAME: &str = "basic-auth";
 pub const MAX_PARALLEL_VERIFICATIONS: usize = 2;
 /// How long a verified user and password stay verified.
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
+/// How long a wrong user and password stay known as wrong.
+pub const FAILURE_TTL: Duration = Duration::from_secs(60);
+/// The longest a request waits for a verification slot.
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 const CACHE_ENTRIES: usize = 10_000;
 /// Verified for unknown users, so they take as long to refuse as a wrong password.
 const DUMMY_HASH: &str =
@@ -39,6 +44,13 @@ pub struct Config {
     /// The realm named in `WWW-Authenticate`. Default `"gantry"`.
     #[serde(default = "default_realm")]
     pub realm: String,
+    /// Remove `Authorization` before the request goes upstream. Default `true`.
+    #[serde(default = "default_true")]
+    pub hide_credentials: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_realm() -> String {
@@ -49,8 +61,17 @@ fn default_realm() -> String {
 pub struct BasicAuth {
     consumers: Arc<Consumers>,
     challenge: HeaderValue,
-    verified: MemoryCache<[u8; 32], [u8; 32]>,
+    hide_credentials: bool,
+    /// Fingerprint -> (fingerprint again, to rule out 64-bit key collisions; whether it passed).
+    checked: MemoryCache<[u8; 32], ([u8; 32], bool)>,
     permits: Arc<Semaphore>,
+}
+
+/// The outcome of checking credentials.
+enum Check {
+    Passed(Arc<Consumer>),
+    Failed,
+    Busy,
 }
 
 impl BasicAuth {
@@ -69,7 +90,8 @@ impl BasicAuth {
         Ok(BasicAuth {
             consumers,
             challenge,
-            verified: MemoryCache::new(CACHE_ENTRIES),
+            hide_credentials: config.hide_credentials,
+            checked: MemoryCache::new(CACHE_ENTRIES),
             permits: Arc::new(Semaphore::new(MAX_PARALLEL_VERIFICATIONS)),
         })
     }
@@ -78,12 +100,16 @@ impl BasicAuth {
         Flow::Reject(Rejection::unauthorized(slug, detail, &self.challenge))
     }
 
-    /// Verifies `password` against `hash` on the blocking pool.
-    async fn verify(&self, hash: Arc<str>, password: Vec<u8>) -> bool {
-        let Ok(_permit) = self.permits.acquire().await else {
-            return false;
-        };
-        tokio::task::spawn_blocking(move || {
+    /// Verifies `password` against `hash` on the blocking pool; `None` when no slot was free
+    /// within [`QUEUE_TIMEOUT`].
+    async fn verify(&self, hash: Arc<str>, password: Vec<u8>) -> Option<bool> {
+        let permit = tokio::time::timeout(QUEUE_TIMEOUT, Arc::clone(&self.permits).acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        let ok = tokio::task::spawn_blocking(move || {
+            // The slot is held by the hash itself, even if the request goes away meanwhile.
+            let _permit = permit;
             PasswordHash::new(&hash)
                 .map(|parsed| {
                     Argon2::default()
@@ -93,39 +119,47 @@ impl BasicAuth {
                 .unwrap_or(false)
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+        Some(ok)
     }
 
-    async fn authenticate(&self, user: &str, password: &[u8]) -> Option<Arc<Consumer>> {
+    async fn authenticate(&self, user: &str, password: &[u8]) -> Check {
         let mut hasher = Sha256::new();
         hasher.update(user.as_bytes());
         hasher.update([0]);
         hasher.update(password);
         let fingerprint: [u8; 32] = hasher.finalize().into();
         let account = self.consumers.with_password(user);
-        if let (Some(cached), _) = self.verified.get(&fingerprint) {
-            if bool::from(cached.ct_eq(&fingerprint)) {
-                return account.map(|(consumer, _)| Arc::clone(consumer));
+        if let (Some((seen, passed)), _) = self.checked.get(&fingerprint) {
+            if bool::from(seen.ct_eq(&fingerprint)) {
+                return match (passed, account) {
+                    (true, Some((consumer, _))) => Check::Passed(Arc::clone(consumer)),
+                    _ => Check::Failed,
+                };
             }
         }
-        let (consumer, hash) = match account {
-            Some((consumer, hash)) => (Some(consumer), Arc::clone(hash)),
-            None => (None, Arc::from(DUMMY_HASH)),
+        let hash = account.map_or_else(|| Arc::from(DUMMY_HASH), |(_, hash)| Arc::clone(hash));
+        let Some(ok) = self.verify(hash, password.to_vec()).await else {
+            return Check::Busy;
         };
-        let ok = self.verify(hash, password.to_vec()).await && consumer.is_some();
-        if ok {
-            self.verified
-                .put(&fingerprint, fingerprint, Some(CACHE_TTL));
+        let passed = ok && account.is_some();
+        let ttl = if passed { CACHE_TTL } else { FAILURE_TTL };
+        self.checked
+            .put(&fingerprint, (fingerprint, passed), Some(ttl));
+        match account {
+            Some((consumer, _)) if passed => Check::Passed(Arc::clone(consumer)),
+            _ => Check::Failed,
         }
-        consumer.filter(|_| ok).cloned()
     }
 }
 
 /// `user` and `password` from an `Authorization: Basic` value.
 fn credentials(value: &[u8]) -> Option<(String, Vec<u8>)> {
-    let encoded = value
-        .strip_prefix(b"Basic ")
-        .or_else(|| value.strip_prefix(b"basic "))?;
+    // The scheme name is case-insensitive (RFC 9110).
+    let (scheme, encoded) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"basic ") {
+        return None;
+    }
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim_ascii())
         .ok()?;
@@ -145,7 +179,7 @@ impl Plugin for BasicAuth {
     }
 
     fn phases(&self) -> Phases {
-        Phases::REQUEST
+        Phases::REQUEST.and(Phases::UPSTREAM_REQUEST)
     }
 
     async fn on_request(
@@ -167,12 +201,32 @@ impl Plugin for BasicAuth {
             ));
         };
         match self.authenticate(&user, &password).await {
-            Some(consumer) => {
+            Check::Passed(consumer) => {
                 state.consumer = Some(consumer);
                 Ok(Flow::Continue)
             }
-            None => Ok(self.reject("invalid-credentials", "the user name or password is wrong")),
+            Check::Failed => {
+                Ok(self.reject("invalid-credentials", "the user name or password is wrong"))
+            }
+            Check::Busy => Ok(Flow::Reject(Rejection {
+                status: 503,
+                slug: "auth-busy",
+                title: "Authentication busy",
+                detail: "too many password checks are running; retry shortly".into(),
+                headers: vec![(http::header::RETRY_AFTER, HeaderValue::from_static("1"))],
+            })),
         }
+    }
+
+    async fn on_upstream_request(
+        &self,
+        upstream: &mut RequestHeader,
+        _state: &mut PluginState,
+    ) -> pingora::Result<()> {
+        if self.hide_credentials {
+            upstream.remove_header(&http::header::AUTHORIZATION);
+        }
+        Ok(())
     }
 }
 
@@ -191,6 +245,11 @@ mod tests {
             Some(("alice".into(), b"pa:ss".to_vec()))
         );
         assert_eq!(credentials(b"Bearer x"), None);
+        let v = format!(
+            "BASIC {}",
+            base64::engine::general_purpose::STANDARD.encode("a:b")
+        );
+        assert_eq!(credentials(v.as_bytes()), Some(("a".into(), b"b".to_vec())));
         assert_eq!(credentials(b"Basic !!!"), None);
     }
 
@@ -202,19 +261,11 @@ mod tests {
     #[test]
     fn realms_with_quotes_are_refused() {
         let consumers = Arc::new(Consumers::default());
-        assert!(BasicAuth::new(
-            Config {
-                realm: "a\"b".into()
-            },
-            Arc::clone(&consumers)
-        )
-        .is_err());
-        assert!(BasicAuth::new(
-            Config {
-                realm: "users".into()
-            },
-            consumers
-        )
-        .is_ok());
+        let config = |realm: &str| Config {
+            realm: realm.into(),
+            hide_credentials: true,
+        };
+        assert!(BasicAuth::new(config("a\"b"), Arc::clone(&consumers)).is_err());
+        assert!(BasicAuth::new(config("users"), consumers).is_ok());
     }
 }

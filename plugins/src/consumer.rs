@@ -26,6 +26,9 @@ pub struct Consumer {
 
 type KeyDigest = [u8; 32];
 
+/// The shortest plain API key accepted.
+pub const MIN_KEY_LEN: usize = 8;
+
 /// Every configured consumer, indexed by credential.
 #[derive(Debug, Default)]
 pub struct Consumers {
@@ -114,6 +117,13 @@ impl Consumers {
                             continue;
                         }
                     },
+                    None if key.len() < MIN_KEY_LEN => {
+                        errors.push(format!(
+                            "consumers.{}.keys[{i}]: a plain key must be at least {MIN_KEY_LEN} characters",
+                            spec.name
+                        ));
+                        continue;
+                    }
                     None => digest(key),
                 };
                 if let Some(other) = consumers.by_key.insert(digest, Arc::clone(&consumer)) {
@@ -193,21 +203,22 @@ mod tests {
             ConsumerSpec {
                 name: "a",
                 groups: &[],
-                keys: &["sha256:abc".into(), "k".into()],
+                keys: &["sha256:abc".into(), "shared-key".into(), "short".into()],
                 password: None,
                 jwt_subject: None,
             },
             ConsumerSpec {
                 name: "b",
                 groups: &[],
-                keys: &["k".into()],
+                keys: &["shared-key".into()],
                 password: Some("plain-text"),
                 jwt_subject: None,
             },
         ])
         .expect_err("invalid");
-        assert_eq!(errors.len(), 3, "{errors:?}");
-        assert!(errors[1].contains("only argon2 hashes"));
-        assert!(errors[2].contains("consumer `a`"));
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors[1].contains("at least 8 characters"));
+        assert!(errors[2].contains("only argon2 hashes"));
+        assert!(errors[3].contains("consumer `a`"));
     }
 }

@@ -2,19 +2,20 @@
 //! remote JWKS fetched in the background.
 //!
 //! A remote set is fetched on first use, refreshed in the background once it is older than
-//! `jwks_refresh`, and fetched again at once (at most every [`UNKNOWN_KID_REFETCH`]) when a
+//! `jwks_refresh`, and fetched again at once (attempts are at least [`MIN_FETCH_INTERVAL`] apart) when a
 //! token names a `kid` the set does not have, which is how key rotation shows up. When the
 //! identity provider is down, the last good set is kept and a warning is logged per attempt.
 
 use arc_swap::ArcSwapOption;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The least time between two fetches caused by unknown `kid`s.
-pub const UNKNOWN_KID_REFETCH: Duration = Duration::from_secs(1);
+/// The least time between two fetch attempts, whatever caused them (first use, age, unknown
+/// `kid`), so a failing identity provider is not hammered.
+pub const MIN_FETCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Timeout of one JWKS request.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -88,10 +89,14 @@ impl KeySet {
 /// A JWKS fetched from an identity provider.
 pub struct RemoteJwks {
     url: String,
+    /// `scheme://host` of `url`, for logs (never the path or query, which may hold credentials).
+    origin: String,
     client: reqwest::Client,
     refresh: Duration,
     current: ArcSwapOption<KeySet>,
     started: Instant,
+    /// A background refresh is running.
+    refreshing: AtomicBool,
     /// Milliseconds since `started` of the last successful fetch (0: never).
     fetched_ms: AtomicU64,
     /// Milliseconds since `started` of the last attempt (0: never).
@@ -102,21 +107,37 @@ pub struct RemoteJwks {
 impl RemoteJwks {
     /// A set fetched from `url` and refreshed every `refresh`.
     pub fn new(url: &str, refresh: Duration) -> Result<Self, String> {
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(format!(
-                "jwks_url `{url}` must be an http:// or https:// URL"
-            ));
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| format!("jwks_url `{url}` is not a URL: {e}"))?;
+        let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+        match parsed.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            _ => {
+                return Err(
+                    "jwks_url must be https:// (plain http:// only for loopback): \
+                            keys fetched in the clear can be forged"
+                        .into(),
+                )
+            }
         }
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .build()
             .map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?;
+        let origin = format!(
+            "{}://{}",
+            parsed.scheme(),
+            parsed.host_str().unwrap_or_default()
+        );
         Ok(RemoteJwks {
             url: url.to_string(),
+            origin,
             client,
             refresh,
             current: ArcSwapOption::empty(),
             started: Instant::now(),
+            refreshing: AtomicBool::new(false),
             fetched_ms: AtomicU64::new(0),
             attempted_ms: AtomicU64::new(0),
             single_flight: tokio::sync::Mutex::new(()),
@@ -138,26 +159,36 @@ impl RemoteJwks {
         let current = match self.current.load_full() {
             Some(set) => {
                 let age = now.saturating_sub(self.fetched_ms.load(Ordering::Relaxed));
-                if age > self.refresh.as_millis() as u64 {
+                if age > self.refresh.as_millis() as u64
+                    && self.may_fetch(now)
+                    && !self.refreshing.swap(true, Ordering::AcqRel)
+                {
                     let this = Arc::clone(self);
-                    tokio::spawn(async move { this.fetch(now).await });
+                    tokio::spawn(async move {
+                        this.fetch(now).await;
+                        this.refreshing.store(false, Ordering::Release);
+                    });
                 }
                 set
             }
             None => {
-                self.fetch(now).await;
+                if self.may_fetch(now) {
+                    self.fetch(now).await;
+                }
                 self.current.load_full()?
             }
         };
-        if current.find(kid, alg).is_some() || kid.is_none() {
-            return Some(current);
-        }
-        let since_attempt = now.saturating_sub(self.attempted_ms.load(Ordering::Relaxed));
-        if since_attempt < UNKNOWN_KID_REFETCH.as_millis() as u64 {
+        if kid.is_none() || current.find(kid, alg).is_some() || !self.may_fetch(now) {
             return Some(current);
         }
         self.fetch(now).await;
         self.current.load_full()
+    }
+
+    /// True when the last attempt is at least [`MIN_FETCH_INTERVAL`] old (or there was none).
+    fn may_fetch(&self, now: u64) -> bool {
+        let last = self.attempted_ms.load(Ordering::Relaxed);
+        last == 0 || now.saturating_sub(last) >= MIN_FETCH_INTERVAL.as_millis() as u64
     }
 
     /// Fetches the set once, unless another fetch started after `asked_at`.
@@ -174,7 +205,7 @@ impl RemoteJwks {
             }
             Err(e) => log::warn!(
                 "jwt-auth: fetching the JWKS from {} failed: {e}; keeping the last good key set",
-                self.url
+                self.origin
             ),
         }
     }
@@ -185,11 +216,14 @@ impl RemoteJwks {
             .get(&self.url)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.without_url().to_string())?;
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
         KeySet::from_jwks(&body)
     }
 }

@@ -29,6 +29,8 @@ pub const NAME: &str = "jwt-auth";
 /// The longest a verified token stays cached (it never outlives its `exp`).
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
 const CACHE_ENTRIES: usize = 50_000;
+/// The largest accepted clock skew.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(600);
 
 /// Verified claims of a token.
 pub type Claims = Map<String, Value>;
@@ -171,13 +173,26 @@ impl JwtAuth {
             Keys::Remote(Arc::new(RemoteJwks::new(url, refresh)?))
         };
         let leeway = config.leeway.map_or(0, |d| d.0.as_secs());
+        if leeway > MAX_LEEWAY.as_secs() {
+            return Err(format!(
+                "`leeway` must be at most {}s",
+                MAX_LEEWAY.as_secs()
+            ));
+        }
         let validations = algorithms
             .iter()
             .map(|alg| {
                 let mut validation = Validation::new(*alg);
                 validation.leeway = leeway;
                 validation.validate_nbf = true;
-                validation.set_required_spec_claims(&["exp"]);
+                let mut required = vec!["exp"];
+                if config.issuer.is_some() {
+                    required.push("iss");
+                }
+                if !config.audiences.is_empty() {
+                    required.push("aud");
+                }
+                validation.set_required_spec_claims(&required);
                 if let Some(issuer) = &config.issuer {
                     validation.set_issuer(&[issuer]);
                 }
@@ -260,19 +275,20 @@ impl JwtAuth {
                 ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
                 ErrorKind::InvalidAudience => "the token's audience is not accepted",
                 ErrorKind::InvalidSignature => "the token's signature is not valid",
-                ErrorKind::MissingRequiredClaim(_) => "the token has no exp claim",
+                ErrorKind::MissingRequiredClaim(_) => {
+                    "the token lacks a required claim (exp, iss or aud)"
+                }
                 ErrorKind::InvalidAlgorithm => "the token's algorithm does not match its key",
                 _ => "the token is not valid",
             })
         })?;
         let claims = data.claims;
         let now = now_secs();
-        if claims
-            .get("iat")
-            .and_then(Value::as_u64)
-            .is_some_and(|iat| iat > now + self.leeway)
-        {
-            return Err(Refusal::invalid("the token was issued in the future"));
+        match claims.get("iat").map(Value::as_f64) {
+            None => {}
+            Some(Some(iat)) if iat <= (now + self.leeway) as f64 => {}
+            Some(Some(_)) => return Err(Refusal::invalid("the token was issued in the future")),
+            Some(None) => return Err(Refusal::invalid("the token's iat is not a number")),
         }
         if !self.required_scopes.iter().all(|s| has_scope(&claims, s)) {
             return Err(Refusal::Scope);
@@ -290,7 +306,7 @@ impl JwtAuth {
                 let subject = claims
                     .get(claim)
                     .and_then(Value::as_str)
-                    .unwrap_or_default();
+                    .ok_or(Refusal::invalid("the token lacks the consumer claim"))?;
                 Some(Arc::clone(
                     self.consumers
                         .by_subject(subject)
@@ -490,7 +506,7 @@ impl Plugin for JwtAuth {
         state: &mut PluginState,
     ) -> pingora::Result<()> {
         for (header, claim) in &self.forward_claims {
-            upstream.remove_header(header);
+            crate::remove_headers_and_aliases(upstream, &[header]);
             let value = state
                 .jwt_claims
                 .as_ref()
@@ -545,6 +561,9 @@ mod tests {
             consumers
         )
         .is_ok());
+        // Keys fetched over plain HTTP could be forged on the way, except on loopback.
+        assert!(RemoteJwks::new("http://idp.example/jwks", Duration::from_secs(60)).is_err());
+        assert!(RemoteJwks::new("http://127.0.0.1:8000/jwks", Duration::from_secs(60)).is_ok());
     }
 
     #[test]

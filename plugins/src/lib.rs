@@ -226,6 +226,33 @@ impl std::fmt::Debug for PluginChain {
     }
 }
 
+/// Removes headers `names` and every client-sent alias of them written with `_` for `-`
+/// (`X_Consumer_Name`), which CGI-style upstreams read as the same header. One pass; nothing
+/// is allocated unless a header name contains `_`.
+pub fn remove_headers_and_aliases(req: &mut RequestHeader, names: &[&HeaderName]) {
+    for name in names {
+        req.remove_header(*name);
+    }
+    let is_alias = |k: &str| {
+        names.iter().any(|n| {
+            let n = n.as_str();
+            k.len() == n.len()
+                && k.bytes()
+                    .zip(n.bytes())
+                    .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+        })
+    };
+    let aliases: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().contains('_') && is_alias(k.as_str()))
+        .cloned()
+        .collect();
+    for alias in aliases {
+        req.remove_header(&alias);
+    }
+}
+
 impl Rejection {
     /// A 401: the request carries no usable credentials. `challenge` is the
     /// `WWW-Authenticate` value.
@@ -283,5 +310,28 @@ mod tests {
         assert_eq!(names(&chain.response_body), ["transform"]);
         assert_eq!(names(&chain.log), ["logger"]);
         assert_eq!(chain.names(), ["ip", "auth", "transform", "logger"]);
+    }
+}
+
+#[cfg(test)]
+mod alias_tests {
+    use super::*;
+
+    #[test]
+    fn underscore_aliases_are_removed() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        req.append_header("x_consumer_name", "admin")
+            .expect("header");
+        req.append_header("x-consumer-name", "admin")
+            .expect("header");
+        req.append_header("x_other", "kept").expect("header");
+        let name = HeaderName::from_static("x-consumer-name");
+        remove_headers_and_aliases(&mut req, &[&name]);
+        assert!(req.headers.get("x_consumer_name").is_none());
+        assert!(req.headers.get("x-consumer-name").is_none());
+        assert_eq!(
+            req.headers.get("x_other").map(|v| v.as_bytes()),
+            Some(&b"kept"[..])
+        );
     }
 }

@@ -107,6 +107,20 @@ impl<'a> ErrorSink<'a> {
         });
     }
 
+    /// Like [`ErrorSink::push`] but without quoting the source line, for problems in values
+    /// that may hold secrets (consumers' keys and passwords).
+    pub fn push_redacted(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) {
+        self.push(span, key, message, None);
+        if let Some(last) = self.errors.last_mut() {
+            last.source_line = None;
+        }
+    }
+
     /// Number of errors recorded so far.
     pub fn len(&self) -> usize {
         self.errors.len()

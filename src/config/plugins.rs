@@ -162,7 +162,7 @@ pub fn consumers<'a>(
                     .iter()
                     .find(|(name, _, _)| Some(name.as_str()) == consumer)
                     .map(|(_, span, _)| span.clone());
-                doc.errors.push(span, key, message, None);
+                doc.errors.push_redacted(span, key, message);
             }
             Arc::new(Consumers::default())
         }

@@ -5,6 +5,7 @@
 
 use crate::config::ServerSettings;
 use gantry_plugins::consumer::Consumer;
+use gantry_plugins::remove_headers_and_aliases;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::Result;
@@ -93,6 +94,9 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
         if has_encoded_separator(seg) {
             return Err("the path must not contain encoded `/` or `\\`");
         }
+        if has_encoded_unreserved(seg) {
+            return Err("the path must not percent-encode letters, digits or `-._~`");
+        }
         let name = seg.split(';').next().unwrap_or_default();
         if is_dot_segment(name) {
             return Err("the path must not contain `.` or `..` segments");
@@ -119,6 +123,17 @@ fn is_dot_segment(seg: &str) -> bool {
     (1..=2).contains(&dots)
 }
 
+/// A percent-encoded letter, digit or `-._~`: they never need encoding, and an upstream that
+/// decodes them would see another path than the one routed here (`/%61dmin` is `/admin`).
+fn has_encoded_unreserved(seg: &str) -> bool {
+    let hex = |b: u8| (b as char).to_digit(16);
+    seg.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!((hex(w[1]), hex(w[2])), (Some(h), Some(l))
+                if { let c = (h * 16 + l) as u8; c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') })
+    })
+}
+
 /// `%2f` or `%5c` in any case.
 fn has_encoded_separator(seg: &str) -> bool {
     seg.as_bytes().windows(3).any(|w| {
@@ -134,6 +149,20 @@ pub fn set_forwarded_headers(
     peer_trusted: bool,
     host: Option<HeaderValue>,
 ) -> Result<()> {
+    if !peer_trusted {
+        // Other client-address headers an untrusted client could use to spoof its identity, and
+        // `_` spellings of the ones set here (CGI-style upstreams read them as the same header).
+        remove_headers_and_aliases(
+            upstream,
+            &[
+                &http::header::FORWARDED,
+                &X_REAL_IP,
+                &X_FORWARDED_FOR,
+                &X_FORWARDED_PROTO,
+                &X_FORWARDED_HOST,
+            ],
+        );
+    }
     // An IP address fits in 45 bytes; format it on the stack.
     let mut ip_buf = [0u8; 48];
     let ip_len = match peer {
@@ -165,11 +194,6 @@ pub fn set_forwarded_headers(
             upstream.remove_header(&X_FORWARDED_FOR);
         }
     }
-    if !peer_trusted {
-        // Other client-address headers an untrusted client could use to spoof its identity.
-        upstream.remove_header(&http::header::FORWARDED);
-        upstream.remove_header(&X_REAL_IP);
-    }
     if !peer_trusted || !upstream.headers.contains_key(&X_FORWARDED_PROTO) {
         upstream.insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
     }
@@ -190,8 +214,7 @@ pub fn set_consumer_headers(
     upstream: &mut RequestHeader,
     consumer: Option<&Consumer>,
 ) -> Result<()> {
-    upstream.remove_header(&X_CONSUMER_NAME);
-    upstream.remove_header(&X_CONSUMER_GROUPS);
+    remove_headers_and_aliases(upstream, &[&X_CONSUMER_NAME, &X_CONSUMER_GROUPS]);
     if let Some(c) = consumer {
         upstream.insert_header(X_CONSUMER_NAME.clone(), c.name_header.clone())?;
         if !c.groups.is_empty() {
@@ -269,6 +292,8 @@ mod tests {
             "/a\\b",
             "//admin",
             "/a//b",
+            "/%61dmin",
+            "/a/%7Euser",
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }

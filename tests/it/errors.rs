@@ -34,6 +34,7 @@ async fn ambiguous_paths_and_hosts_are_400_problems() {
         ("/public/..;/admin", "localhost"),
         ("/public/..%2fadmin", "localhost"),
         ("//admin", "localhost"),
+        ("/%61dmin", "localhost"),
         ("/ok", long_host.as_str()),
         ("/ok", "bad host!"),
     ];

@@ -274,6 +274,21 @@ anonymous = true
         &claims(|c| c["aud"] = json!("other-api")),
     );
     refused(&g, "/api", &t, "the token's audience is not accepted").await;
+    let t = sign(
+        Algorithm::RS256,
+        Some("k1"),
+        &rsa1,
+        &claims(|c| {
+            c.as_object_mut().map(|o| o.remove("aud"));
+        }),
+    );
+    refused(
+        &g,
+        "/api",
+        &t,
+        "the token lacks a required claim (exp, iss or aud)",
+    )
+    .await;
     let parts: Vec<&str> = token.split('.').collect();
     let tampered = format!(
         "{}.{}.{}",
