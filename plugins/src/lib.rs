@@ -15,12 +15,14 @@
 
 pub mod acl;
 pub mod basic_auth;
+pub mod concurrency_limit;
 pub mod config_types;
 pub mod consumer;
 pub mod ip_restriction;
 pub mod jwks;
 pub mod jwt_auth;
 pub mod key_auth;
+pub mod limit_key;
 pub mod query;
 pub mod registry;
 
@@ -33,15 +35,20 @@ use pingora::proxy::Session;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// What the gateway knows about a request that plugins may read and update.
-#[derive(Debug, Default, Clone)]
+/// What the gateway knows about a request that plugins may read and update. It lives as long
+/// as the request: whatever it holds (like a concurrency slot) is released when the request ends.
+#[derive(Default)]
 pub struct PluginState {
+    /// The matched route's name.
+    pub route: Arc<str>,
     /// The client address, after `server.trusted_proxies`.
     pub client_ip: Option<IpAddr>,
     /// The consumer an authentication plugin resolved the request to.
     pub consumer: Option<Arc<Consumer>>,
     /// The claims of the request's verified JWT.
     pub jwt_claims: Option<Arc<jwt_auth::Claims>>,
+    /// Concurrency slots held until the request ends.
+    pub slots: Vec<pingora_limits::inflight::Guard>,
 }
 
 /// A refusal: the gateway turns it into an RFC 9457 problem+json response.

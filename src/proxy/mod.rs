@@ -124,6 +124,7 @@ impl ProxyHttp for Gateway {
                 Lookup::Found(m) => {
                     ctx.prefix_len = m.prefix_len;
                     ctx.route = Some(Arc::clone(m.route));
+                    ctx.state.route = Arc::clone(&m.route.name);
                     match m.route.action {
                         RouteAction::Proxy(_) => Decision::Proxy,
                         RouteAction::Respond(_) => Decision::Respond(Arc::clone(m.route)),

@@ -3,6 +3,7 @@
 
 use crate::common::{assert_problem, check_config, client, Gantry, Upstream};
 use serde_json::Value;
+use std::time::Duration;
 
 const ROUTES: &str = r#"
 [routes.guarded]
@@ -269,4 +270,51 @@ async fn basic_auth_checks_argon2_passwords() {
         out.contains("consumers.dave.password") && out.contains("only argon2 hashes"),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn concurrency_limit_caps_in_flight_requests_and_never_leaks_slots() {
+    let up = Upstream::start("slow").await;
+    let g = Gantry::start(&format!(
+        "[clusters.slow]\nbackends = [\"{}\"]\n[routes.slow]\npaths = [\"/slow\"]\ncluster = \"slow\"\n\
+         [routes.slow.plugins.concurrency-limit]\nmax_inflight = 2\n",
+        up.addr
+    ));
+    let burst = |ms: u64, n: usize, timeout: Duration| {
+        let url = g.url(&format!("/slow/{ms}"));
+        futures::future::join_all((0..n).map(move |_| {
+            let c = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(timeout)
+                .build()
+                .expect("client");
+            let url = url.clone();
+            async move { c.get(url).send().await }
+        }))
+    };
+    let results = burst(600, 4, Duration::from_secs(5)).await;
+    let mut refused = 0;
+    for r in results {
+        let resp = r.expect("answered");
+        if resp.status() == 503 {
+            assert_eq!(resp.headers()["retry-after"], "1");
+            assert_problem(resp, 503, "concurrency-limited").await;
+            refused += 1;
+        } else {
+            assert_eq!(resp.status(), 200);
+        }
+    }
+    assert_eq!(
+        refused, 2,
+        "two of four parallel requests are over the limit"
+    );
+
+    // Clients that give up early still release their slots.
+    let gave_up = burst(400, 2, Duration::from_millis(100)).await;
+    assert!(gave_up.iter().all(|r| r.is_err()), "the clients timed out");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let results = burst(50, 2, Duration::from_secs(5)).await;
+    for r in results {
+        assert_eq!(r.expect("answered").status(), 200, "no slot leaked");
+    }
 }
