@@ -24,6 +24,7 @@ pub mod jwt_auth;
 pub mod key_auth;
 pub mod limit_key;
 pub mod query;
+pub mod rate_limit;
 pub mod registry;
 
 use async_trait::async_trait;
@@ -47,6 +48,8 @@ pub struct PluginState {
     pub consumer: Option<Arc<Consumer>>,
     /// The claims of the request's verified JWT.
     pub jwt_claims: Option<Arc<jwt_auth::Claims>>,
+    /// The tightest rate limit's numbers, for the `RateLimit-*` response headers.
+    pub rate_limit: Option<rate_limit::RateLimitStatus>,
     /// Concurrency slots held until the request ends.
     pub slots: Vec<pingora_limits::inflight::Guard>,
 }

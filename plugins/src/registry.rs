@@ -1,7 +1,9 @@
 //! The explicit list of built-in plugins and how each is built from its configuration.
 
 use crate::consumer::Consumers;
-use crate::{acl, basic_auth, concurrency_limit, ip_restriction, jwt_auth, key_auth, Plugin};
+use crate::{
+    acl, basic_auth, concurrency_limit, ip_restriction, jwt_auth, key_auth, rate_limit, Plugin,
+};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ pub const NAMES: &[&str] = &[
     basic_auth::NAME,
     acl::NAME,
     concurrency_limit::NAME,
+    rate_limit::NAME,
 ];
 
 /// What plugins may need from the rest of the configuration.
@@ -60,6 +63,7 @@ pub fn build<S: ConfigSource>(name: &str, source: &mut S, ctx: &BuildContext) ->
                 .map(|c| basic_auth::BasicAuth::new(c, Arc::clone(&ctx.consumers))),
         ),
         acl::NAME => finish(source.parse().map(acl::Acl::new)),
+        rate_limit::NAME => finish(source.parse().map(rate_limit::RateLimit::new)),
         concurrency_limit::NAME => {
             finish(source.parse().map(concurrency_limit::ConcurrencyLimit::new))
         }

@@ -386,10 +386,11 @@ fn strip_prefix(uri: &Uri, prefix_len: usize) -> Result<Uri> {
         .map_err(|_| Error::explain(ErrorType::InternalError, "stripped path is not a valid URI"))
 }
 
+/// Writes a route's direct response; the route's response-phase plugins see its header too.
 async fn write_direct_response(
     session: &mut Session,
     route: &crate::router::Route,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
 ) -> Result<()> {
     let RouteAction::Respond(direct) = &route.action else {
         return Ok(());
@@ -400,6 +401,9 @@ async fn write_direct_response(
     }
     resp.insert_header(header::CONTENT_LENGTH, direct.body.len())?;
     resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+    for plugin in route.plugins.response.iter() {
+        plugin.on_response(&mut resp, &mut ctx.state).await?;
+    }
     let no_body = direct.body.is_empty() || session.req_header().method == Method::HEAD;
     session
         .write_response_header(Box::new(resp), no_body)

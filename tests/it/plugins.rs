@@ -318,3 +318,134 @@ async fn concurrency_limit_caps_in_flight_requests_and_never_leaks_slots() {
         assert_eq!(r.expect("answered").status(), 200, "no slot leaked");
     }
 }
+
+fn header(resp: &reqwest::Response, name: &str) -> u64 {
+    resp.headers()[name]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("number")
+}
+
+#[tokio::test]
+async fn rate_limits_count_per_key_and_tell_clients_their_budget() {
+    let g = Gantry::start(
+        r#"
+[consumers.gold]
+groups = ["gold"]
+keys = ["gold-key-123"]
+[consumers.basic]
+keys = ["basic-key-123"]
+
+[routes.ip]
+paths = ["/ip"]
+respond = { body = "ok" }
+[routes.ip.plugins.rate-limit]
+limits = [{ requests = 3, per = "60s" }, { requests = 100, per = "1h" }]
+
+[routes.tenant]
+paths = ["/tenant"]
+respond = { body = "ok" }
+[routes.tenant.plugins.rate-limit]
+limits = [{ requests = 2, per = "60s" }]
+key = "header:x-tenant"
+
+[routes.plans]
+paths = ["/plans"]
+respond = { body = "ok" }
+[routes.plans.plugins.key-auth]
+[routes.plans.plugins.rate-limit]
+limits = [{ requests = 1, per = "60s" }]
+key = "consumer"
+group_limits = { gold = [{ requests = 3, per = "60s" }] }
+
+[routes.smooth]
+paths = ["/smooth"]
+respond = { body = "ok" }
+[routes.smooth.plugins.rate-limit]
+limits = [{ requests = 2, per = "200ms" }]
+mode = "delay"
+max_delay = "500ms"
+"#,
+    );
+    let c = client();
+
+    // Exact counts, the tightest limit's headers, then 429 with Retry-After.
+    for remaining in [2, 1, 0] {
+        let resp = c.get(g.url("/ip")).send().await.expect("request");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(header(&resp, "ratelimit-limit"), 3);
+        assert_eq!(header(&resp, "ratelimit-remaining"), remaining);
+        assert!((1..=60).contains(&header(&resp, "ratelimit-reset")));
+    }
+    let resp = c.get(g.url("/ip")).send().await.expect("request");
+    let retry = header(&resp, "retry-after");
+    // At most two windows: the sliding estimate lets the window's count decay through the next.
+    assert!((1..=120).contains(&retry), "retry-after {retry}");
+    assert_eq!(header(&resp, "ratelimit-remaining"), 0);
+    assert_problem(resp, 429, "rate-limited").await;
+
+    // Keyed by header: each tenant has its own budget; a request without the header is
+    // counted under its client IP, not unlimited.
+    for tenant in ["a", "b"] {
+        for _ in 0..2 {
+            let resp = c
+                .get(g.url("/tenant"))
+                .header("x-tenant", tenant)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(resp.status(), 200, "tenant {tenant}");
+        }
+        let resp = c
+            .get(g.url("/tenant"))
+            .header("x-tenant", tenant)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 429, "tenant {tenant}");
+    }
+    for expected in [200, 200, 429] {
+        assert_eq!(
+            c.get(g.url("/tenant"))
+                .send()
+                .await
+                .expect("request")
+                .status(),
+            expected
+        );
+    }
+
+    // Keyed by consumer, with a per-group override.
+    for (key, allowed) in [("gold-key-123", 3), ("basic-key-123", 1)] {
+        for i in 0..=allowed {
+            let resp = c
+                .get(g.url("/plans"))
+                .header("x-api-key", key)
+                .send()
+                .await
+                .expect("request");
+            let want = if i < allowed { 200 } else { 429 };
+            assert_eq!(resp.status(), want, "{key} request {i}");
+        }
+    }
+
+    // Delay mode: over-rate requests wait (up to max_delay) instead of failing.
+    let started = std::time::Instant::now();
+    for _ in 0..8 {
+        let one = std::time::Instant::now();
+        let resp = c.get(g.url("/smooth")).send().await.expect("request");
+        assert_eq!(resp.status(), 200);
+        assert!(
+            one.elapsed() < Duration::from_millis(800),
+            "held {:?}",
+            one.elapsed()
+        );
+    }
+    // 2 per 200 ms: 8 requests need at least about 600 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+}
