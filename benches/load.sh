@@ -10,7 +10,8 @@
 # request ids on). The proxy under test is pinned to CPU 0; the upstream and wrk share CPU 1,
 # so the proxy is the bottleneck. Prints req/s and p50/p99 latency per run, then the medians
 # and the ratio Gantry/nginx. Then the same Gantry serves /jwt (jwt-auth, RS256, one token
-# reused as clients do) and /key (key-auth), compared with its plain route.
+# reused as clients do), /key (key-auth) and /limited (rate-limit, local, never hit), compared
+# with its plain route.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -120,6 +121,12 @@ public_key_file = "$PWD/tests/fixtures/jwt/rsa1.pub"
 paths = ["/key"]
 cluster = "backend"
 [routes.key.plugins.key-auth]
+
+[routes.limited]
+paths = ["/limited"]
+cluster = "backend"
+[routes.limited.plugins.rate-limit]
+limits = [{ requests = 100000000, per = "1s" }]   # never hit: the cost of counting
 CONF
 
 # An RS256 token signed with the test-only key (tests/fixtures/jwt), valid for a day.
@@ -203,16 +210,16 @@ echo
 printf "%-7s %-6s %12s %9s %9s %11s\n" round route "req/s" "p50 ms" "p99 ms" "cpu us/req"
 : > "$work/plugin_results"
 for r in $(seq "$ROUNDS"); do
-  for spec in "plain|/bench|" "jwt|/jwt|Authorization: Bearer $TOKEN" "key|/key|x-api-key: bench-key-0123456789"; do
+  for spec in "plain|/bench|" "jwt|/jwt|Authorization: Bearer $TOKEN" "key|/key|x-api-key: bench-key-0123456789" "limit|/limited|"; do
     IFS='|' read -r name path header <<< "$spec"
     read -r rps p50 p99 cpu < <(run gantry "$GAN" "$path" "$header")
     printf "%-7s %-6s %12s %9s %9s %11s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu"
     echo "$name $rps $p50 $p99 $cpu" >> "$work/plugin_results"
   done
 done
-for name in plain jwt key; do
+for name in plain jwt key limit; do
   v=$(awk -v n="$name" '$1==n {print $2}' "$work/plugin_results" | median)
   eval "plugin_$name=$v"
 done
-awk -v p="$plugin_plain" -v j="$plugin_jwt" -v k="$plugin_key" \
-  'BEGIN { printf "median req/s: plain %.0f  jwt %.0f  key %.0f; cost vs plain: jwt-auth %.1f%%  key-auth %.1f%%\n", p, j, k, (1 - j/p) * 100, (1 - k/p) * 100 }'
+awk -v p="$plugin_plain" -v j="$plugin_jwt" -v k="$plugin_key" -v l="$plugin_limit" \
+  'BEGIN { printf "median req/s: plain %.0f  jwt %.0f  key %.0f  limit %.0f; cost vs plain: jwt-auth %.1f%%  key-auth %.1f%%  rate-limit %.1f%%\n", p, j, k, l, (1 - j/p) * 100, (1 - k/p) * 100, (1 - l/p) * 100 }'
