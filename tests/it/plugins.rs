@@ -28,11 +28,10 @@ async fn global_plugins_apply_unless_a_route_replaces_or_disables_them() {
     let g = Gantry::start(&format!(
         "[plugins.ip-restriction]\ndeny = [\"127.0.0.1\"]\n{ROUTES}"
     ));
-    let c = client();
-    let resp = c.get(g.url("/guarded")).send().await.expect("request");
+    let resp = g.get("/guarded", &[]).await;
     assert_problem(resp, 403, "ip-forbidden").await;
     for (path, body) in [("/open", "open"), ("/office", "office")] {
-        let resp = c.get(g.url(path)).send().await.expect("request");
+        let resp = g.get(path, &[]).await;
         assert_eq!(resp.status(), 200, "{path}");
         assert_eq!(resp.text().await.expect("body"), body);
     }
@@ -50,16 +49,10 @@ async fn global_plugins_apply_unless_a_route_replaces_or_disables_them() {
 async fn client_ip_rules_follow_trusted_proxies_only() {
     let rule = "[plugins.ip-restriction]\nallow = [\"203.0.113.0/24\"]\n";
     let route = "[routes.all]\npaths = [\"/\"]\nrespond = { body = \"in\" }\n";
-    let c = client();
 
     // An untrusted client cannot claim an allowed address in X-Forwarded-For.
     let g = Gantry::start(&format!("{rule}{route}"));
-    let resp = c
-        .get(g.url("/"))
-        .header("x-forwarded-for", "203.0.113.5")
-        .send()
-        .await
-        .expect("request");
+    let resp = g.get("/", &[("x-forwarded-for", "203.0.113.5")]).await;
     assert_problem(resp, 403, "ip-forbidden").await;
     drop(g);
 
@@ -68,19 +61,9 @@ async fn client_ip_rules_follow_trusted_proxies_only() {
         "trusted_proxies = [\"127.0.0.1\"]",
         &format!("{rule}{route}"),
     );
-    let resp = c
-        .get(g.url("/"))
-        .header("x-forwarded-for", "203.0.113.5")
-        .send()
-        .await
-        .expect("request");
+    let resp = g.get("/", &[("x-forwarded-for", "203.0.113.5")]).await;
     assert_eq!(resp.status(), 200);
-    let resp = c
-        .get(g.url("/"))
-        .header("x-forwarded-for", "198.51.100.7")
-        .send()
-        .await
-        .expect("request");
+    let resp = g.get("/", &[("x-forwarded-for", "198.51.100.7")]).await;
     assert_problem(resp, 403, "ip-forbidden").await;
 }
 
@@ -172,12 +155,12 @@ cluster = "api"
         "key hidden from upstream"
     );
 
-    let resp = c
-        .get(g.url("/api/items?api_key=bob-key-123&page=2"))
-        .header("x-consumer-name", "alice")
-        .send()
-        .await
-        .expect("request");
+    let resp = g
+        .get(
+            "/api/items?api_key=bob-key-123&page=2",
+            &[("x-consumer-name", "alice")],
+        )
+        .await;
     let echo: Value = resp.json().await.expect("json");
     assert_eq!(echo["uri"], "/api/items?page=2");
     assert_eq!(echo["headers"]["x-consumer-name"], "bob");
@@ -233,7 +216,7 @@ async fn basic_auth_checks_argon2_passwords() {
         up.addr
     ));
     let c = client();
-    let resp = c.get(g.url("/ops")).send().await.expect("request");
+    let resp = g.get("/ops", &[]).await;
     assert_eq!(
         resp.headers()["www-authenticate"],
         "Basic realm=\"operations\", charset=\"UTF-8\""
@@ -368,17 +351,16 @@ mode = "delay"
 max_delay = "500ms"
 "#,
     );
-    let c = client();
 
     // Exact counts, the tightest limit's headers, then 429 with Retry-After.
     for remaining in [2, 1, 0] {
-        let resp = c.get(g.url("/ip")).send().await.expect("request");
+        let resp = g.get("/ip", &[]).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(header(&resp, "ratelimit-limit"), 3);
         assert_eq!(header(&resp, "ratelimit-remaining"), remaining);
         assert!((1..=60).contains(&header(&resp, "ratelimit-reset")));
     }
-    let resp = c.get(g.url("/ip")).send().await.expect("request");
+    let resp = g.get("/ip", &[]).await;
     let retry = header(&resp, "retry-after");
     // At most two windows: the sliding estimate lets the window's count decay through the next.
     assert!((1..=120).contains(&retry), "retry-after {retry}");
@@ -389,42 +371,20 @@ max_delay = "500ms"
     // counted under its client IP, not unlimited.
     for tenant in ["a", "b"] {
         for _ in 0..2 {
-            let resp = c
-                .get(g.url("/tenant"))
-                .header("x-tenant", tenant)
-                .send()
-                .await
-                .expect("request");
+            let resp = g.get("/tenant", &[("x-tenant", tenant)]).await;
             assert_eq!(resp.status(), 200, "tenant {tenant}");
         }
-        let resp = c
-            .get(g.url("/tenant"))
-            .header("x-tenant", tenant)
-            .send()
-            .await
-            .expect("request");
+        let resp = g.get("/tenant", &[("x-tenant", tenant)]).await;
         assert_eq!(resp.status(), 429, "tenant {tenant}");
     }
     for expected in [200, 200, 429] {
-        assert_eq!(
-            c.get(g.url("/tenant"))
-                .send()
-                .await
-                .expect("request")
-                .status(),
-            expected
-        );
+        assert_eq!(g.get("/tenant", &[]).await.status(), expected);
     }
 
     // Keyed by consumer, with a per-group override.
     for (key, allowed) in [("gold-key-123", 3), ("basic-key-123", 1)] {
         for i in 0..=allowed {
-            let resp = c
-                .get(g.url("/plans"))
-                .header("x-api-key", key)
-                .send()
-                .await
-                .expect("request");
+            let resp = g.get("/plans", &[("x-api-key", key)]).await;
             let want = if i < allowed { 200 } else { 429 };
             assert_eq!(resp.status(), want, "{key} request {i}");
         }
@@ -434,7 +394,7 @@ max_delay = "500ms"
     let started = std::time::Instant::now();
     for _ in 0..8 {
         let one = std::time::Instant::now();
-        let resp = c.get(g.url("/smooth")).send().await.expect("request");
+        let resp = g.get("/smooth", &[]).await;
         assert_eq!(resp.status(), 200);
         assert!(
             one.elapsed() < Duration::from_millis(800),

@@ -119,6 +119,15 @@ impl Gantry {
         format!("{}{}", self.base, path)
     }
 
+    /// `GET path` with `headers`, through a fresh proxy-free client.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = client().get(self.url(path));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.send().await.expect("request")
+    }
+
     /// Sends a signal to the gateway process.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
