@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for building and testing Gantry, or says exactly how to.
 #   cmake: Pingora's zlib-ng (libz-ng-sys) is built with it.
+#   redis-server: the Redis rate-limit tests start a real one per test.
 set -euo pipefail
 
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -25,6 +25,7 @@ pub mod key_auth;
 pub mod limit_key;
 pub mod query;
 pub mod rate_limit;
+pub mod redis_store;
 pub mod registry;
 
 use async_trait::async_trait;

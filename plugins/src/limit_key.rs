@@ -8,6 +8,8 @@ use crate::PluginState;
 use http::HeaderName;
 use pingora::http::RequestHeader;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::fmt::Write;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// `key` as written: one part or a list of parts.
@@ -59,6 +61,58 @@ impl LimitKey {
             })
             .collect::<Result<_, _>>()?;
         Ok(LimitKey { parts })
+    }
+
+    /// The request's key as stable, readable text for a shared store: the same request gives
+    /// the same text in every gateway process and version. Long or unusual header values are
+    /// replaced by a digest.
+    pub fn write_text(&self, req: &RequestHeader, state: &PluginState, out: &mut String) {
+        let ip = |out: &mut String, tag: &str| {
+            out.push_str(tag);
+            match state.client_ip {
+                Some(ip) => {
+                    let _ = write!(out, "{ip}");
+                }
+                None => out.push('-'),
+            }
+        };
+        for (i, part) in self.parts.iter().enumerate() {
+            if i > 0 {
+                out.push('|');
+            }
+            match part {
+                Part::ClientIp => ip(out, "ip="),
+                Part::Route => {
+                    out.push_str("route=");
+                    out.push_str(&state.route);
+                }
+                Part::Consumer => match &state.consumer {
+                    Some(c) => {
+                        out.push_str("consumer=");
+                        out.push_str(&c.name);
+                    }
+                    None => ip(out, "anonymous-ip="),
+                },
+                Part::Header(name) => match req.headers.get(name) {
+                    Some(v) => {
+                        out.push_str("header=");
+                        let bytes = v.as_bytes();
+                        let plain = bytes.len() <= 64
+                            && bytes
+                                .iter()
+                                .all(|b| b.is_ascii_graphic() && !b"|{}".contains(b));
+                        match std::str::from_utf8(bytes) {
+                            Ok(text) if plain => out.push_str(text),
+                            _ => {
+                                out.push_str("sha256:");
+                                out.push_str(&hex::encode(&Sha256::digest(bytes)[..16]));
+                            }
+                        }
+                    }
+                    None => ip(out, "no-header-ip="),
+                },
+            }
+        }
     }
 
     /// The request's key.

@@ -1,21 +1,38 @@
-//! `rate-limit`: N requests per window per key, with a sliding-window estimate, standard
-//! `RateLimit-*` headers, per-group overrides and an optional delay mode.
+//! `rate-limit`: N requests per window per key, counted in this process or in Redis, with a
+//! sliding-window estimate, standard `RateLimit-*` headers, per-group overrides and an optional
+//! delay mode.
 //!
 //! # Algorithm and error bound
 //!
-//! Each window length keeps two fixed-memory counters (`pingora-limits`' count-min `Rate`): the
-//! current window and the previous one. A request is allowed when
-//! `previous × (1 − elapsed fraction of the current window) + current + 1 ≤ limit`, and only
-//! allowed requests are counted, so a client sending steadily at twice its limit gets the limit
-//! through (within a few percent), not zero and not twice the limit. The estimate assumes the
-//! previous window's requests were spread evenly; it is exact for steady traffic. Fixed windows
-//! would let 2× the limit through across a window edge; this estimate does not. Memory is fixed
-//! (about 64 KiB per window length) however many keys there are; with very many keys,
-//! collisions can only over-count. Checks from several threads race by at most one request per
-//! thread.
+//! Each window length keeps two counters per key: the current window and the previous one. A
+//! request is allowed when `previous × (1 − elapsed fraction of the current window) + current
+//! + 1 ≤ limit`, and only allowed requests are counted. So:
+//!
+//! - no window ever counts more than `limit` requests;
+//! - a client sending steadily at twice its limit gets the limit through, within a few percent,
+//!   and any span of one window length holds at most `limit + 1` of its requests (the estimate
+//!   is exact for evenly spread traffic);
+//! - a client that spends its budget at the end of one window and bursts again at the start of
+//!   the next is refused: the budget only comes back as the previous window's count decays
+//!   (fixed windows would allow `2 × limit` within moments). The estimate assumes the previous
+//!   window's requests were spread evenly; traffic that bunched them into its last instant can
+//!   get up to `limit` more spread over the following window, never in a burst.
+//!
+//! In `mode = "delay"` a refused request that would fit later in the current window, as the
+//! previous window's count decays, is counted at once and held until then (up to
+//! `max_delay`): waiting requests queue behind each other and the served rate converges to the
+//! limit. A request that could only fit in a later window is refused.
+//!
+//! `policy = "local"` keeps the counters in fixed memory (`pingora-limits`' count-min `Rate`,
+//! about 64 KiB per window length) however many keys there are; collisions can only over-count,
+//! and checks from several threads race by at most one request per thread.
+//! `policy = "redis"` keeps them in one Redis hash per key and window length, read, decided
+//! and updated by one Lua script in one round trip, with Redis's clock, so every gateway
+//! sharing the Redis enforces one combined limit.
 
 use crate::config_types::HumanDuration;
 use crate::limit_key::{KeySpec, LimitKey};
+use crate::redis_store::{RedisStore, StoreUnavailable};
 use crate::{Flow, Phases, Plugin, PluginState, Rejection};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
@@ -24,16 +41,78 @@ use pingora::proxy::Session;
 use pingora_limits::rate::{Rate, RateComponents};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 /// The configuration name.
 pub const NAME: &str = "rate-limit";
-/// Re-checks in delay mode before giving up.
-const DELAY_ATTEMPTS: usize = 4;
 
 static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// The Redis side of the sliding window. `KEYS[i]` is one hash per window length with fields
+/// `w` (window index), `c` (its count) and `p` (the previous window's count); `ARGV[1]` is the
+/// longest delay to reserve (0 in reject mode), then `limit, per_ms` per key. Every window is
+/// read and rolled forward with Redis's clock. The request is counted in all of them when all
+/// allow it, or when it fits later in every refusing window within the delay (a reservation:
+/// later requests queue behind it; see [`decide`]). The reply is `0` (refused), `1` (allowed) or `2` (reserved), then `previous,
+/// current, elapsed_ms` per window before counting, from which the gateway computes headers
+/// and waits with the same arithmetic as [`Window::verdict`].
+static SLIDING_WINDOW: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local max_delay = tonumber(ARGV[1])
+local reply, state, fits, queueable, wait = {0}, {}, true, true, 0
+for i, key in ipairs(KEYS) do
+  local limit, per = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local window = math.floor(now / per)
+  local h = redis.call('HMGET', key, 'w', 'c', 'p')
+  local w, c, p = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
+  if w == nil or w < window - 1 then
+    c, p = 0, 0
+  elseif w == window - 1 then
+    c, p = 0, c
+  end
+  local elapsed = now - window * per
+  local f = elapsed / per
+  if p * (1 - f) + c + 1 > limit then
+    fits = false
+    local ms
+    if c + 1 <= limit and p > 0 then
+      ms = math.max(1 - (limit - 1 - c) / p - f, 0) * per
+    else
+      queueable = false
+      local decay = 0
+      if c > 0 then decay = math.max(1 - (limit - 1) / c, 0) end
+      ms = (1 - f) * per + decay * per
+    end
+    wait = math.max(wait, ms)
+  end
+  state[i] = {window, c, p, per}
+  table.insert(reply, p)
+  table.insert(reply, c)
+  table.insert(reply, elapsed)
+end
+if fits then
+  reply[1] = 1
+elseif queueable and wait <= max_delay then
+  reply[1] = 2
+end
+if reply[1] > 0 then
+  for i, key in ipairs(KEYS) do
+    local s = state[i]
+    redis.call('HSET', key, 'w', s[1], 'c', s[2] + 1, 'p', s[3])
+    redis.call('PEXPIRE', key, 2 * s[4])
+  end
+end
+return reply
+",
+    )
+});
 
 /// One `{ requests = N, per = "1s" }`.
 #[derive(Debug, Deserialize)]
@@ -52,6 +131,19 @@ pub enum Policy {
     /// In this process (the default).
     #[default]
     Local,
+    /// In the `[redis]` store, shared by every gateway using it.
+    Redis,
+}
+
+/// What happens when the Redis store does not answer in time.
+#[derive(Debug, Deserialize, Default, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Let the request through, without `RateLimit-*` headers (the default).
+    #[default]
+    Allow,
+    /// Refuse it with 503.
+    Deny,
 }
 
 /// What happens to a request over the limit.
@@ -74,9 +166,11 @@ pub struct Config {
     /// What is counted: `client_ip`, `consumer`, `route`, `header:NAME`, or a list. Default `"client_ip"`.
     #[serde(default = "default_key")]
     pub key: KeySpec,
-    /// `local`. Default `local`.
+    /// `local` or `redis`. Default `local`.
     #[serde(default)]
     pub policy: Policy,
+    /// `allow` or `deny`, with `policy = "redis"`. Default `allow`.
+    pub on_store_error: Option<OnStoreError>,
     /// `reject` or `delay`. Default `reject`.
     #[serde(default)]
     pub mode: Mode,
@@ -91,11 +185,11 @@ fn default_key() -> KeySpec {
     KeySpec::One("client_ip".into())
 }
 
-/// One limit with its counters.
+/// One limit, with its counters under the local policy.
 struct Window {
     limit: u64,
     per: Duration,
-    counter: Rate,
+    counter: Option<Rate>,
 }
 
 /// The verdict of one window for one request.
@@ -103,67 +197,152 @@ struct Verdict {
     allowed: bool,
     /// Requests still allowed after this one (when allowed).
     remaining: u64,
-    /// Seconds until a request would fit again (when refused), or until the window resets.
-    wait: Duration,
+    /// Milliseconds until a request would fit (when refused), or until the window resets.
+    wait_ms: f64,
+    /// When refused: the request would fit later in this window, as the previous window's
+    /// count decays, so delay mode may count it now and hold it until then.
+    queueable: bool,
 }
 
 impl Window {
-    fn new(c: &LimitConfig) -> Result<Window, String> {
+    fn new(c: &LimitConfig, local: bool) -> Result<Window, String> {
         if c.requests == 0 {
             return Err("`requests` must be at least 1".into());
         }
-        if c.per.0 < Duration::from_millis(100) {
-            return Err("`per` must be at least 100ms".into());
+        // pingora-limits' `Rate` may panic when two threads race to roll a window over within
+        // its first second; windows of at least a second rule that out.
+        if c.per.0 < Duration::from_secs(1) {
+            return Err("`per` must be at least 1s".into());
         }
         Ok(Window {
             limit: c.requests,
             per: c.per.0,
-            counter: Rate::new(c.per.0),
+            counter: local.then(|| Rate::new(c.per.0)),
         })
     }
 
-    fn check(&self, key: u64) -> Verdict {
+    /// Decides from the previous and current windows' counts and the elapsed fraction `f` of
+    /// the current window. The Lua script of the Redis policy repeats this arithmetic.
+    fn verdict(&self, prev: f64, curr: f64, f: f64) -> Verdict {
         let limit = self.limit as f64;
-        let per = self.per.as_secs_f64();
-        self.counter.rate_with(&key, |r: RateComponents| {
-            let (prev, curr, f) = (
+        let per = self.per.as_millis() as f64;
+        let estimate = prev * (1.0 - f) + curr;
+        if estimate + 1.0 <= limit {
+            return Verdict {
+                allowed: true,
+                remaining: (limit - estimate - 1.0).floor() as u64,
+                wait_ms: (1.0 - f) * per,
+                queueable: false,
+            };
+        }
+        // When the estimate falls to `limit - 1`: within this window if the current count
+        // leaves room, otherwise in the next one, once this window's count has decayed.
+        let queueable = curr + 1.0 <= limit && prev > 0.0;
+        let wait_ms = if queueable {
+            (1.0 - (limit - 1.0 - curr) / prev - f).max(0.0) * per
+        } else {
+            let decay = if curr > 0.0 {
+                (1.0 - (limit - 1.0) / curr).max(0.0)
+            } else {
+                0.0
+            };
+            (1.0 - f) * per + decay * per
+        };
+        Verdict {
+            allowed: false,
+            remaining: 0,
+            wait_ms,
+            queueable,
+        }
+    }
+
+    fn check_local(&self, counter: &Rate, key: u64) -> Verdict {
+        counter.rate_with(&key, |r: RateComponents| {
+            self.verdict(
                 r.prev_samples.max(0) as f64,
                 r.curr_samples.max(0) as f64,
                 r.current_interval_fraction,
-            );
-            let estimate = prev * (1.0 - f) + curr;
-            if estimate + 1.0 <= limit {
-                return Verdict {
-                    allowed: true,
-                    remaining: (limit - estimate - 1.0).floor() as u64,
-                    wait: Duration::from_secs_f64((1.0 - f) * per),
-                };
-            }
-            // When the estimate falls to `limit - 1`: within this window if the current count
-            // leaves room, otherwise in the next one, once this window's count has decayed.
-            let wait = if curr + 1.0 <= limit && prev > 0.0 {
-                let fit = 1.0 - (limit - 1.0 - curr) / prev;
-                (fit - f).max(0.0) * per
-            } else {
-                let decay = if curr > 0.0 {
-                    (1.0 - (limit - 1.0) / curr).max(0.0)
-                } else {
-                    0.0
-                };
-                (1.0 - f) * per + decay * per
-            };
-            Verdict {
-                allowed: false,
-                remaining: 0,
-                wait: Duration::from_secs_f64(wait),
-            }
+            )
         })
     }
+}
+
+/// What a check decided.
+#[derive(Debug)]
+enum Decision {
+    /// Within every limit.
+    Allow(RateLimitStatus),
+    /// Over a limit, but counted and let through after this wait (delay mode).
+    Delay(RateLimitStatus, Duration),
+    /// Over a limit: 429 with the tightest limit and the wait until a request fits.
+    Refuse(u64, Duration),
+}
+
+impl Decision {
+    fn counted(&self) -> bool {
+        !matches!(self, Decision::Refuse(..))
+    }
+}
+
+/// Combines the windows' verdicts: the tightest allowing window's numbers, or, when any window
+/// refuses, the longest wait, which a delay of up to `max_delay_ms` may cover when every
+/// refusing window has room later in its current window. Reservations never push a window's
+/// count over its limit, so delayed traffic converges to the rate instead of bunching up at the
+/// next window.
+fn decide<'w>(
+    verdicts: impl Iterator<Item = (&'w Window, Verdict)>,
+    max_delay_ms: f64,
+) -> Decision {
+    let mut tightest: Option<(u64, u64, f64)> = None;
+    let mut smallest_limit = u64::MAX;
+    let mut wait_ms: Option<f64> = None;
+    let mut queueable = true;
+    for (w, v) in verdicts {
+        smallest_limit = smallest_limit.min(w.limit);
+        if !v.allowed {
+            wait_ms = Some(wait_ms.unwrap_or(0.0).max(v.wait_ms));
+            queueable &= v.queueable;
+        } else if tightest.is_none_or(|(r, _, _)| v.remaining < r) {
+            tightest = Some((v.remaining, w.limit, v.wait_ms));
+        }
+    }
+    let millis = |ms: f64| Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+    match wait_ms {
+        None => {
+            let (remaining, limit, reset_ms) = tightest.unwrap_or_default();
+            Decision::Allow(RateLimitStatus {
+                limit,
+                remaining,
+                reset: (reset_ms / 1000.0).ceil() as u64,
+            })
+        }
+        Some(ms) if queueable && ms <= max_delay_ms => Decision::Delay(
+            RateLimitStatus {
+                limit: smallest_limit,
+                remaining: 0,
+                reset: (ms / 1000.0).ceil() as u64,
+            },
+            millis(ms),
+        ),
+        Some(ms) => Decision::Refuse(smallest_limit, millis(ms)),
+    }
+}
+
+/// Where this instance counts.
+enum Store {
+    Local,
+    Redis {
+        store: Arc<RedisStore>,
+        on_error: OnStoreError,
+        /// `global` or the route's name: instances never share counters.
+        scope: String,
+    },
 }
 
 /// A compiled `rate-limit`.
 pub struct RateLimit {
     key: LimitKey,
+    store: Store,
     mode: Mode,
     max_delay: Duration,
     windows: Vec<Window>,
@@ -182,20 +361,48 @@ pub struct RateLimitStatus {
 }
 
 impl RateLimit {
-    /// Compiles `config`.
-    pub fn new(config: Config) -> Result<Self, String> {
+    /// Compiles `config` for the instance named `scope` (`global` or a route's name);
+    /// `redis` is the `[redis]` store, when configured.
+    pub fn new(
+        config: Config,
+        scope: &str,
+        redis: Option<&Arc<RedisStore>>,
+    ) -> Result<Self, String> {
+        let store = match (config.policy, redis) {
+            (Policy::Local, _) => {
+                if config.on_store_error.is_some() {
+                    return Err("`on_store_error` only applies with policy = \"redis\"".into());
+                }
+                Store::Local
+            }
+            (Policy::Redis, None) => {
+                return Err("policy = \"redis\" needs a [redis] section with `url` \
+                            (for example url = \"redis://127.0.0.1:6379\")"
+                    .into())
+            }
+            (Policy::Redis, Some(store)) => Store::Redis {
+                store: Arc::clone(store),
+                on_error: config.on_store_error.unwrap_or_default(),
+                scope: scope.to_owned(),
+            },
+        };
+        let local = matches!(store, Store::Local);
         let windows = |list: &[LimitConfig]| -> Result<Vec<Window>, String> {
             if list.is_empty() {
                 return Err("`limits` needs at least one { requests = N, per = \"1s\" }".into());
             }
-            list.iter().map(Window::new).collect()
+            list.iter().map(|c| Window::new(c, local)).collect()
         };
+        if config.mode == Mode::Reject && config.max_delay.is_some() {
+            return Err("`max_delay` only applies with mode = \"delay\"".into());
+        }
         let max_delay = config.max_delay.map_or(Duration::from_millis(500), |d| d.0);
         if max_delay > Duration::from_secs(60) {
             return Err("`max_delay` must be at most 60s".into());
         }
         Ok(RateLimit {
             key: LimitKey::new(&config.key)?,
+            store,
             mode: config.mode,
             max_delay,
             windows: windows(&config.limits)?,
@@ -219,35 +426,124 @@ impl RateLimit {
             .map_or(&self.windows, |(_, w)| w)
     }
 
-    /// Checks every window; counts the request in all of them only when all allow it.
-    fn try_take(&self, windows: &[Window], key: u64) -> Result<RateLimitStatus, Duration> {
-        let mut tightest: Option<(u64, &Window, Duration)> = None;
-        let mut wait = Duration::ZERO;
-        for w in windows {
-            let v = w.check(key);
-            if !v.allowed {
-                wait = wait.max(v.wait);
-            } else if tightest.is_none_or(|(r, _, _)| v.remaining < r) {
-                tightest = Some((v.remaining, w, v.wait));
+    /// The longest reservation in delay mode, in milliseconds (0 in reject mode).
+    fn max_delay_ms(&self) -> f64 {
+        match self.mode {
+            Mode::Reject => 0.0,
+            Mode::Delay => self.max_delay.as_millis() as f64,
+        }
+    }
+
+    /// Checks every local window; counts the request in all of them unless it is refused.
+    fn take_local(&self, windows: &[Window], key: u64) -> Decision {
+        let counters = windows
+            .iter()
+            .filter_map(|w| w.counter.as_ref().map(|c| (w, c)));
+        let verdicts = counters.clone().map(|(w, c)| (w, w.check_local(c, key)));
+        let decision = decide(verdicts, self.max_delay_ms());
+        if decision.counted() {
+            for (_, counter) in counters {
+                counter.observe(&key, 1);
             }
         }
-        if !wait.is_zero() {
-            return Err(wait);
+        decision
+    }
+
+    /// The same decision in Redis, in one round trip; `keys` holds one key per window.
+    async fn take_redis(
+        &self,
+        store: &RedisStore,
+        windows: &[Window],
+        keys: &[String],
+    ) -> Result<Decision, StoreUnavailable> {
+        let max_delay_ms = self.max_delay_ms();
+        let mut invocation = SLIDING_WINDOW.prepare_invoke();
+        invocation.arg(max_delay_ms as u64);
+        for (w, key) in windows.iter().zip(keys) {
+            invocation
+                .key(key)
+                .arg(w.limit)
+                .arg(w.per.as_millis() as u64);
         }
-        for w in windows {
-            w.counter.observe(&key, 1);
+        let reply: Vec<i64> = store.run(&invocation).await?;
+        if reply.len() != 1 + 3 * windows.len() {
+            return Err(StoreUnavailable);
         }
-        let (remaining, w, reset) = tightest.unwrap_or((0, &windows[0], Duration::ZERO));
-        Ok(RateLimitStatus {
-            limit: w.limit,
-            remaining,
-            reset: reset.as_secs_f64().ceil() as u64,
+        let verdicts = windows
+            .iter()
+            .zip(reply[1..].chunks_exact(3))
+            .map(|(w, r)| {
+                let f = r[2] as f64 / w.per.as_millis() as f64;
+                (w, w.verdict(r[0] as f64, r[1] as f64, f))
+            });
+        let decision = decide(verdicts, max_delay_ms);
+        // The script's arithmetic is the same, so this only guards the counted/not-counted
+        // fact, which Redis owns.
+        let limit = windows.iter().map(|w| w.limit).min().unwrap_or(0);
+        Ok(match (reply[0], decision) {
+            (0, Decision::Refuse(l, wait)) => Decision::Refuse(l, wait),
+            (0, _) => Decision::Refuse(limit, Duration::from_secs(1)),
+            (_, Decision::Refuse(l, wait)) => Decision::Delay(
+                RateLimitStatus {
+                    limit: l,
+                    remaining: 0,
+                    reset: seconds(wait),
+                },
+                wait.min(self.max_delay),
+            ),
+            (_, counted) => counted,
         })
+    }
+
+    /// The Redis keys of this request: one hash per window, all in one Cluster slot.
+    fn redis_keys(
+        &self,
+        store: &RedisStore,
+        scope: &str,
+        windows: &[Window],
+        session: &Session,
+        state: &PluginState,
+    ) -> Vec<String> {
+        let mut base = String::with_capacity(96);
+        let _ = write!(base, "{}:rl:{{{scope}|", store.key_prefix());
+        self.key.write_text(session.req_header(), state, &mut base);
+        base.push('}');
+        windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("{base}:{i}:{}", w.per.as_millis()))
+            .collect()
     }
 }
 
 fn seconds(d: Duration) -> u64 {
     (d.as_secs_f64().ceil() as u64).max(1)
+}
+
+fn rejection(limit: u64, wait: Duration) -> Flow {
+    let retry = seconds(wait);
+    Flow::Reject(Rejection {
+        status: 429,
+        slug: "rate-limited",
+        title: "Too many requests",
+        detail: "the rate limit of this route is exceeded; retry later".into(),
+        headers: vec![
+            (http::header::RETRY_AFTER, HeaderValue::from(retry)),
+            (RATELIMIT_LIMIT.clone(), HeaderValue::from(limit)),
+            (RATELIMIT_REMAINING.clone(), HeaderValue::from(0u64)),
+            (RATELIMIT_RESET.clone(), HeaderValue::from(retry)),
+        ],
+    })
+}
+
+fn store_unavailable() -> Flow {
+    Flow::Reject(Rejection {
+        status: 503,
+        slug: "rate-limit-unavailable",
+        title: "Rate limit store unavailable",
+        detail: "the rate limit of this route cannot be checked right now; retry later".into(),
+        headers: vec![(http::header::RETRY_AFTER, HeaderValue::from(1u64))],
+    })
 }
 
 #[async_trait]
@@ -269,41 +565,36 @@ impl Plugin for RateLimit {
         session: &mut Session,
         state: &mut PluginState,
     ) -> pingora::Result<Flow> {
-        let key = self.key.hash(session.req_header(), state);
         let windows = self.windows_for(state);
-        let mut waited = Duration::ZERO;
-        let mut attempts = 0;
-        loop {
-            match self.try_take(windows, key) {
-                Ok(status) => {
-                    state.rate_limit = Some(status);
-                    return Ok(Flow::Continue);
-                }
-                Err(wait) => {
-                    attempts += 1;
-                    let fits = waited + wait <= self.max_delay;
-                    if self.mode == Mode::Delay && fits && attempts <= DELAY_ATTEMPTS {
-                        tokio::time::sleep(wait).await;
-                        waited += wait;
-                        continue;
+        let decision = match &self.store {
+            Store::Local => {
+                let key = self.key.hash(session.req_header(), state);
+                self.take_local(windows, key)
+            }
+            Store::Redis {
+                store,
+                scope,
+                on_error,
+            } => {
+                let keys = self.redis_keys(store, scope, windows, session, state);
+                match self.take_redis(store, windows, &keys).await {
+                    Ok(decision) => decision,
+                    Err(StoreUnavailable) if *on_error == OnStoreError::Deny => {
+                        return Ok(store_unavailable())
                     }
-                    let limit = windows.iter().map(|w| w.limit).min().unwrap_or(0);
-                    let retry = seconds(wait);
-                    return Ok(Flow::Reject(Rejection {
-                        status: 429,
-                        slug: "rate-limited",
-                        title: "Too many requests",
-                        detail: "the rate limit of this route is exceeded; retry later".into(),
-                        headers: vec![
-                            (http::header::RETRY_AFTER, HeaderValue::from(retry)),
-                            (RATELIMIT_LIMIT.clone(), HeaderValue::from(limit)),
-                            (RATELIMIT_REMAINING.clone(), HeaderValue::from(0u64)),
-                            (RATELIMIT_RESET.clone(), HeaderValue::from(retry)),
-                        ],
-                    }));
+                    Err(StoreUnavailable) => return Ok(Flow::Continue),
                 }
             }
+        };
+        match decision {
+            Decision::Allow(status) => state.rate_limit = Some(status),
+            Decision::Delay(status, wait) => {
+                tokio::time::sleep(wait).await;
+                state.rate_limit = Some(status);
+            }
+            Decision::Refuse(limit, wait) => return Ok(rejection(limit, wait)),
         }
+        Ok(Flow::Continue)
     }
 
     async fn on_response(
@@ -331,31 +622,43 @@ mod tests {
         }
     }
 
-    fn plugin(limits: Vec<LimitConfig>) -> RateLimit {
-        RateLimit::new(Config {
+    fn config(limits: Vec<LimitConfig>) -> Config {
+        Config {
             limits,
             key: default_key(),
             policy: Policy::Local,
+            on_store_error: None,
             mode: Mode::Reject,
             max_delay: None,
             group_limits: BTreeMap::new(),
-        })
-        .expect("valid")
+        }
+    }
+
+    fn plugin(limits: Vec<LimitConfig>) -> RateLimit {
+        RateLimit::new(config(limits), "r", None).expect("valid")
+    }
+
+    fn allowed(d: &Decision) -> Option<RateLimitStatus> {
+        match d {
+            Decision::Allow(status) => Some(*status),
+            _ => None,
+        }
     }
 
     #[test]
     fn exactly_the_limit_is_allowed_within_a_window() {
         let rl = plugin(vec![limit(5, 60_000)]);
-        let taken: Vec<_> = (0..8).map(|_| rl.try_take(&rl.windows, 7)).collect();
-        assert!(taken[..5].iter().all(Result::is_ok));
-        assert!(taken[5..].iter().all(Result::is_err));
+        let taken: Vec<_> = (0..8).map(|_| rl.take_local(&rl.windows, 7)).collect();
         let remaining: Vec<u64> = taken[..5]
             .iter()
-            .map(|t| t.as_ref().map_or(99, |s| s.remaining))
+            .map(|t| allowed(t).map_or(99, |s| s.remaining))
             .collect();
         assert_eq!(remaining, vec![4, 3, 2, 1, 0]);
+        assert!(taken[5..]
+            .iter()
+            .all(|t| matches!(t, Decision::Refuse(5, _))));
         assert!(
-            rl.try_take(&rl.windows, 8).is_ok(),
+            allowed(&rl.take_local(&rl.windows, 8)).is_some(),
             "other keys are counted apart"
         );
     }
@@ -363,12 +666,12 @@ mod tests {
     #[test]
     fn the_tightest_of_several_limits_applies() {
         let rl = plugin(vec![limit(100, 60_000), limit(2, 60_000)]);
-        let first = rl.try_take(&rl.windows, 1).expect("allowed");
+        let first = allowed(&rl.take_local(&rl.windows, 1)).expect("allowed");
         assert_eq!((first.limit, first.remaining), (2, 1));
-        assert!(rl.try_take(&rl.windows, 1).is_ok());
-        let wait = rl
-            .try_take(&rl.windows, 1)
-            .expect_err("third is over 2/min");
+        assert!(allowed(&rl.take_local(&rl.windows, 1)).is_some());
+        let Decision::Refuse(2, wait) = rl.take_local(&rl.windows, 1) else {
+            panic!("third is over 2/min");
+        };
         // The window's 2 requests must decay into the next window until the estimate leaves
         // room for one more: the rest of this minute plus half of the next.
         let expected = Duration::from_secs(90);
@@ -378,41 +681,139 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_client_at_twice_the_limit_gets_the_limit_through() {
-        // 10 per 500 ms is 20/s; send 40/s for 1.5 s (60 requests).
-        let rl = plugin(vec![limit(10, 500)]);
-        let start = std::time::Instant::now();
-        let mut allowed = 0;
-        for i in 0..60u32 {
-            let due = Duration::from_millis(25) * i;
-            if let Some(left) = due.checked_sub(start.elapsed()) {
-                std::thread::sleep(left);
+    /// Drives [`Window::verdict`] with a simulated clock, keeping counts the way both stores
+    /// do: the current and previous aligned windows, only allowed requests counted.
+    struct Simulation {
+        window: Window,
+        index: u64,
+        prev: f64,
+        curr: f64,
+    }
+
+    impl Simulation {
+        fn new(requests: u64, per_ms: u64) -> Self {
+            Simulation {
+                window: Window::new(&limit(requests, per_ms), false).expect("valid"),
+                index: 0,
+                prev: 0.0,
+                curr: 0.0,
             }
-            allowed += usize::from(rl.try_take(&rl.windows, 42).is_ok());
         }
-        // At 20/s over the time the loop really took (1.5 s when the machine keeps up), within
-        // 15%: fixed windows could let up to twice as many through at a window edge.
-        let expected = 20.0 * start.elapsed().as_secs_f64();
-        let ratio = allowed as f64 / expected;
+
+        /// When a request arriving at `ms` is served, with delays of up to `max_delay_ms`.
+        fn serve_at(&mut self, ms: u64, max_delay_ms: f64) -> Option<u64> {
+            let per = self.window.per.as_millis() as u64;
+            let index = ms / per;
+            if index == self.index + 1 {
+                (self.prev, self.curr) = (self.curr, 0.0);
+            } else if index > self.index + 1 {
+                (self.prev, self.curr) = (0.0, 0.0);
+            }
+            self.index = index;
+            let f = (ms % per) as f64 / per as f64;
+            let verdict = self.window.verdict(self.prev, self.curr, f);
+            let served = match decide(std::iter::once((&self.window, verdict)), max_delay_ms) {
+                Decision::Allow(_) => ms,
+                Decision::Delay(_, wait) => ms + wait.as_millis() as u64,
+                Decision::Refuse(..) => return None,
+            };
+            self.curr += 1.0;
+            Some(served)
+        }
+
+        fn request_at(&mut self, ms: u64) -> bool {
+            self.serve_at(ms, 0.0).is_some()
+        }
+    }
+
+    /// The most requests served within any span of `per_ms` in `served` (sorted).
+    fn busiest_span(served: &[u64], per_ms: u64) -> usize {
+        (0..served.len())
+            .map(|i| {
+                served[i..]
+                    .iter()
+                    .take_while(|&&t| t < served[i] + per_ms)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn delay_mode_converges_to_the_rate_within_max_delay() {
+        // 100 per second with up to 500 ms of delay; one request every 5 ms (200/s) for 10 s.
+        let mut sim = Simulation::new(100, 1000);
+        let mut served = Vec::new();
+        for arrival in (0..2000u64).map(|i| i * 5) {
+            if let Some(at) = sim.serve_at(arrival, 500.0) {
+                assert!(at - arrival <= 500, "held {} ms", at - arrival);
+                served.push(at);
+            }
+        }
+        served.sort_unstable();
+        let total = served.len() as f64;
         assert!(
-            (0.85..=1.15).contains(&ratio),
-            "allowed {allowed}, expected {expected:.1}"
+            (total / 1000.0 - 1.0).abs() < 0.03,
+            "served {total} of 1000"
+        );
+        assert!(
+            busiest_span(&served, 1000) <= 101,
+            "{}",
+            busiest_span(&served, 1000)
+        );
+        // Delayed, not refused: after the first second, nearly every request gets through
+        // smoothly instead of in bursts at window starts.
+        let delayed = served.windows(2).filter(|w| w[1] - w[0] <= 20).count();
+        assert!(
+            delayed as f64 > 0.9 * total,
+            "{delayed} of {total} evenly spaced"
         );
     }
 
     #[test]
+    fn a_client_at_twice_the_limit_gets_the_limit_through_and_never_more() {
+        // 100 per second; one request every 5 ms (200/s) for 10 s.
+        let mut sim = Simulation::new(100, 1000);
+        let allowed: Vec<u64> = (0..2000u64)
+            .map(|i| i * 5)
+            .filter(|&t| sim.request_at(t))
+            .collect();
+        let total = allowed.len() as f64;
+        assert!(
+            (total / 1000.0 - 1.0).abs() < 0.03,
+            "allowed {total} of 1000"
+        );
+        // Any span of one window length holds at most the limit plus one.
+        assert!(busiest_span(&allowed, 1000) <= 101);
+    }
+
+    #[test]
+    fn a_burst_on_each_side_of_a_window_edge_gets_the_limit_through_once() {
+        let mut sim = Simulation::new(100, 1000);
+        let before = (0..150).filter(|_| sim.request_at(990)).count();
+        let after = (0..150).filter(|_| sim.request_at(1010)).count();
+        assert_eq!(before, 100);
+        // Fixed windows would let another 100 through 20 ms later.
+        assert!(after <= 1, "{after} more allowed just after the edge");
+        // The budget comes back as the previous window's count decays.
+        let half = (0..150).filter(|_| sim.request_at(1500)).count();
+        assert!((48..=50).contains(&half), "{half} allowed half-way through");
+    }
+
+    #[test]
     fn bad_configs_are_errors() {
-        assert!(RateLimit::new(Config {
-            limits: vec![],
-            key: default_key(),
-            policy: Policy::Local,
-            mode: Mode::Reject,
-            max_delay: None,
-            group_limits: BTreeMap::new(),
-        })
-        .is_err());
-        assert!(Window::new(&limit(0, 1000)).is_err());
-        assert!(Window::new(&limit(1, 10)).is_err());
+        let error = |c: Config| RateLimit::new(c, "r", None).err().unwrap_or_default();
+        assert!(error(config(vec![])).contains("at least one"));
+        assert!(error(config(vec![limit(0, 1000)])).contains("at least 1"));
+        assert!(error(config(vec![limit(1, 999)])).contains("at least 1s"));
+        let mut redis = config(vec![limit(1, 1000)]);
+        redis.policy = Policy::Redis;
+        assert!(error(redis).contains("[redis]"));
+        let mut stray = config(vec![limit(1, 1000)]);
+        stray.on_store_error = Some(OnStoreError::Deny);
+        assert!(error(stray).contains("only applies"));
+        let mut stray = config(vec![limit(1, 1000)]);
+        stray.max_delay = Some(HumanDuration(Duration::from_millis(100)));
+        assert!(error(stray).contains("only applies"));
     }
 }

@@ -1,6 +1,7 @@
 //! The explicit list of built-in plugins and how each is built from its configuration.
 
 use crate::consumer::Consumers;
+use crate::redis_store::RedisStore;
 use crate::{
     acl, basic_auth, concurrency_limit, ip_restriction, jwt_auth, key_auth, rate_limit, Plugin,
 };
@@ -22,6 +23,8 @@ pub const NAMES: &[&str] = &[
 pub struct BuildContext {
     /// `[consumers.*]`.
     pub consumers: Arc<Consumers>,
+    /// `[redis]`, when configured.
+    pub redis: Option<Arc<RedisStore>>,
 }
 
 /// Where a plugin's typed configuration comes from. The gateway implements it over its
@@ -43,8 +46,13 @@ pub enum Build {
     Ready(Arc<dyn Plugin>),
 }
 
-/// Builds the plugin `name` from `source`.
-pub fn build<S: ConfigSource>(name: &str, source: &mut S, ctx: &BuildContext) -> Build {
+/// Builds the plugin `name` from `source`, for `scope`: `global` or the route's name.
+pub fn build<S: ConfigSource>(
+    name: &str,
+    scope: &str,
+    source: &mut S,
+    ctx: &BuildContext,
+) -> Build {
     match name {
         ip_restriction::NAME => finish(source.parse().map(ip_restriction::IpRestriction::new)),
         key_auth::NAME => finish(
@@ -63,7 +71,11 @@ pub fn build<S: ConfigSource>(name: &str, source: &mut S, ctx: &BuildContext) ->
                 .map(|c| basic_auth::BasicAuth::new(c, Arc::clone(&ctx.consumers))),
         ),
         acl::NAME => finish(source.parse().map(acl::Acl::new)),
-        rate_limit::NAME => finish(source.parse().map(rate_limit::RateLimit::new)),
+        rate_limit::NAME => finish(
+            source
+                .parse()
+                .map(|c| rate_limit::RateLimit::new(c, scope, ctx.redis.as_ref())),
+        ),
         concurrency_limit::NAME => {
             finish(source.parse().map(concurrency_limit::ConcurrencyLimit::new))
         }

@@ -8,6 +8,7 @@ mod document;
 mod error;
 pub mod model;
 mod plugins;
+mod redis;
 
 pub use error::{ConfigError, ConfigErrors};
 
@@ -24,7 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The top-level sections a file may have.
-const SECTIONS: &[&str] = &["server", "clusters", "routes", "plugins", "consumers"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "clusters",
+    "routes",
+    "plugins",
+    "consumers",
+    "redis",
+];
 
 /// Compiled `[server]` settings.
 #[derive(Debug, Clone)]
@@ -97,6 +105,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
     let routes = doc.take("routes");
     let global_plugins = doc.take("plugins");
     let consumers = doc.take("consumers");
+    let redis = doc.take("redis");
     doc.reject_remaining(SECTIONS);
 
     let server = match server {
@@ -110,6 +119,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
     let cluster_sections = doc.deserialize_entries::<model::ClusterSection>("clusters", clusters);
     let build_ctx = BuildContext {
         consumers: plugins::consumers(&mut doc, consumers),
+        redis: redis::store(&mut doc, redis),
     };
     let global_plugins = plugins::global(&mut doc, global_plugins, &build_ctx);
     let route_entries = routes.map(|v| doc.entries("routes", v)).unwrap_or_default();
@@ -252,6 +262,43 @@ respond = { status = 99 }
             );
         }
         assert!(e.iter().all(|x| !x.contains("$__serde")), "{e:#?}");
+    }
+
+    #[test]
+    fn redis_settings_are_checked_without_quoting_passwords() {
+        let limited = "[routes.r]\npaths = [\"/\"]\nrespond = { body = \"x\" }\n\
+                       [routes.r.plugins.rate-limit]\nlimits = [{ requests = 1, per = \"1s\" }]\n\
+                       policy = \"redis\"\n";
+        let e = errors(limited);
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("routes.r.plugins.rate-limit policy = \"redis\" needs")),
+            "{e:#?}"
+        );
+        let bad = format!(
+            "[redis]\nurl = \"htp://:s3cret@127.0.0.1\"\ntimeout = \"10s\"\npool_size = 0\n{limited}"
+        );
+        let loaded = load_str("t.toml", &bad).err().expect("errors");
+        let keys: Vec<&str> = loaded.0.iter().map(|e| e.key.as_str()).collect();
+        for key in ["redis.url", "redis.timeout", "redis.pool_size"] {
+            assert!(keys.contains(&key), "{key} missing in {keys:?}");
+        }
+        assert!(!loaded.to_string().contains("s3cret"), "{loaded}");
+        let e = errors("[redis]\nurls = [\"redis://a:1\", \"redis://b:1\"]\n");
+        assert!(
+            e.iter().any(|x| x.starts_with("redis.urls several")),
+            "{e:#?}"
+        );
+        let e = errors("[redis]\ntimeout = \"20ms\"\n");
+        assert!(
+            e.iter().any(|x| x.starts_with("redis [redis] needs `url`")),
+            "{e:#?}"
+        );
+        assert!(load_str(
+            "t.toml",
+            &format!("[redis]\nurl = \"redis://127.0.0.1:6379/2\"\n{limited}")
+        )
+        .is_ok());
     }
 
     #[test]

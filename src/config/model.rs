@@ -274,6 +274,26 @@ fn default_status() -> u16 {
     200
 }
 
+/// `[redis]`: the store for cluster-wide plugin state.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// One server: `redis://[:password@]host:port[/db]`.
+    pub url: Option<Spanned<String>>,
+    /// Seed nodes of a Redis Cluster (with `cluster = true`).
+    #[serde(default)]
+    pub urls: Vec<Spanned<String>>,
+    /// Talk the Redis Cluster protocol. Default `false`.
+    #[serde(default)]
+    pub cluster: bool,
+    /// The longest one command may take; the request path never waits longer. Default `"50ms"`.
+    pub timeout: Option<HumanDuration>,
+    /// Connections kept open (each carries many requests at once). Default `16`.
+    pub pool_size: Option<usize>,
+    /// Prepended to every key. Default `"gantry"`.
+    pub key_prefix: Option<String>,
+}
+
 /// `[consumers.NAME]`: an identity that authentication plugins resolve requests to.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

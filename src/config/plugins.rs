@@ -42,7 +42,7 @@ pub fn global<'a>(
         .into_iter()
         .filter_map(|e| {
             let key = format!("plugins.{}", e.name);
-            build(doc, &key, &e.name, e.value, ctx).map(|p| (e.name, p))
+            build(doc, &key, "global", &e.name, e.value, ctx).map(|p| (e.name, p))
         })
         .collect()
 }
@@ -55,6 +55,7 @@ pub fn route<'a>(
     ctx: &BuildContext,
 ) -> Vec<Override> {
     let section_key = format!("{route_key}.plugins");
+    let scope = route_key.replacen("routes.", "route:", 1);
     doc.entries(&section_key, section)
         .into_iter()
         .filter_map(|mut e| {
@@ -62,7 +63,7 @@ pub fn route<'a>(
             let span = e.value.span();
             match Document::take_child(&mut e.value, "enabled").map(Spanned::into_inner) {
                 None | Some(DeValue::Boolean(true)) => {
-                    build(doc, &key, &e.name, e.value, ctx).map(|p| (e.name, Some(p)))
+                    build(doc, &key, &scope, &e.name, e.value, ctx).map(|p| (e.name, Some(p)))
                 }
                 Some(DeValue::Boolean(false)) => {
                     if !registry::NAMES.contains(&e.name.as_str()) {
@@ -100,6 +101,7 @@ pub fn chain(global: &[(String, Arc<dyn Plugin>)], overrides: &[Override]) -> Pl
 fn build<'a>(
     doc: &mut Document<'a>,
     key: &str,
+    scope: &str,
     name: &str,
     value: Spanned<DeValue<'a>>,
     ctx: &BuildContext,
@@ -110,7 +112,7 @@ fn build<'a>(
         key,
         value: Some(value),
     };
-    match registry::build(name, &mut source, ctx) {
+    match registry::build(name, scope, &mut source, ctx) {
         Build::Ready(plugin) => Some(plugin),
         Build::Invalid => None,
         Build::Failed(message) => {

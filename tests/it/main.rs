@@ -7,5 +7,6 @@ mod errors;
 mod jwt;
 mod plugins;
 mod proxying;
+mod rate_limiting;
 mod routing;
 mod websocket;

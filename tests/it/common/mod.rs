@@ -1,6 +1,8 @@
 //! Test harness: the real `gantry` binary as a child process and real upstream servers, all
 //! on ephemeral loopback ports.
 
+pub mod redis_server;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;

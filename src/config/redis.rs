@@ -1,0 +1,102 @@
+//! `[redis]`: the store shared by plugins that keep cluster-wide state (`rate-limit` with
+//! `policy = "redis"`). Checked here, connected lazily on first use.
+
+use super::document::Document;
+use super::model::RedisSection;
+use gantry_plugins::redis_store::{self, RedisSettings, RedisStore};
+use std::sync::Arc;
+use std::time::Duration;
+use toml::de::DeValue;
+use toml::Spanned;
+
+/// The longest `timeout` accepted: it bounds the time a request waits for Redis.
+const MAX_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_POOL_SIZE: usize = 1024;
+
+/// Builds the store from `[redis]`, reporting problems (URLs without quoting them: they may
+/// hold a password). `None` when the section is absent or has errors.
+pub fn store<'a>(
+    doc: &mut Document<'a>,
+    section: Option<Spanned<DeValue<'a>>>,
+) -> Option<Arc<RedisStore>> {
+    let section = section?;
+    let span = section.span();
+    let s: RedisSection = doc.deserialize("redis", section)?;
+    let errors_before = doc.errors.len();
+    let from_list = !s.urls.is_empty();
+    let urls: Vec<Spanned<String>> = match (s.url, from_list) {
+        (Some(url), false) => vec![url],
+        (None, true) => s.urls,
+        (Some(url), true) => {
+            doc.errors.push(
+                Some(url.span()),
+                "redis.url",
+                "`url` and `urls` are both set",
+                Some("use `url` for one server, or `urls` with cluster = true".into()),
+            );
+            Vec::new()
+        }
+        (None, false) => {
+            doc.errors.push(
+                Some(span.clone()),
+                "redis",
+                "[redis] needs `url`",
+                Some("add url = \"redis://127.0.0.1:6379\"".into()),
+            );
+            Vec::new()
+        }
+    };
+    if urls.len() > 1 && !s.cluster {
+        doc.errors.push(
+            Some(span.clone()),
+            "redis.urls",
+            "several `urls` need cluster = true",
+            Some("set cluster = true for Redis Cluster, or use `url` for one server".into()),
+        );
+    }
+    for (i, url) in urls.iter().enumerate() {
+        if let Err(e) = redis_store::check_url(url.get_ref()) {
+            let key = if from_list {
+                format!("redis.urls[{i}]")
+            } else {
+                "redis.url".to_string()
+            };
+            doc.errors.push_redacted(Some(url.span()), &key, e);
+        }
+    }
+    let timeout = s.timeout.map_or(Duration::from_millis(50), |d| d.0);
+    if timeout.is_zero() || timeout > MAX_TIMEOUT {
+        doc.errors.push(
+            Some(span.clone()),
+            "redis.timeout",
+            format!("timeout must be between 1ms and {}s", MAX_TIMEOUT.as_secs()),
+            Some("requests wait at most this long for Redis; 50ms suits a local network".into()),
+        );
+    }
+    let pool_size = s.pool_size.unwrap_or(16);
+    if pool_size == 0 || pool_size > MAX_POOL_SIZE {
+        doc.errors.push(
+            Some(span.clone()),
+            "redis.pool_size",
+            format!("pool_size must be between 1 and {MAX_POOL_SIZE}"),
+            None,
+        );
+    }
+    if doc.errors.len() > errors_before {
+        return None;
+    }
+    let settings = RedisSettings {
+        urls: urls.into_iter().map(Spanned::into_inner).collect(),
+        cluster: s.cluster,
+        timeout,
+        pool_size,
+        key_prefix: s.key_prefix.unwrap_or_else(|| "gantry".into()),
+    };
+    match RedisStore::new(settings) {
+        Ok(store) => Some(Arc::new(store)),
+        Err(e) => {
+            doc.errors.push_redacted(Some(span), "redis", e);
+            None
+        }
+    }
+}
