@@ -4,14 +4,16 @@
 #
 #   benches/load.sh                 # 3 alternating rounds of 10 s each, 50 connections
 #   ROUNDS=5 DURATION=20s CONNS=100 benches/load.sh
+#   REDIS_POOL_SIZE=4 PLUGINS_ONLY=1 benches/load.sh   # tune [redis] pool_size; skip nginx
 #
 # Upstream: nginx, one worker, answering a small body. Proxies: nginx (one worker, upstream
 # keepalive, request id and X-Forwarded-For set) and Gantry (one thread, health checks on,
 # request ids on). The proxy under test is pinned to CPU 0; the upstream and wrk share CPU 1,
 # so the proxy is the bottleneck. Prints req/s and p50/p99 latency per run, then the medians
 # and the ratio Gantry/nginx. Then the same Gantry serves /jwt (jwt-auth, RS256, one token
-# reused as clients do), /key (key-auth) and /limited (rate-limit, local, never hit), compared
-# with its plain route.
+# reused as clients do), /key (key-auth), /limited (rate-limit, local, never hit) and
+# /redis-limited (rate-limit, policy redis, never hit, against a local redis-server on CPU 1),
+# compared with its plain route.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,11 +21,14 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
 PATH_UNDER_TEST=${PATH_UNDER_TEST:-/bench}
+REDIS_POOL_SIZE=${REDIS_POOL_SIZE:-16}
+PLUGINS_ONLY=${PLUGINS_ONLY:-}
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -47,7 +52,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); NGX=$(free_port); GAN=$(free_port)
+UP=$(free_port); NGX=$(free_port); GAN=$(free_port); REDIS=$(free_port)
 
 cat > "$work/upstream.conf" <<CONF
 worker_processes 1;
@@ -127,6 +132,18 @@ paths = ["/limited"]
 cluster = "backend"
 [routes.limited.plugins.rate-limit]
 limits = [{ requests = 100000000, per = "1s" }]   # never hit: the cost of counting
+
+[redis]
+url = "redis://127.0.0.1:$REDIS"
+pool_size = $REDIS_POOL_SIZE
+
+[routes.redis_limited]
+paths = ["/redis-limited"]
+cluster = "backend"
+[routes.redis_limited.plugins.rate-limit]
+limits = [{ requests = 100000000, per = "1s" }]
+policy = "redis"
+on_store_error = "deny"                             # a Redis failure shows up as non-2xx
 CONF
 
 # An RS256 token signed with the test-only key (tests/fixtures/jwt), valid for a day.
@@ -137,6 +154,7 @@ jwt_sig=$(printf '%s.%s' "$jwt_head" "$jwt_body" | openssl dgst -sha256 -sign te
 TOKEN="$jwt_head.$jwt_body.$jwt_sig"
 
 taskset -c 1 "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
+taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null & pids+=($!)
 taskset -c 0 "$NGINX" -c "$work/proxy.conf" -p "$work" & pids+=($!); nginx_master=$!
 RUST_LOG=error taskset -c 0 "$GANTRY" -c "$work/gantry.toml" 2>"$work/gantry.err" & pids+=($!); gantry_pid=$!
 
@@ -178,6 +196,8 @@ run() { # name port [path [header]] -> "rps p50 p99 cpu_us_per_request"
 taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NGX$PATH_UNDER_TEST" >/dev/null
 taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$GAN$PATH_UNDER_TEST" >/dev/null
 
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+if [ -z "$PLUGINS_ONLY" ]; then
 printf "%-7s %-6s %12s %9s %9s %11s\n" round server "req/s" "p50 ms" "p99 ms" "cpu us/req"
 : > "$work/results"
 for r in $(seq "$ROUNDS"); do
@@ -189,7 +209,6 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 for name in nginx gantry; do
   for col in 2 3 4 5; do
     v=$(awk -v n="$name" -v c="$col" '$1==n {print $c}' "$work/results" | median)
@@ -202,24 +221,26 @@ printf "median  %-6s %12.0f %9.3f %9.3f %11.2f\n" gantry "$gantry_2" "$gantry_3"
 awk -v g="$gantry_2" -v n="$nginx_2" -v gp="$gantry_4" -v np="$nginx_4" -v g5="$gantry_3" -v n5="$nginx_3" \
   -v gc="$gantry_5" -v nc="$nginx_5" \
   'BEGIN { printf "ratio gantry/nginx: req/s %.2f   p50 %.2f   p99 %.2f   cpu/req %.2f (latency and cpu: lower is better)\n", g/n, g5/n5, gp/np, gc/nc }'
+fi
 
 # Plugins: Gantry's plain route against jwt-auth and key-auth routes, alternating.
 curl -fs -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GAN/jwt" || { echo "jwt route refused the token" >&2; exit 1; }
 curl -fs -o /dev/null -H "x-api-key: bench-key-0123456789" "http://127.0.0.1:$GAN/key" || { echo "key route refused the key" >&2; exit 1; }
+curl -fs -o /dev/null "http://127.0.0.1:$GAN/redis-limited" || { echo "redis-limited route failed (is redis-server up?)" >&2; exit 1; }
 echo
 printf "%-7s %-6s %12s %9s %9s %11s\n" round route "req/s" "p50 ms" "p99 ms" "cpu us/req"
 : > "$work/plugin_results"
 for r in $(seq "$ROUNDS"); do
-  for spec in "plain|/bench|" "jwt|/jwt|Authorization: Bearer $TOKEN" "key|/key|x-api-key: bench-key-0123456789" "limit|/limited|"; do
+  for spec in "plain|/bench|" "jwt|/jwt|Authorization: Bearer $TOKEN" "key|/key|x-api-key: bench-key-0123456789" "limit|/limited|" "redis|/redis-limited|"; do
     IFS='|' read -r name path header <<< "$spec"
     read -r rps p50 p99 cpu < <(run gantry "$GAN" "$path" "$header")
     printf "%-7s %-6s %12s %9s %9s %11s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu"
     echo "$name $rps $p50 $p99 $cpu" >> "$work/plugin_results"
   done
 done
-for name in plain jwt key limit; do
+for name in plain jwt key limit redis; do
   v=$(awk -v n="$name" '$1==n {print $2}' "$work/plugin_results" | median)
   eval "plugin_$name=$v"
 done
-awk -v p="$plugin_plain" -v j="$plugin_jwt" -v k="$plugin_key" -v l="$plugin_limit" \
-  'BEGIN { printf "median req/s: plain %.0f  jwt %.0f  key %.0f  limit %.0f; cost vs plain: jwt-auth %.1f%%  key-auth %.1f%%  rate-limit %.1f%%\n", p, j, k, l, (1 - j/p) * 100, (1 - k/p) * 100, (1 - l/p) * 100 }'
+awk -v p="$plugin_plain" -v j="$plugin_jwt" -v k="$plugin_key" -v l="$plugin_limit" -v r="$plugin_redis" \
+  'BEGIN { printf "median req/s: plain %.0f  jwt %.0f  key %.0f  limit %.0f  redis %.0f\ncost vs plain: jwt-auth %.1f%%  key-auth %.1f%%  rate-limit local %.1f%%  rate-limit redis %.1f%% (keeps %.0f%% of plain)\n", p, j, k, l, r, (1 - j/p) * 100, (1 - k/p) * 100, (1 - l/p) * 100, (1 - r/p) * 100, r/p * 100 }'

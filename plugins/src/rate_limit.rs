@@ -602,10 +602,11 @@ impl Plugin for RateLimit {
         response: &mut ResponseHeader,
         state: &mut PluginState,
     ) -> pingora::Result<()> {
+        // Static names: Pingora keeps them as written (the draft's case) without copying.
         if let Some(s) = state.rate_limit {
-            response.insert_header(RATELIMIT_LIMIT.clone(), HeaderValue::from(s.limit))?;
-            response.insert_header(RATELIMIT_REMAINING.clone(), HeaderValue::from(s.remaining))?;
-            response.insert_header(RATELIMIT_RESET.clone(), HeaderValue::from(s.reset))?;
+            response.insert_header("RateLimit-Limit", HeaderValue::from(s.limit))?;
+            response.insert_header("RateLimit-Remaining", HeaderValue::from(s.remaining))?;
+            response.insert_header("RateLimit-Reset", HeaderValue::from(s.reset))?;
         }
         Ok(())
     }
