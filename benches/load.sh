@@ -5,6 +5,7 @@
 #   benches/load.sh                 # 3 alternating rounds of 10 s each, 50 connections
 #   ROUNDS=5 DURATION=20s CONNS=100 benches/load.sh
 #   REDIS_POOL_SIZE=4 PLUGINS_ONLY=1 benches/load.sh   # tune [redis] pool_size; skip nginx
+#   REDIS_UNIX=1 benches/load.sh                        # reach Redis over a Unix socket
 #
 # Upstream: nginx, one worker, answering a small body. Proxies: nginx (one worker, upstream
 # keepalive, request id and X-Forwarded-For set) and Gantry (one thread, health checks on,
@@ -23,6 +24,7 @@ CONNS=${CONNS:-50}
 PATH_UNDER_TEST=${PATH_UNDER_TEST:-/bench}
 REDIS_POOL_SIZE=${REDIS_POOL_SIZE:-16}
 PLUGINS_ONLY=${PLUGINS_ONLY:-}
+REDIS_UNIX=${REDIS_UNIX:-}
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -94,6 +96,8 @@ http {
 }
 CONF
 
+redis_url="redis://127.0.0.1:$REDIS"
+[ -n "$REDIS_UNIX" ] && redis_url="unix://$work/redis.sock"
 cat > "$work/gantry.toml" <<CONF
 [server]
 listen = ["127.0.0.1:$GAN"]
@@ -134,7 +138,7 @@ cluster = "backend"
 limits = [{ requests = 100000000, per = "1s" }]   # never hit: the cost of counting
 
 [redis]
-url = "redis://127.0.0.1:$REDIS"
+url = "$redis_url"
 pool_size = $REDIS_POOL_SIZE
 
 [routes.redis_limited]
@@ -154,7 +158,7 @@ jwt_sig=$(printf '%s.%s' "$jwt_head" "$jwt_body" | openssl dgst -sha256 -sign te
 TOKEN="$jwt_head.$jwt_body.$jwt_sig"
 
 taskset -c 1 "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
-taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null & pids+=($!)
+taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --unixsocket "$work/redis.sock" --save "" --appendonly no --dir "$work" >/dev/null & pids+=($!)
 taskset -c 0 "$NGINX" -c "$work/proxy.conf" -p "$work" & pids+=($!); nginx_master=$!
 RUST_LOG=error taskset -c 0 "$GANTRY" -c "$work/gantry.toml" 2>"$work/gantry.err" & pids+=($!); gantry_pid=$!
 
@@ -228,13 +232,16 @@ curl -fs -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GAN/j
 curl -fs -o /dev/null -H "x-api-key: bench-key-0123456789" "http://127.0.0.1:$GAN/key" || { echo "key route refused the key" >&2; exit 1; }
 curl -fs -o /dev/null "http://127.0.0.1:$GAN/redis-limited" || { echo "redis-limited route failed (is redis-server up?)" >&2; exit 1; }
 echo
-printf "%-7s %-6s %12s %9s %9s %11s\n" round route "req/s" "p50 ms" "p99 ms" "cpu us/req"
+printf "%-7s %-6s %12s %9s %9s %11s %6s\n" round route "req/s" "p50 ms" "p99 ms" "cpu us/req" "busy"
 : > "$work/plugin_results"
 for r in $(seq "$ROUNDS"); do
   for spec in "plain|/bench|" "jwt|/jwt|Authorization: Bearer $TOKEN" "key|/key|x-api-key: bench-key-0123456789" "limit|/limited|" "redis|/redis-limited|"; do
     IFS='|' read -r name path header <<< "$spec"
     read -r rps p50 p99 cpu < <(run gantry "$GAN" "$path" "$header")
-    printf "%-7s %-6s %12s %9s %9s %11s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu"
+    # busy: the share of its core Gantry used; under 100% the other core (wrk, the upstream,
+    # Redis) was the bottleneck, not Gantry.
+    busy=$(awk -v c="$cpu" -v r="$rps" 'BEGIN {printf "%.0f%%", c * r / 1e4}')
+    printf "%-7s %-6s %12s %9s %9s %11s %6s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu" "$busy"
     echo "$name $rps $p50 $p99 $cpu" >> "$work/plugin_results"
   done
 done
