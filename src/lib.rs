@@ -13,8 +13,10 @@
 //!   |     fail_to_proxy:  every error as RFC 9457 problem+json
 //! router  (host index -> exact / prefix trie / regex path index)
 //! upstream (pingora-load-balancing clusters, peers with timeouts, active health checks)
+//! admin   (its own listener: /metrics, /health)
 //! ```
 
+pub mod admin;
 pub mod config;
 pub mod proxy;
 pub mod router;

@@ -21,6 +21,7 @@ pub struct RunOptions {
 /// Builds the Pingora server for `config`; `run_forever` on the result serves it.
 pub fn build(config: Config, opts: RunOptions) -> Server {
     let settings = config.server.clone();
+    let admin = config.admin;
     let conf = ServerConf {
         threads: settings.threads,
         daemon: opts.daemon,
@@ -64,6 +65,9 @@ pub fn build(config: Config, opts: RunOptions) -> Server {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
+    if let Some(addr) = admin {
+        server.add_service(crate::admin::service(addr));
+    }
     if !health.is_empty() {
         server.add_service(background_service("health checks", health));
     }

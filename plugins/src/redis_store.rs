@@ -8,14 +8,16 @@
 //! failure the store is marked down for [`RETRY_AFTER`]: meanwhile callers get
 //! [`StoreUnavailable`] at once instead of each waiting out the timeout, then the next command
 //! tries Redis again, so the store recovers on its own. Failures are counted
-//! ([`redis_errors_total`]) and logged at most once per [`WARN_INTERVAL`]; the URL's password
+//! (`gantry_redis_errors_total`, in the process's Prometheus registry) and logged at most once per [`WARN_INTERVAL`]; the URL's password
 //! never reaches a log.
 
+use prometheus::IntCounter;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, ScriptInvocation, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
@@ -24,18 +26,23 @@ pub const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// At most one warning per this interval while Redis keeps failing.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
-static REDIS_ERRORS: AtomicU64 = AtomicU64::new(0);
+/// `gantry_redis_errors_total`: Redis operations that failed, timed out or were skipped
+/// because Redis was down.
+static REDIS_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    let counter = IntCounter::new(
+        "gantry_redis_errors_total",
+        "Redis operations that failed, timed out or were skipped because Redis was down",
+    )
+    .expect("a valid metric name");
+    // Registered once per process; a second registration cannot happen.
+    let _ = prometheus::register(Box::new(counter.clone()));
+    counter
+});
 static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     /// This thread's connection in every pool.
     static THREAD_SLOT: usize = NEXT_THREAD_SLOT.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Operations that failed, timed out or were skipped because Redis was down, since start
-/// (`gantry_redis_errors_total`).
-pub fn redis_errors_total() -> u64 {
-    REDIS_ERRORS.load(Ordering::Relaxed)
 }
 
 /// Checks one `redis://` URL without connecting.
@@ -129,6 +136,8 @@ pub struct RedisStore {
 impl RedisStore {
     /// Checks the URLs and prepares the pool; nothing connects until first use.
     pub fn new(settings: RedisSettings) -> Result<Self, String> {
+        // Registers the error counter at load time, so /metrics shows it from the start.
+        LazyLock::force(&REDIS_ERRORS);
         let mut infos = Vec::with_capacity(settings.urls.len());
         for url in &settings.urls {
             let info = url
@@ -185,7 +194,7 @@ impl RedisStore {
     ) -> Result<T, StoreUnavailable> {
         let now = self.outage.millis();
         if now < self.outage.down_until.load(Ordering::Relaxed) {
-            REDIS_ERRORS.fetch_add(1, Ordering::Relaxed);
+            REDIS_ERRORS.inc();
             return Err(StoreUnavailable);
         }
         let attempt = async {
@@ -229,7 +238,7 @@ impl RedisStore {
     }
 
     fn failed(&self, error: &dyn std::fmt::Display) -> StoreUnavailable {
-        REDIS_ERRORS.fetch_add(1, Ordering::Relaxed);
+        REDIS_ERRORS.inc();
         let outage = &self.outage;
         let now = outage.millis();
         outage
@@ -300,7 +309,7 @@ mod tests {
         let store =
             RedisStore::new(settings(&[&format!("redis://127.0.0.1:{port}")], false)).expect("ok");
         let script = redis::Script::new("return 1");
-        let before = redis_errors_total();
+        let before = REDIS_ERRORS.get();
         let started = Instant::now();
         assert_eq!(
             store.run::<i64>(&script.prepare_invoke()).await,
@@ -313,6 +322,6 @@ mod tests {
             store.run::<i64>(&script.prepare_invoke()).await,
             Err(StoreUnavailable)
         );
-        assert!(redis_errors_total() >= before + 2);
+        assert!(REDIS_ERRORS.get() >= before + 2);
     }
 }

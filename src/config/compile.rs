@@ -5,8 +5,8 @@
 
 use super::error::{did_you_mean, ErrorSink};
 use super::model::{
-    BalancerKind, ClusterSection, HealthCheckKind, HealthCheckSection, RespondSection,
-    RouteSection, ServerSection,
+    AdminSection, BalancerKind, ClusterSection, HealthCheckKind, HealthCheckSection,
+    RespondSection, RouteSection, ServerSection,
 };
 use super::ServerSettings;
 use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction, RouteSpec};
@@ -59,6 +59,22 @@ impl<'e, 'a> Compiler<'e, 'a> {
         let span = spanned.span();
         let span = (span.end > 0).then_some(span);
         self.errors.push(span, key, msg, hint);
+    }
+
+    /// `[admin]`.
+    pub fn admin(&mut self, a: AdminSection) -> Option<SocketAddr> {
+        match a.listen.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(
+                    &a.listen,
+                    "admin.listen",
+                    format!("`{}` is not an IP:port address", a.listen.get_ref()),
+                    Some("write it like \"127.0.0.1:9901\" (keep it off public interfaces)".into()),
+                );
+                None
+            }
+        }
     }
 
     /// `[server]`.

@@ -32,6 +32,7 @@ const SECTIONS: &[&str] = &[
     "plugins",
     "consumers",
     "redis",
+    "admin",
 ];
 
 /// Compiled `[server]` settings.
@@ -78,6 +79,8 @@ pub struct Config {
     pub router: Router,
     /// Every cluster, by name.
     pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// The admin listener, when `[admin]` is configured.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Reads and compiles the file at `path`.
@@ -106,6 +109,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
     let global_plugins = doc.take("plugins");
     let consumers = doc.take("consumers");
     let redis = doc.take("redis");
+    let admin = doc.take("admin");
     doc.reject_remaining(SECTIONS);
 
     let server = match server {
@@ -116,6 +120,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
         }
         None => Some((0..0, model::ServerSection::default())),
     };
+    let admin = admin.and_then(|v| doc.deserialize::<model::AdminSection>("admin", v));
     let cluster_sections = doc.deserialize_entries::<model::ClusterSection>("clusters", clusters);
     let build_ctx = BuildContext {
         consumers: plugins::consumers(&mut doc, consumers),
@@ -164,8 +169,10 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
             specs.push(spec);
         }
     }
+    let admin = admin.and_then(|a| compiler.admin(a));
     match server {
         Some(server) if errors.is_empty() => Ok(Config {
+            admin,
             server,
             router: Router::new(specs),
             clusters: clusters

@@ -274,6 +274,14 @@ fn default_status() -> u16 {
     200
 }
 
+/// `[admin]`: the admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// `IP:port` of the admin listener (`/metrics`, `/health`). Required in the section.
+    pub listen: Spanned<String>,
+}
+
 /// `[redis]`: the store for cluster-wide plugin state.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

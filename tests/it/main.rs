@@ -1,5 +1,6 @@
 //! Integration tests: the real gateway binary, real upstreams, real HTTP on loopback.
 
+mod admin;
 mod balancing;
 mod cli;
 mod common;

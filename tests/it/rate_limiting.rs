@@ -275,8 +275,9 @@ async fn two_gateways_sharing_redis_enforce_one_combined_limit() {
 #[tokio::test]
 async fn when_redis_fails_on_store_error_applies_at_once_and_limiting_resumes_after() {
     let mut redis = RedisServer::start();
+    let admin = crate::common::free_port();
     let g = Gantry::start(&format!(
-        "{}timeout = \"50ms\"\n\
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}timeout = \"50ms\"\n\
          [routes.allow]\npaths = [\"/allow\"]\nrespond = {{ body = \"ok\" }}\n\
          [routes.allow.plugins.rate-limit]\nlimits = [{{ requests = 3, per = \"60s\" }}]\n\
          policy = \"redis\"\non_store_error = \"allow\"\n\
@@ -303,6 +304,21 @@ async fn when_redis_fails_on_store_error_applies_at_once_and_limiting_resumes_af
         assert_eq!(resp.headers()["retry-after"], "1");
         assert_problem(resp, 503, "rate-limit-unavailable").await;
     }
+    // Every request decided without Redis is counted for /metrics.
+    let metrics = crate::common::client()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .expect("admin listener")
+        .text()
+        .await
+        .expect("metrics text");
+    let errors: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gantry_redis_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gantry_redis_errors_total in:\n{metrics}"));
+    assert_eq!(errors, 20, "{metrics}");
     let warnings = g.log().matches("failed operation(s)").count();
     assert_eq!(
         warnings,
