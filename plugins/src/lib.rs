@@ -15,6 +15,7 @@
 
 pub mod acl;
 pub mod basic_auth;
+pub mod body_limit;
 pub mod concurrency_limit;
 pub mod config_types;
 pub mod consumer;
@@ -51,6 +52,8 @@ pub struct PluginState {
     pub jwt_claims: Option<Arc<jwt_auth::Claims>>,
     /// The tightest rate limit's numbers, for the `RateLimit-*` response headers.
     pub rate_limit: Option<rate_limit::RateLimitStatus>,
+    /// Request body bytes received so far.
+    pub request_body_bytes: u64,
     /// Concurrency slots held until the request ends.
     pub slots: Vec<pingora_limits::inflight::Guard>,
 }
@@ -97,6 +100,8 @@ impl Phases {
     pub const RESPONSE_BODY: Phases = Phases(16);
     /// [`Plugin::on_log`].
     pub const LOG: Phases = Phases(32);
+    /// [`Plugin::on_request_body`].
+    pub const REQUEST_BODY: Phases = Phases(64);
 
     /// Both sets of phases.
     pub const fn and(self, other: Phases) -> Phases {
@@ -130,6 +135,18 @@ pub trait Plugin: Send + Sync {
         _state: &mut PluginState,
     ) -> pingora::Result<Flow> {
         Ok(Flow::Continue)
+    }
+
+    /// On each request body chunk as it streams upstream, after
+    /// [`PluginState::request_body_bytes`] counts it; synchronous so that no future is
+    /// allocated per chunk. A refusal aborts the upload and answers the client with it.
+    fn on_request_body(
+        &self,
+        _body: &Option<Bytes>,
+        _end_of_stream: bool,
+        _state: &mut PluginState,
+    ) -> Flow {
+        Flow::Continue
     }
 
     /// On the request about to be sent upstream (after the gateway's own rewrites).
@@ -178,6 +195,8 @@ pub trait Plugin: Send + Sync {
 pub struct PluginChain {
     /// [`Phases::REQUEST`].
     pub request: Box<[Arc<dyn Plugin>]>,
+    /// [`Phases::REQUEST_BODY`].
+    pub request_body: Box<[Arc<dyn Plugin>]>,
     /// [`Phases::UPSTREAM_REQUEST`].
     pub upstream_request: Box<[Arc<dyn Plugin>]>,
     /// [`Phases::UPSTREAM_RESPONSE`].
@@ -203,6 +222,7 @@ impl PluginChain {
         };
         PluginChain {
             request: of(Phases::REQUEST),
+            request_body: of(Phases::REQUEST_BODY),
             upstream_request: of(Phases::UPSTREAM_REQUEST),
             upstream_response: of(Phases::UPSTREAM_RESPONSE),
             response: of(Phases::RESPONSE),
@@ -217,6 +237,7 @@ impl PluginChain {
         for p in self
             .request
             .iter()
+            .chain(self.request_body.iter())
             .chain(self.upstream_request.iter())
             .chain(self.upstream_response.iter())
             .chain(self.response.iter())

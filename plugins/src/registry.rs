@@ -3,7 +3,8 @@
 use crate::consumer::Consumers;
 use crate::redis_store::RedisStore;
 use crate::{
-    acl, basic_auth, concurrency_limit, ip_restriction, jwt_auth, key_auth, rate_limit, Plugin,
+    acl, basic_auth, body_limit, concurrency_limit, ip_restriction, jwt_auth, key_auth, rate_limit,
+    Plugin,
 };
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ pub const NAMES: &[&str] = &[
     acl::NAME,
     concurrency_limit::NAME,
     rate_limit::NAME,
+    body_limit::NAME,
 ];
 
 /// What plugins may need from the rest of the configuration.
@@ -79,6 +81,7 @@ pub fn build<S: ConfigSource>(
         concurrency_limit::NAME => {
             finish(source.parse().map(concurrency_limit::ConcurrencyLimit::new))
         }
+        body_limit::NAME => finish(source.parse().map(body_limit::BodyLimit::new)),
         _ => Build::Unknown,
     }
 }

@@ -1,7 +1,7 @@
 //! Per-request state shared by the proxy's hooks.
 
 use crate::router::Route;
-use gantry_plugins::PluginState;
+use gantry_plugins::{PluginState, Rejection};
 use http::HeaderValue;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +24,8 @@ pub struct RequestCtx {
     pub failed: Vec<SocketAddr>,
     /// The backend of the current attempt.
     pub backend: Option<SocketAddr>,
+    /// A plugin's refusal of the request body, answered by `fail_to_proxy`.
+    pub body_rejection: Option<Rejection>,
 }
 
 impl Default for RequestCtx {
@@ -37,6 +39,7 @@ impl Default for RequestCtx {
             retries_used: 0,
             failed: Vec::new(),
             backend: None,
+            body_rejection: None,
         }
     }
 }

@@ -25,7 +25,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
-use problem::{ALL_BACKENDS_FAILED, NO_HEALTHY_BACKEND};
+use problem::{ALL_BACKENDS_FAILED, BODY_REJECTED, NO_HEALTHY_BACKEND};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -219,6 +219,27 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.state.request_body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if let Some(route) = &ctx.route {
+            for plugin in route.plugins.request_body.iter() {
+                if let Flow::Reject(rejection) =
+                    plugin.on_request_body(body, end_of_stream, &mut ctx.state)
+                {
+                    ctx.body_rejection = Some(rejection);
+                    return Error::e_explain(BODY_REJECTED, "a plugin refused the request body");
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -319,6 +340,21 @@ impl ProxyHttp for Gateway {
         };
         if ctx.request_id.is_empty() {
             ctx.request_id = forwarded::new_request_id();
+        }
+        if let Some(rejection) = ctx.body_rejection.take() {
+            let problem = Problem {
+                close: true,
+                ..Problem::rejected(&rejection)
+            };
+            if session.response_written().is_none() {
+                if let Err(err) = problem.send(session, &ctx.request_id).await {
+                    log::debug!("could not send the error response: {err}");
+                }
+            }
+            return FailToProxy {
+                error_code: rejection.status,
+                can_reuse_downstream: false,
+            };
         }
         if session.response_written().is_none() {
             let detail = match kind {

@@ -11,6 +11,9 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 /// Error type raised by `upstream_peer` when no backend of the cluster is healthy.
 pub const NO_HEALTHY_BACKEND: ErrorType = ErrorType::Custom("no healthy backend");
+/// Error type raised by `request_body_filter` when a plugin refuses the body; the refusal
+/// itself waits in the request's context.
+pub const BODY_REJECTED: ErrorType = ErrorType::Custom("request body refused");
 /// Error type raised when every backend tried for a request failed to connect.
 pub const ALL_BACKENDS_FAILED: ErrorType = ErrorType::Custom("every backend tried failed");
 

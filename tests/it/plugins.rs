@@ -253,3 +253,41 @@ async fn basic_auth_checks_argon2_passwords() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn body_limit_refuses_large_bodies_by_length_and_while_streaming() {
+    let up = Upstream::start("uploads").await;
+    let g = Gantry::start(&format!(
+        "[clusters.up]\nbackends = [\"{}\"]\n[routes.upload]\npaths = [\"/upload\"]\ncluster = \"up\"\n\
+         [routes.upload.plugins.body-limit]\nmax_body_size = \"1KiB\"\n",
+        up.addr
+    ));
+    let post = |body: reqwest::Body| client().post(g.url("/upload")).body(body).send();
+
+    // Within the limit: proxied whole.
+    let resp = post(vec![b'a'; 1024].into()).await.expect("answered");
+    assert_eq!(resp.status(), 200);
+    let echo: Value = resp.json().await.expect("echo");
+    assert_eq!(echo["body"].as_str().map(str::len), Some(1024));
+
+    // Declared too large: refused before anything goes upstream.
+    let hits = up.hits();
+    let resp = post(vec![b'a'; 1025].into()).await.expect("answered");
+    let problem = assert_problem(resp, 413, "body-too-large").await;
+    assert!(problem["detail"].as_str().unwrap_or_default().contains("1024"));
+    assert_eq!(up.hits(), hits, "the upstream never saw it");
+
+    // Chunked, without a length: refused once the running total passes the limit.
+    let chunks = (0..8).map(|_| Ok::<_, std::io::Error>(vec![b'b'; 512]));
+    let resp = post(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .await
+        .expect("answered");
+    assert_problem(resp, 413, "body-too-large").await;
+
+    // A chunked body within the limit still goes through.
+    let chunks = (0..2).map(|_| Ok::<_, std::io::Error>(vec![b'c'; 300]));
+    let resp = post(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), 200);
+}
