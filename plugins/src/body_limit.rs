@@ -34,14 +34,14 @@ impl BodyLimit {
         })
     }
 
-    fn too_large(&self) -> Flow {
-        Flow::Reject(Rejection {
+    fn too_large(&self) -> Rejection {
+        Rejection {
             status: 413,
             slug: "body-too-large",
             title: "Request body too large",
             detail: format!("the request body exceeds {} bytes", self.max),
             headers: Vec::new(),
-        })
+        }
     }
 }
 
@@ -73,7 +73,7 @@ impl Plugin for BodyLimit {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         Ok(match declared {
-            Some(length) if length > self.max => self.too_large(),
+            Some(length) if length > self.max => Flow::Reject(self.too_large()),
             _ => Flow::Continue,
         })
     }
@@ -83,12 +83,8 @@ impl Plugin for BodyLimit {
         _body: &Option<Bytes>,
         _end_of_stream: bool,
         state: &mut PluginState,
-    ) -> Flow {
-        if state.request_body_bytes > self.max {
-            self.too_large()
-        } else {
-            Flow::Continue
-        }
+    ) -> Option<Rejection> {
+        (state.request_body_bytes > self.max).then(|| self.too_large())
     }
 }
 
@@ -106,14 +102,11 @@ mod tests {
             request_body_bytes: 10,
             ..PluginState::default()
         };
-        assert_eq!(
-            limit.on_request_body(&None, false, &mut state),
-            Flow::Continue
-        );
+        assert_eq!(limit.on_request_body(&None, false, &mut state), None);
         state.request_body_bytes = 11;
-        let Flow::Reject(r) = limit.on_request_body(&None, false, &mut state) else {
-            panic!("over the limit");
-        };
+        let r = limit
+            .on_request_body(&None, false, &mut state)
+            .expect("over the limit");
         assert_eq!((r.status, r.slug), (413, "body-too-large"));
     }
 }

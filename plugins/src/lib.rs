@@ -19,6 +19,7 @@ pub mod body_limit;
 pub mod concurrency_limit;
 pub mod config_types;
 pub mod consumer;
+pub mod cors;
 pub mod ip_restriction;
 pub mod jwks;
 pub mod jwt_auth;
@@ -52,6 +53,8 @@ pub struct PluginState {
     pub jwt_claims: Option<Arc<jwt_auth::Claims>>,
     /// The tightest rate limit's numbers, for the `RateLimit-*` response headers.
     pub rate_limit: Option<rate_limit::RateLimitStatus>,
+    /// The allowed `Origin` of a cross-origin request, for the CORS response headers.
+    pub cors_origin: Option<HeaderValue>,
     /// Request body bytes received so far.
     pub request_body_bytes: u64,
     /// Concurrency slots held until the request ends.
@@ -73,6 +76,16 @@ pub struct Rejection {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// A complete answer without a body (a CORS preflight): the request goes no further, and the
+/// route's response-phase plugins still run on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
 /// The outcome of a plugin phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Flow {
@@ -80,6 +93,8 @@ pub enum Flow {
     Continue,
     /// Stop and answer with this problem.
     Reject(Rejection),
+    /// Stop and answer with this (request phase only).
+    Answer(Answer),
 }
 
 /// The phases a plugin acts in, so that each phase's chain holds only those plugins (and a
@@ -145,8 +160,8 @@ pub trait Plugin: Send + Sync {
         _body: &Option<Bytes>,
         _end_of_stream: bool,
         _state: &mut PluginState,
-    ) -> Flow {
-        Flow::Continue
+    ) -> Option<Rejection> {
+        None
     }
 
     /// On the request about to be sent upstream (after the gateway's own rewrites).

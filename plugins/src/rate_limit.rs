@@ -32,7 +32,7 @@
 
 use crate::config_types::HumanDuration;
 use crate::limit_key::{KeySpec, LimitKey};
-use crate::redis_store::{RedisStore, StoreUnavailable};
+use crate::redis_store::{RedisStore, RedisUnavailable, StoreUnavailable};
 use crate::{Flow, Phases, Plugin, PluginState, Rejection};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
@@ -361,12 +361,12 @@ pub struct RateLimitStatus {
 }
 
 impl RateLimit {
-    /// Compiles `config` for the instance named `scope` (`global` or a route's name);
-    /// `redis` is the `[redis]` store, when configured.
+    /// Compiles `config` for the instance named `scope` (`global` or `route:NAME`); `redis`
+    /// is the `[redis]` store, or why there is none.
     pub fn new(
         config: Config,
         scope: &str,
-        redis: Option<&Arc<RedisStore>>,
+        redis: Result<&Arc<RedisStore>, RedisUnavailable>,
     ) -> Result<Self, String> {
         let store = match (config.policy, redis) {
             (Policy::Local, _) => {
@@ -375,12 +375,10 @@ impl RateLimit {
                 }
                 Store::Local
             }
-            (Policy::Redis, None) => {
-                return Err("policy = \"redis\" needs a [redis] section with `url` \
-                            (for example url = \"redis://127.0.0.1:6379\")"
-                    .into())
+            (Policy::Redis, Err(why)) => {
+                return Err(format!("policy = \"redis\": {}", why.explain()))
             }
-            (Policy::Redis, Some(store)) => Store::Redis {
+            (Policy::Redis, Ok(store)) => Store::Redis {
                 store: Arc::clone(store),
                 on_error: config.on_store_error.unwrap_or_default(),
                 scope: scope.to_owned(),
@@ -414,7 +412,9 @@ impl RateLimit {
         })
     }
 
-    fn windows_for(&self, state: &PluginState) -> &[Window] {
+    /// The limits that apply to the request, with the name of their set (`None` for
+    /// `limits`, the group for `group_limits`), which keeps their Redis counters apart.
+    fn windows_for(&self, state: &PluginState) -> (Option<&str>, &[Window]) {
         let groups = state
             .consumer
             .as_ref()
@@ -423,7 +423,7 @@ impl RateLimit {
         self.group_windows
             .iter()
             .find(|(g, _)| groups.iter().any(|cg| **cg == **g))
-            .map_or(&self.windows, |(_, w)| w)
+            .map_or((None, &self.windows), |(g, w)| (Some(g.as_str()), w))
     }
 
     /// The longest reservation in delay mode, in milliseconds (0 in reject mode).
@@ -466,8 +466,8 @@ impl RateLimit {
                 .arg(w.per.as_millis() as u64);
         }
         let reply: Vec<i64> = store.run(&invocation).await?;
-        if reply.len() != 1 + 3 * windows.len() {
-            return Err(StoreUnavailable);
+        if reply.len() != 1 + 3 * windows.len() || !(0..=2).contains(&reply[0]) {
+            return Err(store.unexpected_reply("the rate-limit script returned another shape"));
         }
         let verdicts = windows
             .iter()
@@ -477,21 +477,25 @@ impl RateLimit {
                 (w, w.verdict(r[0] as f64, r[1] as f64, f))
             });
         let decision = decide(verdicts, max_delay_ms);
-        // The script's arithmetic is the same, so this only guards the counted/not-counted
-        // fact, which Redis owns.
+        // The script does the same arithmetic, so these agree; should rounding ever differ,
+        // what Redis did (refused, counted, reserved) is what happened.
         let limit = windows.iter().map(|w| w.limit).min().unwrap_or(0);
+        let wait = match &decision {
+            Decision::Allow(_) => Duration::ZERO,
+            Decision::Delay(_, wait) | Decision::Refuse(_, wait) => *wait,
+        };
+        let held = RateLimitStatus {
+            limit,
+            remaining: 0,
+            reset: seconds(wait),
+        };
         Ok(match (reply[0], decision) {
             (0, Decision::Refuse(l, wait)) => Decision::Refuse(l, wait),
-            (0, _) => Decision::Refuse(limit, Duration::from_secs(1)),
-            (_, Decision::Refuse(l, wait)) => Decision::Delay(
-                RateLimitStatus {
-                    limit: l,
-                    remaining: 0,
-                    reset: seconds(wait),
-                },
-                wait.min(self.max_delay),
-            ),
-            (_, counted) => counted,
+            (0, _) => Decision::Refuse(limit, wait.max(Duration::from_secs(1))),
+            (1, Decision::Allow(status)) => Decision::Allow(status),
+            (1, _) => Decision::Allow(held),
+            (_, Decision::Delay(status, wait)) => Decision::Delay(status, wait),
+            (_, _) => Decision::Delay(held, wait.min(Duration::from_secs_f64(max_delay_ms / 1e3))),
         })
     }
 
@@ -500,7 +504,7 @@ impl RateLimit {
         &self,
         store: &RedisStore,
         scope: &str,
-        windows: &[Window],
+        (set, windows): (Option<&str>, &[Window]),
         session: &Session,
         state: &PluginState,
     ) -> Vec<String> {
@@ -508,6 +512,9 @@ impl RateLimit {
         let _ = write!(base, "{}:rl:{{{scope}|", store.key_prefix());
         self.key.write_text(session.req_header(), state, &mut base);
         base.push('}');
+        if let Some(group) = set {
+            let _ = write!(base, ":group={group}");
+        }
         windows
             .iter()
             .enumerate()
@@ -565,7 +572,7 @@ impl Plugin for RateLimit {
         session: &mut Session,
         state: &mut PluginState,
     ) -> pingora::Result<Flow> {
-        let windows = self.windows_for(state);
+        let (set, windows) = self.windows_for(state);
         let decision = match &self.store {
             Store::Local => {
                 let key = self.key.hash(session.req_header(), state);
@@ -576,7 +583,7 @@ impl Plugin for RateLimit {
                 scope,
                 on_error,
             } => {
-                let keys = self.redis_keys(store, scope, windows, session, state);
+                let keys = self.redis_keys(store, scope, (set, windows), session, state);
                 match self.take_redis(store, windows, &keys).await {
                     Ok(decision) => decision,
                     Err(StoreUnavailable) if *on_error == OnStoreError::Deny => {
@@ -636,7 +643,7 @@ mod tests {
     }
 
     fn plugin(limits: Vec<LimitConfig>) -> RateLimit {
-        RateLimit::new(config(limits), "r", None).expect("valid")
+        RateLimit::new(config(limits), "r", Err(RedisUnavailable::NotConfigured)).expect("valid")
     }
 
     fn allowed(d: &Decision) -> Option<RateLimitStatus> {
@@ -745,9 +752,11 @@ mod tests {
         // 100 per second with up to 500 ms of delay; one request every 5 ms (200/s) for 10 s.
         let mut sim = Simulation::new(100, 1000);
         let mut served = Vec::new();
+        let mut held = 0;
         for arrival in (0..2000u64).map(|i| i * 5) {
             if let Some(at) = sim.serve_at(arrival, 500.0) {
                 assert!(at - arrival <= 500, "held {} ms", at - arrival);
+                held += usize::from(at > arrival);
                 served.push(at);
             }
         }
@@ -762,13 +771,9 @@ mod tests {
             "{}",
             busiest_span(&served, 1000)
         );
-        // Delayed, not refused: after the first second, nearly every request gets through
-        // smoothly instead of in bursts at window starts.
-        let delayed = served.windows(2).filter(|w| w[1] - w[0] <= 20).count();
-        assert!(
-            delayed as f64 > 0.9 * total,
-            "{delayed} of {total} evenly spaced"
-        );
+        // Held, not refused: after the first second nearly every request over the rate waits
+        // for its turn (reject mode would hold none).
+        assert!(held > 850, "{held} of {total} were held");
     }
 
     #[test]
@@ -803,13 +808,17 @@ mod tests {
 
     #[test]
     fn bad_configs_are_errors() {
-        let error = |c: Config| RateLimit::new(c, "r", None).err().unwrap_or_default();
+        let error = |c: Config| {
+            RateLimit::new(c, "r", Err(RedisUnavailable::NotConfigured))
+                .err()
+                .unwrap_or_default()
+        };
         assert!(error(config(vec![])).contains("at least one"));
         assert!(error(config(vec![limit(0, 1000)])).contains("at least 1"));
         assert!(error(config(vec![limit(1, 999)])).contains("at least 1s"));
         let mut redis = config(vec![limit(1, 1000)]);
         redis.policy = Policy::Redis;
-        assert!(error(redis).contains("[redis]"));
+        assert!(error(redis).contains("[redis] section with `url`"));
         let mut stray = config(vec![limit(1, 1000)]);
         stray.on_store_error = Some(OnStoreError::Deny);
         assert!(error(stray).contains("only applies"));

@@ -1,28 +1,36 @@
 //! The `[redis]` connection shared by every plugin that keeps cluster-wide state.
 //!
-//! A fixed pool of multiplexed connections (`pool_size`), opened lazily on first use and
-//! reopened by the `redis` crate after a failure. Each worker thread keeps to one connection
-//! (threads share when there are more threads than connections), opened on its own runtime:
-//! the concurrent requests of a thread pipeline together over it, which measured far cheaper
-//! than spreading them over many connections, and no reply crosses threads. Every command is bounded by `timeout`. After a
-//! failure the store is marked down for [`RETRY_AFTER`]: meanwhile callers get
-//! [`StoreUnavailable`] at once instead of each waiting out the timeout, then the next command
-//! tries Redis again, so the store recovers on its own. Failures are counted
-//! (`gantry_redis_errors_total`, in the process's Prometheus registry) and logged at most once per [`WARN_INTERVAL`]; the URL's password
-//! never reaches a log.
+//! A fixed pool of multiplexed connections (`pool_size`), opened lazily on first use. Each
+//! worker thread keeps to one connection (threads share when there are more threads than
+//! connections), opened on its own runtime: the concurrent requests of a thread pipeline
+//! together over it, which measured far cheaper than spreading them over many connections, and
+//! no reply crosses threads. A connection that fails at the connection level is dropped and
+//! opened again by the next call.
+//!
+//! Every call is bounded by `timeout`. One failure fails only its own call; after
+//! [`TRIP_AFTER`] failures in a row the store is marked down for [`RETRY_AFTER`]: meanwhile
+//! callers get [`StoreUnavailable`] at once instead of each waiting out the timeout, then the
+//! next call tries Redis again, so the store recovers on its own. Failures are counted
+//! (`gantry_redis_errors_total`, in the process's Prometheus registry) and logged at most once
+//! per [`WARN_INTERVAL`], with one line when Redis answers again; the URL's password never
+//! reaches a log.
 
+use arc_swap::ArcSwapOption;
 use prometheus::IntCounter;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, ScriptInvocation, Value};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
 
-/// How long the store stays marked down after a failure before Redis is tried again.
+/// How long the store stays marked down after [`TRIP_AFTER`] failures in a row.
 pub const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// Failures in a row that mark Redis down.
+pub const TRIP_AFTER: u32 = 3;
+/// Redirects followed per Redis Cluster command.
+const CLUSTER_RETRIES: u32 = 2;
 /// At most one warning per this interval while Redis keeps failing.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -65,6 +73,27 @@ pub struct RedisSettings {
     pub pool_size: usize,
     /// Prepended to every key, so several deployments can share one Redis.
     pub key_prefix: String,
+}
+
+/// Why plugins cannot use Redis: the configuration has no `[redis]`, or it has errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisUnavailable {
+    /// No `[redis]` section.
+    NotConfigured,
+    /// `[redis]` has errors (reported on their own).
+    Invalid,
+}
+
+impl RedisUnavailable {
+    /// What a plugin needing Redis reports.
+    pub fn explain(self) -> &'static str {
+        match self {
+            RedisUnavailable::NotConfigured => {
+                "this needs a [redis] section with `url` (for example url = \"redis://127.0.0.1:6379\")"
+            }
+            RedisUnavailable::Invalid => "this needs the [redis] section, which has errors (see them)",
+        }
+    }
 }
 
 /// Redis could not answer in time; the caller applies its `on_store_error` policy.
@@ -110,16 +139,33 @@ impl ConnectionLike for Connection {
     }
 }
 
-/// Failure bookkeeping: when Redis may be tried again and when the last warning was logged.
+/// Failure bookkeeping: consecutive failures, when Redis may be tried again, and warnings.
 struct Outage {
     epoch: Instant,
+    /// Failures since the last success.
+    consecutive: AtomicU32,
     /// Milliseconds since `epoch` before which Redis is not tried.
     down_until: AtomicU64,
     /// Milliseconds since `epoch` of the last warning, plus one (0: never warned).
     last_warning: AtomicU64,
     /// Failures since the last warning.
     unreported: AtomicU64,
-    down: AtomicBool,
+    /// A warning was logged since Redis last answered, so its recovery is worth a line.
+    warned: AtomicBool,
+}
+
+impl Outage {
+    fn millis(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// One pooled connection, replaced after a connection-level failure.
+#[derive(Default)]
+struct Slot {
+    connection: ArcSwapOption<Connection>,
+    /// Serialises opening, so concurrent requests do not each open one.
+    opening: tokio::sync::Mutex<()>,
 }
 
 /// The shared Redis connection pool.
@@ -129,7 +175,7 @@ pub struct RedisStore {
     display: String,
     timeout: Duration,
     key_prefix: String,
-    pool: Box<[OnceCell<Connection>]>,
+    pool: Box<[Slot]>,
     outage: Outage,
 }
 
@@ -152,10 +198,11 @@ impl RedisStore {
             .collect::<Vec<_>>()
             .join(", ");
         let target = if settings.cluster {
+            // Redirects (MOVED, ASK) need retries; `run`'s timeout still bounds the call.
             ClusterClient::builder(infos)
                 .connection_timeout(settings.timeout)
                 .response_timeout(settings.timeout)
-                .retries(0)
+                .retries(CLUSTER_RETRIES)
                 .build()
                 .map(|c| Target::Cluster(Box::new(c)))
         } else {
@@ -170,14 +217,15 @@ impl RedisStore {
             timeout: settings.timeout,
             key_prefix: settings.key_prefix,
             pool: (0..settings.pool_size.max(1))
-                .map(|_| OnceCell::new())
+                .map(|_| Slot::default())
                 .collect(),
             outage: Outage {
                 epoch: Instant::now(),
+                consecutive: AtomicU32::new(0),
                 down_until: AtomicU64::new(0),
                 last_warning: AtomicU64::new(0),
                 unreported: AtomicU64::new(0),
-                down: AtomicBool::new(false),
+                warned: AtomicBool::new(false),
             },
         })
     }
@@ -192,60 +240,79 @@ impl RedisStore {
         &self,
         script: &ScriptInvocation<'_>,
     ) -> Result<T, StoreUnavailable> {
-        let now = self.outage.millis();
-        if now < self.outage.down_until.load(Ordering::Relaxed) {
+        if self.outage.millis() < self.outage.down_until.load(Ordering::Relaxed) {
             REDIS_ERRORS.inc();
             return Err(StoreUnavailable);
         }
+        let slot = &self.pool[THREAD_SLOT.with(|slot| *slot) % self.pool.len()];
         let attempt = async {
-            let mut connection = self.connection().await?;
+            let mut connection = self.connection(slot).await?;
             script.invoke_async::<T>(&mut connection).await
         };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(value)) => {
-                if self.outage.down.swap(false, Ordering::Relaxed) {
+                self.outage.consecutive.store(0, Ordering::Relaxed);
+                if self.outage.warned.swap(false, Ordering::Relaxed) {
                     log::warn!("redis {}: reachable again", self.display);
                 }
                 Ok(value)
             }
-            Ok(Err(e)) => Err(self.failed(&e)),
+            Ok(Err(e)) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                    slot.connection.store(None);
+                }
+                Err(self.failed(&e))
+            }
             Err(_) => Err(self.failed(&format!("no answer within {:?}", self.timeout))),
         }
     }
 
-    async fn connection(&self) -> redis::RedisResult<Connection> {
-        let slot = THREAD_SLOT.with(|slot| *slot) % self.pool.len();
-        let connection = self.pool[slot]
-            .get_or_try_init(|| async {
-                match &self.target {
-                    Target::Single(client) => {
-                        // `run` bounds every call with one timer; a second one per
-                        // command inside the connection would only cost time.
-                        let config = ConnectionManagerConfig::new()
-                            .set_connection_timeout(Some(self.timeout))
-                            .set_response_timeout(None)
-                            .set_number_of_retries(0);
-                        ConnectionManager::new_lazy_with_config(client.clone(), config)
-                            .map(Connection::Single)
-                    }
-                    Target::Cluster(client) => {
-                        client.get_async_connection().await.map(Connection::Cluster)
-                    }
-                }
-            })
-            .await?;
-        Ok(connection.clone())
+    /// A reply that is not what the caller's script returns: counted and logged like a
+    /// failure.
+    pub fn unexpected_reply(&self, what: &str) -> StoreUnavailable {
+        self.failed(&format!("unexpected reply: {what}"))
+    }
+
+    async fn connection(&self, slot: &Slot) -> redis::RedisResult<Connection> {
+        if let Some(connection) = slot.connection.load_full() {
+            return Ok((*connection).clone());
+        }
+        let _opening = slot.opening.lock().await;
+        if let Some(connection) = slot.connection.load_full() {
+            return Ok((*connection).clone());
+        }
+        let connection = match &self.target {
+            Target::Single(client) => {
+                // `run` bounds every call with one timer; a second one per command inside
+                // the connection would only cost time.
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(None)
+                    .set_number_of_retries(0);
+                ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map(Connection::Single)?
+            }
+            Target::Cluster(client) => client
+                .get_async_connection()
+                .await
+                .map(Connection::Cluster)?,
+        };
+        slot.connection.store(Some(Arc::new(connection.clone())));
+        Ok(connection)
     }
 
     fn failed(&self, error: &dyn std::fmt::Display) -> StoreUnavailable {
         REDIS_ERRORS.inc();
         let outage = &self.outage;
         let now = outage.millis();
-        outage
-            .down_until
-            .store(now + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
-        outage.down.store(true, Ordering::Relaxed);
-        let unreported = outage.unreported.fetch_add(1, Ordering::Relaxed) + 1;
+        // One slow answer fails only its own request; a run of failures marks Redis down, so
+        // an outage does not hold every request for the whole timeout.
+        if outage.consecutive.fetch_add(1, Ordering::Relaxed) + 1 >= TRIP_AFTER {
+            outage
+                .down_until
+                .store(now + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
+        }
+        outage.unreported.fetch_add(1, Ordering::Relaxed);
         let last = outage.last_warning.load(Ordering::Relaxed);
         let due = last == 0 || now + 1 >= last + WARN_INTERVAL.as_millis() as u64;
         if due
@@ -254,7 +321,8 @@ impl RedisStore {
                 .compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            outage.unreported.store(0, Ordering::Relaxed);
+            let unreported = outage.unreported.swap(0, Ordering::Relaxed);
+            outage.warned.store(true, Ordering::Relaxed);
             log::warn!(
                 "redis {}: {error}; {unreported} failed operation(s) since the last warning; \
                  limits apply `on_store_error` until Redis answers (next warning in {}s at most)",
@@ -263,12 +331,6 @@ impl RedisStore {
             );
         }
         StoreUnavailable
-    }
-}
-
-impl Outage {
-    fn millis(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
     }
 }
 
@@ -301,7 +363,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unreachable_redis_fails_fast_and_is_skipped_while_down() {
+    async fn an_unreachable_redis_fails_fast_and_is_skipped_once_down() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -310,18 +372,21 @@ mod tests {
             RedisStore::new(settings(&[&format!("redis://127.0.0.1:{port}")], false)).expect("ok");
         let script = redis::Script::new("return 1");
         let before = REDIS_ERRORS.get();
-        let started = Instant::now();
-        assert_eq!(
-            store.run::<i64>(&script.prepare_invoke()).await,
-            Err(StoreUnavailable)
-        );
-        assert!(started.elapsed() < Duration::from_millis(200));
+        for attempt in 1..=TRIP_AFTER {
+            let started = Instant::now();
+            assert_eq!(
+                store.run::<i64>(&script.prepare_invoke()).await,
+                Err(StoreUnavailable)
+            );
+            assert!(started.elapsed() < Duration::from_millis(200));
+            let down = store.outage.millis() < store.outage.down_until.load(Ordering::Relaxed);
+            assert_eq!(down, attempt == TRIP_AFTER, "after {attempt} failure(s)");
+        }
         // Marked down: the next call does not even try.
-        assert!(store.outage.millis() < store.outage.down_until.load(Ordering::Relaxed));
         assert_eq!(
             store.run::<i64>(&script.prepare_invoke()).await,
             Err(StoreUnavailable)
         );
-        assert!(REDIS_ERRORS.get() >= before + 2);
+        assert!(REDIS_ERRORS.get() > before + u64::from(TRIP_AFTER));
     }
 }

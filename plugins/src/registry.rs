@@ -1,10 +1,10 @@
 //! The explicit list of built-in plugins and how each is built from its configuration.
 
 use crate::consumer::Consumers;
-use crate::redis_store::RedisStore;
+use crate::redis_store::{RedisStore, RedisUnavailable};
 use crate::{
-    acl, basic_auth, body_limit, concurrency_limit, ip_restriction, jwt_auth, key_auth, rate_limit,
-    Plugin,
+    acl, basic_auth, body_limit, concurrency_limit, cors, ip_restriction, jwt_auth, key_auth,
+    rate_limit, Plugin,
 };
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -19,14 +19,15 @@ pub const NAMES: &[&str] = &[
     concurrency_limit::NAME,
     rate_limit::NAME,
     body_limit::NAME,
+    cors::NAME,
 ];
 
 /// What plugins may need from the rest of the configuration.
 pub struct BuildContext {
     /// `[consumers.*]`.
     pub consumers: Arc<Consumers>,
-    /// `[redis]`, when configured.
-    pub redis: Option<Arc<RedisStore>>,
+    /// `[redis]`, or why it cannot be used.
+    pub redis: Result<Arc<RedisStore>, RedisUnavailable>,
 }
 
 /// Where a plugin's typed configuration comes from. The gateway implements it over its
@@ -76,12 +77,13 @@ pub fn build<S: ConfigSource>(
         rate_limit::NAME => finish(
             source
                 .parse()
-                .map(|c| rate_limit::RateLimit::new(c, scope, ctx.redis.as_ref())),
+                .map(|c| rate_limit::RateLimit::new(c, scope, ctx.redis.as_ref().map_err(|e| *e))),
         ),
         concurrency_limit::NAME => {
             finish(source.parse().map(concurrency_limit::ConcurrencyLimit::new))
         }
         body_limit::NAME => finish(source.parse().map(body_limit::BodyLimit::new)),
+        cors::NAME => finish(source.parse().map(cors::Cors::new)),
         _ => Build::Unknown,
     }
 }

@@ -62,8 +62,17 @@ impl<'e, 'a> Compiler<'e, 'a> {
     }
 
     /// `[admin]`.
-    pub fn admin(&mut self, a: AdminSection) -> Option<SocketAddr> {
+    pub fn admin(&mut self, a: AdminSection, proxy: &[SocketAddr]) -> Option<SocketAddr> {
         match a.listen.get_ref().parse::<SocketAddr>() {
+            Ok(addr) if proxy.contains(&addr) => {
+                self.error(
+                    &a.listen,
+                    "admin.listen",
+                    format!("`{addr}` is also in server.listen"),
+                    Some("give the admin listener its own port".into()),
+                );
+                None
+            }
             Ok(addr) => Some(addr),
             Err(_) => {
                 self.error(

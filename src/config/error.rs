@@ -121,6 +121,14 @@ impl<'a> ErrorSink<'a> {
         }
     }
 
+    /// Drops the quoted source lines of the errors recorded after the first `from`, for
+    /// sections whose values may hold secrets.
+    pub fn redact_since(&mut self, from: usize) {
+        for error in self.errors.iter_mut().skip(from) {
+            error.source_line = None;
+        }
+    }
+
     /// Number of errors recorded so far.
     pub fn len(&self) -> usize {
         self.errors.len()

@@ -169,7 +169,8 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
             specs.push(spec);
         }
     }
-    let admin = admin.and_then(|a| compiler.admin(a));
+    let proxy_listeners = server.as_ref().map_or(&[][..], |s| &s.listen[..]);
+    let admin = admin.and_then(|a| compiler.admin(a, proxy_listeners));
     match server {
         Some(server) if errors.is_empty() => Ok(Config {
             admin,
@@ -278,8 +279,9 @@ respond = { status = 99 }
                        policy = \"redis\"\n";
         let e = errors(limited);
         assert!(
-            e.iter()
-                .any(|x| x.starts_with("routes.r.plugins.rate-limit policy = \"redis\" needs")),
+            e.iter().any(|x| x.starts_with(
+                "routes.r.plugins.rate-limit policy = \"redis\": this needs a [redis] section"
+            )),
             "{e:#?}"
         );
         let bad = format!(
@@ -291,6 +293,28 @@ respond = { status = 99 }
             assert!(keys.contains(&key), "{key} missing in {keys:?}");
         }
         assert!(!loaded.to_string().contains("s3cret"), "{loaded}");
+        assert!(
+            loaded
+                .to_string()
+                .contains("the [redis] section, which has errors"),
+            "{loaded}"
+        );
+        // A misspelt key would otherwise quote its line, password and all.
+        let typo = load_str("t.toml", "[redis]\nuri = \"redis://:s3cret@h:1\"\n").err();
+        let typo = typo.expect("errors").to_string();
+        assert!(
+            typo.contains("redis.uri") && !typo.contains("s3cret"),
+            "{typo}"
+        );
+        let e = errors("[redis]\nurl = \"redis://h:1\"\nkey_prefix = \"a{b}\"\n");
+        assert!(
+            e.iter().any(|x| x.starts_with("redis.key_prefix")),
+            "{e:#?}"
+        );
+        let e = errors(
+            "[server]\nlisten = [\"127.0.0.1:9000\"]\n[admin]\nlisten = \"127.0.0.1:9000\"\n",
+        );
+        assert!(e.iter().any(|x| x.starts_with("admin.listen")), "{e:#?}");
         let e = errors("[redis]\nurls = [\"redis://a:1\", \"redis://b:1\"]\n");
         assert!(
             e.iter().any(|x| x.starts_with("redis.urls several")),

@@ -3,7 +3,7 @@
 
 use super::document::Document;
 use super::model::RedisSection;
-use gantry_plugins::redis_store::{self, RedisSettings, RedisStore};
+use gantry_plugins::redis_store::{self, RedisSettings, RedisStore, RedisUnavailable};
 use std::sync::Arc;
 use std::time::Duration;
 use toml::de::DeValue;
@@ -13,16 +13,23 @@ use toml::Spanned;
 const MAX_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_POOL_SIZE: usize = 1024;
 
-/// Builds the store from `[redis]`, reporting problems (URLs without quoting them: they may
-/// hold a password). `None` when the section is absent or has errors.
+/// Builds the store from `[redis]`, reporting problems (without quoting lines: they may hold a
+/// password), or says why there is none.
 pub fn store<'a>(
     doc: &mut Document<'a>,
     section: Option<Spanned<DeValue<'a>>>,
-) -> Option<Arc<RedisStore>> {
-    let section = section?;
+) -> Result<Arc<RedisStore>, RedisUnavailable> {
+    let section = section.ok_or(RedisUnavailable::NotConfigured)?;
+    build(doc, section).ok_or(RedisUnavailable::Invalid)
+}
+
+fn build<'a>(doc: &mut Document<'a>, section: Spanned<DeValue<'a>>) -> Option<Arc<RedisStore>> {
     let span = section.span();
-    let s: RedisSection = doc.deserialize("redis", section)?;
     let errors_before = doc.errors.len();
+    let parsed: Option<RedisSection> = doc.deserialize("redis", section);
+    // Any problem in this section may quote a URL with its password: never echo the line.
+    doc.errors.redact_since(errors_before);
+    let s = parsed?;
     let from_list = !s.urls.is_empty();
     let urls: Vec<Spanned<String>> = match (s.url, from_list) {
         (Some(url), false) => vec![url],
@@ -65,7 +72,7 @@ pub fn store<'a>(
         }
     }
     let timeout = s.timeout.map_or(Duration::from_millis(50), |d| d.0);
-    if timeout.is_zero() || timeout > MAX_TIMEOUT {
+    if timeout < Duration::from_millis(1) || timeout > MAX_TIMEOUT {
         doc.errors.push(
             Some(span.clone()),
             "redis.timeout",
@@ -82,6 +89,15 @@ pub fn store<'a>(
             None,
         );
     }
+    let key_prefix = s.key_prefix.unwrap_or_else(|| "gantry".into());
+    if key_prefix.is_empty() || key_prefix.contains(['{', '}']) {
+        doc.errors.push(
+            Some(span.clone()),
+            "redis.key_prefix",
+            "key_prefix must be non-empty and without `{` or `}`",
+            Some("braces would change the Redis Cluster hash tag of every key".into()),
+        );
+    }
     if doc.errors.len() > errors_before {
         return None;
     }
@@ -90,7 +106,7 @@ pub fn store<'a>(
         cluster: s.cluster,
         timeout,
         pool_size,
-        key_prefix: s.key_prefix.unwrap_or_else(|| "gantry".into()),
+        key_prefix,
     };
     match RedisStore::new(settings) {
         Ok(store) => Some(Arc::new(store)),

@@ -19,7 +19,7 @@ use crate::router::{normalize_host, Lookup, RequestView, RouteAction};
 use crate::upstream::hash_key::ip_key;
 use async_trait::async_trait;
 use forwarded::X_REQUEST_ID;
-use gantry_plugins::{Flow, Rejection};
+use gantry_plugins::{Flow, PluginState};
 use http::{header, Method, Uri};
 use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -45,21 +45,53 @@ impl Gateway {
         }
     }
 
-    /// Runs the matched route's `on_request` chain; the first refusal wins.
+    /// Runs the matched route's `on_request` chain; the first refusal or answer ends it.
     async fn run_request_plugins(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-    ) -> Result<Option<Rejection>> {
+    ) -> Result<Flow> {
         let Some(route) = &ctx.route else {
-            return Ok(None);
+            return Ok(Flow::Continue);
         };
         for plugin in route.plugins.request.iter() {
-            if let Flow::Reject(rejection) = plugin.on_request(session, &mut ctx.state).await? {
-                return Ok(Some(rejection));
+            match plugin.on_request(session, &mut ctx.state).await? {
+                Flow::Continue => {}
+                stop => return Ok(stop),
             }
         }
-        Ok(None)
+        Ok(Flow::Continue)
+    }
+
+    /// Answers with a plugin's refusal or answer, after the route's response-phase plugins
+    /// (CORS headers, for one) have seen the header.
+    async fn write_plugin_response(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        flow: Flow,
+    ) -> Result<()> {
+        let route = ctx.route.clone();
+        match flow {
+            Flow::Continue => Ok(()),
+            Flow::Reject(rejection) => {
+                let problem = Problem::rejected(&rejection);
+                let (mut resp, body) = problem.response(&ctx.request_id)?;
+                run_response_plugins(route.as_deref(), &mut resp, &mut ctx.state).await?;
+                problem.write(session, resp, body).await
+            }
+            Flow::Answer(answer) => {
+                let mut resp =
+                    ResponseHeader::build(answer.status, Some(answer.headers.len() + 2))?;
+                for (name, value) in answer.headers {
+                    resp.insert_header(name, value)?;
+                }
+                resp.insert_header(header::CONTENT_LENGTH, 0)?;
+                resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+                run_response_plugins(route.as_deref(), &mut resp, &mut ctx.state).await?;
+                session.write_response_header(Box::new(resp), true).await
+            }
+        }
     }
 }
 
@@ -120,7 +152,23 @@ impl ProxyHttp for Gateway {
                 method: &req.method,
                 headers: &req.headers,
             };
-            match self.config.router.lookup(&view) {
+            let mut lookup = self.config.router.lookup(&view);
+            // A CORS preflight belongs to the route of the method it asks about, when that
+            // route answers preflights, even if the route does not list OPTIONS.
+            if let (Lookup::MethodNotAllowed(_), Some(requested)) = (&lookup, preflight_method(req))
+            {
+                let asked = RequestView {
+                    method: &requested,
+                    ..view
+                };
+                if let Lookup::Found(m) = self.config.router.lookup(&asked) {
+                    let cors = gantry_plugins::cors::NAME;
+                    if m.route.plugins.request.iter().any(|p| p.name() == cors) {
+                        lookup = Lookup::Found(m);
+                    }
+                }
+            }
+            match lookup {
                 Lookup::Found(m) => {
                     ctx.prefix_len = m.prefix_len;
                     ctx.route = Some(Arc::clone(m.route));
@@ -143,10 +191,9 @@ impl ProxyHttp for Gateway {
             }
         };
         if matches!(decision, Decision::Proxy | Decision::Respond(_)) {
-            if let Some(rejection) = self.run_request_plugins(session, ctx).await? {
-                Problem::rejected(&rejection)
-                    .send(session, &ctx.request_id)
-                    .await?;
+            let flow = self.run_request_plugins(session, ctx).await?;
+            if flow != Flow::Continue {
+                self.write_plugin_response(session, ctx, flow).await?;
                 return Ok(true);
             }
         }
@@ -229,8 +276,7 @@ impl ProxyHttp for Gateway {
         ctx.state.request_body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
         if let Some(route) = &ctx.route {
             for plugin in route.plugins.request_body.iter() {
-                if let Flow::Reject(rejection) =
-                    plugin.on_request_body(body, end_of_stream, &mut ctx.state)
+                if let Some(rejection) = plugin.on_request_body(body, end_of_stream, &mut ctx.state)
                 {
                     ctx.body_rejection = Some(rejection);
                     return Error::e_explain(BODY_REJECTED, "a plugin refused the request body");
@@ -423,6 +469,29 @@ fn strip_prefix(uri: &Uri, prefix_len: usize) -> Result<Uri> {
 }
 
 /// Writes a route's direct response; the route's response-phase plugins see its header too.
+/// Runs `route`'s response-phase plugins on a response the gateway writes itself.
+async fn run_response_plugins(
+    route: Option<&crate::router::Route>,
+    resp: &mut ResponseHeader,
+    state: &mut PluginState,
+) -> Result<()> {
+    if let Some(route) = route {
+        for plugin in route.plugins.response.iter() {
+            plugin.on_response(resp, state).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The method a CORS preflight asks for (`OPTIONS` with `Access-Control-Request-Method`).
+fn preflight_method(req: &pingora::http::RequestHeader) -> Option<Method> {
+    if req.method != Method::OPTIONS {
+        return None;
+    }
+    let requested = req.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    Method::from_bytes(requested.as_bytes()).ok()
+}
+
 async fn write_direct_response(
     session: &mut Session,
     route: &crate::router::Route,
@@ -437,9 +506,7 @@ async fn write_direct_response(
     }
     resp.insert_header(header::CONTENT_LENGTH, direct.body.len())?;
     resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
-    for plugin in route.plugins.response.iter() {
-        plugin.on_response(&mut resp, &mut ctx.state).await?;
-    }
+    run_response_plugins(Some(route), &mut resp, &mut ctx.state).await?;
     let no_body = direct.body.is_empty() || session.req_header().method == Method::HEAD;
     session
         .write_response_header(Box::new(resp), no_body)

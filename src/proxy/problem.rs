@@ -163,6 +163,12 @@ impl<'a> Problem<'a> {
 
     /// Writes the problem as the response. The connection is closed afterwards for 400 and 431.
     pub async fn send(&self, session: &mut Session, request_id: &HeaderValue) -> Result<()> {
+        let (resp, body) = self.response(request_id)?;
+        self.write(session, resp, body).await
+    }
+
+    /// The response header and body, for callers that adjust the header before writing.
+    pub fn response(&self, request_id: &HeaderValue) -> Result<(ResponseHeader, String)> {
         let body = self.body(request_id.to_str().unwrap_or_default());
         let mut resp = ResponseHeader::build(self.status, Some(5 + self.headers.len()))?;
         resp.insert_header(header::CONTENT_TYPE, "application/problem+json")?;
@@ -176,6 +182,16 @@ impl<'a> Problem<'a> {
         for (name, value) in self.headers {
             resp.insert_header(name.clone(), value.clone())?;
         }
+        Ok((resp, body))
+    }
+
+    /// Writes `resp` and `body` (from [`Problem::response`]).
+    pub async fn write(
+        &self,
+        session: &mut Session,
+        resp: ResponseHeader,
+        body: String,
+    ) -> Result<()> {
         if self.close {
             session.set_keepalive(None);
         }

@@ -8,6 +8,15 @@ async fn the_admin_listener_serves_metrics_and_health_apart_from_the_proxy() {
     let g = Gantry::start(&format!(
         "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\n"
     ));
+    // The admin service binds on its own; wait for it like the harness waits for the proxy.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "admin listener not up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let url = |path: &str| format!("http://127.0.0.1:{admin}{path}");
     let health = client().get(url("/health")).send().await.expect("health");
     assert_eq!(health.status(), 200);

@@ -274,7 +274,10 @@ async fn body_limit_refuses_large_bodies_by_length_and_while_streaming() {
     let hits = up.hits();
     let resp = post(vec![b'a'; 1025].into()).await.expect("answered");
     let problem = assert_problem(resp, 413, "body-too-large").await;
-    assert!(problem["detail"].as_str().unwrap_or_default().contains("1024"));
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("1024"));
     assert_eq!(up.hits(), hits, "the upstream never saw it");
 
     // Chunked, without a length: refused once the running total passes the limit.

@@ -61,13 +61,20 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// A `[redis]` section for this server.
+    /// A `[redis]` section for this server. Its timeout is generous: on a loaded test machine
+    /// the first call (connect, load the script) must not fall back to `on_store_error`.
     pub fn section(&self) -> String {
-        if self.cluster {
-            format!("[redis]\nurls = [\"{}\"]\ncluster = true\n", self.url())
+        self.section_with_timeout("1s")
+    }
+
+    /// A `[redis]` section with this `timeout`.
+    pub fn section_with_timeout(&self, timeout: &str) -> String {
+        let target = if self.cluster {
+            format!("urls = [\"{}\"]\ncluster = true", self.url())
         } else {
-            format!("[redis]\nurl = \"{}\"\n", self.url())
-        }
+            format!("url = \"{}\"", self.url())
+        };
+        format!("[redis]\n{target}\ntimeout = \"{timeout}\"\n")
     }
 
     /// Kills the server; its data is gone.
