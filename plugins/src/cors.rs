@@ -365,3 +365,69 @@ impl Plugin for Cors {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cors(origins: &[&str], credentials: bool) -> Result<Cors, String> {
+        Cors::new(Config {
+            allow_origins: origins.iter().map(|o| o.to_string()).collect(),
+            allow_methods: default_methods(),
+            allow_headers: Vec::new(),
+            expose_headers: Vec::new(),
+            allow_credentials: credentials,
+            max_age: None,
+        })
+    }
+
+    #[test]
+    fn origins_match_exactly_or_by_subdomain_with_default_ports_ignored() {
+        let c = cors(
+            &[
+                "https://App.example.com:443",
+                "https://*.example.org",
+                "http://[::1]:8080",
+            ],
+            true,
+        )
+        .expect("valid");
+        for yes in [
+            "https://app.example.com",
+            "https://app.example.com:443",
+            "https://a.example.org",
+            "https://a.b.example.org",
+            "http://[::1]:8080",
+        ] {
+            assert!(c.origin_allowed(yes), "{yes}");
+        }
+        for no in [
+            "http://app.example.com",
+            "https://app.example.com:8443",
+            "https://example.org",
+            "https://evilexample.org",
+            "https://a.example.org:444",
+            "null",
+            "https://app.example.com/path",
+            "https://user@app.example.com",
+        ] {
+            assert!(!c.origin_allowed(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn config_mistakes_are_errors() {
+        assert!(cors(&["*"], true).is_err_and(|e| e.contains("allow_credentials")));
+        assert!(cors(&["*"], false).is_ok());
+        assert!(cors(&[], false).is_err());
+        for bad in [
+            "app.example.com",
+            "https://a.*.com",
+            "https://*",
+            "ftp://x.com",
+            "https://x.com/",
+        ] {
+            assert!(cors(&[bad], false).is_err(), "{bad}");
+        }
+    }
+}

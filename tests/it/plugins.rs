@@ -294,3 +294,126 @@ async fn body_limit_refuses_large_bodies_by_length_and_while_streaming() {
         .expect("answered");
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test]
+async fn cors_answers_preflights_itself_and_marks_only_allowed_origins() {
+    let up = Upstream::start("api").await;
+    let g = Gantry::start(&format!(
+        r#"
+[consumers.app]
+keys = ["app-key-123456"]
+[clusters.api]
+backends = ["{}"]
+[routes.api]
+paths = ["/api"]
+methods = ["GET", "POST", "PUT"]
+cluster = "api"
+[routes.api.plugins.key-auth]
+[routes.api.plugins.cors]
+allow_origins = ["https://app.example.com", "https://*.example.com"]
+allow_methods = ["GET", "POST"]
+allow_headers = ["authorization", "content-type", "x-api-key"]
+expose_headers = ["x-request-id"]
+allow_credentials = true
+max_age = "10m"
+"#,
+        up.addr
+    ));
+    let preflight = |origin: &'static str, method: &'static str, headers: &'static str| {
+        client()
+            .request(reqwest::Method::OPTIONS, g.url("/api"))
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", headers)
+            .send()
+    };
+    let vary_has_origin = |resp: &reqwest::Response| {
+        resp.headers()
+            .get_all("vary")
+            .iter()
+            .any(|v| v.to_str().unwrap_or_default().contains("Origin"))
+    };
+
+    // Allowed (the route lists no OPTIONS: the preflight belongs to the POST it asks about).
+    for origin in ["https://app.example.com", "https://eu.example.com"] {
+        let resp = preflight(origin, "POST", "Content-Type, X-Api-Key")
+            .await
+            .expect("answered");
+        assert_eq!(resp.status(), 204, "{origin}");
+        let h = resp.headers();
+        assert_eq!(h["access-control-allow-origin"], origin);
+        assert_eq!(h["access-control-allow-credentials"], "true");
+        assert_eq!(h["access-control-allow-methods"], "GET, POST");
+        assert_eq!(
+            h["access-control-allow-headers"],
+            "authorization, content-type, x-api-key"
+        );
+        assert_eq!(h["access-control-max-age"], "600");
+        assert!(vary_has_origin(&resp));
+    }
+    assert_eq!(up.hits(), 0, "preflights are never forwarded");
+
+    // Refused: another origin (never reflected), a method or a header not allowed.
+    for (origin, method, headers) in [
+        ("https://evil.com", "POST", "content-type"),
+        ("https://example.com.evil.com", "GET", ""),
+        ("https://app.example.com", "PUT", ""),
+        ("https://app.example.com", "POST", "x-secret"),
+    ] {
+        let resp = preflight(origin, method, headers).await.expect("answered");
+        assert!(resp.headers().get("access-control-allow-origin").is_none());
+        assert_problem(resp, 403, "cors-forbidden").await;
+    }
+
+    // A preflight for a method the route does not serve at all is the route's 405.
+    let resp = preflight("https://app.example.com", "DELETE", "")
+        .await
+        .expect("answered");
+    assert_problem(resp, 405, "method-not-allowed").await;
+
+    // Actual requests: an allowed origin gets the headers, on success and on errors alike.
+    let ok = g
+        .get(
+            "/api",
+            &[
+                ("origin", "https://app.example.com"),
+                ("x-api-key", "app-key-123456"),
+            ],
+        )
+        .await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(
+        ok.headers()["access-control-expose-headers"],
+        "x-request-id"
+    );
+    assert!(vary_has_origin(&ok));
+    let denied = g
+        .get("/api", &[("origin", "https://app.example.com")])
+        .await;
+    assert_eq!(
+        denied.headers()["access-control-allow-origin"],
+        "https://app.example.com",
+        "the browser can read the 401"
+    );
+    assert_problem(denied, 401, "missing-credentials").await;
+    let other = g
+        .get(
+            "/api",
+            &[
+                ("origin", "https://evil.com"),
+                ("x-api-key", "app-key-123456"),
+            ],
+        )
+        .await;
+    assert_eq!(other.status(), 200);
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    assert!(vary_has_origin(&other));
+
+    let (ok, text) =
+        check_config("[plugins.cors]\nallow_origins = [\"*\"]\nallow_credentials = true\n");
+    assert!(!ok && text.contains("allow_credentials"), "{text}");
+}
