@@ -29,6 +29,8 @@ pub mod query;
 pub mod rate_limit;
 pub mod redis_store;
 pub mod registry;
+pub mod request_transform;
+pub mod template;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,10 +43,11 @@ use std::sync::Arc;
 
 /// What the gateway knows about a request that plugins may read and update. It lives as long
 /// as the request: whatever it holds (like a concurrency slot) is released when the request ends.
-#[derive(Default)]
 pub struct PluginState {
     /// The matched route's name.
     pub route: Arc<str>,
+    /// The request id, echoed on the response and sent upstream.
+    pub request_id: HeaderValue,
     /// The client address, after `server.trusted_proxies`.
     pub client_ip: Option<IpAddr>,
     /// The consumer an authentication plugin resolved the request to.
@@ -59,6 +62,22 @@ pub struct PluginState {
     pub request_body_bytes: u64,
     /// Concurrency slots held until the request ends.
     pub slots: Vec<pingora_limits::inflight::Guard>,
+}
+
+impl Default for PluginState {
+    fn default() -> Self {
+        PluginState {
+            route: Arc::from(""),
+            request_id: HeaderValue::from_static(""),
+            client_ip: None,
+            consumer: None,
+            jwt_claims: None,
+            rate_limit: None,
+            cors_origin: None,
+            request_body_bytes: 0,
+            slots: Vec::new(),
+        }
+    }
 }
 
 /// A refusal: the gateway turns it into an RFC 9457 problem+json response.

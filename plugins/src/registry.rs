@@ -2,9 +2,10 @@
 
 use crate::consumer::Consumers;
 use crate::redis_store::{RedisStore, RedisUnavailable};
+use crate::template::TemplateScope;
 use crate::{
     acl, basic_auth, body_limit, concurrency_limit, cors, ip_restriction, jwt_auth, key_auth,
-    rate_limit, Plugin,
+    rate_limit, request_transform, Plugin,
 };
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -20,7 +21,16 @@ pub const NAMES: &[&str] = &[
     rate_limit::NAME,
     body_limit::NAME,
     cors::NAME,
+    request_transform::NAME,
 ];
+
+/// Where a plugin instance is configured.
+pub struct PluginScope {
+    /// `global`, or `route:NAME`: instances never share state across scopes.
+    pub name: String,
+    /// What the instance's templates may refer to.
+    pub templates: TemplateScope,
+}
 
 /// What plugins may need from the rest of the configuration.
 pub struct BuildContext {
@@ -49,10 +59,10 @@ pub enum Build {
     Ready(Arc<dyn Plugin>),
 }
 
-/// Builds the plugin `name` from `source`, for `scope`: `global` or the route's name.
+/// Builds the plugin `name` from `source`, for `scope`.
 pub fn build<S: ConfigSource>(
     name: &str,
-    scope: &str,
+    scope: &PluginScope,
     source: &mut S,
     ctx: &BuildContext,
 ) -> Build {
@@ -74,16 +84,19 @@ pub fn build<S: ConfigSource>(
                 .map(|c| basic_auth::BasicAuth::new(c, Arc::clone(&ctx.consumers))),
         ),
         acl::NAME => finish(source.parse().map(acl::Acl::new)),
-        rate_limit::NAME => finish(
-            source
-                .parse()
-                .map(|c| rate_limit::RateLimit::new(c, scope, ctx.redis.as_ref().map_err(|e| *e))),
-        ),
+        rate_limit::NAME => finish(source.parse().map(|c| {
+            rate_limit::RateLimit::new(c, &scope.name, ctx.redis.as_ref().map_err(|e| *e))
+        })),
         concurrency_limit::NAME => {
             finish(source.parse().map(concurrency_limit::ConcurrencyLimit::new))
         }
         body_limit::NAME => finish(source.parse().map(body_limit::BodyLimit::new)),
         cors::NAME => finish(source.parse().map(cors::Cors::new)),
+        request_transform::NAME => finish(
+            source
+                .parse()
+                .map(|c| request_transform::RequestTransform::new(c, &scope.templates)),
+        ),
         _ => Build::Unknown,
     }
 }

@@ -133,8 +133,9 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
         .map(|mut e| {
             let key = format!("routes.{}", e.name);
             let span = e.value.span();
+            let path_regexes = plugins::regex_paths(&e.value);
             let overrides = Document::take_child(&mut e.value, "plugins")
-                .map(|p| plugins::route(&mut doc, &key, p, &build_ctx))
+                .map(|p| plugins::route(&mut doc, &key, p, path_regexes, &build_ctx))
                 .unwrap_or_default();
             let section = doc.deserialize::<model::RouteSection>(&key, e.value);
             (

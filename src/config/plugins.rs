@@ -5,7 +5,8 @@ use super::document::Document;
 use super::error::did_you_mean;
 use super::model::ConsumerSection;
 use gantry_plugins::consumer::{ConsumerSpec, Consumers};
-use gantry_plugins::registry::{self, Build, BuildContext, ConfigSource};
+use gantry_plugins::registry::{self, Build, BuildContext, ConfigSource, PluginScope};
+use gantry_plugins::template::TemplateScope;
 use gantry_plugins::{Plugin, PluginChain};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -42,20 +43,50 @@ pub fn global<'a>(
         .into_iter()
         .filter_map(|e| {
             let key = format!("plugins.{}", e.name);
-            build(doc, &key, "global", &e.name, e.value, ctx).map(|p| (e.name, p))
+            let scope = PluginScope {
+                name: "global".into(),
+                templates: TemplateScope::default(),
+            };
+            build(doc, &key, &scope, &e.name, e.value, ctx).map(|p| (e.name, p))
+        })
+        .collect()
+}
+
+/// The regexes of a route's `~` paths, for `$path.NAME` in its plugins' templates. Invalid
+/// ones are left out here; the route's own checks report them.
+pub fn regex_paths(route: &Spanned<DeValue<'_>>) -> Vec<regex::Regex> {
+    let DeValue::Table(table) = route.get_ref() else {
+        return Vec::new();
+    };
+    let Some(paths) = table.iter().find(|(k, _)| k.get_ref() == "paths") else {
+        return Vec::new();
+    };
+    let DeValue::Array(paths) = paths.1.get_ref() else {
+        return Vec::new();
+    };
+    paths
+        .iter()
+        .filter_map(|p| match p.get_ref() {
+            DeValue::String(s) => s.strip_prefix('~').and_then(|r| regex::Regex::new(r).ok()),
+            _ => None,
         })
         .collect()
 }
 
 /// `[routes.R.plugins.*]`: the route's replacements and `enabled = false` switches.
+/// `path_regexes` are the route's regex paths.
 pub fn route<'a>(
     doc: &mut Document<'a>,
     route_key: &str,
     section: Spanned<DeValue<'a>>,
+    path_regexes: Vec<regex::Regex>,
     ctx: &BuildContext,
 ) -> Vec<Override> {
     let section_key = format!("{route_key}.plugins");
-    let scope = route_key.replacen("routes.", "route:", 1);
+    let scope = PluginScope {
+        name: route_key.replacen("routes.", "route:", 1),
+        templates: TemplateScope { path_regexes },
+    };
     doc.entries(&section_key, section)
         .into_iter()
         .filter_map(|mut e| {
@@ -101,7 +132,7 @@ pub fn chain(global: &[(String, Arc<dyn Plugin>)], overrides: &[Override]) -> Pl
 fn build<'a>(
     doc: &mut Document<'a>,
     key: &str,
-    scope: &str,
+    scope: &PluginScope,
     name: &str,
     value: Spanned<DeValue<'a>>,
     ctx: &BuildContext,

@@ -76,7 +76,7 @@ impl Gateway {
             Flow::Continue => Ok(()),
             Flow::Reject(rejection) => {
                 let problem = Problem::rejected(&rejection);
-                let (mut resp, body) = problem.response(&ctx.request_id)?;
+                let (mut resp, body) = problem.response(&ctx.state.request_id)?;
                 run_response_plugins(route.as_deref(), &mut resp, &mut ctx.state).await?;
                 problem.write(session, resp, body).await
             }
@@ -87,7 +87,7 @@ impl Gateway {
                     resp.insert_header(name, value)?;
                 }
                 resp.insert_header(header::CONTENT_LENGTH, 0)?;
-                resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+                resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
                 run_response_plugins(route.as_deref(), &mut resp, &mut ctx.state).await?;
                 session.write_response_header(Box::new(resp), true).await
             }
@@ -127,7 +127,7 @@ impl ProxyHttp for Gateway {
         let peer = peer_ip(session);
         ctx.peer_trusted = peer.is_some_and(|ip| settings.is_trusted(ip));
         let req = session.req_header();
-        ctx.request_id = forwarded::request_id(&req.headers, ctx.peer_trusted);
+        ctx.state.request_id = forwarded::request_id(&req.headers, ctx.peer_trusted);
         ctx.state.client_ip = forwarded::client_ip(peer, ctx.peer_trusted, &req.headers, settings);
 
         let path = req.uri.path();
@@ -208,7 +208,7 @@ impl ProxyHttp for Gateway {
                     allow: &allow,
                     ..Problem::new(kind, &detail)
                 };
-                problem.send(session, &ctx.request_id).await?;
+                problem.send(session, &ctx.state.request_id).await?;
                 Ok(true)
             }
         }
@@ -305,7 +305,7 @@ impl ProxyHttp for Gateway {
                 .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()),
         };
         forwarded::set_forwarded_headers(upstream, peer_ip(session), ctx.peer_trusted, host)?;
-        upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        upstream.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
         forwarded::set_consumer_headers(upstream, ctx.state.consumer.as_deref())?;
         if let Some(route) = &ctx.route {
             for plugin in route.plugins.upstream_request.iter() {
@@ -337,7 +337,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
         if let Some(route) = &ctx.route {
             for plugin in route.plugins.response.iter() {
                 plugin
@@ -384,8 +384,8 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         };
-        if ctx.request_id.is_empty() {
-            ctx.request_id = forwarded::new_request_id();
+        if ctx.state.request_id.is_empty() {
+            ctx.state.request_id = forwarded::new_request_id();
         }
         if let Some(rejection) = ctx.body_rejection.take() {
             let problem = Problem {
@@ -393,7 +393,7 @@ impl ProxyHttp for Gateway {
                 ..Problem::rejected(&rejection)
             };
             if session.response_written().is_none() {
-                if let Err(err) = problem.send(session, &ctx.request_id).await {
+                if let Err(err) = problem.send(session, &ctx.state.request_id).await {
                     log::debug!("could not send the error response: {err}");
                 }
             }
@@ -411,7 +411,7 @@ impl ProxyHttp for Gateway {
                 _ => "the request failed inside the gateway",
             };
             if let Err(err) = Problem::new(kind, detail)
-                .send(session, &ctx.request_id)
+                .send(session, &ctx.state.request_id)
                 .await
             {
                 log::debug!("could not send the error response: {err}");
@@ -505,7 +505,7 @@ async fn write_direct_response(
         resp.insert_header(name.clone(), value.clone())?;
     }
     resp.insert_header(header::CONTENT_LENGTH, direct.body.len())?;
-    resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+    resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
     run_response_plugins(Some(route), &mut resp, &mut ctx.state).await?;
     let no_body = direct.body.is_empty() || session.req_header().method == Method::HEAD;
     session

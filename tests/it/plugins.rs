@@ -417,3 +417,72 @@ max_age = "10m"
         check_config("[plugins.cors]\nallow_origins = [\"*\"]\nallow_credentials = true\n");
     assert!(!ok && text.contains("allow_credentials"), "{text}");
 }
+
+#[tokio::test]
+async fn request_transform_reshapes_headers_query_and_path_with_variables() {
+    let up = Upstream::start("users").await;
+    let g = Gantry::start(&format!(
+        r#"
+[consumers.alice]
+keys = ["alice-key-123456"]
+[clusters.users]
+backends = ["{}"]
+[routes.users]
+paths = ["~^/users/(?<id>[0-9]+)$"]
+cluster = "users"
+[routes.users.plugins.key-auth]
+[routes.users.plugins.request-transform]
+set_headers = {{ "x-gateway" = "gantry", "x-user" = "$consumer", "x-user-id" = "$path.id", "x-spoofed" = "$header.x-absent" }}
+add_headers = {{ "x-trace" = "$request_id", "x-from" = "$client_ip via $method $host" }}
+remove_headers = ["cookie"]
+rename_headers = {{ "x-old" = "x-new" }}
+set_query = {{ "source" = "edge", "who" = "$consumer & co" }}
+remove_query = ["debug"]
+rewrite = {{ pattern = "^/users/([0-9]+)$", replacement = "/api/users/$1" }}
+"#,
+        up.addr
+    ));
+    let resp = g
+        .get(
+            "/users/42?debug=1&keep=yes&source=client",
+            &[
+                ("x-api-key", "alice-key-123456"),
+                ("cookie", "session=secret"),
+                ("x-old", "renamed"),
+                ("x-spoofed", "by-client"),
+                ("x-request-id", "ignored-untrusted"),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let echo: Value = resp.json().await.expect("echo");
+    assert_eq!(
+        echo["uri"],
+        "/api/users/42?keep=yes&source=edge&who=alice+%26+co"
+    );
+    let h = &echo["headers"];
+    assert_eq!(h["x-gateway"], "gantry");
+    assert_eq!(h["x-user"], "alice");
+    assert_eq!(h["x-user-id"], "42");
+    assert_eq!(h["x-trace"], request_id.as_str());
+    assert_eq!(
+        h["x-from"],
+        format!("127.0.0.1 via GET 127.0.0.1:{}", g.port)
+    );
+    assert_eq!(h["x-new"], "renamed");
+    assert!(h.get("x-old").is_none() && h.get("cookie").is_none());
+    assert!(
+        h.get("x-spoofed").is_none(),
+        "set to empty: removed, not passed through"
+    );
+
+    let (ok, text) = check_config(
+        "[routes.r]\npaths = [\"/r\"]\nrespond = { body = \"x\" }\n\
+         [routes.r.plugins.request-transform]\nset_headers = { \"x-id\" = \"$path.id\" }\n",
+    );
+    assert!(!ok && text.contains("$path.id"), "{text}");
+}

@@ -1,0 +1,287 @@
+//! `request-transform`: reshapes the request sent upstream: headers set, added, removed and
+//! renamed, query parameters set and removed, the path rewritten by a regex. Values are
+//! [templates](crate::template) parsed at load; they read the request as it goes upstream,
+//! before this plugin's own changes.
+
+use crate::template::{Template, TemplateScope};
+use crate::{Phases, Plugin, PluginState};
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue, Uri};
+use pingora::http::RequestHeader;
+use regex::Regex;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The configuration name.
+pub const NAME: &str = "request-transform";
+
+/// `rewrite = { pattern = "^/v1/(.*)$", replacement = "/api/$1" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteConfig {
+    /// A regex matched against the path.
+    pub pattern: String,
+    /// The new path; `$1`, `$name` are the pattern's captures.
+    pub replacement: String,
+}
+
+/// `[routes.R.plugins.request-transform]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Headers replaced (or removed when the value renders empty).
+    #[serde(default)]
+    pub set_headers: BTreeMap<String, String>,
+    /// Headers appended (skipped when the value renders empty).
+    #[serde(default)]
+    pub add_headers: BTreeMap<String, String>,
+    /// Headers removed.
+    #[serde(default)]
+    pub remove_headers: Vec<String>,
+    /// Headers renamed: `{ "x-old" = "x-new" }`.
+    #[serde(default)]
+    pub rename_headers: BTreeMap<String, String>,
+    /// Query parameters replaced (or removed when the value renders empty).
+    #[serde(default)]
+    pub set_query: BTreeMap<String, String>,
+    /// Query parameters removed.
+    #[serde(default)]
+    pub remove_query: Vec<String>,
+    /// The path rewrite.
+    pub rewrite: Option<RewriteConfig>,
+}
+
+/// A compiled `request-transform`.
+pub struct RequestTransform {
+    set_headers: Vec<(HeaderName, Template)>,
+    add_headers: Vec<(HeaderName, Template)>,
+    remove_headers: Vec<HeaderName>,
+    rename_headers: Vec<(HeaderName, HeaderName)>,
+    set_query: Vec<(String, Template)>,
+    /// Names whose pairs are dropped: removed ones and replaced ones.
+    drop_query: Vec<String>,
+    rewrite: Option<(Regex, String)>,
+}
+
+fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("`{name}` is not a valid header name"))
+}
+
+fn templates(
+    map: &BTreeMap<String, String>,
+    scope: &TemplateScope,
+) -> Result<Vec<(HeaderName, Template)>, String> {
+    map.iter()
+        .map(|(name, value)| Ok((header_name(name)?, Template::parse(value, scope)?)))
+        .collect()
+}
+
+impl RequestTransform {
+    /// Compiles `config`; templates may use what `scope` offers.
+    pub fn new(config: Config, scope: &TemplateScope) -> Result<Self, String> {
+        let query_name = |name: &String| {
+            if name.is_empty() || name.contains(['&', '=', '#', ' ']) {
+                Err(format!("`{name}` is not a query parameter name"))
+            } else {
+                Ok(name.clone())
+            }
+        };
+        let rewrite = match config.rewrite {
+            None => None,
+            Some(r) => {
+                let regex = Regex::new(&r.pattern)
+                    .map_err(|e| format!("rewrite.pattern is not a valid regex: {e}"))?;
+                if !r.replacement.starts_with('/') {
+                    return Err("rewrite.replacement must start with `/`".into());
+                }
+                Some((regex, r.replacement))
+            }
+        };
+        let set_query = config
+            .set_query
+            .iter()
+            .map(|(k, v)| Ok((query_name(k)?, Template::parse(v, scope)?)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut drop_query = config
+            .remove_query
+            .iter()
+            .map(query_name)
+            .collect::<Result<Vec<_>, _>>()?;
+        drop_query.extend(set_query.iter().map(|(k, _)| k.clone()));
+        Ok(RequestTransform {
+            set_headers: templates(&config.set_headers, scope)?,
+            add_headers: templates(&config.add_headers, scope)?,
+            remove_headers: config
+                .remove_headers
+                .iter()
+                .map(|h| header_name(h))
+                .collect::<Result<_, _>>()?,
+            rename_headers: config
+                .rename_headers
+                .iter()
+                .map(|(from, to)| Ok((header_name(from)?, header_name(to)?)))
+                .collect::<Result<_, String>>()?,
+            set_query,
+            drop_query,
+            rewrite,
+        })
+    }
+
+    /// Renders `templates` against `req` (before any change).
+    fn render<K: Clone>(
+        templates: &[(K, Template)],
+        req: &RequestHeader,
+        state: &PluginState,
+    ) -> Vec<(K, String)> {
+        templates
+            .iter()
+            .map(|(k, t)| {
+                let mut value = String::new();
+                t.render(req, state, &mut value);
+                (k.clone(), value)
+            })
+            .collect()
+    }
+
+    /// The new path-and-query, when the query or path changes.
+    fn new_uri(&self, uri: &Uri, set_query: &[(String, String)]) -> Option<String> {
+        let path = uri.path();
+        let rewritten = self.rewrite.as_ref().and_then(|(regex, replacement)| {
+            regex
+                .is_match(path)
+                .then(|| regex.replace(path, replacement.as_str()).into_owned())
+        });
+        let query_changes = !self.drop_query.is_empty();
+        if rewritten.is_none() && !query_changes {
+            return None;
+        }
+        let mut out = rewritten.unwrap_or_else(|| path.to_string());
+        let kept = uri
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|pair| {
+                let name = pair.split('=').next().unwrap_or_default();
+                !pair.is_empty() && !self.drop_query.iter().any(|d| d == name)
+            });
+        let mut first = true;
+        let mut push = |out: &mut String, pair: &str| {
+            out.push(if first { '?' } else { '&' });
+            first = false;
+            out.push_str(pair);
+        };
+        for pair in kept {
+            push(&mut out, pair);
+        }
+        for (name, value) in set_query.iter().filter(|(_, v)| !v.is_empty()) {
+            let pair: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair(name, value)
+                .finish();
+            push(&mut out, &pair);
+        }
+        Some(out)
+    }
+}
+
+#[async_trait]
+impl Plugin for RequestTransform {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn priority(&self) -> i32 {
+        // After authentication and limits, so `$consumer` and `$jwt.*` are known, and after
+        // their consumer headers, so a transform can still change them.
+        500
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::UPSTREAM_REQUEST
+    }
+
+    async fn on_upstream_request(
+        &self,
+        upstream: &mut RequestHeader,
+        state: &mut PluginState,
+    ) -> pingora::Result<()> {
+        let set = Self::render(&self.set_headers, upstream, state);
+        let add = Self::render(&self.add_headers, upstream, state);
+        let set_query = Self::render(&self.set_query, upstream, state);
+        for name in &self.remove_headers {
+            upstream.remove_header(name);
+        }
+        for (from, to) in &self.rename_headers {
+            let values: Vec<HeaderValue> = upstream.headers.get_all(from).iter().cloned().collect();
+            if values.is_empty() {
+                continue;
+            }
+            upstream.remove_header(from);
+            upstream.remove_header(to);
+            for value in values {
+                upstream.append_header(to.clone(), value)?;
+            }
+        }
+        for (name, value) in set {
+            upstream.remove_header(&name);
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                if !value.is_empty() {
+                    upstream.insert_header(name, value)?;
+                }
+            }
+        }
+        for (name, value) in add {
+            match HeaderValue::from_str(&value) {
+                Ok(value) if !value.is_empty() => {
+                    upstream.append_header(name, value)?;
+                }
+                _ => {}
+            }
+        }
+        if let Some(uri) = self.new_uri(&upstream.uri, &set_query) {
+            match uri.parse::<Uri>() {
+                Ok(uri) => upstream.set_uri(uri),
+                Err(e) => log::warn!(
+                    "request-transform: the rewritten URI is invalid ({e}); sent unchanged"
+                ),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_mistakes_are_errors() {
+        let scope = TemplateScope::default();
+        let bad = |c: Config| RequestTransform::new(c, &scope).err().unwrap_or_default();
+        let mut c = Config::default();
+        c.set_headers.insert("bad header".into(), "x".into());
+        assert!(bad(c).contains("not a valid header name"));
+        let mut c = Config::default();
+        c.add_headers.insert("x-a".into(), "$nope".into());
+        assert!(bad(c).contains("unknown variable"));
+        let mut c = Config::default();
+        c.remove_query.push("a&b".into());
+        assert!(bad(c).contains("query parameter"));
+        let c = Config {
+            rewrite: Some(RewriteConfig {
+                pattern: "(".into(),
+                replacement: "/x".into(),
+            }),
+            ..Config::default()
+        };
+        assert!(bad(c).contains("regex"));
+        let c = Config {
+            rewrite: Some(RewriteConfig {
+                pattern: "^/a$".into(),
+                replacement: "b".into(),
+            }),
+            ..Config::default()
+        };
+        assert!(bad(c).contains("start with"));
+    }
+}
