@@ -80,7 +80,7 @@ impl Plugin for BodyLimit {
 
     fn on_request_body(
         &self,
-        _body: &Option<Bytes>,
+        _body: &mut Option<Bytes>,
         _end_of_stream: bool,
         state: &mut PluginState,
     ) -> Option<Rejection> {
@@ -102,10 +102,10 @@ mod tests {
             request_body_bytes: 10,
             ..PluginState::default()
         };
-        assert_eq!(limit.on_request_body(&None, false, &mut state), None);
+        assert_eq!(limit.on_request_body(&mut None, false, &mut state), None);
         state.request_body_bytes = 11;
         let r = limit
-            .on_request_body(&None, false, &mut state)
+            .on_request_body(&mut None, false, &mut state)
             .expect("over the limit");
         assert_eq!((r.status, r.slug), (413, "body-too-large"));
     }

@@ -16,7 +16,7 @@ use http::header::{
     ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
 };
 use http::{HeaderName, HeaderValue, Method};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use serde::Deserialize;
 
@@ -340,6 +340,7 @@ impl Plugin for Cors {
 
     async fn on_response(
         &self,
+        _request: &RequestHeader,
         response: &mut ResponseHeader,
         state: &mut PluginState,
     ) -> pingora::Result<()> {

@@ -21,6 +21,7 @@ pub mod config_types;
 pub mod consumer;
 pub mod cors;
 pub mod ip_restriction;
+pub mod json_body;
 pub mod jwks;
 pub mod jwt_auth;
 pub mod key_auth;
@@ -30,6 +31,7 @@ pub mod rate_limit;
 pub mod redis_store;
 pub mod registry;
 pub mod request_transform;
+pub mod response_transform;
 pub mod template;
 
 use async_trait::async_trait;
@@ -60,6 +62,12 @@ pub struct PluginState {
     pub cors_origin: Option<HeaderValue>,
     /// Request body bytes received so far.
     pub request_body_bytes: u64,
+    /// The request body being buffered for `request-transform`'s `json_body`.
+    pub request_json: Option<json_body::JsonBuffer>,
+    /// The response body being buffered for `response-transform`'s `json_body`.
+    pub response_json: Option<json_body::JsonBuffer>,
+    /// The response being filtered came from the upstream (not from the gateway itself).
+    pub response_from_upstream: bool,
     /// Concurrency slots held until the request ends.
     pub slots: Vec<pingora_limits::inflight::Guard>,
 }
@@ -75,6 +83,9 @@ impl Default for PluginState {
             rate_limit: None,
             cors_origin: None,
             request_body_bytes: 0,
+            request_json: None,
+            response_json: None,
+            response_from_upstream: false,
             slots: Vec::new(),
         }
     }
@@ -176,7 +187,7 @@ pub trait Plugin: Send + Sync {
     /// allocated per chunk. A refusal aborts the upload and answers the client with it.
     fn on_request_body(
         &self,
-        _body: &Option<Bytes>,
+        _body: &mut Option<Bytes>,
         _end_of_stream: bool,
         _state: &mut PluginState,
     ) -> Option<Rejection> {
@@ -204,6 +215,7 @@ pub trait Plugin: Send + Sync {
     /// On the response header about to be sent to the client.
     async fn on_response(
         &self,
+        _request: &RequestHeader,
         _response: &mut ResponseHeader,
         _state: &mut PluginState,
     ) -> pingora::Result<()> {

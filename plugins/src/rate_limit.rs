@@ -36,7 +36,7 @@ use crate::redis_store::{RedisStore, RedisUnavailable, StoreUnavailable};
 use crate::{Flow, Phases, Plugin, PluginState, Rejection};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora_limits::rate::{Rate, RateComponents};
 use serde::Deserialize;
@@ -606,6 +606,7 @@ impl Plugin for RateLimit {
 
     async fn on_response(
         &self,
+        _request: &RequestHeader,
         response: &mut ResponseHeader,
         state: &mut PluginState,
     ) -> pingora::Result<()> {

@@ -5,7 +5,7 @@ use crate::redis_store::{RedisStore, RedisUnavailable};
 use crate::template::TemplateScope;
 use crate::{
     acl, basic_auth, body_limit, concurrency_limit, cors, ip_restriction, jwt_auth, key_auth,
-    rate_limit, request_transform, Plugin,
+    rate_limit, request_transform, response_transform, Plugin,
 };
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -22,6 +22,7 @@ pub const NAMES: &[&str] = &[
     body_limit::NAME,
     cors::NAME,
     request_transform::NAME,
+    response_transform::NAME,
 ];
 
 /// Where a plugin instance is configured.
@@ -92,6 +93,11 @@ pub fn build<S: ConfigSource>(
         }
         body_limit::NAME => finish(source.parse().map(body_limit::BodyLimit::new)),
         cors::NAME => finish(source.parse().map(cors::Cors::new)),
+        response_transform::NAME => finish(
+            source
+                .parse()
+                .map(|c| response_transform::ResponseTransform::new(c, &scope.templates)),
+        ),
         request_transform::NAME => finish(
             source
                 .parse()

@@ -1,13 +1,18 @@
 //! `request-transform`: reshapes the request sent upstream: headers set, added, removed and
-//! renamed, query parameters set and removed, the path rewritten by a regex. Values are
+//! renamed, query parameters set and removed, the path rewritten by a regex, a JSON body
+//! edited ([`crate::json_body`]). Values are
 //! [templates](crate::template) parsed at load; they read the request as it goes upstream,
 //! before this plugin's own changes.
 
+use crate::json_body::{JsonBodyConfig, JsonEdits};
 use crate::template::{Template, TemplateScope};
-use crate::{Phases, Plugin, PluginState};
+use crate::{Flow, Phases, Plugin, PluginState, Rejection};
 use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, Uri};
 use pingora::http::RequestHeader;
+use pingora::proxy::Session;
 use regex::Regex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -49,6 +54,8 @@ pub struct Config {
     pub remove_query: Vec<String>,
     /// The path rewrite.
     pub rewrite: Option<RewriteConfig>,
+    /// Edits of a JSON request body.
+    pub json_body: Option<JsonBodyConfig>,
 }
 
 /// A compiled `request-transform`.
@@ -61,6 +68,7 @@ pub struct RequestTransform {
     /// Names whose pairs are dropped: removed ones and replaced ones.
     drop_query: Vec<String>,
     rewrite: Option<(Regex, String)>,
+    json: Option<JsonEdits>,
 }
 
 fn header_name(name: &str) -> Result<HeaderName, String> {
@@ -125,6 +133,10 @@ impl RequestTransform {
             set_query,
             drop_query,
             rewrite,
+            json: config
+                .json_body
+                .map(|c| JsonEdits::new(c, scope))
+                .transpose()?,
         })
     }
 
@@ -197,7 +209,37 @@ impl Plugin for RequestTransform {
     }
 
     fn phases(&self) -> Phases {
-        Phases::UPSTREAM_REQUEST
+        match self.json {
+            Some(_) => Phases::REQUEST
+                .and(Phases::UPSTREAM_REQUEST)
+                .and(Phases::REQUEST_BODY),
+            None => Phases::UPSTREAM_REQUEST,
+        }
+    }
+
+    /// Decides, before any body arrives, whether the JSON body is buffered for editing.
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        state: &mut PluginState,
+    ) -> pingora::Result<Flow> {
+        if let Some(json) = &self.json {
+            let req = session.req_header();
+            state.request_json = json.start(&req.headers, req, state);
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn on_request_body(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        state: &mut PluginState,
+    ) -> Option<Rejection> {
+        if let (Some(json), Some(buffer)) = (&self.json, state.request_json.as_mut()) {
+            json.on_chunk(buffer, body, end_of_stream);
+        }
+        None
     }
 
     async fn on_upstream_request(
@@ -237,6 +279,11 @@ impl Plugin for RequestTransform {
                 }
                 _ => {}
             }
+        }
+        if state.request_json.is_some() {
+            // The edited body's length is known only at its end.
+            upstream.remove_header(&CONTENT_LENGTH);
+            upstream.insert_header(TRANSFER_ENCODING, "chunked")?;
         }
         if let Some(uri) = self.new_uri(&upstream.uri, &set_query) {
             match uri.parse::<Uri>() {

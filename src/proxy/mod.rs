@@ -77,7 +77,13 @@ impl Gateway {
             Flow::Reject(rejection) => {
                 let problem = Problem::rejected(&rejection);
                 let (mut resp, body) = problem.response(&ctx.state.request_id)?;
-                run_response_plugins(route.as_deref(), &mut resp, &mut ctx.state).await?;
+                run_response_plugins(
+                    route.as_deref(),
+                    session.req_header(),
+                    &mut resp,
+                    &mut ctx.state,
+                )
+                .await?;
                 problem.write(session, resp, body).await
             }
             Flow::Answer(answer) => {
@@ -88,7 +94,13 @@ impl Gateway {
                 }
                 resp.insert_header(header::CONTENT_LENGTH, 0)?;
                 resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
-                run_response_plugins(route.as_deref(), &mut resp, &mut ctx.state).await?;
+                run_response_plugins(
+                    route.as_deref(),
+                    session.req_header(),
+                    &mut resp,
+                    &mut ctx.state,
+                )
+                .await?;
                 session.write_response_header(Box::new(resp), true).await
             }
         }
@@ -333,19 +345,19 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
-        if let Some(route) = &ctx.route {
-            for plugin in route.plugins.response.iter() {
-                plugin
-                    .on_response(upstream_response, &mut ctx.state)
-                    .await?;
-            }
-        }
-        Ok(())
+        ctx.state.response_from_upstream = true;
+        run_response_plugins(
+            ctx.route.as_deref(),
+            session.req_header(),
+            upstream_response,
+            &mut ctx.state,
+        )
+        .await
     }
 
     fn response_body_filter(
@@ -468,16 +480,16 @@ fn strip_prefix(uri: &Uri, prefix_len: usize) -> Result<Uri> {
         .map_err(|_| Error::explain(ErrorType::InternalError, "stripped path is not a valid URI"))
 }
 
-/// Writes a route's direct response; the route's response-phase plugins see its header too.
-/// Runs `route`'s response-phase plugins on a response the gateway writes itself.
+/// Runs `route`'s response-phase plugins on a response header for `request`.
 async fn run_response_plugins(
     route: Option<&crate::router::Route>,
+    request: &pingora::http::RequestHeader,
     resp: &mut ResponseHeader,
     state: &mut PluginState,
 ) -> Result<()> {
     if let Some(route) = route {
         for plugin in route.plugins.response.iter() {
-            plugin.on_response(resp, state).await?;
+            plugin.on_response(request, resp, state).await?;
         }
     }
     Ok(())
@@ -492,6 +504,7 @@ fn preflight_method(req: &pingora::http::RequestHeader) -> Option<Method> {
     Method::from_bytes(requested.as_bytes()).ok()
 }
 
+/// Writes a route's direct response; the route's response-phase plugins see its header too.
 async fn write_direct_response(
     session: &mut Session,
     route: &crate::router::Route,
@@ -506,7 +519,7 @@ async fn write_direct_response(
     }
     resp.insert_header(header::CONTENT_LENGTH, direct.body.len())?;
     resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
-    run_response_plugins(Some(route), &mut resp, &mut ctx.state).await?;
+    run_response_plugins(Some(route), session.req_header(), &mut resp, &mut ctx.state).await?;
     let no_body = direct.body.is_empty() || session.req_header().method == Method::HEAD;
     session
         .write_response_header(Box::new(resp), no_body)

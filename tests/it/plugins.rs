@@ -486,3 +486,72 @@ rewrite = {{ pattern = "^/users/([0-9]+)$", replacement = "/api/users/$1" }}
     );
     assert!(!ok && text.contains("$path.id"), "{text}");
 }
+
+#[tokio::test]
+async fn transforms_edit_json_bodies_and_response_headers_with_framing_fixed() {
+    let up = Upstream::start("json").await;
+    let g = Gantry::start(&format!(
+        r#"
+[clusters.json]
+backends = ["{}"]
+[routes.json]
+paths = ["/json"]
+cluster = "json"
+[routes.json.plugins.request-transform]
+json_body = {{ set = {{ "/meta/source" = "gantry", "/meta/method" = "$method", "/meta/n" = 1 }}, remove = ["/password"], max_size = "1KiB" }}
+[routes.json.plugins.response-transform]
+set_headers = {{ "cache-control" = "no-store", "x-route" = "$route" }}
+remove_headers = ["x-powered-by"]
+json_body = {{ remove = ["/headers/user-agent"], rename = {{ "/uri" = "/path" }} }}
+"#,
+        up.addr
+    ));
+    let post = |content_type: &'static str, body: String| {
+        client()
+            .post(g.url("/json"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+
+    let resp = post("application/json", r#"{"name":"a","password":"p"}"#.into())
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert_eq!(resp.headers()["x-route"], "json");
+    assert!(resp.headers().get("content-length").is_none(), "re-framed");
+    let echo: Value = resp.json().await.expect("edited JSON");
+    assert_eq!(echo["path"], "/json");
+    assert!(echo.get("uri").is_none());
+    assert!(echo["headers"].get("user-agent").is_none());
+    assert_eq!(echo["headers"]["transfer-encoding"], "chunked");
+    assert!(echo["headers"].get("content-length").is_none());
+    let sent: Value = serde_json::from_str(echo["body"].as_str().expect("body")).expect("json");
+    assert_eq!(
+        sent,
+        serde_json::json!({"name": "a", "meta": {"source": "gantry", "method": "POST", "n": 1}})
+    );
+
+    // Not JSON, or over max_size: passed untouched.
+    let text = "password=p".to_string();
+    let echo: Value = post("text/plain", text.clone())
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(echo["body"], text.as_str());
+    let big = format!(r#"{{"password":"p","pad":"{}"}}"#, "x".repeat(2048));
+    let echo: Value = post("application/json", big.clone())
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(echo["body"], big.as_str());
+    assert_eq!(
+        echo["headers"]["content-length"],
+        big.len().to_string().as_str()
+    );
+}

@@ -1,0 +1,145 @@
+//! `response-transform`: reshapes the response sent to the client: headers set, added and
+//! removed (values are [templates](crate::template) read from the request), and an upstream's
+//! JSON body edited ([`crate::json_body`]). Responses the gateway writes itself (direct
+//! responses, problems) get the header changes only.
+
+use crate::json_body::{JsonBodyConfig, JsonEdits};
+use crate::template::{Template, TemplateScope};
+use crate::{Phases, Plugin, PluginState};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderName, HeaderValue, Method};
+use pingora::http::{RequestHeader, ResponseHeader};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The configuration name.
+pub const NAME: &str = "response-transform";
+
+/// `[routes.R.plugins.response-transform]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Headers replaced (or removed when the value renders empty).
+    #[serde(default)]
+    pub set_headers: BTreeMap<String, String>,
+    /// Headers appended (skipped when the value renders empty).
+    #[serde(default)]
+    pub add_headers: BTreeMap<String, String>,
+    /// Headers removed.
+    #[serde(default)]
+    pub remove_headers: Vec<String>,
+    /// Edits of a JSON response body.
+    pub json_body: Option<JsonBodyConfig>,
+}
+
+/// A compiled `response-transform`.
+pub struct ResponseTransform {
+    set_headers: Vec<(HeaderName, Template)>,
+    add_headers: Vec<(HeaderName, Template)>,
+    remove_headers: Vec<HeaderName>,
+    json: Option<JsonEdits>,
+}
+
+fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("`{name}` is not a valid header name"))
+}
+
+fn templates(
+    map: &BTreeMap<String, String>,
+    scope: &TemplateScope,
+) -> Result<Vec<(HeaderName, Template)>, String> {
+    map.iter()
+        .map(|(name, value)| Ok((header_name(name)?, Template::parse(value, scope)?)))
+        .collect()
+}
+
+fn render(template: &Template, req: &RequestHeader, state: &PluginState) -> Option<HeaderValue> {
+    let mut text = String::new();
+    template.render(req, state, &mut text);
+    HeaderValue::from_str(&text).ok().filter(|v| !v.is_empty())
+}
+
+impl ResponseTransform {
+    /// Compiles `config`; templates may use what `scope` offers.
+    pub fn new(config: Config, scope: &TemplateScope) -> Result<Self, String> {
+        Ok(ResponseTransform {
+            set_headers: templates(&config.set_headers, scope)?,
+            add_headers: templates(&config.add_headers, scope)?,
+            remove_headers: config
+                .remove_headers
+                .iter()
+                .map(|h| header_name(h))
+                .collect::<Result<_, _>>()?,
+            json: config
+                .json_body
+                .map(|c| JsonEdits::new(c, scope))
+                .transpose()?,
+        })
+    }
+}
+
+#[async_trait]
+impl Plugin for ResponseTransform {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn priority(&self) -> i32 {
+        500
+    }
+
+    fn phases(&self) -> Phases {
+        match self.json {
+            Some(_) => Phases::RESPONSE.and(Phases::RESPONSE_BODY),
+            None => Phases::RESPONSE,
+        }
+    }
+
+    async fn on_response(
+        &self,
+        request: &RequestHeader,
+        response: &mut ResponseHeader,
+        state: &mut PluginState,
+    ) -> pingora::Result<()> {
+        for name in &self.remove_headers {
+            response.remove_header(name);
+        }
+        for (name, template) in &self.set_headers {
+            response.remove_header(name);
+            if let Some(value) = render(template, request, state) {
+                response.insert_header(name.clone(), value)?;
+            }
+        }
+        for (name, template) in &self.add_headers {
+            if let Some(value) = render(template, request, state) {
+                response.append_header(name.clone(), value)?;
+            }
+        }
+        let has_body =
+            request.method != Method::HEAD && !matches!(response.status.as_u16(), 204 | 304);
+        if let (Some(json), true, true) = (&self.json, state.response_from_upstream, has_body) {
+            state.response_json = json.start(&response.headers, request, state);
+            if state.response_json.is_some() {
+                // The edited body's length is known only at its end.
+                response.remove_header(&CONTENT_LENGTH);
+                response.insert_header(TRANSFER_ENCODING, "chunked")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_response_body(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        state: &mut PluginState,
+    ) -> pingora::Result<()> {
+        if let (Some(json), Some(buffer)) = (&self.json, state.response_json.as_mut()) {
+            json.on_chunk(buffer, body, end_of_stream);
+        }
+        Ok(())
+    }
+}
