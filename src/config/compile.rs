@@ -5,12 +5,14 @@
 
 use super::error::{did_you_mean, ErrorSink};
 use super::model::{
-    AdminSection, BalancerKind, ClusterSection, HealthCheckKind, HealthCheckSection,
+    AdminSection, BalancerKind, ClusterSection, HealthCheckKind, HealthCheckSection, ProtocolKind,
     RespondSection, RouteSection, ServerSection,
 };
 use super::ServerSettings;
 use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction, RouteSpec};
-use crate::upstream::{BackendAddr, Cluster, HashOn, HealthCheckSpec, Timeouts};
+use crate::upstream::{
+    BackendAddr, Cluster, HashOn, HealthCheckSpec, Protocol, Timeouts, Transport,
+};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
@@ -187,10 +189,14 @@ impl<'e, 'a> Compiler<'e, 'a> {
                             "list each backend once and use weight to send it more traffic".into(),
                         ),
                     ),
-                Ok(addrs) => backends.extend(addrs.into_iter().map(|addr| BackendAddr {
-                    addr,
-                    weight: b.weight,
-                })),
+                Ok(addrs) => {
+                    let host = backend_host(&b.addr);
+                    backends.extend(addrs.into_iter().map(|addr| BackendAddr {
+                        addr,
+                        weight: b.weight,
+                        host: host.clone(),
+                    }))
+                }
                 Err(e) => self.error(
                     spec,
                     &bkey,
@@ -249,8 +255,66 @@ impl<'e, 'a> Compiler<'e, 'a> {
             );
         }
         let health = c.health_check.and_then(|h| self.health_check(&key, h));
-        (self.error_count() == before)
-            .then(|| Cluster::new(name, &backends, hash_on, timeouts, retries, health))
+        let transport = self.transport(&key, &c.protocol, c.tls, c.sni, c.verify, &backends);
+        (self.error_count() == before).then(|| {
+            Cluster::new(
+                name, &backends, hash_on, timeouts, &transport, retries, health,
+            )
+        })
+    }
+
+    /// `protocol`, `tls`, `sni` and `verify` of a cluster.
+    fn transport(
+        &mut self,
+        key: &str,
+        protocol: &ProtocolKind,
+        tls: bool,
+        sni: Option<String>,
+        verify: Option<bool>,
+        backends: &[BackendAddr],
+    ) -> Transport {
+        let protocol = match (protocol, tls) {
+            (ProtocolKind::Http1, _) => Protocol::Http1,
+            (ProtocolKind::H2, true) => Protocol::H2,
+            (ProtocolKind::H2c, false) => Protocol::H2c,
+            (ProtocolKind::H2, false) => {
+                self.entry_error(
+                    &format!("{key}.protocol"),
+                    "protocol = \"h2\" is HTTP/2 over TLS and needs tls = true",
+                    Some("set tls = true, or use protocol = \"h2c\" for cleartext HTTP/2".into()),
+                );
+                Protocol::H2
+            }
+            (ProtocolKind::H2c, true) => {
+                self.entry_error(
+                    &format!("{key}.protocol"),
+                    "protocol = \"h2c\" is cleartext HTTP/2 and cannot use tls = true",
+                    Some("use protocol = \"h2\" with tls = true".into()),
+                );
+                Protocol::H2c
+            }
+        };
+        if !tls && (sni.is_some() || verify.is_some()) {
+            self.entry_error(
+                &format!("{key}.tls"),
+                "`sni` and `verify` only apply with tls = true",
+                Some("set tls = true or remove them".into()),
+            );
+        }
+        let verify = verify.unwrap_or(true);
+        if tls && verify && sni.is_none() && backends.iter().any(|b| b.host.is_empty()) {
+            self.entry_error(
+                &format!("{key}.sni"),
+                "verifying TLS needs a server name, and a backend is an IP address",
+                Some("set sni = \"backend.example.com\" (the name in its certificate)".into()),
+            );
+        }
+        Transport {
+            protocol,
+            tls,
+            sni,
+            verify,
+        }
     }
 
     fn health_check(
@@ -573,4 +637,15 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
         return Err(format!("backend `{addr}` resolved to no address"));
     }
     Ok(addrs)
+}
+
+/// The host part of a backend written as `host:port`, empty when it is an IP address.
+fn backend_host(addr: &str) -> String {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<IpAddr>().is_ok() {
+        String::new()
+    } else {
+        host.to_string()
+    }
 }

@@ -109,6 +109,29 @@ pub struct ClusterSection {
     pub retries: Option<u32>,
     /// Active health checking. Default: none (every backend is considered up).
     pub health_check: Option<HealthCheckSection>,
+    /// `http1`, `h2` (HTTP/2 over TLS) or `h2c` (HTTP/2 cleartext). Default `http1`.
+    #[serde(default)]
+    pub protocol: ProtocolKind,
+    /// Connect to the backends with TLS. Default `false`.
+    #[serde(default)]
+    pub tls: bool,
+    /// The TLS server name sent and verified. Default: each backend's host name.
+    pub sni: Option<String>,
+    /// Verify the backends' certificates and host names. Default `true` (with `tls`).
+    pub verify: Option<bool>,
+}
+
+/// `protocol = "…"` of a cluster.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtocolKind {
+    /// HTTP/1.1 (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS.
+    H2,
+    /// HTTP/2 cleartext (prior knowledge).
+    H2c,
 }
 
 /// One entry of `backends`.

@@ -3,6 +3,7 @@
 //! All clusters are probed by one background service ([`HealthChecks`]) on one thread, each
 //! cluster on its own interval, rather than one Pingora service (and thread) per cluster.
 
+use super::Transport;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
@@ -32,11 +33,14 @@ pub struct HealthCheckSpec {
 }
 
 impl HealthCheckSpec {
-    /// The Pingora health check this spec describes.
-    pub fn build(&self) -> Box<dyn HealthCheck + Send + Sync> {
+    /// The Pingora health check this spec describes, over the cluster's `transport` (HTTP
+    /// checks speak its protocol and TLS, with `sni`).
+    pub fn build(&self, transport: &Transport, sni: &str) -> Box<dyn HealthCheck + Send + Sync> {
         match &self.http_request {
             Some(req) => {
-                let mut hc = HttpHealthCheck::new("localhost", false);
+                let mut hc = HttpHealthCheck::new("localhost", transport.tls);
+                hc.peer_template.sni = sni.to_string();
+                transport.apply(&mut hc.peer_template.options);
                 hc.req = req.clone();
                 hc.consecutive_success = self.healthy_threshold;
                 hc.consecutive_failure = self.unhealthy_threshold;

@@ -43,6 +43,44 @@ pub struct BackendAddr {
     pub addr: SocketAddr,
     /// Relative weight (round robin only).
     pub weight: usize,
+    /// The host name it was written with (empty for an IP address): its default TLS SNI.
+    pub host: String,
+}
+
+/// The HTTP version spoken to a cluster's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+    /// HTTP/2 over cleartext TCP, with prior knowledge.
+    H2c,
+}
+
+/// How the gateway connects to a cluster's backends.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    /// The HTTP version.
+    pub protocol: Protocol,
+    /// Connect with TLS.
+    pub tls: bool,
+    /// The TLS server name; `None`: each backend's host name.
+    pub sni: Option<String>,
+    /// Verify the certificate chain and host name.
+    pub verify: bool,
+}
+
+impl Transport {
+    /// Applies the transport to `peer`'s options.
+    pub fn apply(&self, options: &mut pingora::upstreams::peer::PeerOptions) {
+        match self.protocol {
+            Protocol::Http1 => options.set_http_version(1, 1),
+            Protocol::H2 | Protocol::H2c => options.set_http_version(2, 2),
+        }
+        options.verify_cert = self.verify;
+        options.verify_hostname = self.verify;
+    }
 }
 
 /// The selection algorithm and its balancer.
@@ -78,6 +116,7 @@ impl Cluster {
         backends: &[BackendAddr],
         hash_on: Option<HashOn>,
         timeouts: Timeouts,
+        transport: &Transport,
         retries: u32,
         health: Option<HealthCheckSpec>,
     ) -> Cluster {
@@ -89,13 +128,19 @@ impl Cluster {
                 ext: Default::default(),
             })
             .collect();
+        let health_sni = transport
+            .sni
+            .clone()
+            .or_else(|| backends.first().map(|b| b.host.clone()))
+            .unwrap_or_default();
+        let checks = health.as_ref().map(|h| h.build(transport, &health_sni));
         let selector = match hash_on {
-            None => Selector::RoundRobin(Arc::new(balancer(&set, health.as_ref()))),
-            Some(key) => Selector::Consistent(Arc::new(balancer(&set, health.as_ref())), key),
+            None => Selector::RoundRobin(Arc::new(balancer(&set, checks))),
+            Some(key) => Selector::Consistent(Arc::new(balancer(&set, checks)), key),
         };
         let peers = backends
             .iter()
-            .map(|b| (b.addr, peer_for(b.addr, &timeouts)))
+            .map(|b| (b.addr, peer_for(b, &timeouts, transport)))
             .collect();
         Cluster {
             name: name.into(),
@@ -136,14 +181,17 @@ impl Cluster {
     }
 }
 
-fn balancer<S>(set: &BTreeSet<Backend>, health: Option<&HealthCheckSpec>) -> LoadBalancer<S>
+fn balancer<S>(
+    set: &BTreeSet<Backend>,
+    checks: Option<Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync>>,
+) -> LoadBalancer<S>
 where
     S: pingora::lb::selection::BackendSelection + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
 {
     let mut backends = Backends::new(Static::new(set.clone()));
-    if let Some(spec) = health {
-        backends.set_health_check(spec.build());
+    if let Some(checks) = checks {
+        backends.set_health_check(checks);
     }
     let lb = LoadBalancer::from_backends(backends);
     // Static discovery never waits and never fails: fill the selector now so the first
@@ -152,8 +200,13 @@ where
     lb
 }
 
-fn peer_for(addr: SocketAddr, t: &Timeouts) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, false, String::new());
+fn peer_for(backend: &BackendAddr, t: &Timeouts, transport: &Transport) -> HttpPeer {
+    let sni = transport
+        .sni
+        .clone()
+        .unwrap_or_else(|| backend.host.clone());
+    let mut peer = HttpPeer::new(backend.addr, transport.tls, sni);
+    transport.apply(&mut peer.options);
     peer.options.connection_timeout = Some(t.connect);
     peer.options.total_connection_timeout = Some(t.connect);
     peer.options.read_timeout = Some(t.read);

@@ -1,6 +1,6 @@
 //! Proxying: what reaches the upstream and what comes back.
 
-use crate::common::{client, Gantry, Upstream};
+use crate::common::{assert_problem, check_config, client, Gantry, Upstream};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -218,4 +218,78 @@ async fn backend_host_names_are_resolved_at_load() {
         assert_eq!(echo["upstream"], "named");
     }
     assert_eq!(up.hits(), 10);
+}
+
+#[tokio::test]
+async fn clusters_speak_h2c_h2_over_tls_and_verify_certificates_by_default() {
+    use crate::common::tls_upstream::ProtocolUpstream;
+    let h2c = ProtocolUpstream::h2c().await;
+    let tls = ProtocolUpstream::tls().await;
+    let g = Gantry::start(&format!(
+        r#"
+[clusters.h2c]
+backends = ["{h2c}"]
+protocol = "h2c"
+[clusters.h2]
+backends = ["{tls}"]
+protocol = "h2"
+tls = true
+sni = "localhost"
+verify = false
+[clusters.h1tls]
+backends = ["{tls}"]
+tls = true
+sni = "localhost"
+verify = false
+[clusters.verified]
+backends = ["{tls}"]
+tls = true
+sni = "localhost"
+[routes.h2c]
+paths = ["/h2c"]
+cluster = "h2c"
+[routes.h2]
+paths = ["/h2"]
+cluster = "h2"
+[routes.h1tls]
+paths = ["/h1tls"]
+cluster = "h1tls"
+[routes.verified]
+paths = ["/verified"]
+cluster = "verified"
+"#,
+        h2c = h2c.addr,
+        tls = tls.addr
+    ));
+    // HTTP/1.1 clients reach HTTP/2 upstreams, cleartext and over TLS.
+    for (path, version, over_tls) in [
+        ("/h2c", "HTTP/2.0", false),
+        ("/h2", "HTTP/2.0", true),
+        ("/h1tls", "HTTP/1.1", true),
+    ] {
+        let resp = g.get(path, &[]).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["version"], version, "{path}");
+        assert_eq!(body["tls"], over_tls, "{path}");
+        assert_eq!(body["path"], path);
+    }
+    // Certificates are verified unless `verify = false`: a self-signed one is refused.
+    assert_problem(g.get("/verified", &[]).await, 502, "upstream-unavailable").await;
+
+    for (config, complaint) in [
+        ("protocol = \"h2\"", "needs tls = true"),
+        (
+            "protocol = \"h2c\"\ntls = true\nsni = \"x\"",
+            "cannot use tls",
+        ),
+        ("verify = false", "only apply with tls"),
+        ("tls = true", "set sni"),
+    ] {
+        let (ok, text) = check_config(&format!(
+            "[clusters.c]\nbackends = [\"127.0.0.1:1\"]\n{config}\n"
+        ));
+        assert!(!ok && text.contains(complaint), "{config}: {text}");
+    }
 }

@@ -2,6 +2,7 @@
 //! on ephemeral loopback ports.
 
 pub mod redis_server;
+pub mod tls_upstream;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

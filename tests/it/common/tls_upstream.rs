@@ -1,0 +1,90 @@
+//! Upstreams speaking other protocols: HTTP/2 cleartext (prior knowledge), and TLS with a
+//! fresh self-signed certificate for `localhost` offering HTTP/2 and HTTP/1.1 by ALPN. Each
+//! answers `{"version": "HTTP/2.0", "path": ..., "tls": bool}`.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+
+/// A running upstream; stopped on drop.
+pub struct ProtocolUpstream {
+    pub addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ProtocolUpstream {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn answer(req: Request<Incoming>, tls: bool) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let json = serde_json::json!({
+        "version": format!("{:?}", req.version()),
+        "path": req.uri().path(),
+        "tls": tls,
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json.to_string())))
+        .expect("response"))
+}
+
+impl ProtocolUpstream {
+    /// HTTP/2 only, cleartext, prior knowledge.
+    pub async fn h2c() -> ProtocolUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service_fn(|r| answer(r, false)))
+                        .await;
+                });
+            }
+        });
+        ProtocolUpstream { addr, server }
+    }
+
+    /// TLS with a self-signed certificate for `localhost`; ALPN `h2` and `http/1.1`.
+    pub async fn tls() -> ProtocolUpstream {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .expect("server config");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                conns.spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service_fn(|r| answer(r, true)))
+                        .await;
+                });
+            }
+        });
+        ProtocolUpstream { addr, server }
+    }
+}
