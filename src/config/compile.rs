@@ -479,6 +479,13 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 None
             }
         };
+        if r.grpc_web && r.cluster.is_none() {
+            self.entry_error(
+                &format!("{key}.grpc_web"),
+                "grpc_web bridges to a gRPC upstream and needs `cluster`",
+                None,
+            );
+        }
         if self.error_count() != before {
             return None;
         }
@@ -488,6 +495,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
             headers,
             priority: r.priority,
             strip_prefix: r.strip_prefix,
+            grpc_web: r.grpc_web,
             plugins,
             action: action?,
         };

@@ -81,6 +81,8 @@ pub struct Config {
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     /// The admin listener, when `[admin]` is configured.
     pub admin: Option<SocketAddr>,
+    /// Some route bridges gRPC-Web (the bridge module is loaded only then).
+    pub grpc_web: bool,
 }
 
 /// Reads and compiles the file at `path`.
@@ -172,9 +174,11 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
     }
     let proxy_listeners = server.as_ref().map_or(&[][..], |s| &s.listen[..]);
     let admin = admin.and_then(|a| compiler.admin(a, proxy_listeners));
+    let grpc_web = specs.iter().any(|s| s.route.grpc_web);
     match server {
         Some(server) if errors.is_empty() => Ok(Config {
             admin,
+            grpc_web,
             server,
             router: Router::new(specs),
             clusters: clusters

@@ -240,6 +240,10 @@ pub struct RouteSection {
     pub cluster: Option<Spanned<String>>,
     /// A direct response served by the gateway itself.
     pub respond: Option<Spanned<RespondSection>>,
+    /// Bridge gRPC-Web clients (HTTP/1.1, `application/grpc-web`) to the gRPC upstream.
+    /// Default `false`.
+    #[serde(default)]
+    pub grpc_web: bool,
 }
 
 /// `respond = { … }` of a route.

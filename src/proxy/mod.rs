@@ -22,6 +22,8 @@ use forwarded::X_REQUEST_ID;
 use gantry_plugins::{Flow, PluginState};
 use http::{header, Method, Uri};
 use pingora::http::ResponseHeader;
+use pingora::modules::http::grpc_web::{GrpcWeb, GrpcWebBridge};
+use pingora::protocols::http::bridge::grpc_web::GrpcWebCtx;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -42,6 +44,21 @@ impl Gateway {
         Gateway {
             config,
             keepalive_secs,
+        }
+    }
+
+    /// The route `req` matches, if any (without the checks `request_filter` makes first).
+    fn route_of(&self, req: &pingora::http::RequestHeader) -> Option<Arc<crate::router::Route>> {
+        let host = normalize_host(request_host(req));
+        let view = RequestView {
+            host: &host,
+            path: req.uri.path(),
+            method: &req.method,
+            headers: &req.headers,
+        };
+        match self.config.router.lookup(&view) {
+            Lookup::Found(m) => Some(Arc::clone(m.route)),
+            _ => None,
         }
     }
 
@@ -127,7 +144,34 @@ impl ProxyHttp for Gateway {
 
     /// No downstream modules: Pingora's default adds a disabled compression module whose
     /// per-request setup costs CPU for nothing.
-    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        // Modules cost every request something; the gRPC-Web bridge is loaded only when a
+        // route uses it.
+        if self.config.grpc_web {
+            modules.add_module(Box::new(GrpcWeb));
+        }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // The bridge rewrites the request before routing, so a gRPC-Web request is routed
+        // here first, and bridged only on a route with `grpc_web = true`.
+        if self.config.grpc_web && grpc_web_kind(session.req_header()) == Some(GrpcWebKind::Binary)
+        {
+            let bridged = self
+                .route_of(session.req_header())
+                .is_some_and(|r| r.grpc_web);
+            if bridged {
+                if let Some(bridge) = session.downstream_modules_ctx.get_mut::<GrpcWebBridge>() {
+                    bridge.init();
+                }
+            }
+        }
+        Ok(())
+    }
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::default()
@@ -186,6 +230,16 @@ impl ProxyHttp for Gateway {
                     ctx.route = Some(Arc::clone(m.route));
                     ctx.state.route = Arc::clone(&m.route.name);
                     match m.route.action {
+                        RouteAction::Proxy(_)
+                            if m.route.grpc_web
+                                && grpc_web_kind(req) == Some(GrpcWebKind::Text) =>
+                        {
+                            Decision::Problem(
+                                ProblemKind::UnsupportedMediaType,
+                                "gRPC-Web text (base64) is not supported: send application/grpc-web+proto".into(),
+                                Vec::new(),
+                            )
+                        }
                         RouteAction::Proxy(_) => Decision::Proxy,
                         RouteAction::Respond(_) => Decision::Respond(Arc::clone(m.route)),
                     }
@@ -319,6 +373,16 @@ impl ProxyHttp for Gateway {
         forwarded::set_forwarded_headers(upstream, peer_ip(session), ctx.peer_trusted, host)?;
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
         forwarded::set_consumer_headers(upstream, ctx.state.consumer.as_deref())?;
+        let bridged = ctx.route.as_ref().is_some_and(|r| r.grpc_web)
+            && session
+                .downstream_modules_ctx
+                .get::<GrpcWebBridge>()
+                .is_some_and(|b| **b != GrpcWebCtx::Disabled);
+        if bridged {
+            // The bridge asks for `te: trailers` (gRPC requires it), but Pingora strips TE as
+            // hop-by-hop when it turns an HTTP/1.1 request into HTTP/2, before this filter.
+            upstream.insert_header(header::TE, "trailers")?;
+        }
         if let Some(route) = &ctx.route {
             for plugin in route.plugins.upstream_request.iter() {
                 plugin.on_upstream_request(upstream, &mut ctx.state).await?;
@@ -493,6 +557,30 @@ async fn run_response_plugins(
         }
     }
     Ok(())
+}
+
+/// The two gRPC-Web encodings.
+#[derive(Debug, PartialEq, Eq)]
+enum GrpcWebKind {
+    /// `application/grpc-web[+proto]`: bridged by Pingora's module.
+    Binary,
+    /// `application/grpc-web-text[+proto]` (base64): not supported.
+    Text,
+}
+
+fn grpc_web_kind(req: &pingora::http::RequestHeader) -> Option<GrpcWebKind> {
+    let content_type = req.headers.get(header::CONTENT_TYPE)?.as_bytes();
+    let starts = |prefix: &[u8]| {
+        content_type.len() >= prefix.len()
+            && content_type[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    if starts(b"application/grpc-web-text") {
+        Some(GrpcWebKind::Text)
+    } else if starts(b"application/grpc-web") {
+        Some(GrpcWebKind::Binary)
+    } else {
+        None
+    }
 }
 
 /// The method a CORS preflight asks for (`OPTIONS` with `Access-Control-Request-Method`).

@@ -26,6 +26,8 @@ pub enum ProblemKind {
     NoRoute,
     /// 405: a route matched the path but not the method.
     MethodNotAllowed,
+    /// 415: the body's media type is not supported here (gRPC-Web text).
+    UnsupportedMediaType,
     /// 431: the request line and headers are larger than `server.max_request_header_size`.
     HeaderTooLarge,
     /// 500: a bug or an unexpected internal failure.
@@ -45,6 +47,7 @@ impl ProblemKind {
             ProblemKind::MalformedRequest => 400,
             ProblemKind::NoRoute => 404,
             ProblemKind::MethodNotAllowed => 405,
+            ProblemKind::UnsupportedMediaType => 415,
             ProblemKind::HeaderTooLarge => 431,
             ProblemKind::Internal => 500,
             ProblemKind::UpstreamUnavailable => 502,
@@ -59,6 +62,7 @@ impl ProblemKind {
             ProblemKind::MalformedRequest => "malformed-request",
             ProblemKind::NoRoute => "no-route",
             ProblemKind::MethodNotAllowed => "method-not-allowed",
+            ProblemKind::UnsupportedMediaType => "unsupported-media-type",
             ProblemKind::HeaderTooLarge => "header-too-large",
             ProblemKind::Internal => "internal-error",
             ProblemKind::UpstreamUnavailable => "upstream-unavailable",
@@ -73,6 +77,7 @@ impl ProblemKind {
             ProblemKind::MalformedRequest => "Malformed request",
             ProblemKind::NoRoute => "No route matched",
             ProblemKind::MethodNotAllowed => "Method not allowed",
+            ProblemKind::UnsupportedMediaType => "Unsupported media type",
             ProblemKind::HeaderTooLarge => "Request header too large",
             ProblemKind::Internal => "Internal error",
             ProblemKind::UpstreamUnavailable => "Upstream unavailable",

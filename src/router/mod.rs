@@ -33,6 +33,8 @@ pub struct Route {
     pub priority: i64,
     /// Remove the matched prefix before proxying.
     pub strip_prefix: bool,
+    /// Bridge gRPC-Web requests to gRPC.
+    pub grpc_web: bool,
     /// The route's plugins, grouped by phase.
     pub plugins: gantry_plugins::PluginChain,
     /// What happens to a matched request.

@@ -222,7 +222,7 @@ async fn backend_host_names_are_resolved_at_load() {
 
 #[tokio::test]
 async fn clusters_speak_h2c_h2_over_tls_and_verify_certificates_by_default() {
-    use crate::common::tls_upstream::ProtocolUpstream;
+    use crate::common::protocol_upstream::ProtocolUpstream;
     let h2c = ProtocolUpstream::h2c().await;
     let tls = ProtocolUpstream::tls().await;
     let g = Gantry::start(&format!(
@@ -292,4 +292,75 @@ cluster = "verified"
         ));
         assert!(!ok && text.contains(complaint), "{config}: {text}");
     }
+}
+
+#[tokio::test]
+async fn grpc_passes_through_with_trailers_and_grpc_web_is_bridged() {
+    use crate::common::protocol_upstream::{grpc_frame, ProtocolUpstream};
+    use http_body_util::{BodyExt, Full};
+    let grpc = ProtocolUpstream::grpc().await;
+    let g = Gantry::start(&format!(
+        "[clusters.grpc]\nbackends = [\"{}\"]\nprotocol = \"h2c\"\n\
+         [routes.grpc]\npaths = [\"/echo.Echo/\"]\ncluster = \"grpc\"\ngrpc_web = true\n",
+        grpc.addr
+    ));
+
+    // A gRPC client over h2c: the reply and its trailers come through.
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", g.port))
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("http://127.0.0.1:{}/echo.Echo/Reverse", g.port))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(bytes::Bytes::from(grpc_frame(b"gantry"))))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc+proto");
+    let collected = resp.into_body().collect().await.expect("body");
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "reversed");
+    assert_eq!(&collected.to_bytes()[..], &grpc_frame(b"yrtnag")[..]);
+
+    // A gRPC-Web client over HTTP/1.1: bridged, trailers in the body.
+    let resp = client()
+        .post(g.url("/echo.Echo/Reverse"))
+        .header("content-type", "application/grpc-web+proto")
+        .body(grpc_frame(b"web"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc-web+proto");
+    let body = resp.bytes().await.expect("body");
+    let data = grpc_frame(b"bew");
+    assert_eq!(
+        &body[..data.len()],
+        &data[..],
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // Then a trailers frame: flag 0x80, length, "grpc-status:0\r\n...".
+    let trailer = &body[data.len()..];
+    assert_eq!(trailer[0], 0x80);
+    let text = String::from_utf8_lossy(&trailer[5..]).to_lowercase();
+    assert!(text.contains("grpc-status:0"), "{text}");
+
+    // The base64 text variant is refused plainly.
+    let resp = client()
+        .post(g.url("/echo.Echo/Reverse"))
+        .header("content-type", "application/grpc-web-text")
+        .body("AAAAAAN3ZWI=")
+        .send()
+        .await
+        .expect("answered");
+    assert_problem(resp, 415, "unsupported-media-type").await;
 }

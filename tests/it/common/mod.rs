@@ -1,8 +1,8 @@
 //! Test harness: the real `gantry` binary as a child process and real upstream servers, all
 //! on ephemeral loopback ports.
 
+pub mod protocol_upstream;
 pub mod redis_server;
-pub mod tls_upstream;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

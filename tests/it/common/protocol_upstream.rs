@@ -1,6 +1,7 @@
-//! Upstreams speaking other protocols: HTTP/2 cleartext (prior knowledge), and TLS with a
-//! fresh self-signed certificate for `localhost` offering HTTP/2 and HTTP/1.1 by ALPN. Each
-//! answers `{"version": "HTTP/2.0", "path": ..., "tls": bool}`.
+//! Upstreams speaking other protocols: HTTP/2 cleartext (prior knowledge), TLS with a fresh
+//! self-signed certificate for `localhost` offering HTTP/2 and HTTP/1.1 by ALPN (both answer
+//! `{"version": "HTTP/2.0", "path": ..., "tls": bool}`), and a gRPC server over h2c whose
+//! every unary method answers with the request message reversed and `grpc-status: 0`.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -38,7 +39,70 @@ async fn answer(req: Request<Incoming>, tls: bool) -> Result<Response<Full<Bytes
         .expect("response"))
 }
 
+/// `message` in gRPC's length-prefixed framing (uncompressed).
+pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+type GrpcBody = http_body_util::StreamBody<
+    futures::stream::Iter<std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, hyper::Error>>>,
+>;
+
+async fn grpc_answer(req: Request<Incoming>) -> Result<Response<GrpcBody>, hyper::Error> {
+    use http_body_util::BodyExt;
+    let grpc = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let te_trailers = req.headers().get("te").is_some_and(|v| v == "trailers");
+    let body = req.into_body().collect().await?.to_bytes();
+    let mut trailers = http::HeaderMap::new();
+    let frames = if grpc && te_trailers && body.len() >= 5 {
+        let mut message = body[5..].to_vec();
+        message.reverse();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        trailers.insert("grpc-message", http::HeaderValue::from_static("reversed"));
+        vec![
+            Ok(hyper::body::Frame::data(Bytes::from(grpc_frame(&message)))),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ]
+    } else {
+        trailers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        let why = format!("grpc={grpc} te={te_trailers} body={}", body.len());
+        if let Ok(why) = http::HeaderValue::from_str(&why) {
+            trailers.insert("grpc-message", why);
+        }
+        vec![Ok(hyper::body::Frame::trailers(trailers))]
+    };
+    Ok(Response::builder()
+        .header("content-type", "application/grpc+proto")
+        .body(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )))
+        .expect("response"))
+}
+
 impl ProtocolUpstream {
+    /// A gRPC server over h2c (see the module docs).
+    pub async fn grpc() -> ProtocolUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service_fn(grpc_answer))
+                        .await;
+                });
+            }
+        });
+        ProtocolUpstream { addr, server }
+    }
+
     /// HTTP/2 only, cleartext, prior knowledge.
     pub async fn h2c() -> ProtocolUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
