@@ -13,10 +13,12 @@
 //!   |     fail_to_proxy:  every error as RFC 9457 problem+json
 //! router  (host index -> exact / prefix trie / regex path index)
 //! upstream (pingora-load-balancing clusters, peers with timeouts, active health checks)
+//! aggregate (service composition: concurrent calls to clusters merged into one JSON)
 //! admin   (its own listener: /metrics, /health)
 //! ```
 
 pub mod admin;
+pub mod aggregate;
 pub mod config;
 pub mod proxy;
 pub mod router;

@@ -5,14 +5,16 @@
 
 use super::error::{did_you_mean, ErrorSink};
 use super::model::{
-    AdminSection, BalancerKind, ClusterSection, HealthCheckKind, HealthCheckSection, ProtocolKind,
-    RespondSection, RouteSection, ServerSection,
+    AdminSection, AggregateSection, BalancerKind, ClusterSection, HealthCheckKind,
+    HealthCheckSection, ProtocolKind, RespondSection, RouteSection, ServerSection,
 };
 use super::ServerSettings;
+use crate::aggregate::{Aggregate, Call};
 use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction, RouteSpec};
 use crate::upstream::{
     BackendAddr, Cluster, HashOn, HealthCheckSpec, Protocol, Timeouts, Transport,
 };
+use gantry_plugins::template::{Template, TemplateScope};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
@@ -441,40 +443,46 @@ impl<'e, 'a> Compiler<'e, 'a> {
             Method::from_bytes(m.as_bytes()).map_err(|_| format!("invalid method `{m}`"))
         });
         let headers = self.headers(&r.headers, &format!("{key}.headers"));
-        let action = match (&r.cluster, r.respond) {
-            (Some(c), None) => match clusters.get(c.get_ref()) {
-                Some(Some(cluster)) => Some(RouteAction::Proxy(Arc::clone(cluster))),
-                // Already reported where the cluster is defined.
-                Some(None) => return None,
-                None => {
-                    let hint = did_you_mean(c.get_ref(), clusters.keys().map(String::as_str))
-                        .or_else(|| {
-                            Some(format!("define [clusters.{}] or fix the name", c.get_ref()))
-                        });
-                    self.error(
-                        c,
-                        &format!("{key}.cluster"),
-                        format!("cluster `{}` is not defined", c.get_ref()),
-                        hint,
-                    );
-                    None
-                }
-            },
-            (None, Some(resp)) => self.respond(&key, resp).map(RouteAction::Respond),
-            (Some(c), Some(_)) => {
-                self.error(
-                    c,
+        let actions = [
+            r.cluster.is_some(),
+            r.respond.is_some(),
+            r.aggregate.is_some(),
+        ];
+        let action = match actions.iter().filter(|set| **set).count() {
+            0 => {
+                self.entry_error(
                     &key,
-                    "a route has either `cluster` or `respond`, not both",
-                    None,
+                    "a route needs `cluster` (to proxy), `respond` (to answer directly) or \
+                     `aggregate` (to compose several calls)",
+                    Some("add cluster = \"NAME\"".into()),
                 );
                 None
             }
-            (None, None) => {
+            1 => {
+                if let Some(c) = &r.cluster {
+                    self.cluster_ref(c, &format!("{key}.cluster"), clusters)?
+                        .map(RouteAction::Proxy)
+                } else if let Some(resp) = r.respond {
+                    self.respond(&key, resp).map(RouteAction::Respond)
+                } else {
+                    let aggregate = r.aggregate?;
+                    let scope = TemplateScope {
+                        path_regexes: r
+                            .paths
+                            .iter()
+                            .filter_map(|p| p.get_ref().strip_prefix('~'))
+                            .filter_map(|re| regex::Regex::new(re).ok())
+                            .collect(),
+                    };
+                    self.aggregate(&key, aggregate, clusters, &scope)?
+                        .map(|a| RouteAction::Aggregate(Arc::new(a)))
+                }
+            }
+            _ => {
                 self.entry_error(
                     &key,
-                    "a route needs `cluster` (to proxy) or `respond` (to answer directly)",
-                    Some("add cluster = \"NAME\"".into()),
+                    "a route has one of `cluster`, `respond` and `aggregate`, not several",
+                    None,
                 );
                 None
             }
@@ -504,6 +512,134 @@ impl<'e, 'a> Compiler<'e, 'a> {
             hosts,
             paths,
         })
+    }
+
+    /// A reference to a cluster: `Some(None)` when it failed to compile (already reported),
+    /// `None` when it is not defined (reported here).
+    fn cluster_ref(
+        &mut self,
+        name: &Spanned<String>,
+        key: &str,
+        clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
+    ) -> Option<Option<Arc<Cluster>>> {
+        if let Some(cluster) = clusters.get(name.get_ref()) {
+            return Some(cluster.clone());
+        }
+        let hint =
+            did_you_mean(name.get_ref(), clusters.keys().map(String::as_str)).or_else(|| {
+                Some(format!(
+                    "define [clusters.{}] or fix the name",
+                    name.get_ref()
+                ))
+            });
+        self.error(
+            name,
+            key,
+            format!("cluster `{}` is not defined", name.get_ref()),
+            hint,
+        );
+        None
+    }
+
+    /// `[routes.R.aggregate]`; `Some(None)` when a cluster it names failed to compile.
+    fn aggregate(
+        &mut self,
+        route_key: &str,
+        section: Spanned<AggregateSection>,
+        clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
+        scope: &TemplateScope,
+    ) -> Option<Option<Aggregate>> {
+        let key = format!("{route_key}.aggregate");
+        let span = section.span();
+        let section = section.into_inner();
+        let timeout = section.timeout.map_or(Duration::from_secs(1), |d| d.0);
+        if timeout.is_zero() {
+            let msg = "timeout must be greater than zero";
+            self.errors
+                .push(Some(span.clone()), &format!("{key}.timeout"), msg, None);
+        }
+        if section.calls.is_empty() {
+            self.errors.push(
+                Some(span),
+                &format!("{key}.calls"),
+                "an aggregate needs at least one call",
+                Some(format!("add [{key}.calls.NAME] with cluster and path")),
+            );
+            return None;
+        }
+        let mut calls = Vec::new();
+        let mut broken_cluster = false;
+        for (name, call) in section.calls {
+            let call_key = format!("{key}.calls.{name}");
+            let at = Some(call.cluster.span());
+            if name == "errors" {
+                self.errors.push(
+                    at,
+                    &call_key,
+                    "`errors` is the member that lists failed calls; name the call otherwise",
+                    None,
+                );
+                continue;
+            }
+            let cluster_key = format!("{call_key}.cluster");
+            let cluster = match self.cluster_ref(&call.cluster, &cluster_key, clusters) {
+                Some(Some(cluster)) => Some(cluster),
+                Some(None) => {
+                    broken_cluster = true;
+                    None
+                }
+                None => None,
+            };
+            let path_key = format!("{call_key}.path");
+            let path = match Template::parse(&call.path, scope) {
+                Ok(_) if !call.path.starts_with('/') => {
+                    let hint = Some("write it like \"/users/$path.user\"".into());
+                    self.errors
+                        .push(at.clone(), &path_key, "path must start with `/`", hint);
+                    None
+                }
+                Ok(path) => Some(path),
+                Err(e) => {
+                    self.errors.push(at.clone(), &path_key, e, None);
+                    None
+                }
+            };
+            let mut forward_headers = Vec::new();
+            for h in &call.forward_headers {
+                match HeaderName::from_bytes(h.as_bytes()) {
+                    Ok(name) => forward_headers.push(name),
+                    Err(_) => self.errors.push(
+                        at.clone(),
+                        &format!("{call_key}.forward_headers"),
+                        format!("`{h}` is not a valid header name"),
+                        None,
+                    ),
+                }
+            }
+            let call_timeout = call.timeout.map(|d| d.0);
+            if call_timeout.is_some_and(|t| t.is_zero()) {
+                self.errors.push(
+                    at,
+                    &format!("{call_key}.timeout"),
+                    "timeout must be greater than zero",
+                    None,
+                );
+            }
+            if let (Some(cluster), Some(path)) = (cluster, path) {
+                calls.push(Call {
+                    name,
+                    cluster,
+                    path,
+                    required: call.required,
+                    timeout: call_timeout,
+                    forward_headers,
+                });
+            }
+        }
+        if broken_cluster {
+            return Some(None);
+        }
+        Some(Some(Aggregate { timeout, calls }))
     }
 
     fn respond(

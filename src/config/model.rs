@@ -240,6 +240,8 @@ pub struct RouteSection {
     pub cluster: Option<Spanned<String>>,
     /// A direct response served by the gateway itself.
     pub respond: Option<Spanned<RespondSection>>,
+    /// Answer by calling several clusters and merging their JSON.
+    pub aggregate: Option<Spanned<AggregateSection>>,
     /// Bridge gRPC-Web clients (HTTP/1.1, `application/grpc-web`) to the gRPC upstream.
     /// Default `false`.
     #[serde(default)]
@@ -265,6 +267,35 @@ pub struct RespondSection {
 
 fn default_status() -> u16 {
     200
+}
+
+/// `[routes.R.aggregate]`: service composition.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSection {
+    /// The whole fan-out's budget. Default `"1s"`.
+    pub timeout: Option<HumanDuration>,
+    /// The calls, by name. Required, at least one.
+    #[serde(default)]
+    pub calls: BTreeMap<String, CallSection>,
+}
+
+/// `[routes.R.aggregate.calls.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallSection {
+    /// The cluster called. Required.
+    pub cluster: Spanned<String>,
+    /// Path and query, a template (`"/users/$path.user"`). Required.
+    pub path: String,
+    /// A failure fails the whole response. Default `true`.
+    #[serde(default = "default_true")]
+    pub required: bool,
+    /// This call's own limit within the budget. Default: the budget.
+    pub timeout: Option<HumanDuration>,
+    /// Client headers passed on to the call. Default: none.
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
 }
 
 /// `[admin]`: the admin listener.

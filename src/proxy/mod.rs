@@ -8,12 +8,13 @@
 //! error into problem+json.
 
 mod ctx;
-mod forwarded;
+pub(crate) mod forwarded;
 mod problem;
 
 pub use ctx::RequestCtx;
 pub use problem::{Problem, ProblemKind};
 
+use crate::aggregate::{Aggregate, ClientRequest, Outcome};
 use crate::config::Config;
 use crate::router::{normalize_host, Lookup, RequestView, RouteAction};
 use crate::upstream::hash_key::ip_key;
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 use forwarded::X_REQUEST_ID;
 use gantry_plugins::{Flow, PluginState};
 use http::{header, Method, Uri};
+use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::modules::http::grpc_web::{GrpcWeb, GrpcWebBridge};
 use pingora::protocols::http::bridge::grpc_web::GrpcWebCtx;
@@ -35,6 +37,8 @@ use std::sync::Arc;
 pub struct Gateway {
     config: Arc<Config>,
     keepalive_secs: u64,
+    /// Pooled upstream connections for `aggregate` calls.
+    connector: Connector,
 }
 
 impl Gateway {
@@ -44,6 +48,60 @@ impl Gateway {
         Gateway {
             config,
             keepalive_secs,
+            connector: Connector::new(None),
+        }
+    }
+
+    /// Answers an `aggregate` route: the calls' merged JSON, or a 502 naming the required call
+    /// that failed.
+    async fn write_aggregate(
+        &self,
+        session: &mut Session,
+        aggregate: &Aggregate,
+        route: &crate::router::Route,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client = ClientRequest {
+            header: session.req_header(),
+            state: &ctx.state,
+        };
+        match aggregate.run(&self.connector, &client).await {
+            Outcome::Merged(body, partial) => {
+                let body = bytes::Bytes::from(body.to_string());
+                let mut resp = ResponseHeader::build(200, Some(5))?;
+                resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+                resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+                resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
+                if !partial.is_empty() {
+                    resp.insert_header("Gantry-Partial", partial.join(", "))?;
+                }
+                let req = session.req_header();
+                run_response_plugins(Some(route), req, &mut resp, &mut ctx.state).await?;
+                let head_only = req.method == Method::HEAD;
+                session
+                    .write_response_header(Box::new(resp), head_only)
+                    .await?;
+                if !head_only {
+                    session.write_response_body(Some(body), true).await?;
+                }
+                Ok(())
+            }
+            Outcome::RequiredFailed(name, failure) => {
+                let detail = format!("the required call `{name}` failed: {}", failure.detail);
+                let problem = Problem {
+                    status: 502,
+                    slug: "aggregate-call-failed",
+                    title: "A composed call failed",
+                    detail: &detail,
+                    allow: &[],
+                    headers: &[],
+                    close: false,
+                };
+                let (mut resp, body) = problem.response(&ctx.state.request_id)?;
+                let req = session.req_header();
+                run_response_plugins(Some(route), req, &mut resp, &mut ctx.state).await?;
+                problem.write(session, resp, body).await
+            }
         }
     }
 
@@ -142,8 +200,8 @@ enum Decision {
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
-    /// No downstream modules: Pingora's default adds a disabled compression module whose
-    /// per-request setup costs CPU for nothing.
+    /// No downstream modules by default: Pingora's default adds a disabled compression module
+    /// whose per-request setup costs CPU for nothing.
     fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
         // Modules cost every request something; the gRPC-Web bridge is loaded only when a
         // route uses it.
@@ -241,7 +299,9 @@ impl ProxyHttp for Gateway {
                             )
                         }
                         RouteAction::Proxy(_) => Decision::Proxy,
-                        RouteAction::Respond(_) => Decision::Respond(Arc::clone(m.route)),
+                        RouteAction::Respond(_) | RouteAction::Aggregate(_) => {
+                            Decision::Respond(Arc::clone(m.route))
+                        }
                     }
                 }
                 Lookup::MethodNotAllowed(allowed) => Decision::Problem(
@@ -266,7 +326,13 @@ impl ProxyHttp for Gateway {
         match decision {
             Decision::Proxy => Ok(false),
             Decision::Respond(route) => {
-                write_direct_response(session, &route, ctx).await?;
+                match &route.action {
+                    RouteAction::Aggregate(aggregate) => {
+                        self.write_aggregate(session, aggregate, &route, ctx)
+                            .await?
+                    }
+                    _ => write_direct_response(session, &route, ctx).await?,
+                }
                 Ok(true)
             }
             Decision::Problem(kind, detail, allow) => {

@@ -48,6 +48,8 @@ pub enum RouteAction {
     Proxy(Arc<Cluster>),
     /// Answer directly.
     Respond(DirectResponse),
+    /// Call several clusters and merge their JSON.
+    Aggregate(Arc<crate::aggregate::Aggregate>),
 }
 
 /// A response served by the gateway itself, prepared at load.

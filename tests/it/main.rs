@@ -1,6 +1,7 @@
 //! Integration tests: the real gateway binary, real upstreams, real HTTP on loopback.
 
 mod admin;
+mod aggregate;
 mod balancing;
 mod cli;
 mod common;

@@ -1,0 +1,244 @@
+//! Service composition: a route with `[routes.R.aggregate]` answers one request by calling
+//! several services concurrently and merging their JSON into one object keyed by call name.
+//!
+//! Calls go through the named clusters (their balancing, health state, retries on connection
+//! failure, timeouts and TLS) over pooled connections of one shared connector. Each call has
+//! its own timeout within the route's overall budget, so the response is ready when the
+//! budget ends at the latest. A failed required call fails the whole request (502 naming the
+//! call); a failed optional call becomes `null`, is described under `errors`, and is named in
+//! the `Gantry-Partial` response header.
+
+use crate::upstream::hash_key::ip_key;
+use crate::upstream::Cluster;
+use gantry_plugins::template::Template;
+use gantry_plugins::PluginState;
+use http::{header, HeaderName, HeaderValue};
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The largest body read from one call.
+const MAX_CALL_BODY: usize = 4 * 1024 * 1024;
+
+/// A compiled `[routes.R.aggregate]`.
+#[derive(Debug)]
+pub struct Aggregate {
+    /// The whole fan-out's budget.
+    pub timeout: Duration,
+    /// The calls, in configuration order.
+    pub calls: Vec<Call>,
+}
+
+/// One `[routes.R.aggregate.calls.NAME]`.
+#[derive(Debug)]
+pub struct Call {
+    /// The member of the merged object.
+    pub name: String,
+    /// Where it goes.
+    pub cluster: Arc<Cluster>,
+    /// Path and query, rendered per request.
+    pub path: Template,
+    /// A failure fails the whole response.
+    pub required: bool,
+    /// This call's own limit (within the budget).
+    pub timeout: Option<Duration>,
+    /// Client headers passed on.
+    pub forward_headers: Vec<HeaderName>,
+}
+
+/// Why a call produced no value.
+#[derive(Debug)]
+pub struct CallFailure {
+    /// The status that describes it: the upstream's, 502, 503 or 504.
+    pub status: u16,
+    /// What happened, without upstream internals.
+    pub detail: String,
+}
+
+/// The merged result.
+pub enum Outcome {
+    /// The JSON body, and the optional calls that failed.
+    Merged(Value, Vec<String>),
+    /// A required call failed.
+    RequiredFailed(String, CallFailure),
+}
+
+/// What a call needs from the client request.
+pub struct ClientRequest<'a> {
+    /// The client's request header.
+    pub header: &'a RequestHeader,
+    /// Plugin state: client IP, consumer, request id.
+    pub state: &'a PluginState,
+}
+
+impl Aggregate {
+    /// Runs every call concurrently and merges the results.
+    pub async fn run(&self, connector: &Connector, client: &ClientRequest<'_>) -> Outcome {
+        let results = futures::future::join_all(self.calls.iter().map(|call| {
+            let limit = call.timeout.map_or(self.timeout, |t| t.min(self.timeout));
+            async move {
+                match tokio::time::timeout(limit, call.fetch(connector, client)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(CallFailure {
+                        status: 504,
+                        detail: format!("no answer within {limit:?}"),
+                    }),
+                }
+            }
+        }))
+        .await;
+        let mut merged = Map::new();
+        let mut errors = Map::new();
+        let mut partial = Vec::new();
+        for (call, result) in self.calls.iter().zip(results) {
+            match result {
+                Ok(value) => {
+                    merged.insert(call.name.clone(), value);
+                }
+                Err(failure) if call.required => {
+                    return Outcome::RequiredFailed(call.name.clone(), failure)
+                }
+                Err(failure) => {
+                    merged.insert(call.name.clone(), Value::Null);
+                    errors.insert(
+                        call.name.clone(),
+                        serde_json::json!({ "status": failure.status, "detail": failure.detail }),
+                    );
+                    partial.push(call.name.clone());
+                }
+            }
+        }
+        if !errors.is_empty() {
+            merged.insert("errors".into(), Value::Object(errors));
+        }
+        Outcome::Merged(Value::Object(merged), partial)
+    }
+}
+
+impl Call {
+    /// The request sent for this call.
+    fn request(&self, client: &ClientRequest<'_>) -> Result<RequestHeader, CallFailure> {
+        let mut target = String::new();
+        self.path.render(client.header, client.state, &mut target);
+        let invalid = |_| CallFailure {
+            status: 502,
+            detail: "the call's path is not a valid request target".into(),
+        };
+        let mut req = RequestHeader::build("GET", target.as_bytes(), None).map_err(invalid)?;
+        let host = client.header.headers.get(header::HOST).cloned();
+        let set = |req: &mut RequestHeader, name: HeaderName, value: HeaderValue| {
+            req.insert_header(name, value).map_err(invalid)
+        };
+        if let Some(host) = host {
+            set(&mut req, header::HOST, host)?;
+        }
+        set(
+            &mut req,
+            crate::proxy::forwarded::X_REQUEST_ID.clone(),
+            client.state.request_id.clone(),
+        )?;
+        if let Some(ip) = client.state.client_ip {
+            if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+                set(&mut req, HeaderName::from_static("x-forwarded-for"), v)?;
+            }
+        }
+        crate::proxy::forwarded::set_consumer_headers(&mut req, client.state.consumer.as_deref())
+            .map_err(invalid)?;
+        for name in &self.forward_headers {
+            for value in client.header.headers.get_all(name) {
+                req.append_header(name.clone(), value.clone())
+                    .map_err(invalid)?;
+            }
+        }
+        Ok(req)
+    }
+
+    /// One call: a backend of the cluster (another one after a connection failure, up to the
+    /// cluster's `retries`), the request, the whole body.
+    async fn fetch(
+        &self,
+        connector: &Connector,
+        client: &ClientRequest<'_>,
+    ) -> Result<Value, CallFailure> {
+        let req = self.request(client)?;
+        let mut ip_buf = [0u8; 16];
+        let key = ip_key(client.state.client_ip, &mut ip_buf);
+        let mut tried = Vec::new();
+        loop {
+            let Some((addr, peer)) = self.cluster.select(key, &tried) else {
+                return Err(CallFailure {
+                    status: 503,
+                    detail: format!(
+                        "cluster `{}` has no healthy backend left",
+                        self.cluster.name
+                    ),
+                });
+            };
+            let mut session = match connector.get_http_session(peer).await {
+                Ok((session, _reused)) => session,
+                Err(_) if (tried.len() as u32) < self.cluster.retries => {
+                    tried.push(*addr);
+                    continue;
+                }
+                Err(_) => {
+                    return Err(CallFailure {
+                        status: 502,
+                        detail: format!("cluster `{}` could not be reached", self.cluster.name),
+                    })
+                }
+            };
+            let failed = |what: &str| CallFailure {
+                status: 502,
+                detail: format!("the upstream failed while {what}"),
+            };
+            session.set_read_timeout(peer.options.read_timeout);
+            session.set_write_timeout(peer.options.write_timeout);
+            session
+                .write_request_header(Box::new(req.clone()))
+                .await
+                .map_err(|_| failed("receiving the request"))?;
+            session
+                .finish_request_body()
+                .await
+                .map_err(|_| failed("receiving the request"))?;
+            session
+                .read_response_header()
+                .await
+                .map_err(|_| failed("answering"))?;
+            let (status, json) = match session.response_header() {
+                Some(resp) => (
+                    resp.status.as_u16(),
+                    gantry_plugins::json_body::is_json(&resp.headers),
+                ),
+                None => return Err(failed("answering")),
+            };
+            let mut body = Vec::new();
+            while let Some(chunk) = session
+                .read_response_body()
+                .await
+                .map_err(|_| failed("sending the body"))?
+            {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_CALL_BODY {
+                    return Err(failed("sending a body over 4 MiB"));
+                }
+            }
+            connector
+                .release_http_session(session, peer, peer.options.idle_timeout)
+                .await;
+            if !(200..300).contains(&status) {
+                return Err(CallFailure {
+                    status,
+                    detail: format!("the upstream answered {status}"),
+                });
+            }
+            return if json {
+                serde_json::from_slice(&body).map_err(|_| failed("sending invalid JSON"))
+            } else {
+                Ok(Value::String(String::from_utf8_lossy(&body).into_owned()))
+            };
+        }
+    }
+}

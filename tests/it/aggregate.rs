@@ -1,0 +1,162 @@
+//! Service composition: one request, several concurrent calls, one merged JSON response.
+
+use crate::common::{assert_problem, check_config, dead_addr, Gantry, Upstream};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn aggregates_merge_calls_report_partial_failures_and_respect_the_budget() {
+    let users = Upstream::start("users").await;
+    let orders = Upstream::start("orders").await;
+    let dead = dead_addr();
+    let g = Gantry::start(&format!(
+        r#"
+[clusters.users]
+backends = ["{users}"]
+[clusters.orders]
+backends = ["{orders}"]
+[clusters.dead]
+backends = ["{dead}"]
+retries = 0
+
+[routes.dashboard]
+paths = ["~^/dashboard/(?<user>[a-z0-9]+)$"]
+methods = ["GET"]
+[routes.dashboard.aggregate]
+timeout = "800ms"
+[routes.dashboard.aggregate.calls.profile]
+cluster = "users"
+path = "/users/$path.user"
+[routes.dashboard.aggregate.calls.orders]
+cluster = "orders"
+path = "/orders?user=$path.user"
+required = false
+forward_headers = ["authorization", "accept-language"]
+
+[routes.partial]
+paths = ["/partial"]
+[routes.partial.aggregate.calls.profile]
+cluster = "users"
+path = "/users/me"
+[routes.partial.aggregate.calls.orders]
+cluster = "dead"
+path = "/orders"
+required = false
+
+[routes.broken]
+paths = ["/broken"]
+[routes.broken.aggregate.calls.profile]
+cluster = "dead"
+path = "/users/me"
+[routes.broken.aggregate.calls.orders]
+cluster = "orders"
+path = "/orders"
+required = false
+
+[routes.parallel]
+paths = ["/parallel"]
+[routes.parallel.aggregate.calls.a]
+cluster = "users"
+path = "/slow/400"
+[routes.parallel.aggregate.calls.b]
+cluster = "orders"
+path = "/slow/400"
+
+[routes.budget]
+paths = ["/budget"]
+[routes.budget.aggregate]
+timeout = "500ms"
+[routes.budget.aggregate.calls.fast]
+cluster = "users"
+path = "/users/me"
+[routes.budget.aggregate.calls.late]
+cluster = "orders"
+path = "/slow/3000"
+required = false
+"#,
+        users = users.addr,
+        orders = orders.addr,
+    ));
+
+    // All succeed: one object keyed by call name; captures and forwarded headers arrive.
+    let resp = g
+        .get(
+            "/dashboard/alice",
+            &[("authorization", "Bearer t"), ("cookie", "private=1")],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("gantry-partial").is_none());
+    let request_id = resp.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["profile"]["upstream"], "users");
+    assert_eq!(body["profile"]["uri"], "/users/alice");
+    assert_eq!(body["orders"]["uri"], "/orders?user=alice");
+    assert_eq!(body["orders"]["headers"]["authorization"], "Bearer t");
+    assert!(body["profile"]["headers"].get("authorization").is_none());
+    assert!(body["orders"]["headers"].get("cookie").is_none());
+    assert_eq!(
+        body["orders"]["headers"]["x-request-id"],
+        request_id.as_str()
+    );
+    assert!(body.get("errors").is_none());
+
+    // An optional call fails: null, listed under `errors`, named in Gantry-Partial.
+    let resp = g.get("/partial", &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["gantry-partial"], "orders");
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["profile"]["uri"], "/users/me");
+    assert!(body["orders"].is_null());
+    assert_eq!(body["errors"]["orders"]["status"], 502);
+
+    // A required call fails: 502 naming it.
+    let problem = assert_problem(g.get("/broken", &[]).await, 502, "aggregate-call-failed").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`profile`"),
+        "{problem}"
+    );
+
+    // Calls run in parallel: about the slowest (400 ms), not the sum (800 ms).
+    let started = Instant::now();
+    let resp = g.get("/parallel", &[]).await;
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(
+        (&body["a"]["uri"], &body["b"]["uri"]),
+        (&"/slow/400".into(), &"/slow/400".into())
+    );
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(750),
+        "took {took:?}"
+    );
+
+    // A call that overruns the budget is cut at the budget; the response is still whole.
+    let started = Instant::now();
+    let resp = g.get("/budget", &[]).await;
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["gantry-partial"], "late");
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["fast"]["uri"], "/users/me");
+    assert_eq!(body["errors"]["late"]["status"], 504);
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(1000),
+        "took {took:?} for a 500 ms budget"
+    );
+
+    let (ok, text) = check_config(
+        "[routes.r]\npaths = [\"/r\"]\n[routes.r.aggregate.calls.a]\ncluster = \"nope\"\npath = \"x/$path.id\"\n",
+    );
+    assert!(
+        !ok && text.contains("cluster `nope` is not defined") && text.contains("$path.id"),
+        "{text}"
+    );
+}
