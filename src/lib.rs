@@ -15,6 +15,7 @@
 //! upstream (pingora-load-balancing clusters, peers with timeouts, active health checks)
 //! aggregate (service composition: concurrent calls to clusters merged into one JSON)
 //! admin   (its own listener: /metrics, /health)
+//! tls     (TLS listeners: certificates chosen by SNI)
 //! ```
 
 pub mod admin;
@@ -23,4 +24,5 @@ pub mod config;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod upstream;

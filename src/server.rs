@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::proxy::Gateway;
 use crate::upstream::HealthChecks;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -63,6 +64,20 @@ pub fn build(config: Config, opts: RunOptions) -> Server {
     }
     for addr in &settings.listen {
         proxy.add_tcp(&addr.to_string());
+    }
+    for tls in &settings.tls {
+        // The paths are unused: the resolver, loaded and checked with the configuration,
+        // provides every certificate.
+        match TlsSettings::intermediate("", "") {
+            Ok(mut tls_settings) => {
+                tls_settings.set_cert_resolver(Arc::clone(&tls.certificates) as _);
+                if tls.http2 {
+                    tls_settings.enable_h2();
+                }
+                proxy.add_tls_with_settings(&tls.addr.to_string(), None, tls_settings);
+            }
+            Err(e) => log::error!("TLS listener {}: {e}", tls.addr),
+        }
     }
     server.add_service(proxy);
     if let Some(addr) = admin {

@@ -6,9 +6,9 @@
 use super::error::{did_you_mean, ErrorSink};
 use super::model::{
     AdminSection, AggregateSection, BalancerKind, ClusterSection, HealthCheckKind,
-    HealthCheckSection, ProtocolKind, RespondSection, RouteSection, ServerSection,
+    HealthCheckSection, ProtocolKind, RespondSection, RouteSection, ServerSection, TlsSection,
 };
-use super::ServerSettings;
+use super::{ServerSettings, TlsListener};
 use crate::aggregate::{Aggregate, Call};
 use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction, RouteSpec};
 use crate::upstream::{
@@ -63,6 +63,59 @@ impl<'e, 'a> Compiler<'e, 'a> {
         let span = spanned.span();
         let span = (span.end > 0).then_some(span);
         self.errors.push(span, key, msg, hint);
+    }
+
+    /// `[[server.tls]]` number `i`.
+    fn tls_listener(
+        &mut self,
+        i: usize,
+        t: TlsSection,
+        plain: &[SocketAddr],
+    ) -> Option<TlsListener> {
+        let key = format!("server.tls[{i}]");
+        let addr = match t.listen.get_ref().parse::<SocketAddr>() {
+            Ok(addr) if plain.contains(&addr) => {
+                self.error(
+                    &t.listen,
+                    &format!("{key}.listen"),
+                    format!("`{addr}` is also a plain listener in server.listen"),
+                    Some("give the TLS listener its own port".into()),
+                );
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(
+                    &t.listen,
+                    &format!("{key}.listen"),
+                    format!("`{}` is not an IP:port address", t.listen.get_ref()),
+                    Some("write it like \"0.0.0.0:8443\"".into()),
+                );
+                None
+            }
+        };
+        if t.certificates.is_empty() {
+            let hint = "add certificates = [{ cert = \"conf/certs/site.pem\", key = \"conf/certs/site.key\" }]";
+            self.error(
+                &t.listen,
+                &format!("{key}.certificates"),
+                "a TLS listener needs at least one certificate",
+                Some(hint.into()),
+            );
+        }
+        let mut loaded = Vec::new();
+        for (j, c) in t.certificates.iter().enumerate() {
+            match crate::tls::load_certificate(&c.get_ref().cert, &c.get_ref().key) {
+                Ok(cert) => loaded.push(cert),
+                Err(e) => self.error(c, &format!("{key}.certificates[{j}]"), e, None),
+            }
+        }
+        let certificates = crate::tls::CertStore::new(loaded)?;
+        Some(TlsListener {
+            addr: addr?,
+            certificates: Arc::new(certificates),
+            http2: t.http2,
+        })
     }
 
     /// `[admin]`.
@@ -135,7 +188,14 @@ impl<'e, 'a> Compiler<'e, 'a> {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        let tls = s
+            .tls
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, t)| self.tls_listener(i, t, &listen))
+            .collect();
         ServerSettings {
+            tls,
             listen,
             threads,
             trusted_proxies: trusted,

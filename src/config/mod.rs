@@ -62,6 +62,19 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     /// Log file for `--daemon`.
     pub error_log: Option<String>,
+    /// TLS listeners.
+    pub tls: Vec<TlsListener>,
+}
+
+/// A compiled `[[server.tls]]`.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its certificates, chosen by SNI.
+    pub certificates: Arc<crate::tls::CertStore>,
+    /// Offer HTTP/2 by ALPN.
+    pub http2: bool,
 }
 
 impl ServerSettings {

@@ -46,6 +46,32 @@ pub struct ServerSection {
     pub upgrade_sock: Option<String>,
     /// Where logs go when running with `--daemon`. Default: stderr.
     pub error_log: Option<String>,
+    /// `[[server.tls]]`: TLS listeners. Default: none.
+    #[serde(default)]
+    pub tls: Vec<TlsSection>,
+}
+
+/// `[[server.tls]]`: one TLS listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// `IP:port`. Required.
+    pub listen: Spanned<String>,
+    /// Certificate chains and keys (PEM files), chosen by SNI; the first is the default.
+    pub certificates: Vec<Spanned<CertificateSection>>,
+    /// Offer HTTP/2 by ALPN (with HTTP/1.1). Default `true`.
+    #[serde(default = "default_true")]
+    pub http2: bool,
+}
+
+/// `{ cert = "chain.pem", key = "key.pem" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSection {
+    /// The PEM certificate chain, leaf first.
+    pub cert: String,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
 }
 
 impl Default for ServerSection {
@@ -63,6 +89,7 @@ impl Default for ServerSection {
             pid_file: None,
             upgrade_sock: None,
             error_log: None,
+            tls: Vec::new(),
         }
     }
 }

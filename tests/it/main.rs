@@ -11,4 +11,5 @@ mod plugins;
 mod proxying;
 mod rate_limiting;
 mod routing;
+mod tls;
 mod websocket;
