@@ -33,6 +33,15 @@ path = "/orders?user=$path.user"
 required = false
 forward_headers = ["authorization", "accept-language"]
 
+[consumers.app]
+keys = ["app-key-123456"]
+[routes.guarded]
+paths = ["/guarded"]
+[routes.guarded.plugins.key-auth]
+[routes.guarded.aggregate.calls.profile]
+cluster = "users"
+path = "/users/$consumer"
+
 [routes.partial]
 paths = ["/partial"]
 [routes.partial.aggregate.calls.profile]
@@ -103,6 +112,19 @@ required = false
         request_id.as_str()
     );
     assert!(body.get("errors").is_none());
+
+    // The route's plugins apply once, before any call: refused requests call nothing.
+    let hits = users.hits();
+    assert_problem(g.get("/guarded", &[]).await, 401, "missing-credentials").await;
+    assert_eq!(users.hits(), hits, "a refused request makes no call");
+    let body: Value = g
+        .get("/guarded", &[("x-api-key", "app-key-123456")])
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["profile"]["uri"], "/users/app");
+    assert_eq!(body["profile"]["headers"]["x-consumer-name"], "app");
 
     // An optional call fails: null, listed under `errors`, named in Gantry-Partial.
     let resp = g.get("/partial", &[]).await;
