@@ -5,7 +5,7 @@
 //! before this plugin's own changes.
 
 use crate::json_body::{JsonBodyConfig, JsonEdits};
-use crate::template::{Template, TemplateScope};
+use crate::template::{header_name, header_templates, Template, TemplateScope};
 use crate::{Flow, Phases, Plugin, PluginState, Rejection};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -71,20 +71,6 @@ pub struct RequestTransform {
     json: Option<JsonEdits>,
 }
 
-fn header_name(name: &str) -> Result<HeaderName, String> {
-    HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("`{name}` is not a valid header name"))
-}
-
-fn templates(
-    map: &BTreeMap<String, String>,
-    scope: &TemplateScope,
-) -> Result<Vec<(HeaderName, Template)>, String> {
-    map.iter()
-        .map(|(name, value)| Ok((header_name(name)?, Template::parse(value, scope)?)))
-        .collect()
-}
-
 impl RequestTransform {
     /// Compiles `config`; templates may use what `scope` offers.
     pub fn new(config: Config, scope: &TemplateScope) -> Result<Self, String> {
@@ -118,8 +104,8 @@ impl RequestTransform {
             .collect::<Result<Vec<_>, _>>()?;
         drop_query.extend(set_query.iter().map(|(k, _)| k.clone()));
         Ok(RequestTransform {
-            set_headers: templates(&config.set_headers, scope)?,
-            add_headers: templates(&config.add_headers, scope)?,
+            set_headers: header_templates(&config.set_headers, scope)?,
+            add_headers: header_templates(&config.add_headers, scope)?,
             remove_headers: config
                 .remove_headers
                 .iter()

@@ -4,12 +4,12 @@
 //! responses, problems) get the header changes only.
 
 use crate::json_body::{JsonBodyConfig, JsonEdits};
-use crate::template::{Template, TemplateScope};
+use crate::template::{header_name, header_templates, Template, TemplateScope};
 use crate::{Phases, Plugin, PluginState};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -42,32 +42,12 @@ pub struct ResponseTransform {
     json: Option<JsonEdits>,
 }
 
-fn header_name(name: &str) -> Result<HeaderName, String> {
-    HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("`{name}` is not a valid header name"))
-}
-
-fn templates(
-    map: &BTreeMap<String, String>,
-    scope: &TemplateScope,
-) -> Result<Vec<(HeaderName, Template)>, String> {
-    map.iter()
-        .map(|(name, value)| Ok((header_name(name)?, Template::parse(value, scope)?)))
-        .collect()
-}
-
-fn render(template: &Template, req: &RequestHeader, state: &PluginState) -> Option<HeaderValue> {
-    let mut text = String::new();
-    template.render(req, state, &mut text);
-    HeaderValue::from_str(&text).ok().filter(|v| !v.is_empty())
-}
-
 impl ResponseTransform {
     /// Compiles `config`; templates may use what `scope` offers.
     pub fn new(config: Config, scope: &TemplateScope) -> Result<Self, String> {
         Ok(ResponseTransform {
-            set_headers: templates(&config.set_headers, scope)?,
-            add_headers: templates(&config.add_headers, scope)?,
+            set_headers: header_templates(&config.set_headers, scope)?,
+            add_headers: header_templates(&config.add_headers, scope)?,
             remove_headers: config
                 .remove_headers
                 .iter()
@@ -109,12 +89,12 @@ impl Plugin for ResponseTransform {
         }
         for (name, template) in &self.set_headers {
             response.remove_header(name);
-            if let Some(value) = render(template, request, state) {
+            if let Some(value) = template.header_value(request, state) {
                 response.insert_header(name.clone(), value)?;
             }
         }
         for (name, template) in &self.add_headers {
-            if let Some(value) = render(template, request, state) {
+            if let Some(value) = template.header_value(request, state) {
                 response.append_header(name.clone(), value)?;
             }
         }

@@ -165,6 +165,19 @@ impl Template {
         }
     }
 
+    /// Renders as a header value; `None` when it renders empty or is not a valid value.
+    pub fn header_value(
+        &self,
+        req: &RequestHeader,
+        state: &PluginState,
+    ) -> Option<http::HeaderValue> {
+        let mut text = String::new();
+        self.render(req, state, &mut text);
+        http::HeaderValue::from_str(&text)
+            .ok()
+            .filter(|v| !v.is_empty())
+    }
+
     fn render_var(&self, var: &Var, req: &RequestHeader, state: &PluginState, out: &mut String) {
         match var {
             Var::ClientIp => {
@@ -224,6 +237,22 @@ impl Template {
             }
         }
     }
+}
+
+/// A header name from configuration, or the error to report.
+pub fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("`{name}` is not a valid header name"))
+}
+
+/// `{ "x-name" = "template" }` tables (`set_headers`, `add_headers`), compiled.
+pub fn header_templates(
+    map: &std::collections::BTreeMap<String, String>,
+    scope: &TemplateScope,
+) -> Result<Vec<(HeaderName, Template)>, String> {
+    map.iter()
+        .map(|(name, value)| Ok((header_name(name)?, Template::parse(value, scope)?)))
+        .collect()
 }
 
 #[cfg(test)]

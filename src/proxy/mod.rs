@@ -97,10 +97,7 @@ impl Gateway {
                     headers: &[],
                     close: false,
                 };
-                let (mut resp, body) = problem.response(&ctx.state.request_id)?;
-                let req = session.req_header();
-                run_response_plugins(Some(route), req, &mut resp, &mut ctx.state).await?;
-                problem.write(session, resp, body).await
+                write_problem(session, Some(route), ctx, &problem).await
             }
         }
     }
@@ -150,16 +147,13 @@ impl Gateway {
         match flow {
             Flow::Continue => Ok(()),
             Flow::Reject(rejection) => {
-                let problem = Problem::rejected(&rejection);
-                let (mut resp, body) = problem.response(&ctx.state.request_id)?;
-                run_response_plugins(
+                write_problem(
+                    session,
                     route.as_deref(),
-                    session.req_header(),
-                    &mut resp,
-                    &mut ctx.state,
+                    ctx,
+                    &Problem::rejected(&rejection),
                 )
-                .await?;
-                problem.write(session, resp, body).await
+                .await
             }
             Flow::Answer(answer) => {
                 let mut resp =
@@ -608,6 +602,18 @@ fn strip_prefix(uri: &Uri, prefix_len: usize) -> Result<Uri> {
     };
     new.parse::<Uri>()
         .map_err(|_| Error::explain(ErrorType::InternalError, "stripped path is not a valid URI"))
+}
+
+/// Writes `problem` as the response, after `route`'s response-phase plugins saw its header.
+async fn write_problem(
+    session: &mut Session,
+    route: Option<&crate::router::Route>,
+    ctx: &mut RequestCtx,
+    problem: &Problem<'_>,
+) -> Result<()> {
+    let (mut resp, body) = problem.response(&ctx.state.request_id)?;
+    run_response_plugins(route, session.req_header(), &mut resp, &mut ctx.state).await?;
+    problem.write(session, resp, body).await
 }
 
 /// Runs `route`'s response-phase plugins on a response header for `request`.

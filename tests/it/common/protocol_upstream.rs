@@ -39,6 +39,31 @@ async fn answer(req: Request<Incoming>, tls: bool) -> Result<Response<Full<Bytes
         .expect("response"))
 }
 
+/// Serves `handler` over HTTP/2 cleartext with prior knowledge on a fresh loopback port.
+async fn serve_h2c<F, Fut, B>(handler: F) -> ProtocolUpstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, hyper::Error>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            conns.spawn(async move {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service_fn(handler))
+                    .await;
+            });
+        }
+    });
+    ProtocolUpstream { addr, server }
+}
+
 /// `message` in gRPC's length-prefixed framing (uncompressed).
 pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
     let mut frame = vec![0u8];
@@ -88,36 +113,12 @@ async fn grpc_answer(req: Request<Incoming>) -> Result<Response<GrpcBody>, hyper
 impl ProtocolUpstream {
     /// A gRPC server over h2c (see the module docs).
     pub async fn grpc() -> ProtocolUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service_fn(grpc_answer))
-                        .await;
-                });
-            }
-        });
-        ProtocolUpstream { addr, server }
+        serve_h2c(grpc_answer).await
     }
 
     /// HTTP/2 only, cleartext, prior knowledge.
     pub async fn h2c() -> ProtocolUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service_fn(|r| answer(r, false)))
-                        .await;
-                });
-            }
-        });
-        ProtocolUpstream { addr, server }
+        serve_h2c(|r| answer(r, false)).await
     }
 
     /// TLS with a self-signed certificate for `localhost`; ALPN `h2` and `http/1.1`.
