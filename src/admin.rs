@@ -1,22 +1,81 @@
-//! The admin listener (`[admin] listen`): `GET /metrics` in the Prometheus text format and
-//! `GET /health`, served on its own port, apart from proxied traffic.
+//! The admin listener (`[admin] listen`), on its own port, apart from proxied traffic:
+//! `GET /metrics` (Prometheus text) and `GET /health` for anyone who can reach it, and
+//! `GET /status` behind the bearer `token` (compared in constant time).
 
+use crate::config::AdminSettings;
 use async_trait::async_trait;
 use http::{header, Response, StatusCode};
 use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
 use prometheus::{Encoder, TextEncoder};
-use std::net::SocketAddr;
+use std::time::Instant;
+use subtle::ConstantTimeEq;
 
 /// Answers admin requests.
-pub struct AdminApp;
+pub struct AdminApp {
+    token: Option<Vec<u8>>,
+    started: Instant,
+    config_sha256: String,
+}
 
-/// The admin service listening on `addr`.
-pub fn service(addr: SocketAddr) -> Service<HttpServer<AdminApp>> {
-    let mut service = Service::new("admin".into(), HttpServer::new_app(AdminApp));
-    service.add_tcp(&addr.to_string());
+/// The admin service for `settings`; `config_sha256` identifies the running configuration.
+pub fn service(settings: &AdminSettings, config_sha256: &str) -> Service<HttpServer<AdminApp>> {
+    let app = AdminApp {
+        token: settings.token.as_ref().map(|t| t.as_bytes().to_vec()),
+        started: Instant::now(),
+        config_sha256: config_sha256.to_string(),
+    };
+    let mut service = Service::new("admin".into(), HttpServer::new_app(app));
+    service.add_tcp(&settings.addr.to_string());
     service
+}
+
+impl AdminApp {
+    /// Checks `Authorization: Bearer TOKEN` for the protected endpoints: `None` when it
+    /// passes, else the refusal to send.
+    fn refusal(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+        let Some(token) = &self.token else {
+            return Some(problem(
+                StatusCode::FORBIDDEN,
+                "admin-token-required",
+                "set [admin] token to use this endpoint",
+            ));
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        match presented {
+            Some(p) if bool::from(p.ct_eq(token.as_slice())) => None,
+            _ => {
+                let mut refusal = problem(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid-credentials",
+                    "send Authorization: Bearer with the admin token",
+                );
+                refusal.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"gantry-admin\""),
+                );
+                Some(refusal)
+            }
+        }
+    }
+
+    fn status(&self) -> Response<Vec<u8>> {
+        let body = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "config": { "generation": 1, "sha256": self.config_sha256 },
+        });
+        respond(
+            StatusCode::OK,
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+    }
 }
 
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -72,6 +131,7 @@ impl ServeHttp for AdminApp {
                     ),
                 }
             }
+            "/status" => self.refusal(session).unwrap_or_else(|| self.status()),
             "/health" => respond(
                 StatusCode::OK,
                 "application/json",
@@ -80,7 +140,7 @@ impl ServeHttp for AdminApp {
             _ => problem(
                 StatusCode::NOT_FOUND,
                 "not-found",
-                "admin endpoints: GET /metrics, GET /health",
+                "admin endpoints: GET /metrics, GET /health, GET /status",
             ),
         }
     }

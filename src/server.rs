@@ -22,7 +22,8 @@ pub struct RunOptions {
 /// Builds the Pingora server for `config`; `run_forever` on the result serves it.
 pub fn build(config: Config, opts: RunOptions) -> Server {
     let settings = config.server.clone();
-    let admin = config.admin;
+    let admin = config.admin.clone();
+    let config_sha256 = config.source_sha256.clone();
     let conf = ServerConf {
         threads: settings.threads,
         daemon: opts.daemon,
@@ -80,8 +81,8 @@ pub fn build(config: Config, opts: RunOptions) -> Server {
         }
     }
     server.add_service(proxy);
-    if let Some(addr) = admin {
-        server.add_service(crate::admin::service(addr));
+    if let Some(admin) = &admin {
+        server.add_service(crate::admin::service(admin, &config_sha256));
     }
     if !health.is_empty() {
         server.add_service(background_service("health checks", health));

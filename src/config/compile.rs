@@ -8,7 +8,7 @@ use super::model::{
     AdminSection, AggregateSection, BalancerKind, ClusterSection, HealthCheckKind,
     HealthCheckSection, ProtocolKind, RespondSection, RouteSection, ServerSection, TlsSection,
 };
-use super::{ServerSettings, TlsListener};
+use super::{AdminSettings, ServerSettings, TlsListener};
 use crate::aggregate::{Aggregate, Call};
 use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction, RouteSpec};
 use crate::upstream::{
@@ -119,8 +119,19 @@ impl<'e, 'a> Compiler<'e, 'a> {
     }
 
     /// `[admin]`.
-    pub fn admin(&mut self, a: AdminSection, proxy: &[SocketAddr]) -> Option<SocketAddr> {
-        match a.listen.get_ref().parse::<SocketAddr>() {
+    pub fn admin(&mut self, a: AdminSection, proxy: &[SocketAddr]) -> Option<AdminSettings> {
+        if let Some(token) = &a.token {
+            if token.get_ref().len() < 16 {
+                let span = token.span();
+                self.errors.push_redacted(
+                    (span.end > 0).then_some(span),
+                    "admin.token",
+                    "the admin token must be at least 16 characters",
+                );
+            }
+        }
+        let token = a.token.map(Spanned::into_inner);
+        let addr = match a.listen.get_ref().parse::<SocketAddr>() {
             Ok(addr) if proxy.contains(&addr) => {
                 self.error(
                     &a.listen,
@@ -140,7 +151,8 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 );
                 None
             }
-        }
+        };
+        Some(AdminSettings { addr: addr?, token })
     }
 
     /// `[server]`.

@@ -66,6 +66,15 @@ pub struct ServerSettings {
     pub tls: Vec<TlsListener>,
 }
 
+/// A compiled `[admin]`.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The bearer token of the protected endpoints.
+    pub token: Option<String>,
+}
+
 /// A compiled `[[server.tls]]`.
 #[derive(Debug, Clone)]
 pub struct TlsListener {
@@ -93,7 +102,9 @@ pub struct Config {
     /// Every cluster, by name.
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     /// The admin listener, when `[admin]` is configured.
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<AdminSettings>,
+    /// SHA-256 of the configuration text, hex.
+    pub source_sha256: String,
     /// Some route bridges gRPC-Web (the bridge module is loaded only then).
     pub grpc_web: bool,
 }
@@ -191,6 +202,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
     match server {
         Some(server) if errors.is_empty() => Ok(Config {
             admin,
+            source_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(src.as_bytes())),
             grpc_web,
             server,
             router: Router::new(specs),

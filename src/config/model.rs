@@ -331,6 +331,9 @@ pub struct CallSection {
 pub struct AdminSection {
     /// `IP:port` of the admin listener (`/metrics`, `/health`). Required in the section.
     pub listen: Spanned<String>,
+    /// Bearer token for every endpoint except `/metrics` and `/health`. Default: none (those
+    /// endpoints are refused).
+    pub token: Option<Spanned<String>>,
 }
 
 /// `[redis]`: the store for cluster-wide plugin state.

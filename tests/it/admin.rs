@@ -1,22 +1,18 @@
 //! The admin listener: `/metrics` and `/health` on their own port, problems for the rest.
 
-use crate::common::{assert_problem, client, free_port, Gantry};
+use crate::common::{assert_problem, client, free_port, wait_for_port, Gantry};
+
+const TOKEN: &str = "admin-token-0123456789";
 
 #[tokio::test]
 async fn the_admin_listener_serves_metrics_and_health_apart_from_the_proxy() {
     let admin = free_port();
     let g = Gantry::start(&format!(
-        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\n"
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n\
+         [redis]\nurl = \"redis://127.0.0.1:1\"\n"
     ));
     // The admin service binds on its own; wait for it like the harness waits for the proxy.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "admin listener not up"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_port(admin);
     let url = |path: &str| format!("http://127.0.0.1:{admin}{path}");
     let health = client().get(url("/health")).send().await.expect("health");
     assert_eq!(health.status(), 200);
@@ -42,6 +38,50 @@ async fn the_admin_listener_serves_metrics_and_health_apart_from_the_proxy() {
         .await
         .expect("answered");
     assert_problem(post, 405, "method-not-allowed").await;
+    // /status needs the bearer token.
+    let status = |token: Option<&str>| {
+        let mut req = client().get(url("/status"));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+    };
+    for token in [None, Some("wrong-token-0123456789")] {
+        let resp = status(token).await.expect("answered");
+        assert_eq!(
+            resp.headers()["www-authenticate"],
+            "Bearer realm=\"gantry-admin\""
+        );
+        assert_problem(resp, 401, "invalid-credentials").await;
+    }
+    let body: serde_json::Value = status(Some(TOKEN))
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(body["config"]["generation"], 1);
+    let sha = body["config"]["sha256"].as_str().unwrap_or_default();
+    assert!(
+        sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{body}"
+    );
+
     // The proxy listener does not serve admin paths.
     assert_eq!(g.get("/metrics", &[]).await.status(), 404);
+}
+
+#[tokio::test]
+async fn without_a_token_the_protected_admin_endpoints_are_refused() {
+    let admin = free_port();
+    let _g = Gantry::start(&format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
+    wait_for_port(admin);
+    let resp = client()
+        .get(format!("http://127.0.0.1:{admin}/status"))
+        .bearer_auth("anything-at-all-0123")
+        .send()
+        .await
+        .expect("answered");
+    assert_problem(resp, 403, "admin-token-required").await;
 }

@@ -1,9 +1,8 @@
 //! TLS termination: certificates chosen by SNI, HTTP/2 by ALPN, gRPC over TLS, load-time checks.
 
 use crate::common::protocol_upstream::{grpc_frame, ProtocolUpstream};
-use crate::common::{check_config, free_port, Gantry, Upstream};
+use crate::common::{check_config, free_port, wait_for_port, Gantry, Upstream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 
@@ -41,14 +40,6 @@ fn trusting(site: &Site, port: u16) -> reqwest::Client {
         .expect("client")
 }
 
-fn wait_for(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "TLS listener not up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test]
 async fn tls_listeners_pick_certificates_by_sni_and_speak_h2_and_grpc() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -70,7 +61,7 @@ async fn tls_listeners_pick_certificates_by_sni_and_speak_h2_and_grpc() {
             up.addr, grpc.addr
         ),
     );
-    wait_for(tls_port);
+    wait_for_port(tls_port);
 
     // Each name gets its own certificate: a client trusting only that one connects.
     let resp = trusting(&a, tls_port)

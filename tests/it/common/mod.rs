@@ -29,6 +29,15 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
+/// Waits (up to 10 s) until something accepts connections on loopback `port`.
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A loopback address nothing listens on (connections are refused).
 pub fn dead_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
