@@ -121,13 +121,30 @@ impl Call {
     /// The request sent for this call.
     fn request(&self, client: &ClientRequest<'_>) -> Result<RequestHeader, CallFailure> {
         let mut target = String::new();
-        self.path.render(client.header, client.state, &mut target);
+        if !self
+            .path
+            .render_uri(client.header, client.state, &mut target)
+        {
+            return Err(CallFailure {
+                status: 400,
+                detail: "a variable in the call's path is `.` or `..`".into(),
+            });
+        }
         let invalid = |_| CallFailure {
             status: 502,
             detail: "the call's path is not a valid request target".into(),
         };
         let mut req = RequestHeader::build("GET", target.as_bytes(), None).map_err(invalid)?;
-        let host = client.header.headers.get(header::HOST).cloned();
+        // HTTP/2 clients send `:authority` instead of `Host`.
+        let host = client
+            .header
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| {
+                let authority = client.header.uri.authority()?;
+                HeaderValue::from_str(authority.as_str()).ok()
+            });
         let set = |req: &mut RequestHeader, name: HeaderName, value: HeaderValue| {
             req.insert_header(name, value).map_err(invalid)
         };
@@ -203,10 +220,19 @@ impl Call {
                 .finish_request_body()
                 .await
                 .map_err(|_| failed("receiving the request"))?;
-            session
-                .read_response_header()
-                .await
-                .map_err(|_| failed("answering"))?;
+            // Skip informational answers (100, 103 Early Hints) to the final one.
+            loop {
+                session
+                    .read_response_header()
+                    .await
+                    .map_err(|_| failed("answering"))?;
+                let informational = session
+                    .response_header()
+                    .is_some_and(|r| r.status.is_informational());
+                if !informational {
+                    break;
+                }
+            }
             let (status, json) = match session.response_header() {
                 Some(resp) => (
                     resp.status.as_u16(),

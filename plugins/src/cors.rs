@@ -344,6 +344,15 @@ impl Plugin for Cors {
         response: &mut ResponseHeader,
         state: &mut PluginState,
     ) -> pingora::Result<()> {
+        // The gateway decides CORS: an upstream's own answer (often reflecting any origin)
+        // never reaches the browser.
+        for name in [
+            ACCESS_CONTROL_ALLOW_ORIGIN,
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            ACCESS_CONTROL_EXPOSE_HEADERS,
+        ] {
+            response.remove_header(&name);
+        }
         vary_on_origin(response)?;
         let Some(origin) = &state.cors_origin else {
             return Ok(());

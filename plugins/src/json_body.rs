@@ -135,6 +135,14 @@ pub struct JsonBuffer {
     passthrough: bool,
 }
 
+impl JsonBuffer {
+    /// Forgets what was held: the body is being sent again (a retry).
+    pub fn restart(&mut self) {
+        self.data.clear();
+        self.passthrough = false;
+    }
+}
+
 /// True for `application/json` and `*/*+json` content types.
 pub fn is_json(headers: &HeaderMap) -> bool {
     headers

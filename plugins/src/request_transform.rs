@@ -9,7 +9,7 @@ use crate::template::{header_name, header_templates, Template, TemplateScope};
 use crate::{Flow, Phases, Plugin, PluginState, Rejection};
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::CONTENT_LENGTH;
 use http::{HeaderName, HeaderValue, Uri};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
@@ -160,8 +160,11 @@ impl RequestTransform {
             .into_iter()
             .flat_map(|q| q.split('&'))
             .filter(|pair| {
-                let name = pair.split('=').next().unwrap_or_default();
-                !pair.is_empty() && !self.drop_query.iter().any(|d| d == name)
+                // Names compare decoded: `tena%6Et=` is `tenant=` to the upstream too.
+                let name = form_urlencoded::parse(pair.as_bytes())
+                    .next()
+                    .map(|(k, _)| k);
+                !pair.is_empty() && !name.is_some_and(|n| self.drop_query.iter().any(|d| *d == n))
             });
         let mut first = true;
         let mut push = |out: &mut String, pair: &str| {
@@ -267,9 +270,9 @@ impl Plugin for RequestTransform {
             }
         }
         if state.request_json.is_some() {
-            // The edited body's length is known only at its end.
+            // The edited body's length is known only at its end: without Content-Length,
+            // Pingora frames an HTTP/1.1 upstream request as chunked (HTTP/2 needs nothing).
             upstream.remove_header(&CONTENT_LENGTH);
-            upstream.insert_header(TRANSFER_ENCODING, "chunked")?;
         }
         if let Some(uri) = self.new_uri(&upstream.uri, &set_query) {
             match uri.parse::<Uri>() {

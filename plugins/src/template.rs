@@ -1,4 +1,4 @@
-//! Templates: values with variables (`"Bearer $jwt.sub"`, `"$header.x-tenant-$consumer"`),
+//! Templates: values with variables (`"Bearer $jwt.sub"`, `"$header.x-tenant/$consumer"`),
 //! parsed once at load and rendered per request without re-parsing.
 //!
 //! Variables: `$client_ip`, `$request_id`, `$consumer`, `$route`, `$host`, `$method`, `$path`,
@@ -12,6 +12,7 @@
 use crate::query;
 use crate::PluginState;
 use http::HeaderName;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use pingora::http::RequestHeader;
 use regex::Regex;
 use std::fmt::Write;
@@ -52,6 +53,13 @@ pub struct Template {
     /// The route's regex paths, when the template uses `$path.NAME`.
     path_regexes: Vec<Regex>,
 }
+
+/// What a variable's value keeps unencoded in a request target: RFC 3986's unreserved.
+const URI_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '-'
@@ -165,6 +173,28 @@ impl Template {
         }
     }
 
+    /// Renders a request target (path and query): the template's own text as written, every
+    /// variable's value percent-encoded (all but `A-Z a-z 0-9 - . _ ~`), so client input can
+    /// never add a `/`, `?` or `#` to the target. `false` (and `out` unusable) when a value is
+    /// `.` or `..`, which would be a dot segment however it is encoded.
+    pub fn render_uri(&self, req: &RequestHeader, state: &PluginState, out: &mut String) -> bool {
+        let mut value = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(text) => out.push_str(text),
+                Piece::Var(var) => {
+                    value.clear();
+                    self.render_var(var, req, state, &mut value);
+                    if value == "." || value == ".." {
+                        return false;
+                    }
+                    out.extend(utf8_percent_encode(&value, URI_VALUE));
+                }
+            }
+        }
+        true
+    }
+
     /// Renders as a header value; `None` when it renders empty or is not a valid value.
     pub fn header_value(
         &self,
@@ -209,8 +239,13 @@ impl Template {
                 }
             }
             Var::Query(name) => {
-                if let Some(v) = req.uri.query().and_then(|q| query::param(q, name)) {
-                    out.push_str(v);
+                // Decoded, so `a%20b` is `a b` whatever the value is written into.
+                let value = req.uri.query().and_then(|q| {
+                    form_urlencoded::parse(q.as_bytes())
+                        .find_map(|(k, v)| (k == name.as_str()).then_some(v))
+                });
+                if let Some(v) = value {
+                    out.push_str(&v);
                 }
             }
             Var::Cookie(name) => {

@@ -25,6 +25,19 @@ use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
+/// Headers about a message's own framing or connection, never copied to another request.
+const FRAMING_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+];
+
 /// The largest backend weight: the balancers expand weights into lists and hash rings.
 const MAX_WEIGHT: usize = 1000;
 
@@ -136,7 +149,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 self.error(
                     &a.listen,
                     "admin.listen",
-                    format!("`{addr}` is also in server.listen"),
+                    format!("`{addr}` is also a proxy listener (server.listen or server.tls)"),
                     Some("give the admin listener its own port".into()),
                 );
                 None
@@ -205,7 +218,16 @@ impl<'e, 'a> Compiler<'e, 'a> {
             .into_iter()
             .enumerate()
             .filter_map(|(i, t)| self.tls_listener(i, t, &listen))
-            .collect();
+            .collect::<Vec<TlsListener>>();
+        for (i, t) in tls.iter().enumerate() {
+            if tls[..i].iter().any(|other| other.addr == t.addr) {
+                self.entry_error(
+                    &format!("server.tls[{i}].listen"),
+                    format!("`{}` is already another TLS listener", t.addr),
+                    Some("give each [[server.tls]] its own address".into()),
+                );
+            }
+        }
         ServerSettings {
             tls,
             listen,
@@ -559,10 +581,14 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 None
             }
         };
-        if r.grpc_web && r.cluster.is_none() {
+        let http2_cluster = matches!(
+            &action,
+            Some(RouteAction::Proxy(c)) if c.protocol != Protocol::Http1
+        );
+        if r.grpc_web && !http2_cluster {
             self.entry_error(
                 &format!("{key}.grpc_web"),
-                "grpc_web bridges to a gRPC upstream and needs `cluster`",
+                "grpc_web bridges to a gRPC upstream: it needs `cluster` with protocol = \"h2c\" or \"h2\"",
                 None,
             );
         }
@@ -679,6 +705,12 @@ impl<'e, 'a> Compiler<'e, 'a> {
             let mut forward_headers = Vec::new();
             for h in &call.forward_headers {
                 match HeaderName::from_bytes(h.as_bytes()) {
+                    Ok(name) if FRAMING_HEADERS.contains(&name.as_str()) => self.errors.push(
+                        at.clone(),
+                        &format!("{call_key}.forward_headers"),
+                        format!("`{h}` describes the client's own connection or body and cannot be forwarded"),
+                        None,
+                    ),
                     Ok(name) => forward_headers.push(name),
                     Err(_) => self.errors.push(
                         at.clone(),

@@ -196,8 +196,11 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
             specs.push(spec);
         }
     }
-    let proxy_listeners = server.as_ref().map_or(&[][..], |s| &s.listen[..]);
-    let admin = admin.and_then(|a| compiler.admin(a, proxy_listeners));
+    let proxy_listeners: Vec<SocketAddr> = server
+        .iter()
+        .flat_map(|s| s.listen.iter().copied().chain(s.tls.iter().map(|t| t.addr)))
+        .collect();
+    let admin = admin.and_then(|a| compiler.admin(a, &proxy_listeners));
     let grpc_web = specs.iter().any(|s| s.route.grpc_web);
     match server {
         Some(server) if errors.is_empty() => Ok(Config {

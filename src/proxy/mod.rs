@@ -161,7 +161,10 @@ impl Gateway {
                 for (name, value) in answer.headers {
                     resp.insert_header(name, value)?;
                 }
-                resp.insert_header(header::CONTENT_LENGTH, 0)?;
+                // RFC 9110: a 204 carries no Content-Length.
+                if answer.status != 204 {
+                    resp.insert_header(header::CONTENT_LENGTH, 0)?;
+                }
                 resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
                 run_response_plugins(
                     route.as_deref(),
@@ -394,11 +397,15 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A WebSocket's frames are not a request body.
+        if session.was_upgraded() {
+            return Ok(());
+        }
         ctx.state.request_body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
         if let Some(route) = &ctx.route {
             for plugin in route.plugins.request_body.iter() {
@@ -418,6 +425,12 @@ impl ProxyHttp for Gateway {
         upstream: &mut pingora::http::RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Each attempt (a retry resends the body through the body filters) starts counting and
+        // buffering the body afresh.
+        ctx.state.request_body_bytes = 0;
+        if let Some(buffer) = ctx.state.request_json.as_mut() {
+            buffer.restart();
+        }
         if ctx.route.as_ref().is_some_and(|r| r.strip_prefix) {
             let stripped = strip_prefix(&upstream.uri, ctx.prefix_len)?;
             upstream.set_uri(stripped);
@@ -528,7 +541,7 @@ impl ProxyHttp for Gateway {
                 close: true,
                 ..Problem::rejected(&rejection)
             };
-            if session.response_written().is_none() {
+            if !final_response_sent(session) {
                 if let Err(err) = problem.send(session, &ctx.state.request_id).await {
                     log::debug!("could not send the error response: {err}");
                 }
@@ -538,7 +551,7 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
-        if session.response_written().is_none() {
+        if !final_response_sent(session) {
             let detail = match kind {
                 ProblemKind::UpstreamTimeout => "the upstream did not answer in time",
                 ProblemKind::NoHealthyBackend => "no backend of the cluster is healthy",
@@ -616,6 +629,14 @@ async fn write_problem(
     problem.write(session, resp, body).await
 }
 
+/// True once a final (non-1xx) response header went to the client: an upstream's
+/// `100 Continue` does not stop an error response from being sent after it.
+fn final_response_sent(session: &Session) -> bool {
+    session
+        .response_written()
+        .is_some_and(|r| !r.status.is_informational())
+}
+
 /// Runs `route`'s response-phase plugins on a response header for `request`.
 async fn run_response_plugins(
     route: Option<&crate::router::Route>,
@@ -657,7 +678,7 @@ fn grpc_web_kind(req: &pingora::http::RequestHeader) -> Option<GrpcWebKind> {
 
 /// The method a CORS preflight asks for (`OPTIONS` with `Access-Control-Request-Method`).
 fn preflight_method(req: &pingora::http::RequestHeader) -> Option<Method> {
-    if req.method != Method::OPTIONS {
+    if req.method != Method::OPTIONS || !req.headers.contains_key(header::ORIGIN) {
         return None;
     }
     let requested = req.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;

@@ -98,6 +98,8 @@ pub struct Cluster {
     /// Connection failures retried on another backend.
     pub retries: u32,
     health: Option<HealthCheckSpec>,
+    /// The HTTP version spoken to the backends.
+    pub protocol: Protocol,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -148,6 +150,7 @@ impl Cluster {
             peers,
             retries,
             health,
+            protocol: transport.protocol,
         }
     }
 

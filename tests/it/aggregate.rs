@@ -42,6 +42,12 @@ paths = ["/guarded"]
 cluster = "users"
 path = "/users/$consumer"
 
+[routes.encoded]
+paths = ["/encoded"]
+[routes.encoded.aggregate.calls.profile]
+cluster = "users"
+path = "/users/$query.id?view=$query.view"
+
 [routes.partial]
 paths = ["/partial"]
 [routes.partial.aggregate.calls.profile]
@@ -125,6 +131,31 @@ required = false
         .expect("json");
     assert_eq!(body["profile"]["uri"], "/users/app");
     assert_eq!(body["profile"]["headers"]["x-consumer-name"], "app");
+
+    // Client input is percent-encoded into a call's target: it cannot add segments or params.
+    let body: Value = g
+        .get("/encoded?id=../admin%3Fx&view=a%20b%26c", &[])
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        body["profile"]["uri"],
+        "/users/..%2Fadmin%3Fx?view=a%20b%26c"
+    );
+    let problem = assert_problem(
+        g.get("/encoded?id=..", &[]).await,
+        502,
+        "aggregate-call-failed",
+    )
+    .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`..`"),
+        "{problem}"
+    );
 
     // An optional call fails: null, listed under `errors`, named in Gantry-Partial.
     let resp = g.get("/partial", &[]).await;
