@@ -512,6 +512,23 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    /// A body that ends with trailers has no end-of-stream chunk: the response-body plugins
+    /// get their end here, and what they still held goes out before the trailers.
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<bytes::Bytes>> {
+        let mut body = None;
+        if let Some(route) = &ctx.route {
+            for plugin in route.plugins.response_body.iter() {
+                plugin.on_response_body(&mut body, true, &mut ctx.state)?;
+            }
+        }
+        Ok(body.filter(|b| !b.is_empty()))
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         if let Some(route) = &ctx.route {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
