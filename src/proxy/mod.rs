@@ -559,7 +559,8 @@ impl ProxyHttp for Gateway {
                 ..Problem::rejected(&rejection)
             };
             if !final_response_sent(session) {
-                if let Err(err) = problem.send(session, &ctx.state.request_id).await {
+                let route = ctx.route.clone();
+                if let Err(err) = write_problem(session, route.as_deref(), ctx, &problem).await {
                     log::debug!("could not send the error response: {err}");
                 }
             }
@@ -576,10 +577,11 @@ impl ProxyHttp for Gateway {
                 ProblemKind::MalformedRequest => "the request could not be read",
                 _ => "the request failed inside the gateway",
             };
-            if let Err(err) = Problem::new(kind, detail)
-                .send(session, &ctx.state.request_id)
-                .await
-            {
+            // Response plugins (CORS, for one) see the gateway's errors too, so a browser can
+            // read a 502 or 504.
+            let route = ctx.route.clone();
+            let problem = Problem::new(kind, detail);
+            if let Err(err) = write_problem(session, route.as_deref(), ctx, &problem).await {
                 log::debug!("could not send the error response: {err}");
             }
         }
