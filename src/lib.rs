@@ -14,12 +14,14 @@
 //! router  (host index -> exact / prefix trie / regex path index)
 //! upstream (pingora-load-balancing clusters, peers with timeouts, active health checks)
 //! aggregate (service composition: concurrent calls to clusters merged into one JSON)
-//! admin   (its own listener: /metrics, /health)
+//! cache   (response cache: bounded in-memory storage, eviction, cache lock)
+//! admin   (its own listener: /metrics, /health, /status, /cache/purge)
 //! tls     (TLS listeners: certificates chosen by SNI)
 //! ```
 
 pub mod admin;
 pub mod aggregate;
+pub mod cache;
 pub mod config;
 pub mod proxy;
 pub mod router;

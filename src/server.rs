@@ -23,7 +23,6 @@ pub struct RunOptions {
 pub fn build(config: Config, opts: RunOptions) -> Server {
     let settings = config.server.clone();
     let admin = config.admin.clone();
-    let config_sha256 = config.source_sha256.clone();
     let conf = ServerConf {
         threads: settings.threads,
         daemon: opts.daemon,
@@ -46,6 +45,7 @@ pub fn build(config: Config, opts: RunOptions) -> Server {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let config = Arc::new(config);
     let probes: Vec<_> = config
         .clusters
         .values()
@@ -55,7 +55,7 @@ pub fn build(config: Config, opts: RunOptions) -> Server {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(Arc::new(config)),
+        Gateway::new(Arc::clone(&config)),
         "gantry",
     );
     if let Some(app) = proxy.app_logic_mut() {
@@ -82,7 +82,7 @@ pub fn build(config: Config, opts: RunOptions) -> Server {
     }
     server.add_service(proxy);
     if let Some(admin) = &admin {
-        server.add_service(crate::admin::service(admin, &config_sha256));
+        server.add_service(crate::admin::service(admin, Arc::clone(&config)));
     }
     if !health.is_empty() {
         server.add_service(background_service("health checks", health));

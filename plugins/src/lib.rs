@@ -16,6 +16,7 @@
 pub mod acl;
 pub mod basic_auth;
 pub mod body_limit;
+pub mod cache;
 pub mod concurrency_limit;
 pub mod config_types;
 pub mod consumer;
@@ -70,6 +71,8 @@ pub struct PluginState {
     pub response_from_upstream: bool,
     /// Concurrency slots held until the request ends.
     pub slots: Vec<pingora_limits::inflight::Guard>,
+    /// What the cache did for this request, on a route with the `cache` plugin.
+    pub cache_status: Option<cache::CacheStatus>,
 }
 
 impl Default for PluginState {
@@ -87,6 +90,7 @@ impl Default for PluginState {
             response_json: None,
             response_from_upstream: false,
             slots: Vec::new(),
+            cache_status: None,
         }
     }
 }
@@ -172,6 +176,11 @@ pub trait Plugin: Send + Sync {
     /// The phases this plugin implements.
     fn phases(&self) -> Phases;
 
+    /// The caching rules of the `cache` plugin, which the gateway's cache hooks follow.
+    fn cache_policy(&self) -> Option<Arc<cache::CachePolicy>> {
+        None
+    }
+
     /// After routing, before the request goes upstream (or a direct response is sent), for
     /// every request of the route, including WebSocket upgrades and requests with bodies.
     async fn on_request(
@@ -253,6 +262,8 @@ pub struct PluginChain {
     pub response_body: Box<[Arc<dyn Plugin>]>,
     /// [`Phases::LOG`].
     pub log: Box<[Arc<dyn Plugin>]>,
+    /// The route's caching rules, when it has the `cache` plugin.
+    pub cache: Option<Arc<cache::CachePolicy>>,
 }
 
 impl PluginChain {
@@ -274,6 +285,7 @@ impl PluginChain {
             response: of(Phases::RESPONSE),
             response_body: of(Phases::RESPONSE_BODY),
             log: of(Phases::LOG),
+            cache: plugins.iter().find_map(|p| p.cache_policy()),
         }
     }
 

@@ -4,8 +4,8 @@ use crate::consumer::Consumers;
 use crate::redis_store::{RedisStore, RedisUnavailable};
 use crate::template::TemplateScope;
 use crate::{
-    acl, basic_auth, body_limit, concurrency_limit, cors, ip_restriction, jwt_auth, key_auth,
-    rate_limit, request_transform, response_transform, Plugin,
+    acl, basic_auth, body_limit, cache, concurrency_limit, cors, ip_restriction, jwt_auth,
+    key_auth, rate_limit, request_transform, response_transform, Plugin,
 };
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -23,6 +23,7 @@ pub const NAMES: &[&str] = &[
     cors::NAME,
     request_transform::NAME,
     response_transform::NAME,
+    cache::NAME,
 ];
 
 /// Where a plugin instance is configured.
@@ -103,6 +104,7 @@ pub fn build<S: ConfigSource>(
                 .parse()
                 .map(|c| request_transform::RequestTransform::new(c, &scope.templates)),
         ),
+        cache::NAME => finish(source.parse().map(|c| cache::Cache::new(c, &scope.name))),
         _ => Build::Unknown,
     }
 }

@@ -5,10 +5,11 @@
 
 use super::error::{did_you_mean, ErrorSink};
 use super::model::{
-    AdminSection, AggregateSection, BalancerKind, ClusterSection, HealthCheckKind,
-    HealthCheckSection, ProtocolKind, RespondSection, RouteSection, ServerSection, TlsSection,
+    AdminSection, AggregateSection, BalancerKind, CacheSection, ClusterSection, HealthCheckKind,
+    HealthCheckSection, HumanSize, ProtocolKind, RespondSection, RouteSection, ServerSection,
+    TlsSection,
 };
-use super::{AdminSettings, ServerSettings, TlsListener};
+use super::{AdminSettings, CacheSettings, ServerSettings, TlsListener};
 use crate::aggregate::{Aggregate, Call};
 use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction, RouteSpec};
 use crate::upstream::{
@@ -62,7 +63,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
         self.entry = Some(span);
     }
 
-    fn entry_error(&mut self, key: &str, msg: impl Into<String>, hint: Option<String>) {
+    pub fn entry_error(&mut self, key: &str, msg: impl Into<String>, hint: Option<String>) {
         self.errors.push(self.entry.clone(), key, msg, hint);
     }
 
@@ -166,6 +167,45 @@ impl<'e, 'a> Compiler<'e, 'a> {
             }
         };
         Some(AdminSettings { addr: addr?, token })
+    }
+
+    /// `[cache]`: the storage bounds (defaults when the section is absent).
+    pub fn cache(&mut self, c: Option<CacheSection>) -> CacheSettings {
+        let defaults = CacheSettings::default();
+        let Some(c) = c else {
+            return defaults;
+        };
+        let size = |s: &Option<Spanned<HumanSize>>, default: usize| {
+            s.as_ref().map_or(default, |s| {
+                usize::try_from(s.get_ref().0).unwrap_or(usize::MAX)
+            })
+        };
+        let max_size = size(&c.max_size, defaults.max_size);
+        let max_object_size = size(&c.max_object_size, defaults.max_object_size);
+        if let Some(s) = &c.max_size {
+            if max_size < 1 << 20 {
+                self.error(
+                    s,
+                    "cache.max_size",
+                    format!("{max_size} bytes is too small for a cache"),
+                    Some("give it at least \"1MiB\"".into()),
+                );
+            }
+        }
+        if let Some(s) = &c.max_object_size {
+            if max_object_size == 0 || max_object_size > max_size {
+                self.error(
+                    s,
+                    "cache.max_object_size",
+                    format!("must be between 1 byte and max_size ({max_size} bytes)"),
+                    Some("larger responses are streamed without being stored".into()),
+                );
+            }
+        }
+        CacheSettings {
+            max_size,
+            max_object_size,
+        }
     }
 
     /// `[server]`.

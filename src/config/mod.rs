@@ -12,7 +12,7 @@ mod redis;
 
 pub use error::{ConfigError, ConfigErrors};
 
-use crate::router::Router;
+use crate::router::{RouteAction, Router};
 use crate::upstream::Cluster;
 use compile::Compiler;
 use document::Document;
@@ -33,6 +33,7 @@ const SECTIONS: &[&str] = &[
     "consumers",
     "redis",
     "admin",
+    "cache",
 ];
 
 /// Compiled `[server]` settings.
@@ -64,6 +65,24 @@ pub struct ServerSettings {
     pub error_log: Option<String>,
     /// TLS listeners.
     pub tls: Vec<TlsListener>,
+}
+
+/// A compiled `[cache]`: the bounds of the node's response cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Most bytes stored at once.
+    pub max_size: usize,
+    /// Largest response stored.
+    pub max_object_size: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_size: 256 << 20,
+            max_object_size: 8 << 20,
+        }
+    }
 }
 
 /// A compiled `[admin]`.
@@ -107,6 +126,10 @@ pub struct Config {
     pub source_sha256: String,
     /// Some route bridges gRPC-Web (the bridge module is loaded only then).
     pub grpc_web: bool,
+    /// The response cache's bounds.
+    pub cache: CacheSettings,
+    /// Some route has the `cache` plugin (the storage is created only then).
+    pub caching: bool,
 }
 
 /// Reads and compiles the file at `path`.
@@ -136,6 +159,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
     let consumers = doc.take("consumers");
     let redis = doc.take("redis");
     let admin = doc.take("admin");
+    let cache = doc.take("cache");
     doc.reject_remaining(SECTIONS);
 
     let server = match server {
@@ -147,6 +171,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
         None => Some((0..0, model::ServerSection::default())),
     };
     let admin = admin.and_then(|v| doc.deserialize::<model::AdminSection>("admin", v));
+    let cache = cache.and_then(|v| doc.deserialize::<model::CacheSection>("cache", v));
     let cluster_sections = doc.deserialize_entries::<model::ClusterSection>("clusters", clusters);
     let build_ctx = BuildContext {
         consumers: plugins::consumers(&mut doc, consumers),
@@ -164,11 +189,15 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
                 .map(|p| plugins::route(&mut doc, &key, p, path_regexes, &build_ctx))
                 .unwrap_or_default();
             let section = doc.deserialize::<model::RouteSection>(&key, e.value);
+            let own_cache = overrides
+                .iter()
+                .any(|(name, p)| name == gantry_plugins::cache::NAME && p.is_some());
             (
                 e.name,
                 span,
                 section,
                 plugins::chain(&global_plugins, &overrides),
+                own_cache,
             )
         })
         .collect();
@@ -190,9 +219,16 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
         clusters.insert(name, cluster);
     }
     let mut specs = Vec::new();
-    for (name, span, section, chain) in route_sections {
+    for (name, span, section, chain, own_cache) in route_sections {
         compiler.at_entry(span);
         if let Some(spec) = section.and_then(|s| compiler.route(&name, s, &clusters, chain)) {
+            if own_cache && !matches!(spec.route.action, RouteAction::Proxy(_)) {
+                compiler.entry_error(
+                    &format!("routes.{name}.plugins.cache"),
+                    "the cache stores upstream responses: it applies to routes with `cluster`",
+                    Some("remove the plugin from this route".into()),
+                );
+            }
             specs.push(spec);
         }
     }
@@ -202,11 +238,15 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
         .collect();
     let admin = admin.and_then(|a| compiler.admin(a, &proxy_listeners));
     let grpc_web = specs.iter().any(|s| s.route.grpc_web);
+    let caching = specs.iter().any(|s| s.route.plugins.cache.is_some());
+    let cache = compiler.cache(cache);
     match server {
         Some(server) if errors.is_empty() => Ok(Config {
             admin,
             source_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(src.as_bytes())),
             grpc_web,
+            cache,
+            caching,
             server,
             router: Router::new(specs),
             clusters: clusters
@@ -303,6 +343,38 @@ respond = { status = 99 }
             );
         }
         assert!(e.iter().all(|x| !x.contains("$__serde")), "{e:#?}");
+    }
+
+    #[test]
+    fn cache_settings_and_plugin_are_checked() {
+        let route = "[clusters.c]\nbackends = [\"127.0.0.1:1\"]\n\
+                     [routes.r]\npaths = [\"/\"]\ncluster = \"c\"\n[routes.r.plugins.cache]\n";
+        let c = load_str("t.toml", route).expect("defaults are valid");
+        assert!(c.caching);
+        assert_eq!(c.cache, CacheSettings::default());
+        let e = errors(&format!(
+            "[cache]\nmax_size = \"10KiB\"\nmax_object_size = \"1GiB\"\n{route}"
+        ));
+        assert!(e.iter().any(|x| x.starts_with("cache.max_size")), "{e:#?}");
+        assert!(
+            e.iter().any(|x| x.starts_with("cache.max_object_size")),
+            "{e:#?}"
+        );
+        let e = errors(&format!("{route}statuses = [206]\nkey_query = \"some\"\n"));
+        assert!(
+            e.iter().any(|x| x.contains("unknown key_query `some`")),
+            "{e:#?}"
+        );
+        let e = errors(&format!("{route}statuses = [206]\n"));
+        assert!(e.iter().any(|x| x.contains("206")), "{e:#?}");
+        let e = errors(
+            "[routes.d]\npaths = [\"/\"]\nrespond = { status = 200 }\n[routes.d.plugins.cache]\n",
+        );
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("routes.d.plugins.cache the cache stores")),
+            "{e:#?}"
+        );
     }
 
     #[test]

@@ -336,6 +336,16 @@ pub struct AdminSection {
     pub token: Option<Spanned<String>>,
 }
 
+/// `[cache]`: the node's response cache storage, shared by every route's `cache` plugin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Hard bound on stored bytes; least-recently-used entries are evicted. Default 256MiB.
+    pub max_size: Option<Spanned<HumanSize>>,
+    /// Larger responses are streamed, not stored. Default 8MiB.
+    pub max_object_size: Option<Spanned<HumanSize>>,
+}
+
 /// `[redis]`: the store for cluster-wide plugin state.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,6 +15,7 @@ pub use ctx::RequestCtx;
 pub use problem::{Problem, ProblemKind};
 
 use crate::aggregate::{Aggregate, ClientRequest, Outcome};
+use crate::cache::NodeCache;
 use crate::config::Config;
 use crate::router::{normalize_host, Lookup, RequestView, RouteAction};
 use crate::upstream::hash_key::ip_key;
@@ -22,13 +23,15 @@ use async_trait::async_trait;
 use forwarded::X_REQUEST_ID;
 use gantry_plugins::{Flow, PluginState};
 use http::{header, Method, Uri};
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::modules::http::grpc_web::{GrpcWeb, GrpcWebBridge};
 use pingora::protocols::http::bridge::grpc_web::GrpcWebCtx;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 use problem::{ALL_BACKENDS_FAILED, BODY_REJECTED, NO_HEALTHY_BACKEND};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -36,6 +39,8 @@ use std::sync::Arc;
 /// The gateway: routes every request of one configuration.
 pub struct Gateway {
     config: Arc<Config>,
+    /// The node's response cache, when some route caches.
+    cache: Option<&'static NodeCache>,
     keepalive_secs: u64,
     /// Pooled upstream connections for `aggregate` calls.
     connector: Connector,
@@ -45,8 +50,10 @@ impl Gateway {
     /// A gateway serving `config`.
     pub fn new(config: Arc<Config>) -> Self {
         let keepalive_secs = config.server.keepalive_timeout.as_secs().max(1);
+        let cache = config.caching.then(|| crate::cache::node(&config.cache));
         Gateway {
             config,
+            cache,
             keepalive_secs,
             connector: Connector::new(None),
         }
@@ -343,6 +350,75 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Caches GET and HEAD requests (not upgrades) of routes with the `cache` plugin.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(cache) = self.cache else {
+            return Ok(());
+        };
+        let cacheable = cache_policy(ctx).is_some()
+            && pingora::cache::filters::request_cacheable(session.req_header())
+            && !session.as_downstream().is_upgrade_req();
+        if cacheable {
+            cache.enable(&mut session.cache);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let Some(policy) = cache_policy(ctx) else {
+            return Error::e_explain(ErrorType::InternalError, "cache key without a cache policy");
+        };
+        let req = session.req_header();
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let scheme = if tls { "https" } else { "http" };
+        let key = policy.primary_key(
+            &ctx.state.route,
+            scheme,
+            request_host(req),
+            req.uri.path(),
+            req.uri.query(),
+        );
+        Ok(CacheKey::new(key, ""))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let Some(policy) = cache_policy(ctx) else {
+            return Ok(RespCacheable::Uncacheable(
+                pingora::cache::NoCacheReason::NeverEnabled,
+            ));
+        };
+        let authorization = session
+            .req_header()
+            .headers
+            .contains_key(header::AUTHORIZATION);
+        Ok(policy.response_cacheable(resp, authorization))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut RequestCtx,
+        req: &pingora::http::RequestHeader,
+    ) -> Option<HashBinary> {
+        cache_policy(ctx)?.variance(req, meta.headers())
+    }
+
+    /// Stale responses are served within their windows while one request refreshes them, and
+    /// when the upstream fails (not when the client does).
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        error.is_none_or(|e| *e.esource() != ErrorSource::Downstream)
+    }
+
     async fn upstream_peer(
         &self,
         session: &mut Session,
@@ -488,6 +564,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
         ctx.state.response_from_upstream = true;
+        if cache_policy(ctx).is_some() {
+            ctx.state.cache_status = Some(crate::cache::status(session.cache.phase()));
+        }
         run_response_plugins(
             ctx.route.as_deref(),
             session.req_header(),
@@ -592,8 +671,13 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// The matched route's caching rules.
+fn cache_policy(ctx: &RequestCtx) -> Option<&gantry_plugins::cache::CachePolicy> {
+    ctx.route.as_ref()?.plugins.cache.as_deref()
+}
+
 /// The host a request is for: `Host`, or the URI authority (HTTP/2, absolute-form).
-fn request_host(req: &pingora::http::RequestHeader) -> &str {
+pub(crate) fn request_host(req: &pingora::http::RequestHeader) -> &str {
     req.headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

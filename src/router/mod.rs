@@ -139,6 +139,8 @@ pub struct Router {
     /// Keyed by the suffix including its leading dot: `*.example.com` is `.example.com`.
     wildcard_hosts: AHashMap<Box<str>, PathIndex>,
     any_host: PathIndex,
+    /// Every route by name, for the admin API.
+    by_name: AHashMap<Box<str>, Arc<Route>>,
     len: usize,
 }
 
@@ -150,6 +152,9 @@ impl Router {
             ..Router::default()
         };
         for (order, spec) in specs.into_iter().enumerate() {
+            router
+                .by_name
+                .insert(spec.route.name.as_ref().into(), Arc::clone(&spec.route));
             if spec.hosts.is_empty() {
                 insert_paths(&mut router.any_host, &spec, order);
                 continue;
@@ -173,6 +178,11 @@ impl Router {
             .chain(std::iter::once(&mut router.any_host))
             .for_each(PathIndex::finish);
         router
+    }
+
+    /// The route named `name`.
+    pub fn route(&self, name: &str) -> Option<Arc<Route>> {
+        self.by_name.get(name).cloned()
     }
 
     /// Number of routes in the index.

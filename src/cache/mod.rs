@@ -1,0 +1,156 @@
+//! The node's response cache: one bounded [`MemoryStorage`] shared by every route with the
+//! `cache` plugin, the sharded LRU eviction manager of `pingora-cache` that keeps it under
+//! `[cache] max_size`, and the cache lock that turns concurrent misses for one key into one
+//! upstream fetch.
+//!
+//! `pingora-cache` needs `'static` references, so the node cache is created once per process,
+//! the first time a configuration with caching is served.
+
+pub mod storage;
+
+use crate::config::CacheSettings;
+use gantry_plugins::cache::CacheStatus;
+use pingora::cache::eviction::lru::Manager;
+use pingora::cache::eviction::EvictionManager;
+use pingora::cache::key::HashBinary;
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::{CacheOptionOverrides, CachePhase, HttpCache, NoCacheReason};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntGauge, Opts};
+use std::sync::OnceLock;
+use std::time::Duration;
+pub use storage::MemoryStorage;
+
+/// Shards of the LRU (each has its own lock).
+const LRU_SHARDS: usize = 16;
+
+/// Expected entries per LRU shard, to size its tables up front.
+const LRU_SHARD_CAPACITY: usize = 1024;
+
+/// How long a request filling the cache holds the key's lock before waiters give up on it
+/// and fetch for themselves.
+const LOCK_AGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request waits for another request filling the same key.
+const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The process's cache.
+pub struct NodeCache {
+    /// Where responses are stored.
+    pub storage: &'static MemoryStorage,
+    eviction: &'static Manager<LRU_SHARDS>,
+    lock: &'static CacheKeyLockImpl,
+    max_object_size: usize,
+}
+
+static NODE: OnceLock<NodeCache> = OnceLock::new();
+
+/// The process's cache, created with `settings` on first use.
+pub fn node(settings: &CacheSettings) -> &'static NodeCache {
+    NODE.get_or_init(|| {
+        let storage: &'static MemoryStorage = Box::leak(Box::default());
+        let eviction = Box::leak(Box::new(Manager::with_capacity(
+            settings.max_size,
+            LRU_SHARD_CAPACITY,
+        )));
+        let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(LOCK_AGE_TIMEOUT));
+        let _ = prometheus::register(Box::new(StorageGauges::new(storage)));
+        NodeCache {
+            storage,
+            eviction,
+            lock,
+            max_object_size: settings.max_object_size,
+        }
+    })
+}
+
+/// The process's cache if some configuration created it.
+pub fn running() -> Option<&'static NodeCache> {
+    NODE.get()
+}
+
+impl NodeCache {
+    /// Turns caching on for this request.
+    pub fn enable(&'static self, cache: &mut HttpCache) {
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(LOCK_WAIT_TIMEOUT);
+        cache.enable(
+            self.storage,
+            Some(self.eviction),
+            None,
+            Some(self.lock),
+            Some(overrides),
+        );
+        cache.set_max_file_size_bytes(self.max_object_size);
+    }
+
+    /// Removes every stored variant of the URL whose primary key hashes to `primary`;
+    /// returns how many entries went.
+    pub fn purge(&self, primary: &HashBinary) -> usize {
+        let removed = self.storage.remove_primary(primary);
+        for key in &removed {
+            self.eviction.remove(storage::eviction_key(key));
+        }
+        removed.len()
+    }
+}
+
+/// What the cache did for a request, from its final phase.
+pub fn status(phase: CachePhase) -> CacheStatus {
+    match phase {
+        CachePhase::Hit => CacheStatus::Hit,
+        CachePhase::Miss => CacheStatus::Miss,
+        CachePhase::Expired => CacheStatus::Expired,
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => CacheStatus::Revalidated,
+        CachePhase::Stale | CachePhase::StaleUpdating => CacheStatus::Stale,
+        CachePhase::Disabled(NoCacheReason::NeverEnabled)
+        | CachePhase::Uninit
+        | CachePhase::Bypass
+        | CachePhase::CacheKey => CacheStatus::Bypass,
+        CachePhase::Disabled(_) => CacheStatus::NotStored,
+    }
+}
+
+/// `gantry_cache_bytes` and `gantry_cache_entries`, read from the storage when scraped.
+struct StorageGauges {
+    storage: &'static MemoryStorage,
+    bytes: IntGauge,
+    entries: IntGauge,
+}
+
+impl StorageGauges {
+    fn new(storage: &'static MemoryStorage) -> Self {
+        let gauge = |name: &str, help: &str| {
+            IntGauge::with_opts(Opts::new(name, help)).expect("static metric definition")
+        };
+        StorageGauges {
+            storage,
+            bytes: gauge("gantry_cache_bytes", "Bytes held by the response cache"),
+            entries: gauge(
+                "gantry_cache_entries",
+                "Responses held by the response cache",
+            ),
+        }
+    }
+}
+
+impl Collector for StorageGauges {
+    fn desc(&self) -> Vec<&Desc> {
+        self.bytes
+            .desc()
+            .into_iter()
+            .chain(self.entries.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.bytes.set(self.storage.bytes() as i64);
+        self.entries.set(self.storage.entries() as i64);
+        self.bytes
+            .collect()
+            .into_iter()
+            .chain(self.entries.collect())
+            .collect()
+    }
+}
