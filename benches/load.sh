@@ -6,6 +6,7 @@
 #   ROUNDS=5 DURATION=20s CONNS=100 benches/load.sh
 #   REDIS_POOL_SIZE=4 PLUGINS_ONLY=1 benches/load.sh   # tune [redis] pool_size; skip nginx
 #   REDIS_UNIX=1 benches/load.sh                        # reach Redis over a Unix socket
+#   CACHE_ONLY=1 benches/load.sh                        # only the cached-hit comparison
 #
 # Upstream: nginx, one worker, answering a small body. Proxies: nginx (one worker, upstream
 # keepalive, request id and X-Forwarded-For set) and Gantry (one thread, health checks on,
@@ -14,7 +15,8 @@
 # and the ratio Gantry/nginx. Then the same Gantry serves /jwt (jwt-auth, RS256, one token
 # reused as clients do), /key (key-auth), /limited (rate-limit, local, never hit) and
 # /redis-limited (rate-limit, policy redis, never hit, against a local redis-server on CPU 1),
-# compared with its plain route.
+# compared with its plain route. Last, cached hits: nginx's proxy_cache against Gantry's cache
+# plugin on /cached (the upstream is asked once; every measured request is a hit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +27,7 @@ PATH_UNDER_TEST=${PATH_UNDER_TEST:-/bench}
 REDIS_POOL_SIZE=${REDIS_POOL_SIZE:-16}
 PLUGINS_ONLY=${PLUGINS_ONLY:-}
 REDIS_UNIX=${REDIS_UNIX:-}
+CACHE_ONLY=${CACHE_ONLY:-}
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -82,8 +85,19 @@ http {
   access_log off;
   keepalive_requests 1000000;
   upstream backend { server 127.0.0.1:$UP; keepalive 128; }
+  proxy_cache_path $work/nginx-cache levels=1:2 keys_zone=bench:10m max_size=256m inactive=10m use_temp_path=off;
   server {
     listen 127.0.0.1:$NGX;
+    location /cached {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache bench;
+      proxy_cache_valid 200 60s;
+      proxy_cache_lock on;
+      add_header X-Cache-Status \$upstream_cache_status;
+      add_header X-Request-Id \$request_id;
+    }
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -115,6 +129,12 @@ interval = "1s"
 [routes.bench]
 paths = ["/"]
 cluster = "backend"
+
+[routes.cached]
+paths = ["/cached"]
+cluster = "backend"
+[routes.cached.plugins.cache]
+default_ttl = "60s"
 
 [consumers.bench]
 keys = ["bench-key-0123456789"]
@@ -201,7 +221,7 @@ taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NGX$PATH_UNDER_TEST" >/d
 taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$GAN$PATH_UNDER_TEST" >/dev/null
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-if [ -z "$PLUGINS_ONLY" ]; then
+if [ -z "$PLUGINS_ONLY$CACHE_ONLY" ]; then
 printf "%-7s %-6s %12s %9s %9s %11s\n" round server "req/s" "p50 ms" "p99 ms" "cpu us/req"
 : > "$work/results"
 for r in $(seq "$ROUNDS"); do
@@ -226,6 +246,36 @@ awk -v g="$gantry_2" -v n="$nginx_2" -v gp="$gantry_4" -v np="$nginx_4" -v g5="$
   -v gc="$gantry_5" -v nc="$nginx_5" \
   'BEGIN { printf "ratio gantry/nginx: req/s %.2f   p50 %.2f   p99 %.2f   cpu/req %.2f (latency and cpu: lower is better)\n", g/n, g5/n5, gp/np, gc/nc }'
 fi
+
+# Cached hits: nginx proxy_cache against Gantry's cache plugin, alternating.
+if [ -z "$PLUGINS_ONLY" ]; then
+for port in "$NGX" "$GAN"; do
+  curl -fs -o /dev/null "http://127.0.0.1:$port/cached"
+  hit=$(curl -fs -o /dev/null -D - "http://127.0.0.1:$port/cached" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache-status" {print $2}')
+  [ "$hit" = "HIT" ] || { echo "port $port: /cached is not a cache hit ($hit)" >&2; exit 1; }
+done
+echo
+printf "%-7s %-6s %12s %9s %9s %11s\n" round cached "req/s" "p50 ms" "p99 ms" "cpu us/req"
+: > "$work/cache_results"
+for r in $(seq "$ROUNDS"); do
+  for pair in "nginx:$NGX" "gantry:$GAN"; do
+    name=${pair%%:*}; port=${pair##*:}
+    read -r rps p50 p99 cpu < <(run "$name" "$port" /cached)
+    printf "%-7s %-6s %12s %9s %9s %11s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu"
+    echo "$name $rps $p50 $p99 $cpu" >> "$work/cache_results"
+  done
+done
+for name in nginx gantry; do
+  for col in 2 3 4 5; do
+    v=$(awk -v n="$name" -v c="$col" '$1==n {print $c}' "$work/cache_results" | median)
+    eval "cached_${name}_$col=$v"
+  done
+done
+awk -v g="$cached_gantry_2" -v n="$cached_nginx_2" -v g5="$cached_gantry_3" -v n5="$cached_nginx_3" \
+  -v gp="$cached_gantry_4" -v np="$cached_nginx_4" -v gc="$cached_gantry_5" -v nc="$cached_nginx_5" \
+  'BEGIN { printf "median cached hits: nginx %.0f req/s, gantry %.0f req/s; ratio gantry/nginx: req/s %.2f   p50 %.2f   p99 %.2f   cpu/req %.2f\n", n, g, g/n, g5/n5, gp/np, gc/nc }'
+fi
+[ -n "$CACHE_ONLY" ] && exit 0
 
 # Plugins: Gantry's plain route against jwt-auth and key-auth routes, alternating.
 curl -fs -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GAN/jwt" || { echo "jwt route refused the token" >&2; exit 1; }
