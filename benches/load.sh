@@ -48,6 +48,8 @@ cargo build --release --quiet
 GANTRY=target/release/gantry
 
 work=$(mktemp -d)
+# nginx's workers (user nobody when started as root) write its proxy_cache here.
+mkdir -m 777 "$work/nginx-cache" && chmod 755 "$work"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

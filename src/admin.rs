@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use http::{header, Response, StatusCode};
 use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::cache::key::CacheHashKey;
-use pingora::cache::CacheKey;
 use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
 use prometheus::{Encoder, TextEncoder};
@@ -157,7 +156,7 @@ async fn purge(config: &Config, session: &mut ServerSession) -> Response<Vec<u8>
         uri.path(),
         uri.query(),
     );
-    let primary = CacheKey::new(key, "").primary_bin();
+    let primary = crate::cache::key_for(key).primary_bin();
     let purged = cache.purge(&primary);
     let body = serde_json::json!({ "route": &*route.name, "purged": purged });
     respond(

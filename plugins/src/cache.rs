@@ -211,17 +211,23 @@ impl CachePolicy {
         };
         field(route.as_bytes());
         field(scheme.as_bytes());
-        let host = host.to_ascii_lowercase();
+        // The host, lowercased, with the scheme's default port when it names none.
         let has_port = host
             .rsplit_once(':')
             .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
             && !host.ends_with(']');
-        if has_port {
-            field(host.as_bytes());
-        } else {
-            let port = if scheme == "https" { ":443" } else { ":80" };
-            field(format!("{host}{port}").as_bytes());
-        }
+        let default_port: &[u8] = match (has_port, scheme) {
+            (true, _) => b"",
+            (false, "https") => b":443",
+            (false, _) => b":80",
+        };
+        key.extend_from_slice(&((host.len() + default_port.len()) as u32).to_be_bytes());
+        key.extend(host.bytes().map(|b| b.to_ascii_lowercase()));
+        key.extend_from_slice(default_port);
+        let mut field = |bytes: &[u8]| {
+            key.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            key.extend_from_slice(bytes);
+        };
         field(path.as_bytes());
         match (&self.key_query, query) {
             (KeyQuery::All, Some(q)) => field(q.as_bytes()),

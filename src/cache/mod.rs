@@ -12,9 +12,9 @@ use crate::config::CacheSettings;
 use gantry_plugins::cache::CacheStatus;
 use pingora::cache::eviction::lru::Manager;
 use pingora::cache::eviction::EvictionManager;
-use pingora::cache::key::HashBinary;
+use pingora::cache::key::{hash_key, HashBinary};
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
-use pingora::cache::{CacheOptionOverrides, CachePhase, HttpCache, NoCacheReason};
+use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, HttpCache, NoCacheReason};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntGauge, Opts};
@@ -94,6 +94,15 @@ impl NodeCache {
         }
         removed.len()
     }
+}
+
+/// The cache key of a framed primary key (from `CachePolicy::primary_key`). Its hash is
+/// computed once here: `pingora-cache` asks for it several times per request.
+pub fn key_for(primary: Vec<u8>) -> CacheKey {
+    let hash = hash_key(&primary);
+    let mut key = CacheKey::new(primary, "");
+    key.set_primary_bin_override(hash);
+    key
 }
 
 /// What the cache did for a request, from its final phase.

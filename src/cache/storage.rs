@@ -18,11 +18,12 @@ use pingora::cache::storage::{
 };
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 /// Shards of the entry map: lookups of different keys rarely contend.
 const SHARDS: usize = 32;
@@ -37,12 +38,49 @@ struct Entry {
     combined: HashBinary,
     /// The key the eviction manager tracks this entry by.
     compact: CompactCacheKey,
-    /// `CacheMeta` serialized: internal fields, then the header.
-    meta: Arc<(Vec<u8>, Vec<u8>)>,
+    /// `CacheMeta`: its internal fields serialized, and the header parsed.
+    meta: Arc<StoredMeta>,
     body: Bytes,
     /// What this entry counts toward `max_size`.
     weight: usize,
 }
+
+/// A stored `CacheMeta`. The header is kept parsed: `CacheMeta::deserialize` would
+/// decompress (zstd) and parse it on every hit, which cost more than the rest of a hit.
+struct StoredMeta {
+    internal: Vec<u8>,
+    header: ResponseHeader,
+}
+
+impl StoredMeta {
+    /// Splits `meta`; also returns the serialized header's size, for the entry's weight.
+    fn new(meta: &CacheMeta) -> Result<(StoredMeta, usize)> {
+        let (internal, header) = meta.serialize()?;
+        let stored = StoredMeta {
+            internal,
+            header: meta.response_header_copy(),
+        };
+        Ok((stored, header.len()))
+    }
+
+    /// The `CacheMeta` again: the internal fields deserialized around an empty header, then
+    /// the stored header put in.
+    fn to_meta(&self) -> Result<CacheMeta> {
+        let mut meta = CacheMeta::deserialize(&self.internal, &EMPTY_HEADER)?;
+        *meta.response_header_mut() = self.header.clone();
+        Ok(meta)
+    }
+}
+
+/// An empty response header, serialized once.
+static EMPTY_HEADER: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let header = ResponseHeader::build(200, Some(0)).expect("a 200 header builds");
+    let now = std::time::SystemTime::now();
+    CacheMeta::new(now, now, 0, 0, header)
+        .serialize()
+        .map(|(_, header)| header)
+        .unwrap_or_default()
+});
 
 type Shard = RwLock<HashMap<HashBinary, Vec<Entry>>>;
 
@@ -196,7 +234,9 @@ struct Miss {
     storage: &'static MemoryStorage,
     combined: HashBinary,
     compact: CompactCacheKey,
-    meta: (Vec<u8>, Vec<u8>),
+    meta: StoredMeta,
+    /// The serialized header's size.
+    header_len: usize,
     body: BytesMut,
 }
 
@@ -213,9 +253,10 @@ impl HandleMiss for Miss {
             combined,
             compact,
             meta,
+            header_len,
             body,
         } = *self;
-        let weight = body.len() + meta.0.len() + meta.1.len() + ENTRY_OVERHEAD;
+        let weight = body.len() + meta.internal.len() + header_len + ENTRY_OVERHEAD;
         storage.insert(Entry {
             combined,
             compact,
@@ -248,7 +289,7 @@ impl Storage for MemoryStorage {
         let Some((meta, body, weight)) = found else {
             return Ok(None);
         };
-        let meta = CacheMeta::deserialize(&meta.0, &meta.1)?;
+        let meta = meta.to_meta()?;
         let end = body.len();
         let hit = Hit {
             body,
@@ -266,11 +307,13 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
+        let (meta, header_len) = StoredMeta::new(meta)?;
         Ok(Box::new(Miss {
             storage: self,
             combined: key.combined_bin(),
             compact: key.to_compact(),
-            meta: meta.serialize()?,
+            meta,
+            header_len,
             body: BytesMut::new(),
         }))
     }
@@ -297,7 +340,7 @@ impl Storage for MemoryStorage {
     ) -> Result<bool> {
         let primary = key.primary_bin();
         let combined = key.combined_bin();
-        let meta = Arc::new(meta.serialize()?);
+        let meta = Arc::new(StoredMeta::new(meta)?.0);
         let mut shard = self.shard(&primary).write();
         let entry = shard
             .get_mut(&primary)
@@ -325,11 +368,11 @@ pub fn eviction_key(key: &CompactCacheKey) -> CacheEntryKeyRef<'_> {
 mod tests {
     use super::*;
     use pingora::cache::trace::Span;
-    use pingora::http::ResponseHeader;
     use std::time::{Duration, SystemTime};
 
     fn meta() -> CacheMeta {
-        let header = ResponseHeader::build(200, None).unwrap();
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header.insert_header("etag", "\"v1\"").unwrap();
         let now = SystemTime::now();
         CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header)
     }
@@ -363,7 +406,10 @@ mod tests {
         store(storage, &variant, b"hallo").await;
         assert_eq!(storage.entries(), 2);
 
-        let (_, mut hit) = storage.lookup(&variant, &span).await.unwrap().unwrap();
+        let (meta, mut hit) = storage.lookup(&variant, &span).await.unwrap().unwrap();
+        assert_eq!(meta.response_header().status, 200);
+        assert_eq!(meta.headers()["etag"], "\"v1\"");
+        assert!(meta.is_fresh(SystemTime::now()));
         assert_eq!(hit.read_body().await.unwrap().unwrap(), "hallo");
         assert!(hit.read_body().await.unwrap().is_none());
         hit.seek(1, Some(3)).unwrap();

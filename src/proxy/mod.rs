@@ -378,7 +378,7 @@ impl ProxyHttp for Gateway {
             req.uri.path(),
             req.uri.query(),
         );
-        Ok(CacheKey::new(key, ""))
+        Ok(crate::cache::key_for(key))
     }
 
     fn response_cache_filter(
