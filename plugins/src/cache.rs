@@ -250,9 +250,20 @@ impl CachePolicy {
     }
 
     /// The variant of `req` for a stored response with `stored` headers: the configured
-    /// `vary_headers` plus whatever the response's own `Vary` names.
-    pub fn variance(&self, req: &RequestHeader, stored: &HeaderMap) -> Option<HashBinary> {
+    /// `vary_headers`, whatever the response's own `Vary` names, and the consumer an
+    /// authentication plugin identified (so one consumer's responses never reach another,
+    /// while one purge still removes every variant of the URL).
+    pub fn variance(
+        &self,
+        req: &RequestHeader,
+        stored: &HeaderMap,
+        consumer: Option<&str>,
+    ) -> Option<HashBinary> {
         let mut builder = VarianceBuilder::new();
+        if let Some(consumer) = consumer {
+            // Header names cannot contain a space, so this never collides with one.
+            builder.add_value("consumer name", consumer);
+        }
         let mut add = |name: &str| {
             let value = req
                 .headers
@@ -536,9 +547,12 @@ mod tests {
             r
         };
         let none = HeaderMap::new();
-        let gzip = p.variance(&req(&[("accept-encoding", "gzip")]), &none);
-        let br = p.variance(&req(&[("accept-encoding", "br")]), &none);
+        let gzip = p.variance(&req(&[("accept-encoding", "gzip")]), &none, None);
+        let br = p.variance(&req(&[("accept-encoding", "br")]), &none, None);
         assert_ne!(gzip, br);
+        let alice = p.variance(&req(&[("accept-encoding", "gzip")]), &none, Some("alice"));
+        let bob = p.variance(&req(&[("accept-encoding", "gzip")]), &none, Some("bob"));
+        assert!(alice != bob && alice != gzip);
         let mut vary = HeaderMap::new();
         vary.insert(header::VARY, HeaderValue::from_static("Accept-Language"));
         let en = p.variance(

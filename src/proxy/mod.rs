@@ -405,7 +405,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         req: &pingora::http::RequestHeader,
     ) -> Option<HashBinary> {
-        cache_policy(ctx)?.variance(req, meta.headers())
+        let consumer = ctx.state.consumer.as_deref().map(|c| &*c.name);
+        cache_policy(ctx)?.variance(req, meta.headers(), consumer)
     }
 
     /// Stale responses are served within their windows while one request refreshes them, and

@@ -258,7 +258,11 @@ async fn keys_separate_hosts_variants_and_configured_query_parameters() {
     let origin = Origin::start().await;
     let g = Gantry::start(&format!(
         "{}\n[routes.paged]\npaths = [\"/paged\"]\ncluster = \"origin\"\n\
-         [routes.paged.plugins.cache]\nkey_query = [\"page\"]\n",
+         [routes.paged.plugins.cache]\nkey_query = [\"page\"]\n\
+         [consumers.alice]\nkeys = [\"alice-key-0123456789\"]\n\
+         [consumers.bob]\nkeys = [\"bob-key-0123456789\"]\n\
+         [routes.members]\npaths = [\"/members\"]\ncluster = \"origin\"\n\
+         [routes.members.plugins.key-auth]\n[routes.members.plugins.cache]\n",
         config(
             &origin,
             "",
@@ -296,6 +300,21 @@ async fn keys_separate_hosts_variants_and_configured_query_parameters() {
     );
     let en = get(&g, lang, &[("accept-language", "en")]).await;
     assert_eq!(en.cache, "HIT");
+
+    // Consumers never share entries: each gets its own, and a refused request is not served
+    // from the cache.
+    let alice = [("x-api-key", "alice-key-0123456789")];
+    let bob = [("x-api-key", "bob-key-0123456789")];
+    assert_eq!(get(&g, "/members", &alice).await.cache, "MISS");
+    assert_eq!(get(&g, "/members", &bob).await.cache, "MISS");
+    assert_eq!(get(&g, "/members", &alice).await.cache, "HIT");
+    assert_eq!(get(&g, "/members", &bob).await.cache, "HIT");
+    let anonymous = get(&g, "/members", &[]).await;
+    assert_eq!(
+        (anonymous.status, anonymous.cache.as_str()),
+        (401, "BYPASS")
+    );
+    assert_eq!(origin.hits("/members"), 2);
 
     // key_query = "all": any query change is another entry.
     assert_eq!(get(&g, "/q?x=1", &[]).await.cache, "MISS");
