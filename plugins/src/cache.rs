@@ -558,10 +558,12 @@ mod tests {
         let en = p.variance(
             &req(&[("accept-encoding", "gzip"), ("accept-language", "en")]),
             &vary,
+            None,
         );
         let fr = p.variance(
             &req(&[("accept-encoding", "gzip"), ("accept-language", "fr")]),
             &vary,
+            None,
         );
         assert_ne!(en, fr);
     }
