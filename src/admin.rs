@@ -71,6 +71,19 @@ impl AdminApp {
         }
     }
 
+    /// Every backend of the running configuration: cluster, address, healthy.
+    fn backend_health(&self) -> Vec<(String, String, bool)> {
+        self.config
+            .clusters
+            .values()
+            .flat_map(|c| {
+                c.backend_health()
+                    .into_iter()
+                    .map(|(addr, healthy)| (c.name.to_string(), addr.to_string(), healthy))
+            })
+            .collect()
+    }
+
     fn status(&self) -> Response<Vec<u8>> {
         let body = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -222,10 +235,13 @@ impl ServeHttp for AdminApp {
         }
         match req.uri.path() {
             "/metrics" => {
-                let mut body = Vec::new();
+                let mut body = String::new();
                 let encoder = TextEncoder::new();
-                match encoder.encode(&prometheus::gather(), &mut body) {
-                    Ok(()) => respond(StatusCode::OK, encoder.format_type(), body),
+                match encoder.encode_utf8(&prometheus::gather(), &mut body) {
+                    Ok(()) => {
+                        crate::metrics::render(&mut body, &self.backend_health());
+                        respond(StatusCode::OK, encoder.format_type(), body.into_bytes())
+                    }
                     Err(e) => problem(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "internal",

@@ -15,14 +15,17 @@
 //! upstream (pingora-load-balancing clusters, peers with timeouts, active health checks)
 //! aggregate (service composition: concurrent calls to clusters merged into one JSON)
 //! cache   (response cache: bounded in-memory storage, eviction, cache lock)
+//! access_log, metrics (one record and a few atomic counters per request)
 //! admin   (its own listener: /metrics, /health, /status, /cache/purge)
 //! tls     (TLS listeners: certificates chosen by SNI)
 //! ```
 
+pub mod access_log;
 pub mod admin;
 pub mod aggregate;
 pub mod cache;
 pub mod config;
+pub mod metrics;
 pub mod proxy;
 pub mod router;
 pub mod server;

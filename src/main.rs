@@ -51,5 +51,11 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
         upgrade: cli.upgrade,
     };
-    server::build(config, opts).run_forever()
+    match server::build(config, opts) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,13 +1,20 @@
 //! Bootstrap: turns a compiled [`Config`] into a running Pingora server.
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
+use crate::metrics::ConnectionGuard;
 use crate::proxy::Gateway;
 use crate::upstream::HealthChecks;
+use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
+use pingora::apps::ServerApp;
 use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::Stream;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+use pingora::server::ShutdownWatch;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use std::sync::Arc;
 
 /// Process options from the command line.
@@ -19,8 +26,11 @@ pub struct RunOptions {
     pub upgrade: bool,
 }
 
-/// Builds the Pingora server for `config`; `run_forever` on the result serves it.
-pub fn build(config: Config, opts: RunOptions) -> Server {
+/// Builds the Pingora server for `config`; `run_forever` on the result serves it. Fails
+/// when the access log cannot be opened.
+pub fn build(config: Config, opts: RunOptions) -> Result<Server, String> {
+    let access_log = AccessLog::start(&config.log.access, config.log.format)
+        .map_err(|e| format!("cannot open the access log {:?}: {e}", config.log.access))?;
     let settings = config.server.clone();
     let admin = config.admin.clone();
     let conf = ServerConf {
@@ -53,16 +63,14 @@ pub fn build(config: Config, opts: RunOptions) -> Server {
         .collect();
     let health = HealthChecks::new(probes);
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let mut app = pingora::proxy::http_proxy(
         &server.configuration,
-        Gateway::new(Arc::clone(&config)),
-        "gantry",
+        Gateway::new(Arc::clone(&config), Arc::new(access_log)),
     );
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = settings.h2c;
-        app.server_options = Some(options);
-    }
+    let mut options = HttpServerOptions::default();
+    options.h2c = settings.h2c;
+    app.server_options = Some(options);
+    let mut proxy = Service::new("gantry".into(), CountedConnections(Arc::new(app)));
     for addr in &settings.listen {
         proxy.add_tcp(&addr.to_string());
     }
@@ -87,5 +95,24 @@ pub fn build(config: Config, opts: RunOptions) -> Server {
     if !health.is_empty() {
         server.add_service(background_service("health checks", health));
     }
-    server
+    Ok(server)
+}
+
+/// Counts the connections an app is serving (`gantry_connections_active`).
+struct CountedConnections<A>(Arc<A>);
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountedConnections<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _open = ConnectionGuard::open();
+        self.0.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.0.cleanup().await
+    }
 }

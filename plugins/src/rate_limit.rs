@@ -48,6 +48,9 @@ use std::time::Duration;
 /// The configuration name.
 pub const NAME: &str = "rate-limit";
 
+/// The problem `type` slug of a request refused by a rate limit.
+pub const REJECTED_SLUG: &str = "rate-limited";
+
 static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
@@ -531,7 +534,7 @@ fn rejection(limit: u64, wait: Duration) -> Flow {
     let retry = seconds(wait);
     Flow::Reject(Rejection {
         status: 429,
-        slug: "rate-limited",
+        slug: REJECTED_SLUG,
         title: "Too many requests",
         detail: "the rate limit of this route is exceeded; retry later".into(),
         headers: vec![

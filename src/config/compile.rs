@@ -6,10 +6,11 @@
 use super::error::{did_you_mean, ErrorSink};
 use super::model::{
     AdminSection, AggregateSection, BalancerKind, CacheSection, ClusterSection, HealthCheckKind,
-    HealthCheckSection, HumanSize, ProtocolKind, RespondSection, RouteSection, ServerSection,
-    TlsSection,
+    HealthCheckSection, HumanSize, LogSection, ProtocolKind, RespondSection, RouteSection,
+    ServerSection, TlsSection,
 };
-use super::{AdminSettings, CacheSettings, ServerSettings, TlsListener};
+use super::{AdminSettings, CacheSettings, LogSettings, ServerSettings, TlsListener};
+use crate::access_log::{Format, Sink};
 use crate::aggregate::{Aggregate, Call};
 use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction, RouteSpec};
 use crate::upstream::{
@@ -167,6 +168,58 @@ impl<'e, 'a> Compiler<'e, 'a> {
             }
         };
         Some(AdminSettings { addr: addr?, token })
+    }
+
+    /// `[log]`: where the access log goes and how it looks.
+    pub fn log(&mut self, l: Option<LogSection>) -> LogSettings {
+        let mut settings = LogSettings::default();
+        let Some(l) = l else {
+            return settings;
+        };
+        if let Some(access) = &l.access {
+            settings.access = match access.get_ref().as_str() {
+                "stdout" => Sink::Stdout,
+                "off" => Sink::Off,
+                "" => {
+                    self.error(
+                        access,
+                        "log.access",
+                        "the access log needs a destination",
+                        Some("write \"stdout\", \"off\" or a file path".into()),
+                    );
+                    Sink::Off
+                }
+                path => {
+                    let path = std::path::PathBuf::from(path);
+                    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                    if dir.is_some_and(|d| !d.is_dir()) {
+                        self.error(
+                            access,
+                            "log.access",
+                            format!("the directory of `{}` does not exist", path.display()),
+                            Some("create it, or log to \"stdout\"".into()),
+                        );
+                    }
+                    Sink::File(path)
+                }
+            };
+        }
+        if let Some(format) = &l.format {
+            settings.format = match format.get_ref().as_str() {
+                "json" => Format::Json,
+                "combined" => Format::Combined,
+                other => {
+                    self.error(
+                        format,
+                        "log.format",
+                        format!("unknown format `{other}`"),
+                        Some("use \"json\" or \"combined\"".into()),
+                    );
+                    Format::Json
+                }
+            };
+        }
+        settings
     }
 
     /// `[cache]`: the storage bounds (defaults when the section is absent).
@@ -644,6 +697,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
             grpc_web: r.grpc_web,
             plugins,
             action: action?,
+            metrics: crate::metrics::route(name),
         };
         Some(RouteSpec {
             route: Arc::new(route),

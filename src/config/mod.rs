@@ -34,6 +34,7 @@ const SECTIONS: &[&str] = &[
     "redis",
     "admin",
     "cache",
+    "log",
 ];
 
 /// Compiled `[server]` settings.
@@ -65,6 +66,24 @@ pub struct ServerSettings {
     pub error_log: Option<String>,
     /// TLS listeners.
     pub tls: Vec<TlsListener>,
+}
+
+/// A compiled `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Where access records go.
+    pub access: crate::access_log::Sink,
+    /// How they look.
+    pub format: crate::access_log::Format,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            access: crate::access_log::Sink::Stdout,
+            format: crate::access_log::Format::Json,
+        }
+    }
 }
 
 /// A compiled `[cache]`: the bounds of the node's response cache.
@@ -130,6 +149,8 @@ pub struct Config {
     pub cache: CacheSettings,
     /// Some route has the `cache` plugin (the storage is created only then).
     pub caching: bool,
+    /// The access log.
+    pub log: LogSettings,
 }
 
 /// Reads and compiles the file at `path`.
@@ -160,6 +181,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
     let redis = doc.take("redis");
     let admin = doc.take("admin");
     let cache = doc.take("cache");
+    let log = doc.take("log");
     doc.reject_remaining(SECTIONS);
 
     let server = match server {
@@ -172,6 +194,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
     };
     let admin = admin.and_then(|v| doc.deserialize::<model::AdminSection>("admin", v));
     let cache = cache.and_then(|v| doc.deserialize::<model::CacheSection>("cache", v));
+    let log = log.and_then(|v| doc.deserialize::<model::LogSection>("log", v));
     let cluster_sections = doc.deserialize_entries::<model::ClusterSection>("clusters", clusters);
     let build_ctx = BuildContext {
         consumers: plugins::consumers(&mut doc, consumers),
@@ -240,6 +263,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
     let grpc_web = specs.iter().any(|s| s.route.grpc_web);
     let caching = specs.iter().any(|s| s.route.plugins.cache.is_some());
     let cache = compiler.cache(cache);
+    let log = compiler.log(log);
     match server {
         Some(server) if errors.is_empty() => Ok(Config {
             admin,
@@ -247,6 +271,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
             grpc_web,
             cache,
             caching,
+            log,
             server,
             router: Router::new(specs),
             clusters: clusters

@@ -336,6 +336,16 @@ pub struct AdminSection {
     pub token: Option<Spanned<String>>,
 }
 
+/// `[log]`: the access log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `stdout` (default), `off`, or a file path (reopened on SIGUSR1).
+    pub access: Option<Spanned<String>>,
+    /// `json` (default) or `combined`.
+    pub format: Option<Spanned<String>>,
+}
+
 /// `[cache]`: the node's response cache storage, shared by every route's `cache` plugin.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

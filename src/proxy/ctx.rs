@@ -4,6 +4,7 @@ use crate::router::Route;
 use gantry_plugins::{PluginState, Rejection};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// State of one request, created empty by `new_ctx` and filled by the hooks.
 #[derive(Default)]
@@ -25,4 +26,14 @@ pub struct RequestCtx {
     pub backend: Option<SocketAddr>,
     /// A plugin's refusal of the request body, answered by `fail_to_proxy`.
     pub body_rejection: Option<Rejection>,
+    /// When the request header was read.
+    pub started: Option<Instant>,
+    /// When a backend was chosen (the last attempt).
+    pub upstream_started: Option<Instant>,
+    /// When the connection to it was ready.
+    pub upstream_connected: Option<Instant>,
+    /// When its response header arrived.
+    pub upstream_responded: Option<Instant>,
+    /// The problem `type` slug of the error response sent, if one was.
+    pub error: Option<&'static str>,
 }

@@ -14,9 +14,11 @@ mod problem;
 pub use ctx::RequestCtx;
 pub use problem::{Problem, ProblemKind};
 
+use crate::access_log::{AccessLog, Record};
 use crate::aggregate::{Aggregate, ClientRequest, Outcome};
 use crate::cache::NodeCache;
 use crate::config::Config;
+use crate::metrics::RouteMetrics;
 use crate::router::{normalize_host, Lookup, RequestView, RouteAction};
 use crate::upstream::hash_key::ip_key;
 use async_trait::async_trait;
@@ -35,6 +37,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use problem::{ALL_BACKENDS_FAILED, BODY_REJECTED, NO_HEALTHY_BACKEND};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The gateway: routes every request of one configuration.
 pub struct Gateway {
@@ -44,11 +47,15 @@ pub struct Gateway {
     keepalive_secs: u64,
     /// Pooled upstream connections for `aggregate` calls.
     connector: Connector,
+    /// Where each request's record goes.
+    access_log: Arc<AccessLog>,
+    /// The counters of requests no route matched.
+    unmatched: Arc<RouteMetrics>,
 }
 
 impl Gateway {
-    /// A gateway serving `config`.
-    pub fn new(config: Arc<Config>) -> Self {
+    /// A gateway serving `config`, logging requests to `access_log`.
+    pub fn new(config: Arc<Config>, access_log: Arc<AccessLog>) -> Self {
         let keepalive_secs = config.server.keepalive_timeout.as_secs().max(1);
         let cache = config.caching.then(|| crate::cache::node(&config.cache));
         Gateway {
@@ -56,6 +63,8 @@ impl Gateway {
             cache,
             keepalive_secs,
             connector: Connector::new(None),
+            access_log,
+            unmatched: crate::metrics::route(crate::metrics::UNMATCHED),
         }
     }
 
@@ -236,7 +245,10 @@ impl ProxyHttp for Gateway {
     }
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            started: Some(Instant::now()),
+            ..RequestCtx::default()
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -344,6 +356,7 @@ impl ProxyHttp for Gateway {
                     allow: &allow,
                     ..Problem::new(kind, &detail)
                 };
+                ctx.error = Some(problem.slug);
                 problem.send(session, &ctx.state.request_id).await?;
                 Ok(true)
             }
@@ -437,6 +450,8 @@ impl ProxyHttp for Gateway {
         match cluster.select(key, &ctx.failed) {
             Some((addr, peer)) => {
                 ctx.backend = Some(*addr);
+                ctx.upstream_started = Some(Instant::now());
+                ctx.upstream_connected = None;
                 Ok(Box::new(peer.clone()))
             }
             None if ctx.failed.is_empty() => Error::e_explain(
@@ -541,12 +556,33 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_connected = Some(Instant::now());
+        Ok(())
+    }
+
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let now = Instant::now();
+        ctx.upstream_responded = Some(now);
+        if let (Some(RouteAction::Proxy(cluster)), Some(started)) =
+            (ctx.route.as_ref().map(|r| &r.action), ctx.upstream_started)
+        {
+            cluster.metrics.upstream_duration.observe(now - started);
+        }
         if let Some(route) = &ctx.route {
             for plugin in route.plugins.upstream_response.iter() {
                 plugin
@@ -609,12 +645,23 @@ impl ProxyHttp for Gateway {
         Ok(body.filter(|b| !b.is_empty()))
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let Some(route) = &ctx.route {
-            let status = session.response_written().map_or(0, |r| r.status.as_u16());
             for plugin in route.plugins.log.iter() {
                 plugin.on_log(&ctx.state, status).await;
             }
+        }
+        if ctx.error.is_none() {
+            ctx.error = e.and_then(ProblemKind::from_error).map(ProblemKind::slug);
+        }
+        let took = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
+        let rate_limited = ctx.error == Some(gantry_plugins::rate_limit::REJECTED_SLUG);
+        let metrics = ctx.route.as_ref().map_or(&self.unmatched, |r| &r.metrics);
+        metrics.record(&session.req_header().method, status, took, rate_limited);
+        if self.access_log.enabled() {
+            self.access_log
+                .write(&access_record(session, ctx, status, rate_limited));
         }
     }
 
@@ -649,6 +696,7 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
+        ctx.error = Some(kind.slug());
         if !final_response_sent(session) {
             let detail = match kind {
                 ProblemKind::UpstreamTimeout => "the upstream did not answer in time",
@@ -669,6 +717,60 @@ impl ProxyHttp for Gateway {
             error_code: kind.status(),
             can_reuse_downstream: false,
         }
+    }
+}
+
+/// The access-log record of a finished request.
+fn access_record<'a>(
+    session: &'a Session,
+    ctx: &'a RequestCtx,
+    status: u16,
+    rate_limited: bool,
+) -> Record<'a> {
+    let req = session.req_header();
+    let seconds = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
+        (Some(from), Some(to)) => Some(to.saturating_duration_since(from).as_secs_f64()),
+        _ => None,
+    };
+    let header = |name: header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+    Record {
+        time: crate::access_log::now(),
+        request_id: ctx.state.request_id.to_str().unwrap_or_default(),
+        client_ip: ctx.state.client_ip,
+        method: req.method.as_str(),
+        host: request_host(req),
+        path: req.uri.path(),
+        query: req.uri.query().map(crate::access_log::redact_query),
+        protocol: match req.version {
+            http::Version::HTTP_2 => "HTTP/2.0",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        status,
+        bytes_in: session.as_downstream().body_bytes_read(),
+        bytes_out: session.as_downstream().body_bytes_sent(),
+        duration: ctx.started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+        upstream: ctx.backend,
+        upstream_connect: seconds(ctx.upstream_started, ctx.upstream_connected),
+        upstream_response: seconds(ctx.upstream_connected, ctx.upstream_responded),
+        route: ctx
+            .route
+            .as_ref()
+            .map_or(crate::metrics::UNMATCHED, |r| &r.name),
+        cluster: match ctx.route.as_ref().map(|r| &r.action) {
+            Some(RouteAction::Proxy(cluster)) => Some(&cluster.name),
+            _ => None,
+        },
+        consumer: ctx.state.consumer.as_deref().map(|c| &*c.name),
+        cache: ctx.state.cache_status.map(|c| c.as_str()),
+        rate_limit: match (rate_limited, &ctx.state.rate_limit) {
+            (true, _) => Some("limited"),
+            (false, Some(_)) => Some("allowed"),
+            (false, None) => None,
+        },
+        error: ctx.error,
+        user_agent: header(header::USER_AGENT),
+        referer: header(header::REFERER).map(|r| r.split('?').next().unwrap_or_default()),
     }
 }
 
@@ -728,6 +830,7 @@ async fn write_problem(
     ctx: &mut RequestCtx,
     problem: &Problem<'_>,
 ) -> Result<()> {
+    ctx.error = Some(problem.slug);
     let (mut resp, body) = problem.response(&ctx.state.request_id)?;
     run_response_plugins(route, session.req_header(), &mut resp, &mut ctx.state).await?;
     problem.write(session, resp, body).await

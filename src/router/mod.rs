@@ -39,6 +39,8 @@ pub struct Route {
     pub plugins: gantry_plugins::PluginChain,
     /// What happens to a matched request.
     pub action: RouteAction,
+    /// The route's request counters.
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
 }
 
 /// What a matched route does.

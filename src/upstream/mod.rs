@@ -100,6 +100,8 @@ pub struct Cluster {
     health: Option<HealthCheckSpec>,
     /// The HTTP version spoken to the backends.
     pub protocol: Protocol,
+    /// Upstream latency, kept across reloads by cluster name.
+    pub metrics: Arc<crate::metrics::ClusterMetrics>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -151,6 +153,7 @@ impl Cluster {
             retries,
             health,
             protocol: transport.protocol,
+            metrics: crate::metrics::cluster(name),
         }
     }
 
@@ -172,6 +175,19 @@ impl Cluster {
             Selector::Consistent(lb, _) => lb.select_with(key, MAX_SELECT_STEPS, accept),
         }?;
         self.peers.get_key_value(backend.addr.as_inet()?)
+    }
+
+    /// Every backend and whether it is healthy now.
+    pub fn backend_health(&self) -> Vec<(SocketAddr, bool)> {
+        let backends = match &self.selector {
+            Selector::RoundRobin(lb) => lb.backends(),
+            Selector::Consistent(lb, _) => lb.backends(),
+        };
+        backends
+            .get_backend()
+            .iter()
+            .filter_map(|b| Some((*b.addr.as_inet()?, backends.ready(b))))
+            .collect()
     }
 
     /// The probe that runs this cluster's health checks, if it has any.

@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod errors;
 mod jwt;
+mod observability;
 mod plugins;
 mod proxying;
 mod rate_limiting;

@@ -1,0 +1,298 @@
+//! The gateway's request metrics, recorded without allocating or locking on the request path
+//! and rendered in the Prometheus text format at `/metrics`.
+//!
+//! Every route and cluster gets its counters when the configuration loads (kept by name, so a
+//! reload keeps counting where it was): a request then only increments atomics it already
+//! points to. Label values are bounded: routes and clusters come from the configuration (an
+//! unmatched request is route `-`), methods are the nine standard ones or `OTHER`, and statuses
+//! are the common codes or their class (`2xx`...).
+
+use http::Method;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+/// Histogram upper bounds, in seconds.
+const BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Methods with their own label value; anything else is `OTHER`.
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+
+/// Statuses with their own label value; others are counted under their class.
+const STATUSES: [u16; 27] = [
+    101, 200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413,
+    415, 429, 431, 499, 500, 502, 503, 504,
+];
+
+/// `1xx` to `5xx`, after [`STATUSES`]; `0` (no response) is the last slot.
+const STATUS_SLOTS: usize = STATUSES.len() + 5 + 1;
+
+/// A latency histogram over [`BUCKETS`].
+#[derive(Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last slot is `+Inf`.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let slot = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// One route's counters.
+pub struct RouteMetrics {
+    requests: Box<[AtomicU64]>,
+    duration: Histogram,
+    rate_limited: AtomicU64,
+}
+
+impl Default for RouteMetrics {
+    fn default() -> Self {
+        RouteMetrics {
+            requests: (0..METHODS.len() * STATUS_SLOTS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            duration: Histogram::default(),
+            rate_limited: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RouteMetrics {
+    /// Records a finished request: its method, the status sent (0 for none) and how long it
+    /// took; `rate_limited` when a rate limit refused it.
+    pub fn record(&self, method: &Method, status: u16, took: Duration, rate_limited: bool) {
+        let slot = method_slot(method) * STATUS_SLOTS + status_slot(status);
+        self.requests[slot].fetch_add(1, Ordering::Relaxed);
+        self.duration.observe(took);
+        if rate_limited {
+            self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn method_slot(method: &Method) -> usize {
+    METHODS
+        .iter()
+        .position(|m| *m == method.as_str())
+        .unwrap_or(METHODS.len() - 1)
+}
+
+fn status_slot(status: u16) -> usize {
+    match STATUSES.iter().position(|s| *s == status) {
+        Some(i) => i,
+        None if (100..600).contains(&status) => STATUSES.len() + (status / 100 - 1) as usize,
+        None => STATUS_SLOTS - 1,
+    }
+}
+
+fn status_label(slot: usize) -> String {
+    match slot {
+        s if s < STATUSES.len() => STATUSES[s].to_string(),
+        s if s < STATUS_SLOTS - 1 => format!("{}xx", s - STATUSES.len() + 1),
+        _ => "0".into(),
+    }
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteMetrics")
+    }
+}
+
+/// One cluster's counters.
+#[derive(Default)]
+pub struct ClusterMetrics {
+    /// From choosing a backend to the upstream's response header.
+    pub upstream_duration: Histogram,
+}
+
+/// Every route's and cluster's counters, by name, for the life of the process.
+#[derive(Default)]
+struct Registry {
+    routes: BTreeMap<String, Arc<RouteMetrics>>,
+    clusters: BTreeMap<String, Arc<ClusterMetrics>>,
+}
+
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
+
+/// Downstream connections being served.
+static CONNECTIONS: AtomicI64 = AtomicI64::new(0);
+
+/// The route label of requests no route matched.
+pub const UNMATCHED: &str = "-";
+
+/// The counters of route `name` (created on first use; kept across reloads).
+pub fn route(name: &str) -> Arc<RouteMetrics> {
+    Arc::clone(REGISTRY.lock().routes.entry(name.to_string()).or_default())
+}
+
+/// The counters of cluster `name`.
+pub fn cluster(name: &str) -> Arc<ClusterMetrics> {
+    Arc::clone(
+        REGISTRY
+            .lock()
+            .clusters
+            .entry(name.to_string())
+            .or_default(),
+    )
+}
+
+/// Counts a downstream connection for as long as the guard lives.
+pub struct ConnectionGuard(());
+
+impl ConnectionGuard {
+    /// A connection started.
+    pub fn open() -> Self {
+        CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(())
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Appends the request metrics to `out` in the Prometheus text format. `health` lists every
+/// backend of the running configuration: cluster, backend address, healthy.
+pub fn render(out: &mut String, health: &[(String, String, bool)]) {
+    let registry = REGISTRY.lock();
+    out.push_str("# HELP gantry_requests_total Requests by route, method and status sent\n");
+    out.push_str("# TYPE gantry_requests_total counter\n");
+    for (route, m) in &registry.routes {
+        let route = escape(route);
+        for (i, counter) in m.requests.iter().enumerate() {
+            let n = counter.load(Ordering::Relaxed);
+            if n > 0 {
+                let method = METHODS[i / STATUS_SLOTS];
+                let status = status_label(i % STATUS_SLOTS);
+                let _ = writeln!(
+                    out,
+                    "gantry_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+    }
+    out.push_str(
+        "# HELP gantry_request_duration_seconds Time from the request header to the last byte sent\n",
+    );
+    out.push_str("# TYPE gantry_request_duration_seconds histogram\n");
+    for (route, m) in &registry.routes {
+        let labels = format!("route=\"{}\"", escape(route));
+        m.duration
+            .render(out, "gantry_request_duration_seconds", &labels);
+    }
+    out.push_str("# HELP gantry_rate_limited_total Requests refused by a rate limit\n");
+    out.push_str("# TYPE gantry_rate_limited_total counter\n");
+    for (route, m) in &registry.routes {
+        let n = m.rate_limited.load(Ordering::Relaxed);
+        let route = escape(route);
+        let _ = writeln!(out, "gantry_rate_limited_total{{route=\"{route}\"}} {n}");
+    }
+    out.push_str(
+        "# HELP gantry_upstream_duration_seconds Time from choosing a backend to its response header\n",
+    );
+    out.push_str("# TYPE gantry_upstream_duration_seconds histogram\n");
+    for (cluster, m) in &registry.clusters {
+        let labels = format!("cluster=\"{}\"", escape(cluster));
+        m.upstream_duration
+            .render(out, "gantry_upstream_duration_seconds", &labels);
+    }
+    drop(registry);
+    out.push_str("# HELP gantry_upstream_health Backend health: 1 healthy, 0 not\n");
+    out.push_str("# TYPE gantry_upstream_health gauge\n");
+    for (cluster, backend, healthy) in health {
+        let _ = writeln!(
+            out,
+            "gantry_upstream_health{{cluster=\"{}\",backend=\"{backend}\"}} {}",
+            escape(cluster),
+            u8::from(*healthy)
+        );
+    }
+    out.push_str("# HELP gantry_connections_active Downstream connections being served\n");
+    out.push_str("# TYPE gantry_connections_active gauge\n");
+    let _ = writeln!(
+        out,
+        "gantry_connections_active {}",
+        CONNECTIONS.load(Ordering::Relaxed)
+    );
+}
+
+/// A label value with `\\`, `"` and newlines escaped (route names are TOML keys, which may
+/// hold anything).
+fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains(['\\', '"', '\n']) {
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        value.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_methods_map_to_bounded_labels() {
+        assert_eq!(status_label(status_slot(200)), "200");
+        assert_eq!(status_label(status_slot(418)), "4xx");
+        assert_eq!(status_label(status_slot(599)), "5xx");
+        assert_eq!(status_label(status_slot(0)), "0");
+        assert_eq!(status_label(status_slot(700)), "0");
+        assert_eq!(
+            METHODS[method_slot(&Method::from_bytes(b"PURGE").unwrap())],
+            "OTHER"
+        );
+        assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
+    }
+
+    #[test]
+    fn histograms_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(60));
+        let mut out = String::new();
+        h.render(&mut out, "x", "r=\"a\"");
+        assert!(out.contains("x_bucket{r=\"a\",le=\"0.001\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{r=\"a\",le=\"0.05\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{r=\"a\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count{r=\"a\"} 3\n"), "{out}");
+    }
+}
