@@ -7,6 +7,7 @@
 //! unmatched request is route `-`), methods are the nine standard ones or `OTHER`, and statuses
 //! are the common codes or their class (`2xx`...).
 
+use gantry_plugins::cache::CacheStatus;
 use http::Method;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -74,6 +75,8 @@ pub struct RouteMetrics {
     requests: Box<[AtomicU64]>,
     duration: Histogram,
     rate_limited: AtomicU64,
+    /// By [`CacheStatus`] (routes with the `cache` plugin).
+    cache: [AtomicU64; CacheStatus::ALL.len()],
 }
 
 impl Default for RouteMetrics {
@@ -84,6 +87,7 @@ impl Default for RouteMetrics {
                 .collect(),
             duration: Histogram::default(),
             rate_limited: AtomicU64::new(0),
+            cache: Default::default(),
         }
     }
 }
@@ -98,6 +102,13 @@ impl RouteMetrics {
         if rate_limited {
             self.rate_limited.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+impl RouteMetrics {
+    /// Records what the cache did for a request.
+    pub fn record_cache(&self, status: CacheStatus) {
+        self.cache[status as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -221,6 +232,24 @@ pub fn render(out: &mut String, health: &[(String, String, bool)]) {
         let route = escape(route);
         let _ = writeln!(out, "gantry_rate_limited_total{{route=\"{route}\"}} {n}");
     }
+    out.push_str("# HELP gantry_cache_total Responses of caching routes by cache status\n");
+    out.push_str("# TYPE gantry_cache_total counter\n");
+    for (route, m) in &registry.routes {
+        let route = escape(route);
+        for label in ["hit", "miss", "expired", "revalidated", "stale", "bypass"] {
+            let n: u64 = CacheStatus::ALL
+                .iter()
+                .filter(|s| cache_label(**s) == label)
+                .map(|s| m.cache[*s as usize].load(Ordering::Relaxed))
+                .sum();
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "gantry_cache_total{{route=\"{route}\",status=\"{label}\"}} {n}"
+                );
+            }
+        }
+    }
     out.push_str(
         "# HELP gantry_upstream_duration_seconds Time from choosing a backend to its response header\n",
     );
@@ -248,6 +277,18 @@ pub fn render(out: &mut String, health: &[(String, String, bool)]) {
         "gantry_connections_active {}",
         CONNECTIONS.load(Ordering::Relaxed)
     );
+}
+
+/// The `status` label of `gantry_cache_total`: `X-Cache-Status` in lowercase.
+fn cache_label(status: CacheStatus) -> &'static str {
+    match status {
+        CacheStatus::Hit => "hit",
+        CacheStatus::Miss => "miss",
+        CacheStatus::Expired => "expired",
+        CacheStatus::Revalidated => "revalidated",
+        CacheStatus::Stale => "stale",
+        CacheStatus::NotStored | CacheStatus::Bypass => "bypass",
+    }
 }
 
 /// A label value with `\\`, `"` and newlines escaped (route names are TOML keys, which may

@@ -4,8 +4,8 @@
 //! The plugin holds the route's [`CachePolicy`]: how the cache key is framed, which request
 //! headers vary it, how long a response without freshness information stays fresh, and the
 //! stale windows. The gateway's Pingora cache hooks ask the policy; the plugin itself only
-//! writes `Cache-Status` (RFC 9211) and `X-Cache-Status` on every response of the route and
-//! counts the outcome in `gantry_cache_total{route,status}`.
+//! writes `Cache-Status` (RFC 9211) and `X-Cache-Status` on every response of the route (the
+//! gateway counts the outcomes in `gantry_cache_total{route,status}`).
 
 use crate::config_types::HumanDuration;
 use crate::{Phases, Plugin, PluginState};
@@ -16,11 +16,10 @@ use pingora::cache::filters::{calculate_fresh_until, calculate_serve_stale_durat
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable, VarianceBuilder};
 use pingora::http::{RequestHeader, ResponseHeader};
-use prometheus::{IntCounter, IntCounterVec, Opts};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// The plugin's name in configuration.
@@ -124,7 +123,8 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
-    const ALL: [CacheStatus; 7] = [
+    /// Every status, in declaration order (`status as usize` indexes it).
+    pub const ALL: [CacheStatus; 7] = [
         CacheStatus::Hit,
         CacheStatus::Miss,
         CacheStatus::Expired,
@@ -161,20 +161,6 @@ impl CacheStatus {
     }
 }
 
-static CACHE_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let counter = IntCounterVec::new(
-        Opts::new(
-            "gantry_cache_total",
-            "Responses of caching routes by cache status",
-        ),
-        &["route", "status"],
-    )
-    .expect("static metric definition");
-    // Registration fails only when registered twice, which LazyLock prevents.
-    let _ = prometheus::register(Box::new(counter.clone()));
-    counter
-});
-
 static X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status");
 static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -205,12 +191,8 @@ impl CachePolicy {
         query: Option<&str>,
     ) -> Vec<u8> {
         let mut key = Vec::with_capacity(64 + route.len() + host.len() + path.len());
-        let mut field = |bytes: &[u8]| {
-            key.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            key.extend_from_slice(bytes);
-        };
-        field(route.as_bytes());
-        field(scheme.as_bytes());
+        push_field(&mut key, route.as_bytes());
+        push_field(&mut key, scheme.as_bytes());
         // The host, lowercased, with the scheme's default port when it names none.
         let has_port = host
             .rsplit_once(':')
@@ -224,25 +206,24 @@ impl CachePolicy {
         key.extend_from_slice(&((host.len() + default_port.len()) as u32).to_be_bytes());
         key.extend(host.bytes().map(|b| b.to_ascii_lowercase()));
         key.extend_from_slice(default_port);
-        let mut field = |bytes: &[u8]| {
-            key.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            key.extend_from_slice(bytes);
-        };
-        field(path.as_bytes());
+        push_field(&mut key, path.as_bytes());
         match (&self.key_query, query) {
-            (KeyQuery::All, Some(q)) => field(q.as_bytes()),
-            (KeyQuery::All, None) | (KeyQuery::None, _) => field(b""),
+            (KeyQuery::All, Some(q)) => push_field(&mut key, q.as_bytes()),
+            (KeyQuery::All, None) | (KeyQuery::None, _) => push_field(&mut key, b""),
             (KeyQuery::Only(names), q) => {
                 for name in names {
-                    field(name.as_bytes());
-                    let values = q
+                    push_field(&mut key, name.as_bytes());
+                    let values: Vec<_> = q
                         .into_iter()
                         .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
-                        .filter(|(k, _)| k == name);
-                    for (_, value) in values {
-                        field(value.as_bytes());
+                        .filter(|(k, _)| k == name)
+                        .map(|(_, v)| v)
+                        .collect();
+                    // The count frames the values: no value can pass for the next name.
+                    key.extend_from_slice(&(values.len() as u32).to_be_bytes());
+                    for value in &values {
+                        push_field(&mut key, value.as_bytes());
                     }
-                    field(b"&");
                 }
             }
         }
@@ -250,20 +231,20 @@ impl CachePolicy {
     }
 
     /// The variant of `req` for a stored response with `stored` headers: the configured
-    /// `vary_headers`, whatever the response's own `Vary` names, and the consumer an
-    /// authentication plugin identified (so one consumer's responses never reach another,
-    /// while one purge still removes every variant of the URL).
+    /// `vary_headers`, whatever the response's own `Vary` names, and `identity`, who an
+    /// authentication plugin says the client is (empty for nobody). The identity is always
+    /// part of it, so the result is never `None` (which would let Pingora serve any stored
+    /// variant): one client's responses never reach another, while one purge still removes
+    /// every variant of the URL.
     pub fn variance(
         &self,
         req: &RequestHeader,
         stored: &HeaderMap,
-        consumer: Option<&str>,
+        identity: &str,
     ) -> Option<HashBinary> {
         let mut builder = VarianceBuilder::new();
-        if let Some(consumer) = consumer {
-            // Header names cannot contain a space, so this never collides with one.
-            builder.add_value("consumer name", consumer);
-        }
+        // Header names cannot contain a space, so this never collides with one.
+        builder.add_value("client identity", identity);
         let mut add = |name: &str| {
             let value = req
                 .headers
@@ -314,13 +295,26 @@ impl CachePolicy {
         };
         let defaults =
             CacheMetaDefaults::new(|_| None, self.stale_while_revalidate, self.stale_if_error);
-        let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &defaults);
+        let (swr, sie) = if cc.as_ref().is_some_and(|cc| cc.no_cache()) {
+            // no-cache: stored, but never used without revalidation, not even stale.
+            (0, 0)
+        } else {
+            calculate_serve_stale_durations(cc.as_ref(), &defaults)
+        };
         let mut header = resp.clone();
         if let Some(cc) = &cc {
             cc.strip_private_headers(&mut header);
         }
+        // A shareable response's cookie belongs to the client that caused the fetch.
+        header.remove_header(&header::SET_COOKIE);
         RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
     }
+}
+
+/// Appends `bytes` to `key`, preceded by its length.
+fn push_field(key: &mut Vec<u8>, bytes: &[u8]) {
+    key.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    key.extend_from_slice(bytes);
 }
 
 /// The lowercase names a `Vary` header lists.
@@ -334,16 +328,14 @@ fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
         .filter(|n| !n.is_empty())
 }
 
-/// The `cache` plugin: the route's [`CachePolicy`] and its status headers and counters.
+/// The `cache` plugin: the route's [`CachePolicy`] and its status headers.
 pub struct Cache {
     policy: Arc<CachePolicy>,
-    /// `gantry_cache_total{route,status}`, one counter per [`CacheStatus`], resolved at load.
-    counters: [IntCounter; 7],
 }
 
 impl Cache {
     /// Validates `config` for the route (or `global`) named `scope`.
-    pub fn new(config: Config, scope: &str) -> Result<Self, String> {
+    pub fn new(config: Config) -> Result<Self, String> {
         let mut statuses = Vec::with_capacity(config.statuses.len());
         for status in &config.statuses {
             match StatusCode::from_u16(*status) {
@@ -369,11 +361,6 @@ impl Cache {
         if config.default_ttl.0 < Duration::from_secs(1) {
             return Err("`default_ttl` must be at least 1s".into());
         }
-        let route = scope.strip_prefix("route:").unwrap_or(scope);
-        let counters = CacheStatus::ALL.map(|s| {
-            let label = s.as_str().to_ascii_lowercase();
-            CACHE_TOTAL.with_label_values(&[route, label.as_str()])
-        });
         Ok(Cache {
             policy: Arc::new(CachePolicy {
                 default_ttl: config.default_ttl.0,
@@ -383,7 +370,6 @@ impl Cache {
                 stale_while_revalidate: seconds(config.stale_while_revalidate),
                 stale_if_error: seconds(config.stale_if_error),
             }),
-            counters,
         })
     }
 }
@@ -413,7 +399,6 @@ impl Plugin for Cache {
         state: &mut PluginState,
     ) -> pingora::Result<()> {
         let status = state.cache_status.unwrap_or(CacheStatus::Bypass);
-        self.counters[status as usize].inc();
         response.insert_header(
             X_CACHE_STATUS.clone(),
             HeaderValue::from_static(status.as_str()),
@@ -477,6 +462,12 @@ mod tests {
             only.primary_key("r", "http", "h", "/x", Some("page=2")),
             only.primary_key("r", "http", "h", "/x", Some("page=3"))
         );
+        let two = policy(KeyQuery::Only(vec!["a".into(), "b".into()]));
+        assert_ne!(
+            two.primary_key("r", "http", "h", "/x", Some("a=%26&a=b")),
+            two.primary_key("r", "http", "h", "/x", Some("b=%26&b=b")),
+            "values cannot pass for names"
+        );
     }
 
     #[test]
@@ -530,6 +521,38 @@ mod tests {
             &resp(206, &[("cache-control", "max-age=9")]),
             false
         ));
+        match p.response_cacheable(
+            &resp(
+                200,
+                &[
+                    ("set-cookie", "a=b"),
+                    ("cache-control", "public, max-age=9"),
+                ],
+            ),
+            false,
+        ) {
+            RespCacheable::Cacheable(meta) => {
+                assert!(
+                    !meta.headers().contains_key("set-cookie"),
+                    "cookie not stored"
+                )
+            }
+            _ => panic!("public responses are stored"),
+        }
+        let swr = CachePolicy {
+            stale_while_revalidate: 30,
+            stale_if_error: 30,
+            ..policy(KeyQuery::All)
+        };
+        match swr.response_cacheable(&resp(200, &[("cache-control", "no-cache")]), false) {
+            RespCacheable::Cacheable(meta) => {
+                assert_eq!(
+                    (meta.stale_while_revalidate_sec(), meta.stale_if_error_sec()),
+                    (0, 0)
+                )
+            }
+            _ => panic!("no-cache is stored"),
+        }
         match p.response_cacheable(&resp(200, &[("cache-control", "max-age=0")]), false) {
             RespCacheable::Cacheable(meta) => assert!(!meta.is_fresh(SystemTime::now())),
             _ => panic!("max-age=0 is stored, always stale"),
@@ -547,23 +570,33 @@ mod tests {
             r
         };
         let none = HeaderMap::new();
-        let gzip = p.variance(&req(&[("accept-encoding", "gzip")]), &none, None);
-        let br = p.variance(&req(&[("accept-encoding", "br")]), &none, None);
+        let gzip = p.variance(&req(&[("accept-encoding", "gzip")]), &none, "");
+        let br = p.variance(&req(&[("accept-encoding", "br")]), &none, "");
         assert_ne!(gzip, br);
-        let alice = p.variance(&req(&[("accept-encoding", "gzip")]), &none, Some("alice"));
-        let bob = p.variance(&req(&[("accept-encoding", "gzip")]), &none, Some("bob"));
+        let alice = p.variance(&req(&[("accept-encoding", "gzip")]), &none, "alice");
+        let bob = p.variance(&req(&[("accept-encoding", "gzip")]), &none, "bob");
         assert!(alice != bob && alice != gzip);
+        let nobody = policy(KeyQuery::None);
+        assert!(
+            CachePolicy {
+                vary_headers: Vec::new(),
+                ..nobody
+            }
+            .variance(&req(&[]), &none, "")
+            .is_some(),
+            "never None: Pingora would serve any stored variant"
+        );
         let mut vary = HeaderMap::new();
         vary.insert(header::VARY, HeaderValue::from_static("Accept-Language"));
         let en = p.variance(
             &req(&[("accept-encoding", "gzip"), ("accept-language", "en")]),
             &vary,
-            None,
+            "",
         );
         let fr = p.variance(
             &req(&[("accept-encoding", "gzip"), ("accept-language", "fr")]),
             &vary,
-            None,
+            "",
         );
         assert_ne!(en, fr);
     }

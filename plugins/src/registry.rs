@@ -104,7 +104,7 @@ pub fn build<S: ConfigSource>(
                 .parse()
                 .map(|c| request_transform::RequestTransform::new(c, &scope.templates)),
         ),
-        cache::NAME => finish(source.parse().map(|c| cache::Cache::new(c, &scope.name))),
+        cache::NAME => finish(source.parse().map(cache::Cache::new)),
         _ => Build::Unknown,
     }
 }

@@ -11,7 +11,6 @@ pub mod storage;
 use crate::config::CacheSettings;
 use gantry_plugins::cache::CacheStatus;
 use pingora::cache::eviction::lru::Manager;
-use pingora::cache::eviction::EvictionManager;
 use pingora::cache::key::{hash_key, HashBinary};
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, HttpCache, NoCacheReason};
@@ -49,11 +48,12 @@ static NODE: OnceLock<NodeCache> = OnceLock::new();
 /// The process's cache, created with `settings` on first use.
 pub fn node(settings: &CacheSettings) -> &'static NodeCache {
     NODE.get_or_init(|| {
-        let storage: &'static MemoryStorage = Box::leak(Box::default());
-        let eviction = Box::leak(Box::new(Manager::with_capacity(
+        let eviction: &'static Manager<LRU_SHARDS> = Box::leak(Box::new(Manager::with_capacity(
             settings.max_size,
             LRU_SHARD_CAPACITY,
         )));
+        let storage: &'static MemoryStorage =
+            Box::leak(Box::new(MemoryStorage::new(Some(eviction))));
         let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(LOCK_AGE_TIMEOUT));
         let _ = prometheus::register(Box::new(StorageGauges::new(storage)));
         NodeCache {
@@ -88,11 +88,7 @@ impl NodeCache {
     /// Removes every stored variant of the URL whose primary key hashes to `primary`;
     /// returns how many entries went.
     pub fn purge(&self, primary: &HashBinary) -> usize {
-        let removed = self.storage.remove_primary(primary);
-        for key in &removed {
-            self.eviction.remove(storage::eviction_key(key));
-        }
-        removed.len()
+        self.storage.remove_primary(primary)
     }
 }
 

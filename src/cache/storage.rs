@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
-use pingora::cache::eviction::CacheEntryKeyRef;
+use pingora::cache::eviction::{CacheEntryId, CacheEntryKeyRef, EvictionManager};
 use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
@@ -22,7 +22,7 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
 /// Shards of the entry map: lookups of different keys rarely contend.
@@ -32,10 +32,14 @@ const SHARDS: usize = 32;
 /// and the bookkeeping.
 const ENTRY_OVERHEAD: usize = 160;
 
+/// The largest buffer reserved up front for a body from its `Content-Length`.
+const MAX_PRESIZE: usize = 8 << 20;
+
 /// One stored response: a variant of a URL.
 struct Entry {
-    /// Primary and variance hashed together (what `pingora-cache` looks up).
-    combined: HashBinary,
+    /// Unique per fill, in the order fills started: the eviction manager tracks entries by
+    /// it, so evicting an old copy never removes a newer one stored under the same key.
+    id: u64,
     /// The key the eviction manager tracks this entry by.
     compact: CompactCacheKey,
     /// `CacheMeta`: its internal fields serialized, and the header parsed.
@@ -43,6 +47,15 @@ struct Entry {
     body: Bytes,
     /// What this entry counts toward `max_size`.
     weight: usize,
+}
+
+/// Every stored variant of one URL.
+#[derive(Default)]
+struct Url {
+    /// By variant (primary and variance hashed together, what `pingora-cache` looks up).
+    variants: HashMap<HashBinary, Entry>,
+    /// Fills that started before the last purge of this URL are not stored when they finish.
+    purged_before: u64,
 }
 
 /// A stored `CacheMeta`. The header is kept parsed: `CacheMeta::deserialize` would
@@ -53,14 +66,11 @@ struct StoredMeta {
 }
 
 impl StoredMeta {
-    /// Splits `meta`; also returns the serialized header's size, for the entry's weight.
-    fn new(meta: &CacheMeta) -> Result<(StoredMeta, usize)> {
-        let (internal, header) = meta.serialize()?;
-        let stored = StoredMeta {
-            internal,
+    fn new(meta: &CacheMeta) -> Result<StoredMeta> {
+        Ok(StoredMeta {
+            internal: meta.serialize()?.0,
             header: meta.response_header_copy(),
-        };
-        Ok((stored, header.len()))
+        })
     }
 
     /// The `CacheMeta` again: the internal fields deserialized around an empty header, then
@@ -69,6 +79,18 @@ impl StoredMeta {
         let mut meta = CacheMeta::deserialize(&self.internal, &EMPTY_HEADER)?;
         *meta.response_header_mut() = self.header.clone();
         Ok(meta)
+    }
+
+    /// Bytes this takes in memory, near enough: the parsed header's names and values plus
+    /// the bookkeeping of each.
+    fn size(&self) -> usize {
+        let headers: usize = self
+            .header
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 64)
+            .sum();
+        self.internal.len() + headers + 128
     }
 }
 
@@ -82,26 +104,30 @@ static EMPTY_HEADER: LazyLock<Vec<u8>> = LazyLock::new(|| {
         .unwrap_or_default()
 });
 
-type Shard = RwLock<HashMap<HashBinary, Vec<Entry>>>;
+type Shard = RwLock<HashMap<HashBinary, Url>>;
 
 /// The node's cache storage.
 pub struct MemoryStorage {
     shards: Box<[Shard]>,
     bytes: AtomicUsize,
     entries: AtomicUsize,
+    next_id: AtomicU64,
+    /// Told when an entry is replaced or purged here, so it stops counting it.
+    eviction: Option<&'static (dyn EvictionManager + Sync)>,
 }
 
-impl Default for MemoryStorage {
-    fn default() -> Self {
+impl MemoryStorage {
+    /// An empty storage whose entries `eviction` tracks.
+    pub fn new(eviction: Option<&'static (dyn EvictionManager + Sync)>) -> Self {
         MemoryStorage {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             bytes: AtomicUsize::new(0),
             entries: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            eviction,
         }
     }
-}
 
-impl MemoryStorage {
     /// Bytes stored now (bodies, headers and per-entry overhead).
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
@@ -116,59 +142,76 @@ impl MemoryStorage {
         &self.shards[primary[0] as usize % SHARDS]
     }
 
-    /// Removes every variant stored under `primary`; returns their eviction keys.
-    pub fn remove_primary(&self, primary: &HashBinary) -> Vec<CompactCacheKey> {
-        let removed = self.shard(primary).write().remove(primary);
-        removed
-            .into_iter()
-            .flatten()
-            .map(|entry| {
-                self.forget(&entry);
-                entry.compact
-            })
-            .collect()
+    /// Removes every variant stored under `primary`, and makes fills of it that are under way
+    /// not store what they fetched; returns how many entries went.
+    pub fn remove_primary(&self, primary: &HashBinary) -> usize {
+        let removed: Vec<Entry> = {
+            let mut shard = self.shard(primary).write();
+            let url = shard.entry(*primary).or_default();
+            url.purged_before = self.next_id.load(Ordering::Relaxed);
+            url.variants.drain().map(|(_, e)| e).collect()
+        };
+        for entry in &removed {
+            self.forget(entry);
+        }
+        removed.len()
     }
 
+    /// Stops counting `entry`, here and in the eviction manager.
     fn forget(&self, entry: &Entry) {
         self.bytes.fetch_sub(entry.weight, Ordering::Relaxed);
         self.entries.fetch_sub(1, Ordering::Relaxed);
+        if let Some(eviction) = self.eviction {
+            let id = Some(CacheEntryId::new(entry.id));
+            eviction.remove(CacheEntryKeyRef::from_entry_id(&entry.compact, id));
+        }
     }
 
-    fn insert(&self, entry: Entry) {
+    /// Stores `entry` (replacing the variant's older copy); false when the URL was purged
+    /// after this fill started.
+    fn insert(&self, combined: HashBinary, entry: Entry) -> bool {
         let primary = entry.compact.primary;
-        self.bytes.fetch_add(entry.weight, Ordering::Relaxed);
+        let weight = entry.weight;
+        let replaced = {
+            let mut shard = self.shard(&primary).write();
+            let url = shard.entry(primary).or_default();
+            if entry.id < url.purged_before {
+                return false;
+            }
+            url.variants.insert(combined, entry)
+        };
+        self.bytes.fetch_add(weight, Ordering::Relaxed);
         self.entries.fetch_add(1, Ordering::Relaxed);
-        let mut shard = self.shard(&primary).write();
-        let variants = shard.entry(primary).or_default();
-        if let Some(old) = variants.iter_mut().find(|e| e.combined == entry.combined) {
-            let old = std::mem::replace(old, entry);
+        if let Some(old) = replaced {
             self.forget(&old);
-        } else {
-            variants.push(entry);
         }
+        true
     }
 
-    /// Removes the variant `combined` of `primary`.
-    fn remove(&self, primary: &HashBinary, combined: &HashBinary) -> bool {
-        let mut shard = self.shard(primary).write();
-        let Some(variants) = shard.get_mut(primary) else {
-            return false;
+    /// Removes the variant `combined` of `primary` (only the copy `id`, when given); returns
+    /// the removed entry's id.
+    fn remove(&self, primary: &HashBinary, combined: &HashBinary, id: Option<u64>) -> Option<u64> {
+        let entry = {
+            let mut shard = self.shard(primary).write();
+            let url = shard.get_mut(primary)?;
+            if id.is_some_and(|id| url.variants.get(combined).map(|e| e.id) != Some(id)) {
+                return None;
+            }
+            let entry = url.variants.remove(combined)?;
+            if url.variants.is_empty() && url.purged_before == 0 {
+                shard.remove(primary);
+            }
+            entry
         };
-        let Some(at) = variants.iter().position(|e| &e.combined == combined) else {
-            return false;
-        };
-        let entry = variants.swap_remove(at);
-        if variants.is_empty() {
-            shard.remove(primary);
-        }
-        drop(shard);
-        self.forget(&entry);
-        true
+        self.bytes.fetch_sub(entry.weight, Ordering::Relaxed);
+        self.entries.fetch_sub(1, Ordering::Relaxed);
+        Some(entry.id)
     }
 }
 
 /// Reads a stored body: the whole of it, or a range of it.
 struct Hit {
+    id: u64,
     body: Bytes,
     /// The entry's weight, so a hit promotes it in the eviction manager at the same weight.
     weight: usize,
@@ -211,13 +254,17 @@ impl HandleHit for Hit {
             );
         }
         self.start = start;
-        self.end = end.map_or(self.body.len(), |e| e.min(self.body.len()));
+        self.end = end.map_or(self.body.len(), |e| e.clamp(start, self.body.len()));
         self.done = false;
         Ok(())
     }
 
     fn get_eviction_weight(&self) -> usize {
         self.weight
+    }
+
+    fn entry_id(&self) -> Option<CacheEntryId> {
+        Some(CacheEntryId::new(self.id))
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync) {
@@ -232,11 +279,10 @@ impl HandleHit for Hit {
 /// Collects a response body; stores the entry when the body is complete.
 struct Miss {
     storage: &'static MemoryStorage,
+    id: u64,
     combined: HashBinary,
     compact: CompactCacheKey,
     meta: StoredMeta,
-    /// The serialized header's size.
-    header_len: usize,
     body: BytesMut,
 }
 
@@ -250,21 +296,28 @@ impl HandleMiss for Miss {
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let Miss {
             storage,
+            id,
             combined,
             compact,
             meta,
-            header_len,
             body,
         } = *self;
-        let weight = body.len() + meta.internal.len() + header_len + ENTRY_OVERHEAD;
-        storage.insert(Entry {
-            combined,
+        // An exact-size copy: the buffer may have grown to twice the body.
+        let body = Bytes::copy_from_slice(&body);
+        let weight = body.len() + meta.size() + ENTRY_OVERHEAD;
+        let entry = Entry {
+            id,
             compact,
             meta: Arc::new(meta),
-            body: body.freeze(),
+            body,
             weight,
-        });
-        Ok(MissFinishType::Created(weight))
+        };
+        let stored = storage.insert(combined, entry);
+        Ok(MissFinishType::Created(if stored { weight } else { 0 }))
+    }
+
+    fn entry_id(&self) -> Option<CacheEntryId> {
+        Some(CacheEntryId::new(self.id))
     }
 }
 
@@ -279,19 +332,18 @@ impl Storage for MemoryStorage {
         let combined = key.combined_bin();
         let found = {
             let shard = self.shard(&primary).read();
-            shard.get(&primary).and_then(|variants| {
-                variants
-                    .iter()
-                    .find(|e| e.combined == combined)
-                    .map(|e| (Arc::clone(&e.meta), e.body.clone(), e.weight))
-            })
+            shard
+                .get(&primary)
+                .and_then(|url| url.variants.get(&combined))
+                .map(|e| (e.id, Arc::clone(&e.meta), e.body.clone(), e.weight))
         };
-        let Some((meta, body, weight)) = found else {
+        let Some((id, meta, body, weight)) = found else {
             return Ok(None);
         };
         let meta = meta.to_meta()?;
         let end = body.len();
         let hit = Hit {
+            id,
             body,
             weight,
             done: false,
@@ -307,14 +359,21 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let (meta, header_len) = StoredMeta::new(meta)?;
+        let meta = StoredMeta::new(meta)?;
+        let expected = meta
+            .header
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .unwrap_or(0);
         Ok(Box::new(Miss {
             storage: self,
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
             combined: key.combined_bin(),
             compact: key.to_compact(),
             meta,
-            header_len,
-            body: BytesMut::new(),
+            // Sized for the announced body, within what any entry may be.
+            body: BytesMut::with_capacity(expected.min(MAX_PRESIZE)),
         }))
     }
 
@@ -325,10 +384,13 @@ impl Storage for MemoryStorage {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let key = target.key();
-        if self.remove(&key.primary_bin(), &key.combined_bin()) {
-            Ok(PurgeOutcome::Purged(None))
-        } else {
-            Ok(PurgeOutcome::NotFound)
+        let only = match target {
+            PurgeTarget::Exact(entry) => entry.entry_id().map(CacheEntryId::get),
+            PurgeTarget::Active(_) => None,
+        };
+        match self.remove(&key.primary_bin(), &key.combined_bin(), only) {
+            Some(id) => Ok(PurgeOutcome::Purged(Some(CacheEntryId::new(id)))),
+            None => Ok(PurgeOutcome::NotFound),
         }
     }
 
@@ -340,14 +402,18 @@ impl Storage for MemoryStorage {
     ) -> Result<bool> {
         let primary = key.primary_bin();
         let combined = key.combined_bin();
-        let meta = Arc::new(StoredMeta::new(meta)?.0);
+        let meta = StoredMeta::new(meta)?;
         let mut shard = self.shard(&primary).write();
         let entry = shard
             .get_mut(&primary)
-            .and_then(|variants| variants.iter_mut().find(|e| e.combined == combined));
+            .and_then(|url| url.variants.get_mut(&combined));
         Ok(match entry {
             Some(entry) => {
-                entry.meta = meta;
+                let weight = entry.body.len() + meta.size() + ENTRY_OVERHEAD;
+                self.bytes.fetch_add(weight, Ordering::Relaxed);
+                self.bytes.fetch_sub(entry.weight, Ordering::Relaxed);
+                entry.weight = weight;
+                entry.meta = Arc::new(meta);
                 true
             }
             None => false,
@@ -357,11 +423,6 @@ impl Storage for MemoryStorage {
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
     }
-}
-
-/// The eviction key of a removed entry, for the eviction manager.
-pub fn eviction_key(key: &CompactCacheKey) -> CacheEntryKeyRef<'_> {
-    CacheEntryKeyRef::from_entry_id(key, None)
 }
 
 #[cfg(test)]
@@ -388,7 +449,7 @@ mod tests {
 
     #[tokio::test]
     async fn stores_counts_replaces_and_purges_every_variant() {
-        let storage: &'static MemoryStorage = Box::leak(Box::default());
+        let storage: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(None)));
         let span = Span::inactive().handle();
         let key = CacheKey::new("k", "");
         let mut variant = key.clone();
@@ -406,17 +467,26 @@ mod tests {
         store(storage, &variant, b"hallo").await;
         assert_eq!(storage.entries(), 2);
 
-        let (meta, mut hit) = storage.lookup(&variant, &span).await.unwrap().unwrap();
-        assert_eq!(meta.response_header().status, 200);
-        assert_eq!(meta.headers()["etag"], "\"v1\"");
-        assert!(meta.is_fresh(SystemTime::now()));
+        let (found, mut hit) = storage.lookup(&variant, &span).await.unwrap().unwrap();
+        assert_eq!(found.response_header().status, 200);
+        assert_eq!(found.headers()["etag"], "\"v1\"");
+        assert!(found.is_fresh(SystemTime::now()));
         assert_eq!(hit.read_body().await.unwrap().unwrap(), "hallo");
         assert!(hit.read_body().await.unwrap().is_none());
         hit.seek(1, Some(3)).unwrap();
         assert_eq!(hit.read_body().await.unwrap().unwrap(), "al");
 
-        let removed = storage.remove_primary(&key.primary_bin());
-        assert_eq!(removed.len(), 2);
+        // A fill that started before a purge does not store what it fetched.
+        let span2 = Span::inactive().handle();
+        let mut late = storage
+            .get_miss_handler(&key, &meta(), &span2)
+            .await
+            .unwrap();
+        assert_eq!(storage.remove_primary(&key.primary_bin()), 2);
+        late.write_body(Bytes::from_static(b"old"), true)
+            .await
+            .unwrap();
+        late.finish().await.unwrap();
         assert_eq!((storage.bytes(), storage.entries()), (0, 0));
         assert!(storage.lookup(&key, &span).await.unwrap().is_none());
     }

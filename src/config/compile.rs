@@ -234,7 +234,8 @@ impl<'e, 'a> Compiler<'e, 'a> {
             })
         };
         let max_size = size(&c.max_size, defaults.max_size);
-        let max_object_size = size(&c.max_object_size, defaults.max_object_size);
+        // The default object bound never exceeds a smaller max_size.
+        let max_object_size = size(&c.max_object_size, defaults.max_object_size.min(max_size));
         if let Some(s) = &c.max_size {
             if max_size < 1 << 20 {
                 self.error(

@@ -147,6 +147,7 @@ pub fn set_forwarded_headers(
     upstream: &mut RequestHeader,
     peer: Option<IpAddr>,
     peer_trusted: bool,
+    scheme: &'static str,
     host: Option<HeaderValue>,
 ) -> Result<()> {
     if !peer_trusted {
@@ -195,7 +196,7 @@ pub fn set_forwarded_headers(
         }
     }
     if !peer_trusted || !upstream.headers.contains_key(&X_FORWARDED_PROTO) {
-        upstream.insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
+        upstream.insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme))?;
     }
     if !peer_trusted || !upstream.headers.contains_key(&X_FORWARDED_HOST) {
         match host {

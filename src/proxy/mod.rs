@@ -23,6 +23,7 @@ use crate::router::{normalize_host, Lookup, RequestView, RouteAction};
 use crate::upstream::hash_key::ip_key;
 use async_trait::async_trait;
 use forwarded::X_REQUEST_ID;
+use gantry_plugins::cache::CacheStatus;
 use gantry_plugins::{Flow, PluginState};
 use http::{header, Method, Uri};
 use pingora::cache::key::HashBinary;
@@ -381,13 +382,23 @@ impl ProxyHttp for Gateway {
         let Some(policy) = cache_policy(ctx) else {
             return Error::e_explain(ErrorType::InternalError, "cache key without a cache policy");
         };
+        // The URL the client asked for: behind a trusted proxy, the scheme and host it forwarded.
         let req = session.req_header();
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let scheme = if tls { "https" } else { "http" };
+        let forwarded = |name: &str| {
+            ctx.peer_trusted
+                .then(|| req.headers.get(name)?.to_str().ok())
+                .flatten()
+        };
+        let scheme = match forwarded("x-forwarded-proto") {
+            Some("https") => "https",
+            Some("http") => "http",
+            _ => downstream_scheme(session),
+        };
+        let host = forwarded("x-forwarded-host").unwrap_or_else(|| request_host(req));
         let key = policy.primary_key(
             &ctx.state.route,
             scheme,
-            request_host(req),
+            host,
             req.uri.path(),
             req.uri.query(),
         );
@@ -402,7 +413,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<RespCacheable> {
         let Some(policy) = cache_policy(ctx) else {
             return Ok(RespCacheable::Uncacheable(
-                pingora::cache::NoCacheReason::NeverEnabled,
+                pingora::cache::NoCacheReason::OriginNotCache,
             ));
         };
         let authorization = session
@@ -418,8 +429,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         req: &pingora::http::RequestHeader,
     ) -> Option<HashBinary> {
-        let consumer = ctx.state.consumer.as_deref().map(|c| &*c.name);
-        cache_policy(ctx)?.variance(req, meta.headers(), consumer)
+        // Who the client is: its consumer, else the subject of its verified token.
+        let identity = match (&ctx.state.consumer, &ctx.state.jwt_claims) {
+            (Some(consumer), _) => &*consumer.name,
+            (None, Some(claims)) => claims.get("sub").and_then(|s| s.as_str()).unwrap_or("?"),
+            (None, None) => "",
+        };
+        cache_policy(ctx)?.variance(req, meta.headers(), identity)
     }
 
     /// Stale responses are served within their windows while one request refreshes them, and
@@ -535,7 +551,13 @@ impl ProxyHttp for Gateway {
                 .authority()
                 .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()),
         };
-        forwarded::set_forwarded_headers(upstream, peer_ip(session), ctx.peer_trusted, host)?;
+        forwarded::set_forwarded_headers(
+            upstream,
+            peer_ip(session),
+            ctx.peer_trusted,
+            downstream_scheme(session),
+            host,
+        )?;
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
         forwarded::set_consumer_headers(upstream, ctx.state.consumer.as_deref())?;
         let bridged = ctx.route.as_ref().is_some_and(|r| r.grpc_web)
@@ -659,6 +681,10 @@ impl ProxyHttp for Gateway {
         let rate_limited = ctx.error == Some(gantry_plugins::rate_limit::REJECTED_SLUG);
         let metrics = ctx.route.as_ref().map_or(&self.unmatched, |r| &r.metrics);
         metrics.record(&session.req_header().method, status, took, rate_limited);
+        if cache_policy(ctx).is_some() {
+            let cache = ctx.state.cache_status.unwrap_or(CacheStatus::Bypass);
+            metrics.record_cache(cache);
+        }
         if self.access_log.enabled() {
             self.access_log
                 .write(&access_record(session, ctx, status, rate_limited));
@@ -771,6 +797,15 @@ fn access_record<'a>(
         error: ctx.error,
         user_agent: header(header::USER_AGENT),
         referer: header(header::REFERER).map(|r| r.split('?').next().unwrap_or_default()),
+    }
+}
+
+/// `https` when the client connected over TLS, else `http`.
+fn downstream_scheme(session: &Session) -> &'static str {
+    if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+        "https"
+    } else {
+        "http"
     }
 }
 
