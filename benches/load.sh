@@ -8,7 +8,8 @@
 #   REDIS_UNIX=1 benches/load.sh                        # reach Redis over a Unix socket
 #   CACHE_ONLY=1 benches/load.sh                        # only the cached-hit comparison
 #
-# Upstream: nginx, one worker, answering a small body. Proxies: nginx (one worker, upstream
+# Upstream: nginx, one worker, answering a small body. Gantry writes a JSON access log to a file
+# (nginx's access_log is off); a second Gantry without it measures the log's cost. Proxies: nginx (one worker, upstream
 # keepalive, request id and X-Forwarded-For set) and Gantry (one thread, health checks on,
 # request ids on). The proxy under test is pinned to CPU 0; the upstream and wrk share CPU 1,
 # so the proxy is the bottleneck. Prints req/s and p50/p99 latency per run, then the medians
@@ -59,7 +60,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); NGX=$(free_port); GAN=$(free_port); REDIS=$(free_port)
+UP=$(free_port); NGX=$(free_port); GAN=$(free_port); REDIS=$(free_port); NOLOG=$(free_port)
 
 cat > "$work/upstream.conf" <<CONF
 worker_processes 1;
@@ -120,6 +121,10 @@ listen = ["127.0.0.1:$GAN"]
 threads = 1
 pid_file = "$work/gantry.pid"
 upgrade_sock = "$work/gantry.sock"
+
+[log]                        # on, as users run it (the nolog instance measures its cost)
+access = "$work/access.log"
+format = "json"
 
 [clusters.backend]
 backends = ["127.0.0.1:$UP"]
@@ -183,8 +188,13 @@ taskset -c 1 "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
 taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --unixsocket "$work/redis.sock" --save "" --appendonly no --dir "$work" >/dev/null & pids+=($!)
 taskset -c 0 "$NGINX" -c "$work/proxy.conf" -p "$work" & pids+=($!); nginx_master=$!
 RUST_LOG=error taskset -c 0 "$GANTRY" -c "$work/gantry.toml" 2>"$work/gantry.err" & pids+=($!); gantry_pid=$!
+# The same Gantry without the access log: what logging costs.
+sed -e "s/127.0.0.1:$GAN/127.0.0.1:$NOLOG/" -e "s#$work/gantry.pid#$work/nolog.pid#" \
+    -e "s#$work/gantry.sock#$work/nolog.sock#" -e "s#^access = .*#access = \"off\"#" \
+    "$work/gantry.toml" > "$work/nolog.toml"
+RUST_LOG=error taskset -c 0 "$GANTRY" -c "$work/nolog.toml" 2>"$work/nolog.err" & pids+=($!); nolog_pid=$!
 
-for port in "$UP" "$NGX" "$GAN"; do
+for port in "$UP" "$NGX" "$GAN" "$NOLOG"; do
   for _ in $(seq 100); do
     curl -fs -o /dev/null "http://127.0.0.1:$port$PATH_UNDER_TEST" && break
     sleep 0.1
@@ -193,7 +203,7 @@ for port in "$UP" "$NGX" "$GAN"; do
 done
 
 nginx_worker=$(pgrep -P "$nginx_master" | head -1)
-declare -A cpu_pid=([nginx]=$nginx_worker [gantry]=$gantry_pid)
+declare -A cpu_pid=([nginx]=$nginx_worker [gantry]=$gantry_pid [nolog]=$nolog_pid)
 TICK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
@@ -247,6 +257,27 @@ printf "median  %-6s %12.0f %9.3f %9.3f %11.2f\n" gantry "$gantry_2" "$gantry_3"
 awk -v g="$gantry_2" -v n="$nginx_2" -v gp="$gantry_4" -v np="$nginx_4" -v g5="$gantry_3" -v n5="$nginx_3" \
   -v gc="$gantry_5" -v nc="$nginx_5" \
   'BEGIN { printf "ratio gantry/nginx: req/s %.2f   p50 %.2f   p99 %.2f   cpu/req %.2f (latency and cpu: lower is better)\n", g/n, g5/n5, gp/np, gc/nc }'
+
+# The access log's cost: the same Gantry with and without it, alternating.
+echo
+printf "%-7s %-6s %12s %9s %9s %11s\n" round gantry "req/s" "p50 ms" "p99 ms" "cpu us/req"
+: > "$work/log_results"
+for r in $(seq "$ROUNDS"); do
+  for pair in "gantry:$GAN" "nolog:$NOLOG"; do
+    name=${pair%%:*}; port=${pair##*:}
+    read -r rps p50 p99 cpu < <(run "$name" "$port")
+    printf "%-7s %-6s %12s %9s %9s %11s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu"
+    echo "$name $rps $p50 $p99 $cpu" >> "$work/log_results"
+  done
+done
+for name in gantry nolog; do
+  for col in 2 5; do
+    v=$(awk -v n="$name" -v c="$col" '$1==n {print $c}' "$work/log_results" | median)
+    eval "log_${name}_$col=$v"
+  done
+done
+awk -v l="$log_gantry_2" -v n="$log_nolog_2" -v lc="$log_gantry_5" -v nc="$log_nolog_5" \
+  'BEGIN { printf "access log (json, file): req/s %.0f with, %.0f without: costs %.1f%% of throughput, %+.2f us cpu/req\n", l, n, (1 - l/n) * 100, lc - nc }'
 fi
 
 # Cached hits: nginx proxy_cache against Gantry's cache plugin, alternating.

@@ -8,6 +8,10 @@
 //! `Referer` (without its query), and query parameters whose names suggest a credential have
 //! their values replaced by `REDACTED`.
 
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -104,36 +108,43 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Starts the writer thread for `sink` (none for `Off`). Fails when the file cannot be
-    /// opened.
-    pub fn start(sink: &Sink, format: Format) -> io::Result<AccessLog> {
+    /// Opens `sink` (nothing for `Off`): the log, and the background service that writes it.
+    /// Fails when the file cannot be opened.
+    pub fn open(sink: &Sink, format: Format) -> io::Result<(AccessLog, Option<AccessLogWriter>)> {
         LazyLock::force(&DROPPED);
         let out: Box<dyn Write + Send> = match sink {
             Sink::Off => {
-                return Ok(AccessLog {
+                let off = AccessLog {
                     format,
                     queue: None,
-                })
+                };
+                return Ok((off, None));
             }
             Sink::Stdout => Box::new(io::stdout()),
             Sink::File(path) => Box::new(open(path)?),
         };
         let reopen = Arc::new(AtomicBool::new(false));
-        if let Sink::File(_) = sink {
-            signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&reopen))?;
-        }
-        let (tx, rx) = sync_channel(QUEUE);
         let path = match sink {
-            Sink::File(path) => Some(path.clone()),
+            Sink::File(path) => {
+                signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&reopen))?;
+                Some(path.clone())
+            }
             _ => None,
         };
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || write_loop(rx, out, path, reopen))?;
-        Ok(AccessLog {
+        let (tx, rx) = sync_channel(QUEUE);
+        let writer = AccessLogWriter {
+            parts: Mutex::new(Some(WriterParts {
+                rx,
+                out,
+                path,
+                reopen,
+            })),
+        };
+        let log = AccessLog {
             format,
             queue: Some(tx),
-        })
+        };
+        Ok((log, Some(writer)))
     }
 
     /// Whether records are wanted (skip building them when not).
@@ -167,13 +178,43 @@ fn open(path: &PathBuf) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// Writes queued lines, flushing whenever the queue is empty; reopens the file when asked.
-fn write_loop(
+/// What the writer thread needs.
+struct WriterParts {
     rx: Receiver<Vec<u8>>,
     out: Box<dyn Write + Send>,
     path: Option<PathBuf>,
     reopen: Arc<AtomicBool>,
-) {
+}
+
+/// The background service that writes the access log. Its thread starts with the server's
+/// services, so it runs in the final process (after `--daemon` forked).
+pub struct AccessLogWriter {
+    parts: Mutex<Option<WriterParts>>,
+}
+
+#[async_trait]
+impl BackgroundService for AccessLogWriter {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if let Some(parts) = self.parts.lock().take() {
+            let spawned = std::thread::Builder::new()
+                .name("access-log".into())
+                .spawn(move || write_loop(parts));
+            if let Err(e) = spawned {
+                log::error!("cannot start the access log writer: {e}");
+            }
+        }
+        let _ = shutdown.changed().await;
+    }
+}
+
+/// Writes queued lines, flushing whenever the queue is empty; reopens the file when asked.
+fn write_loop(parts: WriterParts) {
+    let WriterParts {
+        rx,
+        out,
+        path,
+        reopen,
+    } = parts;
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {

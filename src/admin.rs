@@ -1,9 +1,11 @@
 //! The admin listener (`[admin] listen`), on its own port, apart from proxied traffic:
 //! `GET /metrics` (Prometheus text) and `GET /health` for anyone who can reach it;
-//! `GET /status` and `POST /cache/purge` behind the bearer `token` (compared in constant
-//! time).
+//! `GET /status`, `GET /config` (secrets redacted), `GET /clusters`, `POST /reload` and
+//! `POST /cache/purge` behind the bearer `token` (compared in constant time). See
+//! `docs/admin-api.md`.
 
 use crate::config::{AdminSettings, Config};
+use crate::reload::Live;
 use crate::router::{normalize_host, Lookup, RequestView};
 use async_trait::async_trait;
 use http::{header, Response, StatusCode};
@@ -20,18 +22,18 @@ use subtle::ConstantTimeEq;
 pub struct AdminApp {
     token: Option<Vec<u8>>,
     started: Instant,
-    config: Arc<Config>,
+    live: Arc<Live>,
 }
 
 /// Largest `POST /cache/purge` body read.
 const MAX_PURGE_BODY: usize = 8 * 1024;
 
-/// The admin service for `settings`, reporting on `config`.
-pub fn service(settings: &AdminSettings, config: Arc<Config>) -> Service<HttpServer<AdminApp>> {
+/// The admin service for `settings`, reporting on and reloading `live`.
+pub fn service(settings: &AdminSettings, live: Arc<Live>) -> Service<HttpServer<AdminApp>> {
     let app = AdminApp {
         token: settings.token.as_ref().map(|t| t.as_bytes().to_vec()),
         started: Instant::now(),
-        config,
+        live,
     };
     let mut service = Service::new("admin".into(), HttpServer::new_app(app));
     service.add_tcp(&settings.addr.to_string());
@@ -73,7 +75,8 @@ impl AdminApp {
 
     /// Every backend of the running configuration: cluster, address, healthy.
     fn backend_health(&self) -> Vec<(String, String, bool)> {
-        self.config
+        self.live
+            .current()
             .clusters
             .values()
             .flat_map(|c| {
@@ -84,11 +87,132 @@ impl AdminApp {
             .collect()
     }
 
+    fn metrics(&self) -> Response<Vec<u8>> {
+        let mut body = String::new();
+        let encoder = TextEncoder::new();
+        match encoder.encode_utf8(&prometheus::gather(), &mut body) {
+            Ok(()) => {
+                crate::metrics::render(&mut body, &self.backend_health());
+                respond(StatusCode::OK, encoder.format_type(), body.into_bytes())
+            }
+            Err(e) => problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &format!("cannot encode the metrics: {e}"),
+            ),
+        }
+    }
+
+    /// The running configuration file, parsed, with every secret replaced by `REDACTED`.
+    fn config(&self) -> Response<Vec<u8>> {
+        let config = self.live.current();
+        let mut parsed: toml::Value = match toml::from_str(&config.source) {
+            Ok(v) => v,
+            Err(e) => {
+                return problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    &format!("the running configuration does not parse again: {e}"),
+                )
+            }
+        };
+        redact(&mut parsed, "");
+        let body = serde_json::json!({
+            "generation": self.live.generation(),
+            "sha256": config.source_sha256,
+            "config": parsed,
+        });
+        json(&body)
+    }
+
+    /// Every cluster's backends: health now, and failures seen by requests.
+    fn clusters(&self) -> Response<Vec<u8>> {
+        let config = self.live.current();
+        let clusters: serde_json::Map<String, serde_json::Value> = config
+            .clusters
+            .values()
+            .map(|c| {
+                let backends: Vec<_> = c
+                    .backend_health()
+                    .into_iter()
+                    .map(|(addr, healthy)| {
+                        let (failures, last) = c.metrics.failures(addr);
+                        serde_json::json!({
+                            "address": addr.to_string(),
+                            "healthy": healthy,
+                            "failures": failures,
+                            "last_failure": last.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                        })
+                    })
+                    .collect();
+                let cluster = serde_json::json!({
+                    "protocol": format!("{:?}", c.protocol).to_lowercase(),
+                    "retries": c.retries,
+                    "health_check": c.health_probe().is_some(),
+                    "backends": backends,
+                });
+                (c.name.to_string(), cluster)
+            })
+            .collect();
+        json(&serde_json::json!({ "clusters": clusters }))
+    }
+
+    /// Re-reads the configuration file: the new generation, or every error (the running
+    /// configuration keeps serving).
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let live = Arc::clone(&self.live);
+        match tokio::task::spawn_blocking(move || live.reload()).await {
+            Ok(Ok(done)) => json(&serde_json::json!({
+                "generation": done.generation,
+                "sha256": done.sha256,
+                "needs_restart": done.needs_restart,
+            })),
+            Ok(Err(errors)) => {
+                let list: Vec<_> = errors
+                    .0
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "file": e.file, "line": e.line, "column": e.column,
+                            "key": e.key, "message": e.message, "hint": e.hint,
+                        })
+                    })
+                    .collect();
+                let mut response = problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "config-invalid",
+                    &format!(
+                        "the file has {} error(s); generation {} keeps serving",
+                        list.len(),
+                        self.live.generation()
+                    ),
+                );
+                if let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(response.body()) {
+                    body["errors"] = serde_json::Value::Array(list);
+                    let bytes = body.to_string().into_bytes();
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_LENGTH, bytes.len().into());
+                    *response.body_mut() = bytes;
+                }
+                response
+            }
+            Err(e) => problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &format!("the reload failed: {e}"),
+            ),
+        }
+    }
+
     fn status(&self) -> Response<Vec<u8>> {
         let body = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
-            "config": { "generation": 1, "sha256": self.config.source_sha256 },
+            "config": {
+                "generation": self.live.generation(),
+                "sha256": self.live.current().source_sha256,
+            },
         });
         respond(
             StatusCode::OK,
@@ -179,6 +303,39 @@ async fn purge(config: &Config, session: &mut ServerSession) -> Response<Vec<u8>
     )
 }
 
+fn json(body: &serde_json::Value) -> Response<Vec<u8>> {
+    respond(
+        StatusCode::OK,
+        "application/json",
+        body.to_string().into_bytes(),
+    )
+}
+
+/// Keys whose values are secrets.
+const SECRET_KEYS: [&str; 5] = ["token", "password", "keys", "secret", "secrets"];
+
+/// Replaces secrets in a parsed configuration: the values of [`SECRET_KEYS`], and the
+/// credentials of URLs (`redis://user:password@host`).
+fn redact(value: &mut toml::Value, key: &str) {
+    match value {
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                redact(v, k);
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(|v| redact(v, key)),
+        toml::Value::String(s) if SECRET_KEYS.contains(&key) => *s = "REDACTED".into(),
+        toml::Value::String(s) => {
+            if let Some((scheme, rest)) = s.split_once("://") {
+                if let Some((_, host)) = rest.rsplit_once('@') {
+                    *s = format!("{scheme}://REDACTED@{host}");
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
@@ -208,58 +365,57 @@ fn problem(status: StatusCode, slug: &str, detail: &str) -> Response<Vec<u8>> {
     response
 }
 
+/// The endpoints: method, path, whether the token is needed.
+const ENDPOINTS: [(&str, &str, bool); 7] = [
+    ("GET", "/metrics", false),
+    ("GET", "/health", false),
+    ("GET", "/status", true),
+    ("GET", "/config", true),
+    ("GET", "/clusters", true),
+    ("POST", "/reload", true),
+    ("POST", "/cache/purge", true),
+];
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        let post = req.method == http::Method::POST;
-        if req.uri.path() == "/cache/purge" {
-            if !post {
-                return problem(
+        let path = req.uri.path().to_string();
+        let method = req.method.as_str();
+        let Some((_, _, protected)) = ENDPOINTS
+            .iter()
+            .find(|(m, p, _)| *p == path && *m == method)
+        else {
+            return match ENDPOINTS.iter().find(|(_, p, _)| *p == path) {
+                Some((m, p, _)) => problem(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method-not-allowed",
-                    "purge with POST /cache/purge",
-                );
-            }
-            return match self.refusal(session) {
-                Some(refusal) => refusal,
-                None => purge(&self.config, session).await,
+                    &format!("use {m} {p}"),
+                ),
+                None => problem(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    "admin endpoints: GET /metrics, /health, /status, /config, /clusters; POST /reload, /cache/purge",
+                ),
             };
-        }
-        if req.method != http::Method::GET {
-            return problem(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "this admin endpoint answers GET",
-            );
-        }
-        match req.uri.path() {
-            "/metrics" => {
-                let mut body = String::new();
-                let encoder = TextEncoder::new();
-                match encoder.encode_utf8(&prometheus::gather(), &mut body) {
-                    Ok(()) => {
-                        crate::metrics::render(&mut body, &self.backend_health());
-                        respond(StatusCode::OK, encoder.format_type(), body.into_bytes())
-                    }
-                    Err(e) => problem(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        &format!("cannot encode the metrics: {e}"),
-                    ),
-                }
+        };
+        if *protected {
+            if let Some(refusal) = self.refusal(session) {
+                return refusal;
             }
-            "/status" => self.refusal(session).unwrap_or_else(|| self.status()),
+        }
+        match path.as_str() {
+            "/metrics" => self.metrics(),
             "/health" => respond(
                 StatusCode::OK,
                 "application/json",
                 br#"{"status":"ok"}"#.to_vec(),
             ),
-            _ => problem(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                "admin endpoints: GET /metrics, GET /health, GET /status, POST /cache/purge",
-            ),
+            "/status" => self.status(),
+            "/config" => self.config(),
+            "/clusters" => self.clusters(),
+            "/reload" => self.reload().await,
+            _ => purge(&self.live.current(), session).await,
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod cache;
 pub mod config;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod tls;

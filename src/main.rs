@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
         upgrade: cli.upgrade,
     };
-    match server::build(config, opts) {
+    match server::build(config, cli.conf, opts) {
         Ok(server) => server.run_forever(),
         Err(e) => {
             eprintln!("{e}");

@@ -10,11 +10,12 @@
 use gantry_plugins::cache::CacheStatus;
 use http::Method;
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Histogram upper bounds, in seconds.
 const BUCKETS: [f64; 13] = [
@@ -146,6 +147,29 @@ impl std::fmt::Debug for RouteMetrics {
 pub struct ClusterMetrics {
     /// From choosing a backend to the upstream's response header.
     pub upstream_duration: Histogram,
+    /// Failed connections and exchanges per backend: how many, and the last one. Written
+    /// only when a backend fails.
+    failures: Mutex<HashMap<SocketAddr, (u64, SystemTime)>>,
+}
+
+impl ClusterMetrics {
+    /// A request could not connect to, or did not get an answer from, `backend`.
+    pub fn record_failure(&self, backend: SocketAddr) {
+        let mut failures = self.failures.lock();
+        let entry = failures
+            .entry(backend)
+            .or_insert((0, SystemTime::UNIX_EPOCH));
+        entry.0 += 1;
+        entry.1 = SystemTime::now();
+    }
+
+    /// How many times `backend` failed, and when it last did.
+    pub fn failures(&self, backend: SocketAddr) -> (u64, Option<SystemTime>) {
+        match self.failures.lock().get(&backend) {
+            Some((n, last)) => (*n, Some(*last)),
+            None => (0, None),
+        }
+    }
 }
 
 /// Every route's and cluster's counters, by name, for the life of the process.

@@ -4,6 +4,7 @@ use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::metrics::ConnectionGuard;
 use crate::proxy::Gateway;
+use crate::reload::{CertSwitch, Live, ReloadOnSighup};
 use crate::upstream::HealthChecks;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
@@ -15,6 +16,7 @@ use pingora::server::Server;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Process options from the command line.
@@ -26,10 +28,10 @@ pub struct RunOptions {
     pub upgrade: bool,
 }
 
-/// Builds the Pingora server for `config`; `run_forever` on the result serves it. Fails
-/// when the access log cannot be opened.
-pub fn build(config: Config, opts: RunOptions) -> Result<Server, String> {
-    let access_log = AccessLog::start(&config.log.access, config.log.format)
+/// Builds the Pingora server for `config`, read from `path` (which reloads re-read);
+/// `run_forever` on the result serves it. Fails when the access log cannot be opened.
+pub fn build(config: Config, path: PathBuf, opts: RunOptions) -> Result<Server, String> {
+    let (access_log, log_writer) = AccessLog::open(&config.log.access, config.log.format)
         .map_err(|e| format!("cannot open the access log {:?}: {e}", config.log.access))?;
     let settings = config.server.clone();
     let admin = config.admin.clone();
@@ -56,16 +58,22 @@ pub fn build(config: Config, opts: RunOptions) -> Result<Server, String> {
     server.bootstrap();
 
     let config = Arc::new(config);
-    let probes: Vec<_> = config
-        .clusters
-        .values()
-        .filter_map(|c| c.health_probe())
+    let (health_tx, health) = HealthChecks::new(config.health_probes());
+    let certs: Vec<_> = settings
+        .tls
+        .iter()
+        .map(|t| {
+            (
+                t.addr,
+                Arc::new(CertSwitch::new(Arc::clone(&t.certificates))),
+            )
+        })
         .collect();
-    let health = HealthChecks::new(probes);
+    let live = Arc::new(Live::new(path, config, health_tx, certs.clone()));
 
     let mut app = pingora::proxy::http_proxy(
         &server.configuration,
-        Gateway::new(Arc::clone(&config), Arc::new(access_log)),
+        Gateway::new(Arc::clone(&live), Arc::new(access_log)),
     );
     let mut options = HttpServerOptions::default();
     options.h2c = settings.h2c;
@@ -74,26 +82,29 @@ pub fn build(config: Config, opts: RunOptions) -> Result<Server, String> {
     for addr in &settings.listen {
         proxy.add_tcp(&addr.to_string());
     }
-    for tls in &settings.tls {
-        // The paths are unused: the resolver, loaded and checked with the configuration,
-        // provides every certificate.
+    for (addr, switch) in certs {
+        let http2 = settings.tls.iter().any(|t| t.addr == addr && t.http2);
+        // The paths are unused: the resolver, loaded and checked with the configuration (and
+        // replaced by reloads), provides every certificate.
         match TlsSettings::intermediate("", "") {
             Ok(mut tls_settings) => {
-                tls_settings.set_cert_resolver(Arc::clone(&tls.certificates) as _);
-                if tls.http2 {
+                tls_settings.set_cert_resolver(switch as _);
+                if http2 {
                     tls_settings.enable_h2();
                 }
-                proxy.add_tls_with_settings(&tls.addr.to_string(), None, tls_settings);
+                proxy.add_tls_with_settings(&addr.to_string(), None, tls_settings);
             }
-            Err(e) => log::error!("TLS listener {}: {e}", tls.addr),
+            Err(e) => log::error!("TLS listener {addr}: {e}"),
         }
     }
     server.add_service(proxy);
     if let Some(admin) = &admin {
-        server.add_service(crate::admin::service(admin, Arc::clone(&config)));
+        server.add_service(crate::admin::service(admin, Arc::clone(&live)));
     }
-    if !health.is_empty() {
-        server.add_service(background_service("health checks", health));
+    server.add_service(background_service("health checks", health));
+    server.add_service(background_service("reload on SIGHUP", ReloadOnSighup(live)));
+    if let Some(writer) = log_writer {
+        server.add_service(background_service("access log", writer));
     }
     Ok(server)
 }

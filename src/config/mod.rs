@@ -143,6 +143,8 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     /// SHA-256 of the configuration text, hex.
     pub source_sha256: String,
+    /// The configuration text (for `GET /config`, with secrets redacted there).
+    pub source: String,
     /// Some route bridges gRPC-Web (the bridge module is loaded only then).
     pub grpc_web: bool,
     /// The response cache's bounds.
@@ -153,11 +155,27 @@ pub struct Config {
     pub log: LogSettings,
 }
 
+impl Config {
+    /// The health probes of every cluster that has a health check.
+    pub fn health_probes(&self) -> Vec<crate::upstream::HealthProbe> {
+        self.clusters
+            .values()
+            .filter_map(|c| c.health_probe())
+            .collect()
+    }
+}
+
 /// Reads and compiles the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_replacing(path, None)
+}
+
+/// Reads and compiles the file at `path` to replace `previous`: clusters defined exactly as
+/// before are kept, with their backends' health.
+pub fn load_replacing(path: &Path, previous: Option<&Config>) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(src) => load_str(&file, &src),
+        Ok(src) => compile_source(&file, &src, previous),
         Err(e) => Err(ConfigErrors(vec![ConfigError {
             file,
             line: 0,
@@ -172,6 +190,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Compiles configuration text; `file` names it in errors.
 pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
+    compile_source(file, src, None)
+}
+
+fn compile_source(
+    file: &str,
+    src: &str,
+    previous: Option<&Config>,
+) -> Result<Config, ConfigErrors> {
     let mut doc = Document::parse(file, src)?;
     let server = doc.take("server");
     let clusters = doc.take("clusters");
@@ -236,9 +262,12 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
     let mut clusters: BTreeMap<String, Option<Arc<Cluster>>> = BTreeMap::new();
     for (name, span, section) in cluster_sections {
         compiler.at_entry(span);
-        let cluster = section
-            .and_then(|s| compiler.cluster(&name, s))
-            .map(Arc::new);
+        let cluster = section.and_then(|s| compiler.cluster(&name, s)).map(|new| {
+            match previous.and_then(|p| p.clusters.get(&name)) {
+                Some(old) if old.same_definition(&new) => Arc::clone(old),
+                _ => Arc::new(new),
+            }
+        });
         clusters.insert(name, cluster);
     }
     let mut specs = Vec::new();
@@ -268,6 +297,7 @@ pub fn load_str(file: &str, src: &str) -> Result<Config, ConfigErrors> {
         Some(server) if errors.is_empty() => Ok(Config {
             admin,
             source_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(src.as_bytes())),
+            source: src.to_string(),
             grpc_web,
             cache,
             caching,

@@ -9,6 +9,8 @@ use std::time::Instant;
 /// State of one request, created empty by `new_ctx` and filled by the hooks.
 #[derive(Default)]
 pub struct RequestCtx {
+    /// The configuration generation this request runs on, start to finish.
+    pub config: Option<Arc<crate::config::Config>>,
     /// The matched route.
     pub route: Option<Arc<Route>>,
     /// Bytes of the path covered by the route's prefix.

@@ -16,9 +16,9 @@ pub use problem::{Problem, ProblemKind};
 
 use crate::access_log::{AccessLog, Record};
 use crate::aggregate::{Aggregate, ClientRequest, Outcome};
-use crate::cache::NodeCache;
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
+use crate::reload::Live;
 use crate::router::{normalize_host, Lookup, RequestView, RouteAction};
 use crate::upstream::hash_key::ip_key;
 use async_trait::async_trait;
@@ -42,10 +42,10 @@ use std::time::Instant;
 
 /// The gateway: routes every request of one configuration.
 pub struct Gateway {
-    config: Arc<Config>,
-    /// The node's response cache, when some route caches.
-    cache: Option<&'static NodeCache>,
-    keepalive_secs: u64,
+    /// The running configuration; each request takes it once.
+    live: Arc<Live>,
+    /// The gRPC-Web module was loaded (a route of the first configuration used it).
+    grpc_web_module: bool,
     /// Pooled upstream connections for `aggregate` calls.
     connector: Connector,
     /// Where each request's record goes.
@@ -55,14 +55,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway serving `config`, logging requests to `access_log`.
-    pub fn new(config: Arc<Config>, access_log: Arc<AccessLog>) -> Self {
-        let keepalive_secs = config.server.keepalive_timeout.as_secs().max(1);
-        let cache = config.caching.then(|| crate::cache::node(&config.cache));
+    /// A gateway serving `live`'s configuration, logging requests to `access_log`.
+    pub fn new(live: Arc<Live>, access_log: Arc<AccessLog>) -> Self {
+        let grpc_web_module = live.current().grpc_web;
         Gateway {
-            config,
-            cache,
-            keepalive_secs,
+            live,
+            grpc_web_module,
             connector: Connector::new(None),
             access_log,
             unmatched: crate::metrics::route(crate::metrics::UNMATCHED),
@@ -119,8 +117,12 @@ impl Gateway {
         }
     }
 
-    /// The route `req` matches, if any (without the checks `request_filter` makes first).
-    fn route_of(&self, req: &pingora::http::RequestHeader) -> Option<Arc<crate::router::Route>> {
+    /// The route `req` matches in `config`, if any (without the checks `request_filter`
+    /// makes first).
+    fn route_of(
+        config: &Config,
+        req: &pingora::http::RequestHeader,
+    ) -> Option<Arc<crate::router::Route>> {
         let host = normalize_host(request_host(req));
         let view = RequestView {
             host: &host,
@@ -128,7 +130,7 @@ impl Gateway {
             method: &req.method,
             headers: &req.headers,
         };
-        match self.config.router.lookup(&view) {
+        match config.router.lookup(&view) {
             Lookup::Found(m) => Some(Arc::clone(m.route)),
             _ => None,
         }
@@ -219,7 +221,7 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
         // Modules cost every request something; the gRPC-Web bridge is loaded only when a
         // route uses it.
-        if self.config.grpc_web {
+        if self.grpc_web_module {
             modules.add_module(Box::new(GrpcWeb));
         }
     }
@@ -227,21 +229,22 @@ impl ProxyHttp for Gateway {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // This request's configuration generation, from start to finish.
+        let config = self.live.current();
         // The bridge rewrites the request before routing, so a gRPC-Web request is routed
         // here first, and bridged only on a route with `grpc_web = true`.
-        if self.config.grpc_web && grpc_web_kind(session.req_header()) == Some(GrpcWebKind::Binary)
-        {
-            let bridged = self
-                .route_of(session.req_header())
-                .is_some_and(|r| r.grpc_web);
+        let grpc_web = self.grpc_web_module && config.grpc_web;
+        if grpc_web && grpc_web_kind(session.req_header()) == Some(GrpcWebKind::Binary) {
+            let bridged = Self::route_of(&config, session.req_header()).is_some_and(|r| r.grpc_web);
             if bridged {
                 if let Some(bridge) = session.downstream_modules_ctx.get_mut::<GrpcWebBridge>() {
                     bridge.init();
                 }
             }
         }
+        ctx.config = Some(config);
         Ok(())
     }
 
@@ -253,8 +256,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let settings = &self.config.server;
-        session.set_keepalive(Some(self.keepalive_secs));
+        let config = Arc::clone(ctx.config.get_or_insert_with(|| self.live.current()));
+        let settings = &config.server;
+        session.set_keepalive(Some(settings.keepalive_timeout.as_secs().max(1)));
         let peer = peer_ip(session);
         ctx.peer_trusted = peer.is_some_and(|ip| settings.is_trusted(ip));
         let req = session.req_header();
@@ -283,7 +287,7 @@ impl ProxyHttp for Gateway {
                 method: &req.method,
                 headers: &req.headers,
             };
-            let mut lookup = self.config.router.lookup(&view);
+            let mut lookup = config.router.lookup(&view);
             // A CORS preflight belongs to the route of the method it asks about, when that
             // route answers preflights, even if the route does not list OPTIONS.
             if let (Lookup::MethodNotAllowed(_), Some(requested)) = (&lookup, preflight_method(req))
@@ -292,7 +296,7 @@ impl ProxyHttp for Gateway {
                     method: &requested,
                     ..view
                 };
-                if let Lookup::Found(m) = self.config.router.lookup(&asked) {
+                if let Lookup::Found(m) = config.router.lookup(&asked) {
                     let cors = gantry_plugins::cors::NAME;
                     if m.route.plugins.request.iter().any(|p| p.name() == cors) {
                         lookup = Lookup::Found(m);
@@ -366,9 +370,10 @@ impl ProxyHttp for Gateway {
 
     /// Caches GET and HEAD requests (not upgrades) of routes with the `cache` plugin.
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        let Some(cache) = self.cache else {
+        let Some(config) = ctx.config.as_ref().filter(|c| c.caching) else {
             return Ok(());
         };
+        let cache = crate::cache::node(&config.cache);
         let cacheable = cache_policy(ctx).is_some()
             && pingora::cache::filters::request_cacheable(session.req_header())
             && !session.as_downstream().is_upgrade_req();
@@ -488,12 +493,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(addr) = ctx.backend.take() {
-            ctx.failed.push(addr);
-        }
         let Some(RouteAction::Proxy(cluster)) = ctx.route.as_ref().map(|r| &r.action) else {
             return e;
         };
+        if let Some(addr) = ctx.backend.take() {
+            cluster.metrics.record_failure(addr);
+            ctx.failed.push(addr);
+        }
         // Retry only while attempts remain and a healthy backend has not failed yet; otherwise
         // the client gets this connect error (a 502, or a 504 for a connect timeout).
         if ctx.retries_used < cluster.retries && cluster.select(&[], &ctx.failed).is_some() {
@@ -676,6 +682,20 @@ impl ProxyHttp for Gateway {
         }
         if ctx.error.is_none() {
             ctx.error = e.and_then(ProblemKind::from_error).map(ProblemKind::slug);
+        }
+        // A backend that failed after connecting (timeout, broken answer).
+        let upstream_failed = [
+            ProblemKind::UpstreamUnavailable,
+            ProblemKind::UpstreamTimeout,
+        ]
+        .iter()
+        .any(|k| ctx.error == Some(k.slug()));
+        if let (true, Some(addr), Some(RouteAction::Proxy(cluster))) = (
+            upstream_failed,
+            ctx.backend,
+            ctx.route.as_ref().map(|r| &r.action),
+        ) {
+            cluster.metrics.record_failure(addr);
         }
         let took = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
         let rate_limited = ctx.error == Some(gantry_plugins::rate_limit::REJECTED_SLUG);

@@ -12,8 +12,10 @@ use pingora::lb::LoadBalancer;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::{Error, ErrorType};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// A compiled `[clusters.NAME.health_check]`.
 #[derive(Debug, Clone)]
@@ -73,14 +75,21 @@ impl HealthCheckSpec {
 }
 
 /// One cluster's balancer to probe and how often.
+#[derive(Clone)]
 pub enum HealthProbe {
-    /// A round-robin cluster.
     RoundRobin(Arc<LoadBalancer<RoundRobin>>, Duration),
-    /// A consistent-hash cluster.
     Consistent(Arc<LoadBalancer<Consistent>>, Duration),
 }
 
 impl HealthProbe {
+    /// Identifies the cluster probed: a reload that keeps a cluster keeps its probe running.
+    fn id(&self) -> usize {
+        match self {
+            HealthProbe::RoundRobin(lb, _) => Arc::as_ptr(lb) as usize,
+            HealthProbe::Consistent(lb, _) => Arc::as_ptr(lb) as usize,
+        }
+    }
+
     async fn run_once(&self) -> Duration {
         match self {
             HealthProbe::RoundRobin(lb, every) => {
@@ -94,37 +103,57 @@ impl HealthProbe {
         }
     }
 
-    async fn run(&self, mut shutdown: ShutdownWatch) {
+    /// Probes on the cluster's interval until aborted.
+    async fn run(self) {
         loop {
             let every = self.run_once().await;
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.changed() => return,
-            }
+            tokio::time::sleep(every).await;
         }
     }
 }
 
-/// The background service that probes every cluster with a health check.
+/// The background service that probes every cluster with a health check. The set of probes
+/// follows the running configuration: after a reload, kept clusters keep their probe (and
+/// its counts), new ones start and removed ones stop.
 pub struct HealthChecks {
-    probes: Vec<HealthProbe>,
+    probes: watch::Receiver<Vec<HealthProbe>>,
 }
 
 impl HealthChecks {
-    /// A service over `probes`.
-    pub fn new(probes: Vec<HealthProbe>) -> Self {
-        HealthChecks { probes }
-    }
-
-    /// True when there is nothing to probe.
-    pub fn is_empty(&self) -> bool {
-        self.probes.is_empty()
+    /// The service, and the sender that gives it new probes.
+    pub fn new(probes: Vec<HealthProbe>) -> (watch::Sender<Vec<HealthProbe>>, HealthChecks) {
+        let (tx, rx) = watch::channel(probes);
+        (tx, HealthChecks { probes: rx })
     }
 }
 
 #[async_trait]
 impl BackgroundService for HealthChecks {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        futures::future::join_all(self.probes.iter().map(|p| p.run(shutdown.clone()))).await;
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut probes = self.probes.clone();
+        let mut running: HashMap<usize, tokio::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            let current = probes.borrow_and_update().clone();
+            let wanted: HashSet<usize> = current.iter().map(HealthProbe::id).collect();
+            running.retain(|id, task| {
+                let keep = wanted.contains(id);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for probe in current {
+                running
+                    .entry(probe.id())
+                    .or_insert_with(|| tokio::spawn(probe.run()));
+            }
+            tokio::select! {
+                changed = probes.changed() => if changed.is_err() { break },
+                _ = shutdown.changed() => break,
+            }
+        }
+        for task in running.values() {
+            task.abort();
+        }
     }
 }

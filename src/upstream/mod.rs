@@ -102,6 +102,9 @@ pub struct Cluster {
     pub protocol: Protocol,
     /// Upstream latency, kept across reloads by cluster name.
     pub metrics: Arc<crate::metrics::ClusterMetrics>,
+    /// Everything the cluster was built from: a reload keeps this cluster (and its backends'
+    /// health) when the new definition is the same.
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -138,6 +141,8 @@ impl Cluster {
             .or_else(|| backends.first().map(|b| b.host.clone()))
             .unwrap_or_default();
         let checks = health.as_ref().map(|h| h.build(transport, &health_sni));
+        let fingerprint =
+            format!("{backends:?} {hash_on:?} {timeouts:?} {transport:?} {retries} {health:?}");
         let selector = match hash_on {
             None => Selector::RoundRobin(Arc::new(balancer(&set, checks))),
             Some(key) => Selector::Consistent(Arc::new(balancer(&set, checks)), key),
@@ -154,7 +159,13 @@ impl Cluster {
             health,
             protocol: transport.protocol,
             metrics: crate::metrics::cluster(name),
+            fingerprint,
         }
+    }
+
+    /// True when `other` was built from the same definition.
+    pub fn same_definition(&self, other: &Cluster) -> bool {
+        self.fingerprint == other.fingerprint
     }
 
     /// What the consistent hash is keyed on, or `None` for round robin.
