@@ -12,6 +12,7 @@ mod observability;
 mod plugins;
 mod proxying;
 mod rate_limiting;
+mod reload;
 mod routing;
 mod tls;
 mod websocket;

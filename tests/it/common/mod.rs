@@ -13,7 +13,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -53,6 +53,15 @@ pub struct Gantry {
     log_name: &'static str,
 }
 
+/// The `[server]` section the harness writes: `port`, one thread, files in `dir`.
+fn server_section(port: u16, dir: &Path, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 1\ngrace_period = \"1s\"\n\
+         pid_file = \"{dir}/gantry.pid\"\nupgrade_sock = \"{dir}/upgrade.sock\"\n{extra}\n",
+        dir = dir.display()
+    )
+}
+
 impl Gantry {
     /// Runs `body` (clusters and routes) with a default `[server]` section.
     pub fn start(body: &str) -> Gantry {
@@ -63,11 +72,7 @@ impl Gantry {
     pub fn start_with(server_extra: &str, body: &str) -> Gantry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let config = format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 1\ngrace_period = \"1s\"\n\
-             pid_file = \"{dir}/gantry.pid\"\nupgrade_sock = \"{dir}/upgrade.sock\"\n{server_extra}\n{body}",
-            dir = dir.path().display()
-        );
+        let config = format!("{}{body}", server_section(port, dir.path(), server_extra));
         std::fs::write(dir.path().join("gantry.toml"), config).expect("write config");
         let gantry = Gantry::spawn(Arc::new(dir), port, "gantry.log", &[]);
         gantry.wait_ready();
@@ -138,6 +143,16 @@ impl Gantry {
             req = req.header(*name, *value);
         }
         req.send().await.expect("request")
+    }
+
+    /// Rewrites the configuration file (the same `[server]` section, then `body`), for a
+    /// reload to pick up.
+    pub fn rewrite_config(&self, server_extra: &str, body: &str) {
+        let config = format!(
+            "{}{body}",
+            server_section(self.port, self.dir.path(), server_extra)
+        );
+        std::fs::write(self.dir.path().join("gantry.toml"), config).expect("write config");
     }
 
     /// Sends a signal to the gateway process.
