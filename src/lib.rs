@@ -24,6 +24,7 @@ pub mod access_log;
 pub mod admin;
 pub mod aggregate;
 pub mod cache;
+pub mod compression;
 pub mod config;
 pub mod metrics;
 pub mod proxy;

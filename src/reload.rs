@@ -179,6 +179,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         !old.grpc_web && new.grpc_web,
         "grpc_web (the bridge module)",
     );
+    check(
+        !old.compression && new.compression,
+        "compress (the compression module)",
+    );
     changed
 }
 

@@ -20,6 +20,7 @@ use gantry_plugins::template::{Template, TemplateScope};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
+use pingora::protocols::http::compression::Algorithm;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::ops::Range;
@@ -686,6 +687,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 None,
             );
         }
+        let compress = self.compress(&key, &r.compress);
         if self.error_count() != before {
             return None;
         }
@@ -699,12 +701,38 @@ impl<'e, 'a> Compiler<'e, 'a> {
             plugins,
             action: action?,
             metrics: crate::metrics::route(name),
+            compress,
         };
         Some(RouteSpec {
             route: Arc::new(route),
             hosts,
             paths,
         })
+    }
+
+    /// A route's `compress` list.
+    fn compress(&mut self, key: &str, names: &[Spanned<String>]) -> Vec<Algorithm> {
+        let mut algorithms = Vec::new();
+        for name in names {
+            let algorithm = match name.get_ref().as_str() {
+                "br" => Algorithm::Brotli,
+                "gzip" => Algorithm::Gzip,
+                "zstd" => Algorithm::Zstd,
+                other => {
+                    self.error(
+                        name,
+                        &format!("{key}.compress"),
+                        format!("unknown compression `{other}`"),
+                        Some("use \"br\", \"gzip\" or \"zstd\"".into()),
+                    );
+                    continue;
+                }
+            };
+            if !algorithms.contains(&algorithm) {
+                algorithms.push(algorithm);
+            }
+        }
+        algorithms
     }
 
     /// A reference to a cluster: `Some(None)` when it failed to compile (already reported),

@@ -153,6 +153,8 @@ pub struct Config {
     pub caching: bool,
     /// The access log.
     pub log: LogSettings,
+    /// Some route compresses responses (the compression module is loaded only then).
+    pub compression: bool,
 }
 
 impl Config {
@@ -291,6 +293,7 @@ fn compile_source(
     let admin = admin.and_then(|a| compiler.admin(a, &proxy_listeners));
     let grpc_web = specs.iter().any(|s| s.route.grpc_web);
     let caching = specs.iter().any(|s| s.route.plugins.cache.is_some());
+    let compression = specs.iter().any(|s| !s.route.compress.is_empty());
     let cache = compiler.cache(cache);
     let log = compiler.log(log);
     match server {
@@ -302,6 +305,7 @@ fn compile_source(
             cache,
             caching,
             log,
+            compression,
             server,
             router: Router::new(specs),
             clusters: clusters

@@ -273,6 +273,10 @@ pub struct RouteSection {
     /// Default `false`.
     #[serde(default)]
     pub grpc_web: bool,
+    /// Response compressions offered, in order of preference: `br`, `gzip`, `zstd`.
+    /// Negotiated from `Accept-Encoding`, for compressible types. Default none.
+    #[serde(default)]
+    pub compress: Vec<Spanned<String>>,
 }
 
 /// `respond = { … }` of a route.

@@ -16,6 +16,7 @@ pub use problem::{Problem, ProblemKind};
 
 use crate::access_log::{AccessLog, Record};
 use crate::aggregate::{Aggregate, ClientRequest, Outcome};
+use crate::compression::{Compression, CompressionBuilder};
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
 use crate::reload::Live;
@@ -32,6 +33,7 @@ use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::modules::http::grpc_web::{GrpcWeb, GrpcWebBridge};
 use pingora::protocols::http::bridge::grpc_web::GrpcWebCtx;
+use pingora::protocols::http::compression::Algorithm;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -46,6 +48,8 @@ pub struct Gateway {
     live: Arc<Live>,
     /// The gRPC-Web module was loaded (a route of the first configuration used it).
     grpc_web_module: bool,
+    /// The compression module was loaded (a route of the first configuration compresses).
+    compression_module: bool,
     /// Pooled upstream connections for `aggregate` calls.
     connector: Connector,
     /// Where each request's record goes.
@@ -57,10 +61,14 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway serving `live`'s configuration, logging requests to `access_log`.
     pub fn new(live: Arc<Live>, access_log: Arc<AccessLog>) -> Self {
-        let grpc_web_module = live.current().grpc_web;
+        let (grpc_web_module, compression_module) = {
+            let config = live.current();
+            (config.grpc_web, config.compression)
+        };
         Gateway {
             live,
             grpc_web_module,
+            compression_module,
             connector: Connector::new(None),
             access_log,
             unmatched: crate::metrics::route(crate::metrics::UNMATCHED),
@@ -224,6 +232,10 @@ impl ProxyHttp for Gateway {
         if self.grpc_web_module {
             modules.add_module(Box::new(GrpcWeb));
         }
+        // Off (level 0) until a route with `compress` turns it on for its requests.
+        if self.compression_module {
+            modules.add_module(Box::new(CompressionBuilder));
+        }
     }
 
     async fn early_request_filter(
@@ -338,6 +350,9 @@ impl ProxyHttp for Gateway {
             }
         };
         if matches!(decision, Decision::Proxy | Decision::Respond(_)) {
+            if let Some(route) = ctx.route.as_ref().filter(|r| !r.compress.is_empty()) {
+                enable_compression(session, &route.compress);
+            }
             let flow = self.run_request_plugins(session, ctx).await?;
             if flow != Flow::Continue {
                 self.write_plugin_response(session, ctx, flow).await?;
@@ -826,6 +841,15 @@ fn downstream_scheme(session: &Session) -> &'static str {
         "https"
     } else {
         "http"
+    }
+}
+
+/// Turns on response compression for this request with the route's `offered` codings.
+fn enable_compression(session: &mut Session, offered: &[Algorithm]) {
+    // Disjoint fields: the request is read while the module state is changed.
+    let req = session.downstream_session.req_header();
+    if let Some(compression) = session.downstream_modules_ctx.get_mut::<Compression>() {
+        compression.enable(req, offered);
     }
 }
 

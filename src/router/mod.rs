@@ -18,6 +18,7 @@ use ahash::AHashMap;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use path::{Candidate, PathIndex, PathRank};
+use pingora::protocols::http::compression::Algorithm;
 use std::sync::Arc;
 
 /// One compiled route.
@@ -39,6 +40,8 @@ pub struct Route {
     pub plugins: gantry_plugins::PluginChain,
     /// What happens to a matched request.
     pub action: RouteAction,
+    /// Response compressions offered, most preferred first.
+    pub compress: Vec<Algorithm>,
     /// The route's request counters.
     pub metrics: Arc<crate::metrics::RouteMetrics>,
 }

@@ -6,6 +6,7 @@ mod balancing;
 mod cache;
 mod cli;
 mod common;
+mod compression;
 mod errors;
 mod jwt;
 mod observability;
