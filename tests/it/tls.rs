@@ -144,3 +144,48 @@ async fn tls_listeners_pick_certificates_by_sni_and_speak_h2_and_grpc() {
         assert!(!ok && text.contains(complaint), "{text}");
     }
 }
+
+#[tokio::test]
+async fn a_reload_serves_renewed_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = site(dir.path(), "a", "a.test");
+    let tls_port = free_port();
+    let admin = free_port();
+    let tls = format!(
+        "[[server.tls]]\nlisten = \"127.0.0.1:{tls_port}\"\n\
+         certificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+        old.cert_file, old.key_file
+    );
+    let body = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"admin-token-0123456789\"\n\
+         [routes.hi]\npaths = [\"/\"]\nrespond = {{ body = \"hi\" }}\n"
+    );
+    let g = Gantry::start_with(&tls, &body);
+    wait_for_port(tls_port);
+    wait_for_port(admin);
+    let get = |site: &Site| {
+        trusting(site, tls_port)
+            .get(format!("https://a.test:{tls_port}/"))
+            .send()
+    };
+    assert_eq!(get(&old).await.expect("old certificate").status(), 200);
+
+    // The files are renewed in place (same paths), then the configuration reloaded.
+    let renewed = site(dir.path(), "a", "a.test");
+    g.rewrite_config(&tls, &body);
+    let reload = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{admin}/reload"))
+        .bearer_auth("admin-token-0123456789")
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(reload.status(), 200);
+    assert_eq!(
+        get(&renewed).await.expect("renewed certificate").status(),
+        200
+    );
+    assert!(
+        get(&old).await.is_err(),
+        "the old certificate is no longer served"
+    );
+}
