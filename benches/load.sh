@@ -231,82 +231,51 @@ run() { # name port [path [header]] -> "rps p50 p99 cpu_us_per_request"
 # Warm both (pools, caches) before measuring.
 taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NGX$PATH_UNDER_TEST" >/dev/null
 taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$GAN$PATH_UNDER_TEST" >/dev/null
+taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NOLOG$PATH_UNDER_TEST" >/dev/null
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+# paired TITLE PATH A:PORT B:PORT: alternating rounds of A and B on PATH; prints each run,
+# then the medians and the ratio B/A, and sets A_2..A_5 and B_2..B_5 (req/s, p50, p99, cpu).
+paired() {
+  local title=$1 path=$2 a=${3%%:*} b=${4%%:*} results="$work/results.$RANDOM"
+  printf "%-7s %-6s %12s %9s %9s %11s\n" round "$title" "req/s" "p50 ms" "p99 ms" "cpu us/req"
+  for r in $(seq "$ROUNDS"); do
+    for pair in "$3" "$4"; do
+      local name=${pair%%:*} port=${pair##*:} rps p50 p99 cpu
+      read -r rps p50 p99 cpu < <(run "$name" "$port" "$path")
+      printf "%-7s %-6s %12s %9s %9s %11s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu"
+      echo "$name $rps $p50 $p99 $cpu" >> "$results"
+    done
+  done
+  for name in "$a" "$b"; do
+    for col in 2 3 4 5; do
+      eval "${name}_$col=$(awk -v n="$name" -v c="$col" '$1==n {print $c}' "$results" | median)"
+    done
+    eval "printf 'median  %-6s %12.0f %9.3f %9.3f %11.2f\n' $name \$${name}_2 \$${name}_3 \$${name}_4 \$${name}_5"
+  done
+  eval "awk -v a=\$${a}_2 -v b=\$${b}_2 -v a3=\$${a}_3 -v b3=\$${b}_3 -v a4=\$${a}_4 -v b4=\$${b}_4 -v a5=\$${a}_5 -v b5=\$${b}_5" \
+    "'BEGIN { printf \"ratio $b/$a: req/s %.2f   p50 %.2f   p99 %.2f   cpu/req %.2f (latency and cpu: lower is better)\\n\", b/a, b3/a3, b4/a4, b5/a5 }'"
+}
+
 if [ -z "$PLUGINS_ONLY$CACHE_ONLY" ]; then
-printf "%-7s %-6s %12s %9s %9s %11s\n" round server "req/s" "p50 ms" "p99 ms" "cpu us/req"
-: > "$work/results"
-for r in $(seq "$ROUNDS"); do
-  for pair in "nginx:$NGX" "gantry:$GAN"; do
-    name=${pair%%:*}; port=${pair##*:}
-    read -r rps p50 p99 cpu < <(run "$name" "$port")
-    printf "%-7s %-6s %12s %9s %9s %11s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu"
-    echo "$name $rps $p50 $p99 $cpu" >> "$work/results"
-  done
-done
-
-for name in nginx gantry; do
-  for col in 2 3 4 5; do
-    v=$(awk -v n="$name" -v c="$col" '$1==n {print $c}' "$work/results" | median)
-    eval "${name}_$col=$v"
-  done
-done
-echo
-printf "median  %-6s %12.0f %9.3f %9.3f %11.2f\n" nginx "$nginx_2" "$nginx_3" "$nginx_4" "$nginx_5"
-printf "median  %-6s %12.0f %9.3f %9.3f %11.2f\n" gantry "$gantry_2" "$gantry_3" "$gantry_4" "$gantry_5"
-awk -v g="$gantry_2" -v n="$nginx_2" -v gp="$gantry_4" -v np="$nginx_4" -v g5="$gantry_3" -v n5="$nginx_3" \
-  -v gc="$gantry_5" -v nc="$nginx_5" \
-  'BEGIN { printf "ratio gantry/nginx: req/s %.2f   p50 %.2f   p99 %.2f   cpu/req %.2f (latency and cpu: lower is better)\n", g/n, g5/n5, gp/np, gc/nc }'
-
-# The access log's cost: the same Gantry with and without it, alternating.
-echo
-printf "%-7s %-6s %12s %9s %9s %11s\n" round gantry "req/s" "p50 ms" "p99 ms" "cpu us/req"
-: > "$work/log_results"
-for r in $(seq "$ROUNDS"); do
-  for pair in "gantry:$GAN" "nolog:$NOLOG"; do
-    name=${pair%%:*}; port=${pair##*:}
-    read -r rps p50 p99 cpu < <(run "$name" "$port")
-    printf "%-7s %-6s %12s %9s %9s %11s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu"
-    echo "$name $rps $p50 $p99 $cpu" >> "$work/log_results"
-  done
-done
-for name in gantry nolog; do
-  for col in 2 5; do
-    v=$(awk -v n="$name" -v c="$col" '$1==n {print $c}' "$work/log_results" | median)
-    eval "log_${name}_$col=$v"
-  done
-done
-awk -v l="$log_gantry_2" -v n="$log_nolog_2" -v lc="$log_gantry_5" -v nc="$log_nolog_5" \
-  'BEGIN { printf "access log (json, file): req/s %.0f with, %.0f without: costs %.1f%% of throughput, %+.2f us cpu/req\n", l, n, (1 - l/n) * 100, lc - nc }'
+  paired server "$PATH_UNDER_TEST" "nginx:$NGX" "gantry:$GAN"
+  # The access log's cost: the same Gantry with and without it.
+  echo
+  paired gantry "$PATH_UNDER_TEST" "nolog:$NOLOG" "gantry:$GAN"
+  awk -v l="$gantry_2" -v n="$nolog_2" -v lc="$gantry_5" -v nc="$nolog_5" \
+    'BEGIN { printf "access log (json, file): req/s %.0f with, %.0f without: costs %.1f%% of throughput, %+.2f us cpu/req\n", l, n, (1 - l/n) * 100, lc - nc }'
 fi
 
-# Cached hits: nginx proxy_cache against Gantry's cache plugin, alternating.
+# Cached hits: nginx proxy_cache against Gantry's cache plugin.
 if [ -z "$PLUGINS_ONLY" ]; then
-for port in "$NGX" "$GAN"; do
-  curl -fs -o /dev/null "http://127.0.0.1:$port/cached"
-  hit=$(curl -fs -o /dev/null -D - "http://127.0.0.1:$port/cached" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache-status" {print $2}')
-  [ "$hit" = "HIT" ] || { echo "port $port: /cached is not a cache hit ($hit)" >&2; exit 1; }
-done
-echo
-printf "%-7s %-6s %12s %9s %9s %11s\n" round cached "req/s" "p50 ms" "p99 ms" "cpu us/req"
-: > "$work/cache_results"
-for r in $(seq "$ROUNDS"); do
-  for pair in "nginx:$NGX" "gantry:$GAN"; do
-    name=${pair%%:*}; port=${pair##*:}
-    read -r rps p50 p99 cpu < <(run "$name" "$port" /cached)
-    printf "%-7s %-6s %12s %9s %9s %11s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu"
-    echo "$name $rps $p50 $p99 $cpu" >> "$work/cache_results"
+  for port in "$NGX" "$GAN"; do
+    curl -fs -o /dev/null "http://127.0.0.1:$port/cached"
+    hit=$(curl -fs -o /dev/null -D - "http://127.0.0.1:$port/cached" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache-status" {print $2}')
+    [ "$hit" = "HIT" ] || { echo "port $port: /cached is not a cache hit ($hit)" >&2; exit 1; }
   done
-done
-for name in nginx gantry; do
-  for col in 2 3 4 5; do
-    v=$(awk -v n="$name" -v c="$col" '$1==n {print $c}' "$work/cache_results" | median)
-    eval "cached_${name}_$col=$v"
-  done
-done
-awk -v g="$cached_gantry_2" -v n="$cached_nginx_2" -v g5="$cached_gantry_3" -v n5="$cached_nginx_3" \
-  -v gp="$cached_gantry_4" -v np="$cached_nginx_4" -v gc="$cached_gantry_5" -v nc="$cached_nginx_5" \
-  'BEGIN { printf "median cached hits: nginx %.0f req/s, gantry %.0f req/s; ratio gantry/nginx: req/s %.2f   p50 %.2f   p99 %.2f   cpu/req %.2f\n", n, g, g/n, g5/n5, gp/np, gc/nc }'
+  echo
+  paired cached /cached "nginx:$NGX" "gantry:$GAN"
 fi
 [ -n "$CACHE_ONLY" ] && exit 0
 

@@ -240,15 +240,13 @@ pub fn render(out: &mut String, health: &[(String, String, bool)]) {
             }
         }
     }
-    out.push_str(
-        "# HELP gantry_request_duration_seconds Time from the request header to the last byte sent\n",
+    histograms(
+        out,
+        "gantry_request_duration_seconds",
+        "Time from the request header to the last byte sent",
+        "route",
+        registry.routes.iter().map(|(name, m)| (name, &m.duration)),
     );
-    out.push_str("# TYPE gantry_request_duration_seconds histogram\n");
-    for (route, m) in &registry.routes {
-        let labels = format!("route=\"{}\"", escape(route));
-        m.duration
-            .render(out, "gantry_request_duration_seconds", &labels);
-    }
     out.push_str("# HELP gantry_rate_limited_total Requests refused by a rate limit\n");
     out.push_str("# TYPE gantry_rate_limited_total counter\n");
     for (route, m) in &registry.routes {
@@ -274,15 +272,16 @@ pub fn render(out: &mut String, health: &[(String, String, bool)]) {
             }
         }
     }
-    out.push_str(
-        "# HELP gantry_upstream_duration_seconds Time from choosing a backend to its response header\n",
+    histograms(
+        out,
+        "gantry_upstream_duration_seconds",
+        "Time from choosing a backend to its response header",
+        "cluster",
+        registry
+            .clusters
+            .iter()
+            .map(|(name, m)| (name, &m.upstream_duration)),
     );
-    out.push_str("# TYPE gantry_upstream_duration_seconds histogram\n");
-    for (cluster, m) in &registry.clusters {
-        let labels = format!("cluster=\"{}\"", escape(cluster));
-        m.upstream_duration
-            .render(out, "gantry_upstream_duration_seconds", &labels);
-    }
     drop(registry);
     out.push_str("# HELP gantry_upstream_health Backend health: 1 healthy, 0 not\n");
     out.push_str("# TYPE gantry_upstream_health gauge\n");
@@ -301,6 +300,21 @@ pub fn render(out: &mut String, health: &[(String, String, bool)]) {
         "gantry_connections_active {}",
         CONNECTIONS.load(Ordering::Relaxed)
     );
+}
+
+/// One histogram family: `name` for each labelled histogram.
+fn histograms<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    each: impl Iterator<Item = (&'a String, &'a Histogram)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (value, histogram) in each {
+        let labels = format!("{label}=\"{}\"", escape(value));
+        histogram.render(out, name, &labels);
+    }
 }
 
 /// The `status` label of `gantry_cache_total`: `X-Cache-Status` in lowercase.

@@ -1,7 +1,7 @@
 //! The `cache` plugin through the real gateway: a configurable origin on loopback counts every
 //! request it serves, so each test asserts exactly how many reached it.
 
-use crate::common::{client, free_port, wait_for_port, Gantry};
+use crate::common::{admin_metrics, client, free_port, wait_for_port, Gantry};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
@@ -456,14 +456,7 @@ async fn the_size_bound_holds_and_purge_removes_every_variant() {
     ));
     wait_for_port(admin);
     let gauge = |name: &'static str| async move {
-        let text = client()
-            .get(format!("http://127.0.0.1:{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = admin_metrics(admin).await;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse::<usize>().ok())
             .unwrap_or_else(|| panic!("{name} missing:\n{text}"))

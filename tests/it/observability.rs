@@ -1,6 +1,6 @@
 //! The access log and the request metrics after a known sequence of requests.
 
-use crate::common::{client, free_port, wait_for_port, Gantry, Upstream};
+use crate::common::{admin_metrics, client, free_port, wait_for_port, Gantry, Upstream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -89,14 +89,7 @@ async fn access_records_and_metrics_describe_each_request() {
         "a secret reached the log:\n{text}"
     );
 
-    let metrics = client()
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_metrics(admin).await;
     for line in [
         "gantry_requests_total{route=\"up\",method=\"GET\",status=\"200\"} 3",
         "gantry_requests_total{route=\"up\",method=\"POST\",status=\"200\"} 1",

@@ -1,7 +1,7 @@
 //! Hot reload: by `POST /reload` and `SIGHUP`, refused when invalid, keeping backend health,
 //! and without failing a request under load.
 
-use crate::common::{client, free_port, wait_for_port, Gantry, Upstream};
+use crate::common::{admin_metrics, client, free_port, wait_for_port, Gantry, Upstream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,14 +93,7 @@ async fn valid_files_are_swapped_in_and_invalid_ones_refused() {
     let done: serde_json::Value = reload(admin).await.json().await.unwrap();
     assert_eq!(done["needs_restart"], serde_json::json!(["server.h2c"]));
 
-    let metrics = client()
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_metrics(admin).await;
     assert!(
         metrics.contains("gantry_config_reloads_total{result=\"success\"} 3"),
         "{metrics}"

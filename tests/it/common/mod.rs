@@ -183,6 +183,18 @@ impl Drop for Gantry {
     }
 }
 
+/// The Prometheus text of the admin listener on `admin`.
+pub async fn admin_metrics(admin: u16) -> String {
+    client()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics answered")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
 /// An HTTP client that never uses a proxy from the environment.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
