@@ -22,9 +22,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Criterion micro-benchmarks (router matching).
+## Criterion micro-benchmarks (router matching, metrics and access-log records).
 bench:
-	$(CARGO) bench --bench router
+	$(CARGO) bench --bench router --bench observability
 
 ## Load test: Gantry vs nginx against the same upstream (installs nginx and wrk if missing).
 load: deps

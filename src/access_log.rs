@@ -14,16 +14,21 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
 use serde::Serialize;
+use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Records waiting for the writer before new ones are dropped.
 const QUEUE: usize = 65_536;
+
+/// How long the writer waits after each batch, so records are written in batches.
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
 
 /// Where records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,21 +162,25 @@ impl AccessLog {
         let Some(queue) = &self.queue else {
             return;
         };
-        let mut line = Vec::with_capacity(384);
-        match self.format {
-            Format::Json => {
-                if serde_json::to_writer(&mut line, record).is_err() {
-                    return;
-                }
-            }
-            Format::Combined => combined(&mut line, record),
-        }
-        line.push(b'\n');
-        match queue.try_send(line) {
+        match queue.try_send(line(self.format, record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => DROPPED.inc(),
         }
     }
+}
+
+/// `record` as one line of the log, newline included.
+pub fn line(format: Format, record: &Record<'_>) -> Vec<u8> {
+    let mut line = Vec::with_capacity(384);
+    match format {
+        Format::Json => {
+            // Writing to a Vec fails only for non-string map keys, which a Record has not.
+            let _ = serde_json::to_writer(&mut line, record);
+        }
+        Format::Combined => combined(&mut line, record),
+    }
+    line.push(b'\n');
+    line
 }
 
 fn open(path: &PathBuf) -> io::Result<File> {
@@ -207,7 +216,7 @@ impl BackgroundService for AccessLogWriter {
     }
 }
 
-/// Writes queued lines, flushing whenever the queue is empty; reopens the file when asked.
+/// Writes queued lines in batches, flushing after each; reopens the file when asked.
 fn write_loop(parts: WriterParts) {
     let WriterParts {
         rx,
@@ -224,6 +233,9 @@ fn write_loop(parts: WriterParts) {
                     let _ = out.write_all(&line);
                 }
                 let _ = out.flush();
+                // Let records gather: while this thread sleeps, requests queue theirs without
+                // waking it (one wake-up per batch, not per record).
+                std::thread::sleep(BATCH_PAUSE);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
@@ -298,9 +310,27 @@ fn local_time(rfc3339: &str) -> String {
     format!("{day}/{month}/{year}:{clock} +0000")
 }
 
-/// Now, as RFC 3339 with milliseconds.
+thread_local! {
+    /// The current second, formatted once per second per thread (`2026-11-26T11:19:12`).
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+}
+
+/// Now, as RFC 3339 UTC with milliseconds.
 pub fn now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    let now = SystemTime::now();
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.0 != since.as_secs() || second.1.is_empty() {
+            let mut text = humantime::format_rfc3339_seconds(now).to_string();
+            text.pop(); // the `Z`
+            *second = (since.as_secs(), text);
+        }
+        let mut time = String::with_capacity(24);
+        time.push_str(&second.1);
+        let _ = write!(time, ".{:03}Z", since.subsec_millis());
+        time
+    })
 }
 
 /// `query` with the values of credential-like parameters (names containing key, token,
@@ -316,21 +346,27 @@ pub fn redact_query(query: &str) -> String {
         "auth",
         "session",
     ];
-    query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, _))
-                if {
-                    let lower = name.to_ascii_lowercase();
-                    SECRET.iter().any(|s| lower.contains(s))
-                } =>
-            {
-                format!("{name}=REDACTED")
-            }
-            _ => pair.to_string(),
+    let secret = |name: &str| {
+        SECRET.iter().any(|s| {
+            name.as_bytes()
+                .windows(s.len())
+                .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
         })
-        .collect::<Vec<_>>()
-        .join("&")
+    };
+    let mut out = String::with_capacity(query.len());
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, _)) if secret(name) => {
+                out.push_str(name);
+                out.push_str("=REDACTED");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -363,6 +399,16 @@ mod tests {
             user_agent: Some("curl/8 \"x\""),
             referer: None,
         }
+    }
+
+    #[test]
+    fn times_are_rfc_3339_with_milliseconds() {
+        let time = now();
+        assert_eq!(time.len(), 24, "{time}");
+        assert!(time.ends_with('Z') && time.as_bytes()[19] == b'.', "{time}");
+        let parsed = humantime::parse_rfc3339(&time).expect("parses");
+        let skew = SystemTime::now().duration_since(parsed).unwrap_or_default();
+        assert!(skew < Duration::from_secs(2));
     }
 
     #[test]

@@ -30,7 +30,10 @@ async fn access_records_and_metrics_describe_each_request() {
         "[log]\naccess = \"{}\"\nformat = \"json\"\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n\
          [clusters.c]\nbackends = [\"{}\"]\n\
-         [routes.up]\npaths = [\"/up\"]\ncluster = \"c\"\n",
+         [routes.up]\npaths = [\"/up\"]\ncluster = \"c\"\n\
+         [routes.limited]\npaths = [\"/limited\"]\ncluster = \"c\"\n\
+         [routes.limited.plugins.rate-limit]\nlimits = [{{ requests = 1, per = \"1m\" }}]\n\
+         [routes.cached]\npaths = [\"/cached\"]\ncluster = \"c\"\n[routes.cached.plugins.cache]\n",
         log_path.display(),
         up.addr
     ));
@@ -53,8 +56,35 @@ async fn access_records_and_metrics_describe_each_request() {
         .unwrap();
     assert_eq!(secret.status(), 200);
 
-    let all = records(&log_path, 5);
-    assert_eq!(all.len(), 5, "{all:#?}");
+    for (path, status) in [
+        ("/limited", 200),
+        ("/limited", 429),
+        ("/cached", 200),
+        ("/cached", 200),
+    ] {
+        assert_eq!(g.get(path, &[]).await.status(), status, "{path}");
+    }
+
+    let all = records(&log_path, 9);
+    assert_eq!(all.len(), 9, "{all:#?}");
+    let limited = &all[6];
+    assert_eq!(
+        (
+            &limited["status"],
+            &limited["rate_limit"],
+            &limited["error"]
+        ),
+        (
+            &serde_json::json!(429),
+            &serde_json::json!("limited"),
+            &serde_json::json!("rate-limited")
+        )
+    );
+    assert_eq!(all[5]["rate_limit"], "allowed");
+    assert_eq!(
+        (&all[7]["cache"], &all[8]["cache"]),
+        (&serde_json::json!("MISS"), &serde_json::json!("HIT"))
+    );
     let first = &all[0];
     assert_eq!(first["request_id"], ids[0]);
     assert_eq!(first["method"], "GET");
@@ -95,8 +125,12 @@ async fn access_records_and_metrics_describe_each_request() {
         "gantry_requests_total{route=\"up\",method=\"POST\",status=\"200\"} 1",
         "gantry_requests_total{route=\"-\",method=\"GET\",status=\"404\"} 1",
         "gantry_request_duration_seconds_count{route=\"up\"} 4",
-        "gantry_upstream_duration_seconds_count{cluster=\"c\"} 4",
+        "gantry_upstream_duration_seconds_count{cluster=\"c\"} 6",
         "gantry_rate_limited_total{route=\"up\"} 0",
+        "gantry_rate_limited_total{route=\"limited\"} 1",
+        "gantry_requests_total{route=\"limited\",method=\"GET\",status=\"429\"} 1",
+        "gantry_cache_total{route=\"cached\",status=\"miss\"} 1",
+        "gantry_cache_total{route=\"cached\",status=\"hit\"} 1",
         "gantry_access_log_dropped_total 0",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
@@ -116,5 +150,5 @@ async fn access_records_and_metrics_describe_each_request() {
     assert_eq!(fresh.len(), 1);
     assert_eq!(fresh[0]["path"], "/up");
     let rotated = std::fs::read_to_string(logs.path().join("access.log.1")).unwrap();
-    assert_eq!(rotated.lines().count(), 5);
+    assert_eq!(rotated.lines().count(), 9);
 }

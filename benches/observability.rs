@@ -1,0 +1,62 @@
+//! What the access log and the metrics cost per request (criterion): recording a finished
+//! request in its route's counters and histogram, and building and formatting its access-log
+//! record (the writer thread's I/O is off the request path and not measured here).
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use gantry::access_log::{line, now, redact_query, Format, Record};
+use http::Method;
+use std::time::Duration;
+
+fn record(query: Option<String>) -> Record<'static> {
+    Record {
+        time: now(),
+        request_id: "6f1c1e52-4b8e-4a57-9d8e-0c2f5b7a9e11",
+        client_ip: Some("203.0.113.9".parse().expect("ip")),
+        method: "GET",
+        host: "api.example.com",
+        path: "/users/7/orders",
+        query,
+        protocol: "HTTP/1.1",
+        status: 200,
+        bytes_in: 0,
+        bytes_out: 512,
+        duration: 0.0031,
+        upstream: Some("10.0.1.7:9001".parse().expect("addr")),
+        upstream_connect: Some(0.0),
+        upstream_response: Some(0.0024),
+        route: "users",
+        cluster: Some("users"),
+        consumer: Some("alice"),
+        cache: None,
+        rate_limit: Some("allowed"),
+        error: None,
+        user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
+        referer: None,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let metrics = gantry::metrics::route("bench");
+    c.bench_function("metrics_record", |b| {
+        b.iter(|| {
+            metrics.record(
+                black_box(&Method::GET),
+                black_box(200),
+                black_box(Duration::from_micros(3100)),
+                false,
+            )
+        })
+    });
+    c.bench_function("access_log_json", |b| {
+        b.iter(|| {
+            let query = Some(redact_query(black_box("page=2&api_key=s3cret")));
+            black_box(line(Format::Json, &record(query)))
+        })
+    });
+    c.bench_function("access_log_combined", |b| {
+        b.iter(|| black_box(line(Format::Combined, &record(None))))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
