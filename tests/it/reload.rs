@@ -227,3 +227,51 @@ async fn twenty_reloads_under_load_fail_no_request() {
     let last = g.get("/load", &[]).await;
     assert_eq!(last.headers()["x-generation"], "20");
 }
+
+#[tokio::test]
+async fn a_removed_cluster_stops_being_probed() {
+    // A TCP health check target that counts the probes' connections.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let probes = Arc::new(AtomicUsize::new(0));
+    let counted = probes.clone();
+    let accept = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let admin = free_port();
+    let probed = format!(
+        "{}[clusters.probed]\nbackends = [\"{addr}\"]\n\
+         [clusters.probed.health_check]\ntype = \"tcp\"\ninterval = \"100ms\"\n\
+         [routes.r]\npaths = [\"/\"]\ncluster = \"probed\"\n",
+        admin_section(admin)
+    );
+    let g = Gantry::start(&probed);
+    wait_for_port(admin);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while probes.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(probes.load(Ordering::SeqCst) >= 3, "the cluster is probed");
+
+    g.rewrite_config(
+        "",
+        &format!(
+            "{}[routes.r]\npaths = [\"/\"]\nrespond = {{ body = \"gone\" }}\n",
+            admin_section(admin)
+        ),
+    );
+    assert_eq!(reload(admin).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = probes.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        probes.load(Ordering::SeqCst),
+        after,
+        "no probe after the reload"
+    );
+    assert_eq!(g.get("/", &[]).await.text().await.unwrap(), "gone");
+    accept.abort();
+}
