@@ -8,8 +8,8 @@
 #   REDIS_UNIX=1 benches/load.sh                        # reach Redis over a Unix socket
 #   CACHE_ONLY=1 benches/load.sh                        # only the cached-hit comparison
 #
-# Upstream: nginx, one worker, answering a small body. Gantry writes a JSON access log to a file
-# (nginx's access_log is off); a second Gantry without it measures the log's cost. Proxies: nginx (one worker, upstream
+# Upstream: nginx, one worker, answering a small body. Both proxies write an access log to a
+# file (nginx combined, buffered; Gantry JSON); a second Gantry without it measures its cost. Proxies: nginx (one worker, upstream
 # keepalive, request id and X-Forwarded-For set) and Gantry (one thread, health checks on,
 # request ids on). The proxy under test is pinned to CPU 0; the upstream and wrk share CPU 1,
 # so the proxy is the bottleneck. Prints req/s and p50/p99 latency per run, then the medians
@@ -85,7 +85,8 @@ pid $work/proxy.pid;
 error_log $work/proxy.err warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  # Both proxies log every request to a file, as users run them.
+  access_log $work/nginx-access.log combined buffer=64k flush=1s;
   keepalive_requests 1000000;
   upstream backend { server 127.0.0.1:$UP; keepalive 128; }
   proxy_cache_path $work/nginx-cache levels=1:2 keys_zone=bench:10m max_size=256m inactive=10m use_temp_path=off;
