@@ -1,6 +1,7 @@
-//! The access log (`[log]`): one record per request, formatted on the request path and written
-//! by a dedicated thread. Records go through a bounded queue; when it is full they are counted
-//! in `gantry_access_log_dropped_total` instead of making requests wait.
+//! The access log (`[log]`): one record per request, formatted on the request path into a
+//! buffer of the request's thread and written by a dedicated thread that drains every buffer
+//! every 20 ms. A buffer holds at most 4 MiB; records that find it full are counted in
+//! `gantry_access_log_dropped_total` instead of making requests wait for the disk.
 //!
 //! `access = "stdout"`, `"off"` or a file path; a file is reopened on `SIGUSR1`, after
 //! logrotate moved it. `format = "json"` (one object per line, every string escaped) or
@@ -9,26 +10,29 @@
 //! their values replaced by `REDACTED`.
 
 use async_trait::async_trait;
+use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
-use serde::Serialize;
+use std::borrow::Cow;
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Records waiting for the writer before new ones are dropped.
-const QUEUE: usize = 65_536;
+/// Buffers: one per request thread while there are no more threads than this.
+const SHARDS: usize = 16;
 
-/// How long the writer waits after each batch, so records are written in batches.
-const BATCH_PAUSE: Duration = Duration::from_millis(20);
+/// Bytes a buffer holds before records are dropped (about 10,000 records).
+const SHARD_LIMIT: usize = 4 << 20;
+
+/// How often the writer drains the buffers.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// Where records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,48 +55,36 @@ pub enum Format {
 }
 
 /// What one request did: everything a record may show.
-#[derive(Serialize)]
 pub struct Record<'a> {
-    /// RFC 3339, milliseconds, UTC.
-    pub time: String,
+    /// When the request finished (written as RFC 3339 UTC with milliseconds).
+    pub time: SystemTime,
     pub request_id: &'a str,
-    pub client_ip: Option<std::net::IpAddr>,
+    pub client_ip: Option<IpAddr>,
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
-    /// The query with credential-like values redacted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub query: Option<String>,
+    /// The query with credential-like values redacted ([`redact_query`]).
+    pub query: Option<Cow<'a, str>>,
     pub protocol: &'a str,
     pub status: u16,
     pub bytes_in: usize,
     pub bytes_out: usize,
     /// Seconds from the request header to the last byte.
     pub duration: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<std::net::SocketAddr>,
+    pub upstream: Option<SocketAddr>,
     /// Seconds to connect (0 when a pooled connection was reused).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_connect: Option<f64>,
     /// Seconds from sending to the upstream's response header.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_response: Option<f64>,
     pub route: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub consumer: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<&'static str>,
     /// `allowed` or `limited`, on routes with a rate limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<&'static str>,
     /// The problem `type` slug of an error response.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub referer: Option<&'a str>,
 }
 
@@ -106,10 +98,35 @@ static DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     counter
 });
 
+/// The records written since the writer's last drain, one buffer per request thread (so
+/// threads never wait for each other), each on its own cache line.
+struct Buffers {
+    shards: [CachePadded<Mutex<Vec<u8>>>; SHARDS],
+    limit: usize,
+}
+
+impl Buffers {
+    fn new(limit: usize) -> Buffers {
+        Buffers {
+            shards: std::array::from_fn(|_| CachePadded::new(Mutex::new(Vec::new()))),
+            limit,
+        }
+    }
+
+    /// The calling thread's buffer.
+    fn mine(&self) -> &Mutex<Vec<u8>> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        }
+        &self.shards[SHARD.with(|shard| *shard)]
+    }
+}
+
 /// The access log of the process.
 pub struct AccessLog {
     format: Format,
-    queue: Option<SyncSender<Vec<u8>>>,
+    buffers: Option<Arc<Buffers>>,
 }
 
 impl AccessLog {
@@ -121,7 +138,7 @@ impl AccessLog {
             Sink::Off => {
                 let off = AccessLog {
                     format,
-                    queue: None,
+                    buffers: None,
                 };
                 return Ok((off, None));
             }
@@ -136,10 +153,10 @@ impl AccessLog {
             }
             _ => None,
         };
-        let (tx, rx) = sync_channel(QUEUE);
+        let buffers = Arc::new(Buffers::new(SHARD_LIMIT));
         let writer = AccessLogWriter {
             parts: Mutex::new(Some(WriterParts {
-                rx,
+                buffers: Arc::clone(&buffers),
                 out,
                 path,
                 reopen,
@@ -147,40 +164,39 @@ impl AccessLog {
         };
         let log = AccessLog {
             format,
-            queue: Some(tx),
+            buffers: Some(buffers),
         };
         Ok((log, Some(writer)))
     }
 
     /// Whether records are wanted (skip building them when not).
     pub fn enabled(&self) -> bool {
-        self.queue.is_some()
+        self.buffers.is_some()
     }
 
-    /// Queues `record`; counts it as dropped when the writer is behind.
+    /// Appends `record` to this thread's buffer; counts it as dropped when the buffer is full
+    /// (the writer is behind).
     pub fn write(&self, record: &Record<'_>) {
-        let Some(queue) = &self.queue else {
+        let Some(buffers) = &self.buffers else {
             return;
         };
-        match queue.try_send(line(self.format, record)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => DROPPED.inc(),
+        let mut buffer = buffers.mine().lock();
+        if buffer.len() >= buffers.limit {
+            drop(buffer);
+            DROPPED.inc();
+            return;
         }
+        append(self.format, record, &mut buffer);
     }
 }
 
-/// `record` as one line of the log, newline included.
-pub fn line(format: Format, record: &Record<'_>) -> Vec<u8> {
-    let mut line = Vec::with_capacity(384);
+/// Appends `record` to `out` as one line of the log, newline included.
+pub fn append(format: Format, record: &Record<'_>, out: &mut Vec<u8>) {
     match format {
-        Format::Json => {
-            // Writing to a Vec fails only for non-string map keys, which a Record has not.
-            let _ = serde_json::to_writer(&mut line, record);
-        }
-        Format::Combined => combined(&mut line, record),
+        Format::Json => json(out, record),
+        Format::Combined => combined(out, record),
     }
-    line.push(b'\n');
-    line
+    out.push(b'\n');
 }
 
 fn open(path: &PathBuf) -> io::Result<File> {
@@ -189,7 +205,7 @@ fn open(path: &PathBuf) -> io::Result<File> {
 
 /// What the writer thread needs.
 struct WriterParts {
-    rx: Receiver<Vec<u8>>,
+    buffers: Arc<Buffers>,
     out: Box<dyn Write + Send>,
     path: Option<PathBuf>,
     reopen: Arc<AtomicBool>,
@@ -216,38 +232,38 @@ impl BackgroundService for AccessLogWriter {
     }
 }
 
-/// Writes queued lines in batches, flushing after each; reopens the file when asked.
+/// Every [`DRAIN_EVERY`], swaps each non-empty buffer for an empty one and writes it out;
+/// reopens the file when asked. Ends, after a last drain, when the log is gone.
 fn write_loop(parts: WriterParts) {
     let WriterParts {
-        rx,
-        out,
+        buffers,
+        mut out,
         path,
         reopen,
     } = parts;
-    let mut out = BufWriter::with_capacity(64 * 1024, out);
+    let mut spare = Vec::new();
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                let _ = out.write_all(&line);
-                while let Ok(line) = rx.try_recv() {
-                    let _ = out.write_all(&line);
+        std::thread::sleep(DRAIN_EVERY);
+        let last = Arc::strong_count(&buffers) == 1;
+        for shard in &buffers.shards {
+            {
+                let mut buffer = shard.lock();
+                if buffer.is_empty() {
+                    continue;
                 }
-                let _ = out.flush();
-                // Let records gather: while this thread sleeps, requests queue theirs without
-                // waking it (one wake-up per batch, not per record).
-                std::thread::sleep(BATCH_PAUSE);
+                std::mem::swap(&mut *buffer, &mut spare);
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = out.flush();
-                return;
-            }
+            let _ = out.write_all(&spare);
+            spare.clear();
+        }
+        let _ = out.flush();
+        if last {
+            return;
         }
         if reopen.swap(false, Ordering::Relaxed) {
             if let Some(path) = &path {
-                let _ = out.flush();
                 match open(path) {
-                    Ok(file) => out = BufWriter::with_capacity(64 * 1024, Box::new(file)),
+                    Ok(file) => out = Box::new(file),
                     Err(e) => log::error!("access log: cannot reopen {}: {e}", path.display()),
                 }
             }
@@ -255,46 +271,224 @@ fn write_loop(parts: WriterParts) {
     }
 }
 
+/// The fields of one JSON object, written in order.
+struct JsonObject<'o> {
+    out: &'o mut Vec<u8>,
+    fields: usize,
+}
+
+impl<'o> JsonObject<'o> {
+    fn new(out: &'o mut Vec<u8>) -> Self {
+        JsonObject { out, fields: 0 }
+    }
+
+    /// `"name":` (names are plain ASCII and need no escaping).
+    fn key(&mut self, name: &str) {
+        self.out.push(if self.fields == 0 { b'{' } else { b',' });
+        self.fields += 1;
+        self.out.push(b'"');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    /// A value serde_json encodes (strings escaped, numbers exact, non-finite floats null).
+    fn value<T: serde::Serialize + ?Sized>(&mut self, name: &str, value: &T) {
+        self.key(name);
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *self.out, value);
+    }
+
+    /// A value only when there is one.
+    fn some<T: serde::Serialize + ?Sized>(&mut self, name: &str, value: Option<&T>) {
+        if let Some(value) = value {
+            self.value(name, value);
+        }
+    }
+
+    /// A string that needs no escaping (an address), written by `write` in place.
+    fn unescaped(&mut self, name: &str, write: impl FnOnce(&mut Vec<u8>)) {
+        self.key(name);
+        self.out.push(b'"');
+        write(self.out);
+        self.out.push(b'"');
+    }
+
+    fn close(self) {
+        if self.fields == 0 {
+            self.out.push(b'{');
+        }
+        self.out.push(b'}');
+    }
+}
+
+/// One JSON object; absent values are left out, but `client_ip` is always there (null when
+/// unknown).
+fn json(out: &mut Vec<u8>, r: &Record<'_>) {
+    let mut o = JsonObject::new(out);
+    o.key("time");
+    o.out.push(b'"');
+    rfc3339(o.out, r.time);
+    o.out.push(b'"');
+    o.value("request_id", r.request_id);
+    match r.client_ip {
+        Some(ip) => o.unescaped("client_ip", |out| ip_address(out, ip)),
+        None => o.value("client_ip", &()),
+    }
+    o.value("method", r.method);
+    o.value("host", r.host);
+    o.value("path", r.path);
+    o.some("query", r.query.as_deref());
+    o.value("protocol", r.protocol);
+    o.value("status", &r.status);
+    o.value("bytes_in", &r.bytes_in);
+    o.value("bytes_out", &r.bytes_out);
+    o.value("duration", &r.duration);
+    if let Some(upstream) = r.upstream {
+        o.unescaped("upstream", |out| socket_address(out, upstream));
+    }
+    o.some("upstream_connect", r.upstream_connect.as_ref());
+    o.some("upstream_response", r.upstream_response.as_ref());
+    o.value("route", r.route);
+    o.some("cluster", r.cluster);
+    o.some("consumer", r.consumer);
+    o.some("cache", r.cache);
+    o.some("rate_limit", r.rate_limit);
+    o.some("error", r.error);
+    o.some("user_agent", r.user_agent);
+    o.some("referer", r.referer);
+    o.close();
+}
+
 /// `$remote_addr - $consumer [$time_local] "$request" $status $bytes_out "$referer" "$ua"`.
-fn combined(line: &mut Vec<u8>, r: &Record<'_>) {
-    let client = r.client_ip.map(|ip| ip.to_string());
-    let time = local_time(&r.time);
-    let query = r
-        .query
-        .as_deref()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    let _ = write!(
-        line,
-        "{} - {} [{}] \"{} {}{} {}\" {} {} \"{}\" \"{}\"",
-        client.as_deref().unwrap_or("-"),
-        r.consumer.unwrap_or("-"),
-        time,
-        r.method,
-        quoted(r.path),
-        quoted(&query),
-        r.protocol,
-        r.status,
-        r.bytes_out,
-        quoted(r.referer.unwrap_or("-")),
-        quoted(r.user_agent.unwrap_or("-")),
-    );
+fn combined(out: &mut Vec<u8>, r: &Record<'_>) {
+    match r.client_ip {
+        Some(ip) => ip_address(out, ip),
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b" - ");
+    out.extend_from_slice(r.consumer.unwrap_or("-").as_bytes());
+    out.extend_from_slice(b" [");
+    local_time(out, r.time);
+    out.extend_from_slice(b"] \"");
+    out.extend_from_slice(r.method.as_bytes());
+    out.push(b' ');
+    quoted(out, r.path);
+    if let Some(query) = &r.query {
+        out.push(b'?');
+        quoted(out, query);
+    }
+    out.push(b' ');
+    out.extend_from_slice(r.protocol.as_bytes());
+    let _ = write!(out, "\" {} {} \"", r.status, r.bytes_out);
+    quoted(out, r.referer.unwrap_or("-"));
+    out.extend_from_slice(b"\" \"");
+    quoted(out, r.user_agent.unwrap_or("-"));
+    out.push(b'"');
 }
 
-/// `"` and `\` escaped, control bytes dropped, as nginx escapes its log variables.
-fn quoted(value: &str) -> String {
-    value
-        .chars()
-        .filter(|c| !c.is_control())
-        .flat_map(|c| match c {
-            '"' | '\\' => vec!['\\', c],
-            c => vec![c],
-        })
-        .collect()
+/// `ip` as its `Display` writes it; IPv4 (most clients) without the formatting machinery.
+fn ip_address(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(ip) => ipv4_address(out, ip),
+        IpAddr::V6(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
 }
 
-/// `2026-11-26T11:19:12.123Z` as `26/Nov/2026:11:19:12 +0000`.
-fn local_time(rfc3339: &str) -> String {
+/// `addr` as its `Display` writes it (`10.0.0.1:80`, `[::1]:80`).
+fn socket_address(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(addr) => {
+            ipv4_address(out, *addr.ip());
+            out.push(b':');
+            out.extend_from_slice(itoa::Buffer::new().format(addr.port()).as_bytes());
+        }
+        SocketAddr::V6(addr) => {
+            let _ = write!(out, "{addr}");
+        }
+    }
+}
+
+fn ipv4_address(out: &mut Vec<u8>, ip: Ipv4Addr) {
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        out.extend_from_slice(digits.format(octet).as_bytes());
+    }
+}
+
+/// `value` with `"` and `\` escaped and control characters dropped, as nginx escapes its log
+/// variables.
+fn quoted(out: &mut Vec<u8>, value: &str) {
+    for c in value.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push(b'\\');
+        }
+        let mut utf8 = [0; 4];
+        out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+    }
+}
+
+/// The current second, formatted once per second per thread.
+struct Second {
+    /// Seconds since the epoch.
+    epoch: u64,
+    /// `2026-11-26T11:19:12`.
+    rfc3339: String,
+    /// `26/Nov/2026:11:19:12 +0000`.
+    local: String,
+}
+
+thread_local! {
+    static SECOND: RefCell<Second> = const {
+        RefCell::new(Second { epoch: u64::MAX, rfc3339: String::new(), local: String::new() })
+    };
+}
+
+/// Runs `f` with `time`'s second formatted, and its milliseconds.
+fn with_second<R>(time: SystemTime, f: impl FnOnce(&Second, u32) -> R) -> R {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.epoch != since.as_secs() {
+            let whole = UNIX_EPOCH + Duration::from_secs(since.as_secs());
+            let mut rfc3339 = humantime::format_rfc3339_seconds(whole).to_string();
+            rfc3339.pop(); // the `Z`
+            second.local = local_from_rfc3339(&rfc3339);
+            second.rfc3339 = rfc3339;
+            second.epoch = since.as_secs();
+        }
+        f(&second, since.subsec_millis())
+    })
+}
+
+/// `time` as `2026-11-26T11:19:12.123Z`.
+fn rfc3339(out: &mut Vec<u8>, time: SystemTime) {
+    with_second(time, |second, millis| {
+        out.extend_from_slice(second.rfc3339.as_bytes());
+        let digit = |n: u32| b'0' + (n % 10) as u8;
+        out.extend_from_slice(&[
+            b'.',
+            digit(millis / 100),
+            digit(millis / 10),
+            digit(millis),
+            b'Z',
+        ]);
+    })
+}
+
+/// `time` as `26/Nov/2026:11:19:12 +0000`.
+fn local_time(out: &mut Vec<u8>, time: SystemTime) {
+    with_second(time, |second, _| {
+        out.extend_from_slice(second.local.as_bytes())
+    })
+}
+
+/// `2026-11-26T11:19:12` as `26/Nov/2026:11:19:12 +0000`.
+fn local_from_rfc3339(rfc3339: &str) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
@@ -310,32 +504,10 @@ fn local_time(rfc3339: &str) -> String {
     format!("{day}/{month}/{year}:{clock} +0000")
 }
 
-thread_local! {
-    /// The current second, formatted once per second per thread (`2026-11-26T11:19:12`).
-    static SECOND: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
-}
-
-/// Now, as RFC 3339 UTC with milliseconds.
-pub fn now() -> String {
-    let now = SystemTime::now();
-    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    SECOND.with(|second| {
-        let mut second = second.borrow_mut();
-        if second.0 != since.as_secs() || second.1.is_empty() {
-            let mut text = humantime::format_rfc3339_seconds(now).to_string();
-            text.pop(); // the `Z`
-            *second = (since.as_secs(), text);
-        }
-        let mut time = String::with_capacity(24);
-        time.push_str(&second.1);
-        let _ = write!(time, ".{:03}Z", since.subsec_millis());
-        time
-    })
-}
-
 /// `query` with the values of credential-like parameters (names containing key, token,
-/// secret, password, passwd, signature, auth or session) replaced by `REDACTED`.
-pub fn redact_query(query: &str) -> String {
+/// secret, password, passwd, signature, auth or session) replaced by `REDACTED`; borrowed
+/// when there is nothing to redact.
+pub fn redact_query(query: &str) -> Cow<'_, str> {
     const SECRET: [&str; 8] = [
         "key",
         "token",
@@ -353,6 +525,10 @@ pub fn redact_query(query: &str) -> String {
                 .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
         })
     };
+    let pairs = || query.split('&').map(|pair| pair.split_once('='));
+    if !pairs().any(|pair| pair.is_some_and(|(name, _)| secret(name))) {
+        return Cow::Borrowed(query);
+    }
     let mut out = String::with_capacity(query.len());
     for (i, pair) in query.split('&').enumerate() {
         if i > 0 {
@@ -366,7 +542,7 @@ pub fn redact_query(query: &str) -> String {
             _ => out.push_str(pair),
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -375,7 +551,7 @@ mod tests {
 
     fn record() -> Record<'static> {
         Record {
-            time: "2026-11-26T11:19:12.123Z".into(),
+            time: humantime::parse_rfc3339("2026-11-26T11:19:12.123Z").unwrap(),
             request_id: "r1",
             client_ip: Some("10.0.0.1".parse().unwrap()),
             method: "GET",
@@ -396,19 +572,31 @@ mod tests {
             cache: None,
             rate_limit: None,
             error: None,
-            user_agent: Some("curl/8 \"x\""),
+            user_agent: Some("curl/8 \"x\"\u{1}"),
             referer: None,
         }
     }
 
+    fn json_line(record: &Record<'_>) -> serde_json::Value {
+        let mut line = Vec::new();
+        append(Format::Json, record, &mut line);
+        assert_eq!(line.pop(), Some(b'\n'));
+        serde_json::from_slice(&line).expect("valid JSON")
+    }
+
     #[test]
     fn times_are_rfc_3339_with_milliseconds() {
-        let time = now();
+        let mut time = Vec::new();
+        rfc3339(&mut time, SystemTime::now());
+        let time = String::from_utf8(time).unwrap();
         assert_eq!(time.len(), 24, "{time}");
         assert!(time.ends_with('Z') && time.as_bytes()[19] == b'.', "{time}");
         let parsed = humantime::parse_rfc3339(&time).expect("parses");
         let skew = SystemTime::now().duration_since(parsed).unwrap_or_default();
         assert!(skew < Duration::from_secs(2));
+        let mut early = Vec::new();
+        rfc3339(&mut early, UNIX_EPOCH + Duration::from_millis(7));
+        assert_eq!(early, b"1970-01-01T00:00:00.007Z");
     }
 
     #[test]
@@ -417,28 +605,128 @@ mod tests {
             redact_query("page=2&api_key=s3cret&Access_Token=t&x"),
             "page=2&api_key=REDACTED&Access_Token=REDACTED&x"
         );
+        assert!(matches!(
+            redact_query("page=2&x"),
+            Cow::Borrowed("page=2&x")
+        ));
     }
 
     #[test]
     fn combined_lines_look_like_nginx() {
         let mut line = Vec::new();
-        combined(&mut line, &record());
+        append(Format::Combined, &record(), &mut line);
         assert_eq!(
             String::from_utf8(line).unwrap(),
-            "10.0.0.1 - alice [26/Nov/2026:11:19:12 +0000] \"GET /a\\\"b?page=2&api_key=REDACTED&Access_Token=REDACTED HTTP/1.1\" 200 12 \"-\" \"curl/8 \\\"x\\\"\""
+            "10.0.0.1 - alice [26/Nov/2026:11:19:12 +0000] \"GET /a\\\"b?page=2&api_key=REDACTED&Access_Token=REDACTED HTTP/1.1\" 200 12 \"-\" \"curl/8 \\\"x\\\"\"\n"
         );
     }
 
     #[test]
     fn json_records_escape_every_string() {
-        let line = serde_json::to_string(&record()).unwrap();
-        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let back = json_line(&record());
+        assert_eq!(back["time"], "2026-11-26T11:19:12.123Z");
+        assert_eq!(back["client_ip"], "10.0.0.1");
         assert_eq!(back["path"], "/a\"b");
+        assert_eq!(back["user_agent"], "curl/8 \"x\"\u{1}");
         assert_eq!(
             back["query"],
             "page=2&api_key=REDACTED&Access_Token=REDACTED"
         );
+        assert_eq!(back["status"], 200);
+        assert_eq!(back["duration"], 0.0015);
         assert!(back.get("upstream").is_none());
-        assert!(!line.contains("s3cret"));
+        assert!(!back.to_string().contains("s3cret"));
+
+        let full = Record {
+            client_ip: None,
+            upstream: Some("10.0.1.7:9001".parse().unwrap()),
+            upstream_connect: Some(0.0),
+            upstream_response: Some(f64::NAN),
+            cluster: Some("c"),
+            cache: Some("HIT"),
+            ..record()
+        };
+        let back = json_line(&full);
+        assert_eq!(back["client_ip"], serde_json::Value::Null);
+        assert_eq!(back["upstream"], "10.0.1.7:9001");
+        assert_eq!(back["upstream_connect"], 0.0);
+        assert_eq!(back["upstream_response"], serde_json::Value::Null);
+        assert_eq!(
+            (back["cluster"].clone(), back["cache"].clone()),
+            ("c".into(), "HIT".into())
+        );
+        let v6 = Record {
+            client_ip: Some("2001:db8::1".parse().unwrap()),
+            upstream: Some("[2001:db8::2]:8080".parse().unwrap()),
+            ..record()
+        };
+        let back = json_line(&v6);
+        assert_eq!(back["client_ip"], "2001:db8::1");
+        assert_eq!(back["upstream"], "[2001:db8::2]:8080");
+    }
+
+    /// A `Write` the test reads back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_writer_drains_every_thread_and_a_full_buffer_drops() {
+        let buffers = Arc::new(Buffers::new(SHARD_LIMIT));
+        let out = Shared::default();
+        let writer = {
+            let parts = WriterParts {
+                buffers: Arc::clone(&buffers),
+                out: Box::new(out.clone()),
+                path: None,
+                reopen: Arc::new(AtomicBool::new(false)),
+            };
+            std::thread::spawn(move || write_loop(parts))
+        };
+        let log = Arc::new(AccessLog {
+            format: Format::Json,
+            buffers: Some(buffers),
+        });
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || (0..250).for_each(|_| log.write(&record())))
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        drop(log);
+        writer.join().unwrap(); // ends once the log is gone, after a last drain
+        let written = out.0.lock();
+        let lines: Vec<_> = written
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(lines.len(), 1000);
+        for line in lines {
+            let record: serde_json::Value = serde_json::from_slice(line).expect("whole lines");
+            assert_eq!(record["request_id"], "r1");
+        }
+
+        let full = AccessLog {
+            format: Format::Combined,
+            buffers: Some(Arc::new(Buffers::new(1))),
+        };
+        let dropped = DROPPED.get();
+        full.write(&record());
+        full.write(&record());
+        assert_eq!(
+            DROPPED.get(),
+            dropped + 1,
+            "the second record found the buffer full"
+        );
     }
 }

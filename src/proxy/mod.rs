@@ -795,7 +795,7 @@ fn access_record<'a>(
     };
     let header = |name: header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
     Record {
-        time: crate::access_log::now(),
+        time: std::time::SystemTime::now(),
         request_id: ctx.state.request_id.to_str().unwrap_or_default(),
         client_ip: ctx.state.client_ip,
         method: req.method.as_str(),
