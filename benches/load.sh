@@ -7,6 +7,7 @@
 #   REDIS_POOL_SIZE=4 PLUGINS_ONLY=1 benches/load.sh   # tune [redis] pool_size; skip nginx
 #   REDIS_UNIX=1 benches/load.sh                        # reach Redis over a Unix socket
 #   CACHE_ONLY=1 benches/load.sh                        # only the cached-hit comparison
+#   LOG_ONLY=1 ROUNDS=5 benches/load.sh                 # only the access log's cost
 #
 # Upstream: nginx, one worker, answering a small body. Both proxies write an access log to a
 # file (nginx combined, buffered; Gantry JSON); a second Gantry without it measures its cost. Proxies: nginx (one worker, upstream
@@ -29,6 +30,7 @@ REDIS_POOL_SIZE=${REDIS_POOL_SIZE:-16}
 PLUGINS_ONLY=${PLUGINS_ONLY:-}
 REDIS_UNIX=${REDIS_UNIX:-}
 CACHE_ONLY=${CACHE_ONLY:-}
+LOG_ONLY=${LOG_ONLY:-}
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -236,13 +238,16 @@ taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NOLOG$PATH_UNDER_TEST" >
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-# paired TITLE PATH A:PORT B:PORT: alternating rounds of A and B on PATH; prints each run,
+# paired TITLE PATH A:PORT B:PORT: alternating rounds of A and B on PATH (A first in odd rounds,
+# B first in even ones, so a drift in the machine's speed favours neither); prints each run,
 # then the medians and the ratio B/A, and sets A_2..A_5 and B_2..B_5 (req/s, p50, p99, cpu).
 paired() {
   local title=$1 path=$2 a=${3%%:*} b=${4%%:*} results="$work/results.$RANDOM"
   printf "%-7s %-6s %12s %9s %9s %11s\n" round "$title" "req/s" "p50 ms" "p99 ms" "cpu us/req"
   for r in $(seq "$ROUNDS"); do
-    for pair in "$3" "$4"; do
+    local order=("$3" "$4")
+    [ $((r % 2)) -eq 0 ] && order=("$4" "$3")
+    for pair in "${order[@]}"; do
       local name=${pair%%:*} port=${pair##*:} rps p50 p99 cpu
       read -r rps p50 p99 cpu < <(run "$name" "$port" "$path")
       printf "%-7s %-6s %12s %9s %9s %11s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu"
@@ -260,13 +265,13 @@ paired() {
 }
 
 if [ -z "$PLUGINS_ONLY$CACHE_ONLY" ]; then
-  paired server "$PATH_UNDER_TEST" "nginx:$NGX" "gantry:$GAN"
+  [ -z "$LOG_ONLY" ] && paired server "$PATH_UNDER_TEST" "nginx:$NGX" "gantry:$GAN" && echo
   # The access log's cost: the same Gantry with and without it.
-  echo
   paired gantry "$PATH_UNDER_TEST" "nolog:$NOLOG" "gantry:$GAN"
   awk -v l="$gantry_2" -v n="$nolog_2" -v lc="$gantry_5" -v nc="$nolog_5" \
     'BEGIN { printf "access log (json, file): req/s %.0f with, %.0f without: costs %.1f%% of throughput, %+.2f us cpu/req\n", l, n, (1 - l/n) * 100, lc - nc }'
 fi
+[ -n "$LOG_ONLY" ] && exit 0
 
 # Cached hits: nginx proxy_cache against Gantry's cache plugin.
 if [ -z "$PLUGINS_ONLY" ]; then

@@ -69,13 +69,13 @@ pub struct Record<'a> {
     pub status: u16,
     pub bytes_in: usize,
     pub bytes_out: usize,
-    /// Seconds from the request header to the last byte.
-    pub duration: f64,
+    /// From the request header to the last byte.
+    pub duration: Duration,
     pub upstream: Option<SocketAddr>,
-    /// Seconds to connect (0 when a pooled connection was reused).
-    pub upstream_connect: Option<f64>,
-    /// Seconds from sending to the upstream's response header.
-    pub upstream_response: Option<f64>,
+    /// To connect (0 when a pooled connection was reused).
+    pub upstream_connect: Option<Duration>,
+    /// From connected to the upstream's response header.
+    pub upstream_response: Option<Duration>,
     pub route: &'a str,
     pub cluster: Option<&'a str>,
     pub consumer: Option<&'a str>,
@@ -305,6 +305,17 @@ impl<'o> JsonObject<'o> {
         }
     }
 
+    /// `took` in seconds with microseconds (`0.003100`), without float formatting.
+    fn seconds(&mut self, name: &str, took: Duration) {
+        self.key(name);
+        let mut digits = itoa::Buffer::new();
+        self.out
+            .extend_from_slice(digits.format(took.as_secs()).as_bytes());
+        let micros = digits.format(took.subsec_micros() + 1_000_000);
+        self.out.push(b'.');
+        self.out.extend_from_slice(&micros.as_bytes()[1..]);
+    }
+
     /// A string that needs no escaping (an address), written by `write` in place.
     fn unescaped(&mut self, name: &str, write: impl FnOnce(&mut Vec<u8>)) {
         self.key(name);
@@ -342,12 +353,16 @@ fn json(out: &mut Vec<u8>, r: &Record<'_>) {
     o.value("status", &r.status);
     o.value("bytes_in", &r.bytes_in);
     o.value("bytes_out", &r.bytes_out);
-    o.value("duration", &r.duration);
+    o.seconds("duration", r.duration);
     if let Some(upstream) = r.upstream {
         o.unescaped("upstream", |out| socket_address(out, upstream));
     }
-    o.some("upstream_connect", r.upstream_connect.as_ref());
-    o.some("upstream_response", r.upstream_response.as_ref());
+    if let Some(connect) = r.upstream_connect {
+        o.seconds("upstream_connect", connect);
+    }
+    if let Some(response) = r.upstream_response {
+        o.seconds("upstream_response", response);
+    }
     o.value("route", r.route);
     o.some("cluster", r.cluster);
     o.some("consumer", r.consumer);
@@ -562,7 +577,7 @@ mod tests {
             status: 200,
             bytes_in: 0,
             bytes_out: 12,
-            duration: 0.0015,
+            duration: Duration::from_micros(1500),
             upstream: None,
             upstream_connect: None,
             upstream_response: None,
@@ -634,14 +649,22 @@ mod tests {
         );
         assert_eq!(back["status"], 200);
         assert_eq!(back["duration"], 0.0015);
+        let slow = Record {
+            duration: Duration::from_secs(12) + Duration::from_nanos(7_999),
+            ..record()
+        };
+        let mut line = Vec::new();
+        append(Format::Json, &slow, &mut line);
+        let line = String::from_utf8(line).unwrap();
+        assert!(line.contains(",\"duration\":12.000007,"), "{line}");
         assert!(back.get("upstream").is_none());
         assert!(!back.to_string().contains("s3cret"));
 
         let full = Record {
             client_ip: None,
             upstream: Some("10.0.1.7:9001".parse().unwrap()),
-            upstream_connect: Some(0.0),
-            upstream_response: Some(f64::NAN),
+            upstream_connect: Some(Duration::ZERO),
+            upstream_response: Some(Duration::from_millis(24)),
             cluster: Some("c"),
             cache: Some("HIT"),
             ..record()
@@ -650,7 +673,7 @@ mod tests {
         assert_eq!(back["client_ip"], serde_json::Value::Null);
         assert_eq!(back["upstream"], "10.0.1.7:9001");
         assert_eq!(back["upstream_connect"], 0.0);
-        assert_eq!(back["upstream_response"], serde_json::Value::Null);
+        assert_eq!(back["upstream_response"], 0.024);
         assert_eq!(
             (back["cluster"].clone(), back["cache"].clone()),
             ("c".into(), "HIT".into())

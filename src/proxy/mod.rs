@@ -40,7 +40,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use problem::{ALL_BACKENDS_FAILED, BODY_REJECTED, NO_HEALTHY_BACKEND};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The gateway: routes every request of one configuration.
 pub struct Gateway {
@@ -722,7 +722,7 @@ impl ProxyHttp for Gateway {
         }
         if self.access_log.enabled() {
             self.access_log
-                .write(&access_record(session, ctx, status, rate_limited));
+                .write(&access_record(session, ctx, status, took, rate_limited));
         }
     }
 
@@ -786,11 +786,12 @@ fn access_record<'a>(
     session: &'a Session,
     ctx: &'a RequestCtx,
     status: u16,
+    took: Duration,
     rate_limited: bool,
 ) -> Record<'a> {
     let req = session.req_header();
     let seconds = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
-        (Some(from), Some(to)) => Some(to.saturating_duration_since(from).as_secs_f64()),
+        (Some(from), Some(to)) => Some(to.saturating_duration_since(from)),
         _ => None,
     };
     let header = |name: header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
@@ -810,7 +811,7 @@ fn access_record<'a>(
         status,
         bytes_in: session.as_downstream().body_bytes_read(),
         bytes_out: session.as_downstream().body_bytes_sent(),
-        duration: ctx.started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+        duration: took,
         upstream: ctx.backend,
         upstream_connect: seconds(ctx.upstream_started, ctx.upstream_connected),
         upstream_response: seconds(ctx.upstream_connected, ctx.upstream_responded),
