@@ -6,13 +6,14 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use gantry::access_log::{append, redact_query, Format, Record};
 use http::Method;
 use std::borrow::Cow;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 fn record(query: Option<Cow<'static, str>>) -> Record<'static> {
     Record {
         time: SystemTime::now(),
         request_id: "6f1c1e52-4b8e-4a57-9d8e-0c2f5b7a9e11",
-        client_ip: Some("203.0.113.9".parse().expect("ip")),
+        client_ip: Some(Ipv4Addr::new(203, 0, 113, 9).into()),
         method: "GET",
         host: "api.example.com",
         path: "/users/7/orders",
@@ -22,7 +23,7 @@ fn record(query: Option<Cow<'static, str>>) -> Record<'static> {
         bytes_in: 0,
         bytes_out: 512,
         duration: Duration::from_micros(3100),
-        upstream: Some("10.0.1.7:9001".parse().expect("addr")),
+        upstream: Some(SocketAddr::from(([10, 0, 1, 7], 9001))),
         upstream_connect: Some(Duration::ZERO),
         upstream_response: Some(Duration::from_micros(2400)),
         route: "users",
