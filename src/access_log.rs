@@ -271,6 +271,8 @@ fn write_loop(parts: WriterParts) {
             }
             let _ = out.write_all(&spare);
             spare.clear();
+            // A buffer that grew while the disk stalled gives its memory back.
+            spare.shrink_to(2 * DRAIN_AT);
         }
         let _ = out.flush();
         if last {
@@ -485,7 +487,8 @@ fn with_second<R>(time: SystemTime, f: impl FnOnce(&Second, u32) -> R) -> R {
     SECOND.with(|second| {
         let mut second = second.borrow_mut();
         if second.epoch != since.as_secs() {
-            let whole = UNIX_EPOCH + Duration::from_secs(since.as_secs());
+            // The last second humantime formats (9999-12-31T23:59:59), should the clock be wild.
+            let whole = UNIX_EPOCH + Duration::from_secs(since.as_secs().min(253_402_300_799));
             let mut rfc3339 = humantime::format_rfc3339_seconds(whole).to_string();
             rfc3339.pop(); // the `Z`
             second.local = local_from_rfc3339(&rfc3339);
@@ -628,6 +631,12 @@ mod tests {
         let mut early = Vec::new();
         rfc3339(&mut early, UNIX_EPOCH + Duration::from_millis(7));
         assert_eq!(early, b"1970-01-01T00:00:00.007Z");
+        let mut wild = Vec::new();
+        rfc3339(&mut wild, UNIX_EPOCH + Duration::from_secs(300_000_000_000));
+        assert_eq!(
+            wild, b"9999-12-31T23:59:59.000Z",
+            "a wild clock does not panic"
+        );
     }
 
     #[test]
