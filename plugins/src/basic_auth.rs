@@ -2,11 +2,15 @@
 //! password hashes.
 //!
 //! argon2 is deliberately slow (tens of milliseconds), so a verification never runs on the
-//! proxy's threads: it runs on the blocking pool, at most [`MAX_PARALLEL_VERIFICATIONS`] at a
-//! time, and a successful one is cached for [`CACHE_TTL`] keyed by a SHA-256 of the user and
-//! password, so a client that reuses its credentials pays the hash once.
+//! proxy's threads: it runs on the blocking pool, shared fairly between clients
+//! ([`password_checks`](crate::password_checks)), and a successful one is cached for
+//! [`CACHE_TTL`] keyed by a SHA-256 of the user and password, so a client that reuses its
+//! credentials pays the hash once.
 
 use crate::consumer::{Consumer, Consumers};
+use crate::credentials::{self, Located, Source};
+use crate::failure_limit::{FailureLimit, MaxFailures};
+use crate::password_checks::{PasswordChecks, Refused};
 use crate::{Flow, Phases, Plugin, PluginState, Rejection};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use async_trait::async_trait;
@@ -20,22 +24,18 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
 
 /// The configuration name.
 pub const NAME: &str = "basic-auth";
-/// argon2 verifications running at once; others wait their turn.
-pub const MAX_PARALLEL_VERIFICATIONS: usize = 2;
 /// How long a verified user and password stay verified.
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
 /// How long a wrong user and password stay known as wrong.
 pub const FAILURE_TTL: Duration = Duration::from_secs(60);
-/// The longest a request waits for a verification slot.
-pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 const CACHE_ENTRIES: usize = 10_000;
 /// Verified for unknown users, so they take as long to refuse as a wrong password.
 const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Sm7xa4VpI1wsYw2kMDb7Slz9YjN9UZuJQmwAlbl1Svo";
+const SOURCE: &[Source] = &[Source::Header(http::header::AUTHORIZATION)];
 
 /// `[routes.R.plugins.basic-auth]`.
 #[derive(Debug, Deserialize)]
@@ -47,6 +47,8 @@ pub struct Config {
     /// Remove `Authorization` before the request goes upstream. Default `true`.
     #[serde(default = "default_true")]
     pub hide_credentials: bool,
+    /// Failed attempts allowed per client and window. Default: unlimited.
+    pub max_failures: Option<MaxFailures>,
 }
 
 fn default_true() -> bool {
@@ -64,14 +66,15 @@ pub struct BasicAuth {
     hide_credentials: bool,
     /// Fingerprint -> (fingerprint again, to rule out 64-bit key collisions; whether it passed).
     checked: MemoryCache<[u8; 32], ([u8; 32], bool)>,
-    permits: Arc<Semaphore>,
+    checks: PasswordChecks,
+    failures: FailureLimit,
 }
 
 /// The outcome of checking credentials.
 enum Check {
     Passed(Arc<Consumer>),
     Failed,
-    Busy,
+    NotRun(Refused),
 }
 
 impl BasicAuth {
@@ -92,56 +95,61 @@ impl BasicAuth {
             challenge,
             hide_credentials: config.hide_credentials,
             checked: MemoryCache::new(CACHE_ENTRIES),
-            permits: Arc::new(Semaphore::new(MAX_PARALLEL_VERIFICATIONS)),
+            checks: PasswordChecks::default(),
+            failures: FailureLimit::new(config.max_failures)?,
         })
     }
 
-    fn reject(&self, slug: &'static str, detail: &str) -> Flow {
-        Flow::Reject(Rejection::unauthorized(slug, detail, &self.challenge))
+    fn reject(&self, slug: &'static str, detail: &str) -> Rejection {
+        Rejection::unauthorized(slug, detail, &self.challenge)
     }
 
-    /// Verifies `password` against `hash` on the blocking pool; `None` when no slot was free
-    /// within [`QUEUE_TIMEOUT`].
-    async fn verify(&self, hash: Arc<str>, password: Vec<u8>) -> Option<bool> {
-        let permit = tokio::time::timeout(QUEUE_TIMEOUT, Arc::clone(&self.permits).acquire_owned())
-            .await
-            .ok()?
-            .ok()?;
-        let ok = tokio::task::spawn_blocking(move || {
-            // The slot is held by the hash itself, even if the request goes away meanwhile.
-            let _permit = permit;
-            PasswordHash::new(&hash)
-                .map(|parsed| {
-                    Argon2::default()
-                        .verify_password(&password, &parsed)
-                        .is_ok()
-                })
-                .unwrap_or(false)
+    /// The remembered outcome of `fingerprint`, if it was checked lately.
+    fn remembered(
+        &self,
+        fingerprint: &[u8; 32],
+        account: Option<&(Arc<Consumer>, Arc<str>)>,
+    ) -> Option<Check> {
+        let (seen, passed) = self.checked.get(fingerprint).0?;
+        if !bool::from(seen.ct_eq(fingerprint)) {
+            return None;
+        }
+        Some(match (passed, account) {
+            (true, Some((consumer, _))) => Check::Passed(Arc::clone(consumer)),
+            _ => Check::Failed,
         })
-        .await
-        .unwrap_or(false);
-        Some(ok)
     }
 
-    async fn authenticate(&self, user: &str, password: &[u8]) -> Check {
+    async fn authenticate(&self, state: &PluginState, user: &str, password: &[u8]) -> Check {
         let mut hasher = Sha256::new();
         hasher.update(user.as_bytes());
         hasher.update([0]);
         hasher.update(password);
         let fingerprint: [u8; 32] = hasher.finalize().into();
         let account = self.consumers.with_password(user);
-        if let (Some((seen, passed)), _) = self.checked.get(&fingerprint) {
-            if bool::from(seen.ct_eq(&fingerprint)) {
-                return match (passed, account) {
-                    (true, Some((consumer, _))) => Check::Passed(Arc::clone(consumer)),
-                    _ => Check::Failed,
-                };
-            }
+        if let Some(check) = self.remembered(&fingerprint, account) {
+            return check;
+        }
+        let slot = match self.checks.slot(state.client_ip).await {
+            Ok(slot) => slot,
+            Err(refused) => return Check::NotRun(refused),
+        };
+        // A request with the same credentials may have been checked while this one waited.
+        if let Some(check) = self.remembered(&fingerprint, account) {
+            return check;
         }
         let hash = account.map_or_else(|| Arc::from(DUMMY_HASH), |(_, hash)| Arc::clone(hash));
-        let Some(ok) = self.verify(hash, password.to_vec()).await else {
-            return Check::Busy;
-        };
+        let password = password.to_vec();
+        let ok = slot
+            .run(move || {
+                PasswordHash::new(&hash).is_ok_and(|parsed| {
+                    Argon2::default()
+                        .verify_password(&password, &parsed)
+                        .is_ok()
+                })
+            })
+            .await
+            .unwrap_or(false);
         let passed = ok && account.is_some();
         let ttl = if passed { CACHE_TTL } else { FAILURE_TTL };
         self.checked
@@ -168,6 +176,31 @@ fn credentials(value: &[u8]) -> Option<(String, Vec<u8>)> {
     Some((user, decoded[colon + 1..].to_vec()))
 }
 
+/// The answer to a request whose password check was not run.
+fn not_run(refused: Refused) -> Rejection {
+    let (status, slug, title, detail) = match refused {
+        Refused::OverShare => (
+            429,
+            "too-many-password-checks",
+            "Too many password checks",
+            "this client already has password checks running; retry shortly",
+        ),
+        Refused::Busy => (
+            503,
+            "auth-busy",
+            "Authentication busy",
+            "too many password checks are running; retry shortly",
+        ),
+    };
+    Rejection {
+        status,
+        slug,
+        title,
+        detail: detail.into(),
+        headers: vec![(http::header::RETRY_AFTER, HeaderValue::from_static("1"))],
+    }
+}
+
 #[async_trait]
 impl Plugin for BasicAuth {
     fn name(&self) -> &'static str {
@@ -187,34 +220,41 @@ impl Plugin for BasicAuth {
         session: &mut Session,
         state: &mut PluginState,
     ) -> pingora::Result<Flow> {
-        let header = session
-            .req_header()
-            .headers
-            .get(http::header::AUTHORIZATION);
-        let Some(header) = header else {
-            return Ok(self.reject("missing-credentials", "basic credentials are required"));
+        if let Some(refusal) = self.failures.check(state.client_ip) {
+            return Ok(Flow::Reject(refusal));
+        }
+        let header = match credentials::locate(SOURCE, session.req_header()) {
+            Located::Found(header) => header,
+            Located::Missing => {
+                return Ok(Flow::Reject(
+                    self.reject("missing-credentials", "basic credentials are required"),
+                ))
+            }
+            Located::Ambiguous => {
+                return Ok(self
+                    .failures
+                    .failed(state.client_ip, credentials::ambiguous()))
+            }
         };
-        let Some((user, password)) = credentials(header.as_bytes()) else {
-            return Ok(self.reject(
-                "invalid-credentials",
-                "the Authorization header is not valid Basic credentials",
+        let Some((user, password)) = credentials(header) else {
+            return Ok(self.failures.failed(
+                state.client_ip,
+                self.reject(
+                    "invalid-credentials",
+                    "the Authorization header is not valid Basic credentials",
+                ),
             ));
         };
-        match self.authenticate(&user, &password).await {
+        match self.authenticate(state, &user, &password).await {
             Check::Passed(consumer) => {
                 state.consumer = Some(consumer);
                 Ok(Flow::Continue)
             }
-            Check::Failed => {
-                Ok(self.reject("invalid-credentials", "the user name or password is wrong"))
-            }
-            Check::Busy => Ok(Flow::Reject(Rejection {
-                status: 503,
-                slug: "auth-busy",
-                title: "Authentication busy",
-                detail: "too many password checks are running; retry shortly".into(),
-                headers: vec![(http::header::RETRY_AFTER, HeaderValue::from_static("1"))],
-            })),
+            Check::Failed => Ok(self.failures.failed(
+                state.client_ip,
+                self.reject("invalid-credentials", "the user name or password is wrong"),
+            )),
+            Check::NotRun(refused) => Ok(Flow::Reject(not_run(refused))),
         }
     }
 
@@ -264,6 +304,7 @@ mod tests {
         let config = |realm: &str| Config {
             realm: realm.into(),
             hide_credentials: true,
+            max_failures: None,
         };
         assert!(BasicAuth::new(config("a\"b"), Arc::clone(&consumers)).is_err());
         assert!(BasicAuth::new(config("users"), consumers).is_ok());

@@ -7,8 +7,10 @@
 
 use crate::config_types::HumanDuration;
 use crate::consumer::{Consumer, Consumers};
+use crate::credentials::{self, Kinds, Located, Source};
+use crate::failure_limit::{FailureLimit, MaxFailures};
 use crate::jwks::{KeySet, RemoteJwks};
-use crate::{query, Flow, Phases, Plugin, PluginState, Rejection};
+use crate::{Flow, Phases, Plugin, PluginState, Rejection};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
@@ -43,9 +45,12 @@ pub struct Config {
     pub algorithms: Vec<String>,
     /// Required `iss`. Default: not checked.
     pub issuer: Option<String>,
-    /// Accepted `aud` values (any one). Default: not checked.
+    /// Accepted `aud` values (any one). Required with `jwks_url` unless `any_audience`.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Accept tokens for any audience with `jwks_url`. Default `false`.
+    #[serde(default)]
+    pub any_audience: bool,
     /// A JWKS URL, fetched in the background.
     pub jwks_url: Option<String>,
     /// A JWKS file, read at load.
@@ -72,21 +77,18 @@ pub struct Config {
     /// Upstream headers set from claims: `{ "x-user-id" = "sub" }`.
     #[serde(default)]
     pub forward_claims: BTreeMap<String, String>,
-    /// Where the token is read from, in order. Default `["header:authorization"]`.
+    /// Where the token is read from. Default `["header:authorization"]`.
     #[serde(default = "default_sources")]
     pub token_sources: Vec<String>,
+    /// Remove the token from the request before it goes upstream. Default `false`.
+    #[serde(default)]
+    pub hide_credentials: bool,
+    /// Failed attempts allowed per client and window. Default: unlimited.
+    pub max_failures: Option<MaxFailures>,
 }
 
 fn default_sources() -> Vec<String> {
     vec!["header:authorization".into()]
-}
-
-enum Source {
-    /// `Authorization: Bearer TOKEN`.
-    Bearer,
-    Header(HeaderName),
-    Cookie(String),
-    Query(String),
 }
 
 enum Keys {
@@ -114,6 +116,8 @@ pub struct JwtAuth {
     anonymous: bool,
     forward_claims: Vec<(HeaderName, String)>,
     sources: Vec<Source>,
+    hide_credentials: bool,
+    failures: FailureLimit,
     cache: MemoryCache<[u8; 32], Arc<Verified>>,
 }
 
@@ -129,6 +133,18 @@ impl JwtAuth {
         ];
         if sources_set.iter().filter(|s| **s).count() != 1 {
             return Err("set exactly one of jwks_url, jwks_file, public_key_file, secret".into());
+        }
+        if config.any_audience && !config.audiences.is_empty() {
+            return Err("set either `audiences` or `any_audience = true`, not both".into());
+        }
+        if config.jwks_url.is_some() && config.audiences.is_empty() && !config.any_audience {
+            return Err(
+                "`jwks_url` needs `audiences`: an identity provider signs tokens for all its \
+                 applications with the same keys, so without an audience check tokens issued \
+                 for other applications are accepted (write `any_audience = true` if that is \
+                 intended)"
+                    .into(),
+            );
         }
         let symmetric = algorithms
             .iter()
@@ -223,26 +239,22 @@ impl JwtAuth {
             consumers,
             anonymous: config.anonymous,
             forward_claims,
-            sources: parse_sources(&config.token_sources)?,
+            sources: Source::parse_all(&config.token_sources, "token_sources", Kinds::Token)?,
+            hide_credentials: config.hide_credentials,
+            failures: FailureLimit::new(config.max_failures)?,
             cache: MemoryCache::new(CACHE_ENTRIES),
         })
     }
 
-    fn token<'r>(&self, req: &'r RequestHeader) -> Option<&'r str> {
-        self.sources.iter().find_map(|source| match source {
-            Source::Bearer => req
-                .headers
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.get(..7)
-                        .filter(|p| p.eq_ignore_ascii_case("bearer "))
-                        .map(|_| v[7..].trim())
-                }),
-            Source::Header(name) => req.headers.get(name).and_then(|v| v.to_str().ok()),
-            Source::Cookie(name) => query::cookie(&req.headers, name),
-            Source::Query(name) => req.uri.query().and_then(|q| query::param(q, name)),
-        })
+    /// The answer to a refused token, counting it as a failed attempt when it is one.
+    fn refuse(&self, state: &PluginState, refusal: Refusal) -> Flow {
+        let failure = refusal.is_failure();
+        let rejection = refusal.into_rejection(&self.required_scopes);
+        if failure {
+            self.failures.failed(state.client_ip, rejection)
+        } else {
+            Flow::Reject(rejection)
+        }
     }
 
     /// Verifies `token` completely, or says why it is refused.
@@ -335,6 +347,11 @@ impl Refusal {
         Refusal::Invalid(why)
     }
 
+    /// A token that did not authenticate (not one that lacks a permission) is a failed attempt.
+    fn is_failure(&self) -> bool {
+        matches!(self, Refusal::Invalid(_) | Refusal::UnknownConsumer)
+    }
+
     fn into_rejection(self, scopes: &[String]) -> Rejection {
         let bearer = |error: &str, description: &str| {
             HeaderValue::from_str(&format!(
@@ -410,27 +427,6 @@ fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
         .collect()
 }
 
-fn parse_sources(list: &[String]) -> Result<Vec<Source>, String> {
-    if list.is_empty() {
-        return Err("`token_sources` needs at least one entry".into());
-    }
-    list.iter()
-        .map(|s| match s.split_once(':') {
-            Some(("header", name)) if name.eq_ignore_ascii_case("authorization") => {
-                Ok(Source::Bearer)
-            }
-            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
-                .map(Source::Header)
-                .map_err(|_| format!("`{name}` is not a valid header name")),
-            Some(("cookie", name)) if !name.is_empty() => Ok(Source::Cookie(name.into())),
-            Some(("query", name)) if !name.is_empty() => Ok(Source::Query(name.into())),
-            _ => Err(format!(
-                "invalid token source `{s}`: use header:NAME, cookie:NAME or query:NAME"
-            )),
-        })
-        .collect()
-}
-
 fn claim_header(value: &Value) -> Option<HeaderValue> {
     match value {
         Value::String(s) => HeaderValue::from_str(s).ok(),
@@ -458,15 +454,29 @@ impl Plugin for JwtAuth {
         session: &mut Session,
         state: &mut PluginState,
     ) -> pingora::Result<Flow> {
-        let Some(token) = self.token(session.req_header()) else {
-            if self.anonymous {
-                return Ok(Flow::Continue);
+        if let Some(refusal) = self.failures.check(state.client_ip) {
+            return Ok(Flow::Reject(refusal));
+        }
+        let token = match credentials::locate(&self.sources, session.req_header()) {
+            Located::Found(token) => token,
+            Located::Missing if self.anonymous => return Ok(Flow::Continue),
+            Located::Missing => {
+                return Ok(Flow::Reject(Rejection::unauthorized(
+                    "missing-credentials",
+                    "a bearer token is required",
+                    &HeaderValue::from_static("Bearer realm=\"gantry\""),
+                )))
             }
-            return Ok(Flow::Reject(Rejection::unauthorized(
-                "missing-credentials",
-                "a bearer token is required",
-                &HeaderValue::from_static("Bearer realm=\"gantry\""),
-            )));
+            Located::Ambiguous => {
+                return Ok(self
+                    .failures
+                    .failed(state.client_ip, credentials::ambiguous()))
+            }
+        };
+        let Ok(token) = std::str::from_utf8(token) else {
+            let refusal =
+                Refusal::invalid("the token is malformed or its algorithm is not supported");
+            return Ok(self.refuse(state, refusal));
         };
         let fingerprint: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let cached = self
@@ -487,9 +497,7 @@ impl Plugin for JwtAuth {
                             .put(&fingerprint, Arc::clone(&v), Some(left.min(CACHE_TTL)));
                         v
                     }
-                    Err(refusal) => {
-                        return Ok(Flow::Reject(refusal.into_rejection(&self.required_scopes)))
-                    }
+                    Err(refusal) => return Ok(self.refuse(state, refusal)),
                 }
             }
         };
@@ -505,6 +513,9 @@ impl Plugin for JwtAuth {
         upstream: &mut RequestHeader,
         state: &mut PluginState,
     ) -> pingora::Result<()> {
+        if self.hide_credentials {
+            credentials::remove_all(&self.sources, upstream)?;
+        }
         for (header, claim) in &self.forward_claims {
             crate::remove_headers_and_aliases(upstream, &[header]);
             let value = state
@@ -531,7 +542,8 @@ mod tests {
         let config = |algs: &[&str], secret: Option<&str>| Config {
             algorithms: algs.iter().map(|s| s.to_string()).collect(),
             issuer: None,
-            audiences: vec![],
+            audiences: vec!["users-api".into()],
+            any_audience: false,
             jwks_url: secret
                 .is_none()
                 .then(|| "https://idp.example/jwks".to_string()),
@@ -546,6 +558,8 @@ mod tests {
             anonymous: false,
             forward_claims: BTreeMap::new(),
             token_sources: default_sources(),
+            hide_credentials: false,
+            max_failures: None,
         };
         let consumers = Arc::new(Consumers::default());
         // An HMAC algorithm next to a public key is the classic key-confusion setup.
@@ -564,6 +578,33 @@ mod tests {
         // Keys fetched over plain HTTP could be forged on the way, except on loopback.
         assert!(RemoteJwks::new("http://idp.example/jwks", Duration::from_secs(60)).is_err());
         assert!(RemoteJwks::new("http://127.0.0.1:8000/jwks", Duration::from_secs(60)).is_ok());
+    }
+
+    fn from_json(config: Value) -> Result<JwtAuth, String> {
+        let config = serde_json::from_value(config).expect("config");
+        JwtAuth::new(config, Arc::new(Consumers::default()))
+    }
+
+    #[test]
+    fn jwks_url_needs_audiences_or_any_audience() {
+        let url = "https://idp.example/jwks";
+        let error = from_json(serde_json::json!({"algorithms": ["RS256"], "jwks_url": url}))
+            .err()
+            .expect("refused");
+        assert!(error.contains("any_audience = true"), "{error}");
+        assert!(from_json(serde_json::json!({
+            "algorithms": ["RS256"], "jwks_url": url, "any_audience": true
+        }))
+        .is_ok());
+        assert!(from_json(serde_json::json!({
+            "algorithms": ["RS256"], "jwks_url": url, "any_audience": true, "audiences": ["a"]
+        }))
+        .is_err());
+        // Keys of one's own (a secret, a key file) are not shared with other applications.
+        assert!(from_json(serde_json::json!({
+            "algorithms": ["HS256"], "secret": "0123456789abcdef0123456789abcdef"
+        }))
+        .is_ok());
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! `key-auth`: authenticates a request by an API key that belongs to a consumer.
+//!
+//! The key is read only when the request carries exactly one copy of it across all sources
+//! (see [`credentials`]).
 
 use crate::consumer::Consumers;
-use crate::{query, Flow, Phases, Plugin, PluginState, Rejection};
+use crate::credentials::{self, Kinds, Located, Source};
+use crate::failure_limit::{FailureLimit, MaxFailures};
+use crate::{Flow, Phases, Plugin, PluginState, Rejection};
 use async_trait::async_trait;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -16,12 +21,14 @@ pub const NAME: &str = "key-auth";
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where the key is read from, in order. Default `["header:x-api-key"]`.
+    /// Where the key is read from. Default `["header:x-api-key"]`.
     #[serde(default = "default_sources")]
     pub sources: Vec<String>,
     /// Remove the key from the request before it goes upstream. Default `true`.
     #[serde(default = "default_true")]
     pub hide_credentials: bool,
+    /// Failed attempts allowed per client and window. Default: unlimited.
+    pub max_failures: Option<MaxFailures>,
 }
 
 fn default_sources() -> Vec<String> {
@@ -32,54 +39,24 @@ fn default_true() -> bool {
     true
 }
 
-enum Source {
-    Header(HeaderName),
-    Query(String),
-}
-
 /// A compiled `key-auth`.
 pub struct KeyAuth {
     sources: Vec<Source>,
     hide_credentials: bool,
     consumers: Arc<Consumers>,
     challenge: HeaderValue,
+    failures: FailureLimit,
 }
 
 impl KeyAuth {
     /// Compiles `config` against the configured consumers.
     pub fn new(config: Config, consumers: Arc<Consumers>) -> Result<Self, String> {
-        if config.sources.is_empty() {
-            return Err("`sources` needs at least one entry, like \"header:x-api-key\"".into());
-        }
-        let sources = config
-            .sources
-            .iter()
-            .map(|s| match s.split_once(':') {
-                Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
-                    .map(Source::Header)
-                    .map_err(|_| format!("`{name}` is not a valid header name")),
-                Some(("query", name)) if !name.is_empty() => Ok(Source::Query(name.to_string())),
-                _ => Err(format!(
-                    "invalid source `{s}`: use header:NAME or query:NAME"
-                )),
-            })
-            .collect::<Result<_, _>>()?;
         Ok(KeyAuth {
-            sources,
+            sources: Source::parse_all(&config.sources, "sources", Kinds::HeaderOrQuery)?,
             hide_credentials: config.hide_credentials,
             consumers,
             challenge: HeaderValue::from_static("Key realm=\"gantry\""),
-        })
-    }
-
-    fn key<'r>(&self, req: &'r RequestHeader) -> Option<&'r [u8]> {
-        self.sources.iter().find_map(|source| match source {
-            Source::Header(name) => req.headers.get(name).map(|v| v.as_bytes()),
-            Source::Query(name) => req
-                .uri
-                .query()
-                .and_then(|q| query::param(q, name))
-                .map(str::as_bytes),
+            failures: FailureLimit::new(config.max_failures)?,
         })
     }
 }
@@ -103,23 +80,37 @@ impl Plugin for KeyAuth {
         session: &mut Session,
         state: &mut PluginState,
     ) -> pingora::Result<Flow> {
-        let Some(key) = self.key(session.req_header()) else {
-            return Ok(Flow::Reject(Rejection::unauthorized(
-                "missing-credentials",
-                "an API key is required",
-                &self.challenge,
-            )));
+        if let Some(refusal) = self.failures.check(state.client_ip) {
+            return Ok(Flow::Reject(refusal));
+        }
+        let key = match credentials::locate(&self.sources, session.req_header()) {
+            Located::Found(key) => key,
+            Located::Missing => {
+                return Ok(Flow::Reject(Rejection::unauthorized(
+                    "missing-credentials",
+                    "an API key is required",
+                    &self.challenge,
+                )))
+            }
+            Located::Ambiguous => {
+                return Ok(self
+                    .failures
+                    .failed(state.client_ip, credentials::ambiguous()))
+            }
         };
         match self.consumers.by_key(key) {
             Some(consumer) => {
                 state.consumer = Some(Arc::clone(consumer));
                 Ok(Flow::Continue)
             }
-            None => Ok(Flow::Reject(Rejection::unauthorized(
-                "invalid-credentials",
-                "the API key is not valid",
-                &self.challenge,
-            ))),
+            None => Ok(self.failures.failed(
+                state.client_ip,
+                Rejection::unauthorized(
+                    "invalid-credentials",
+                    "the API key is not valid",
+                    &self.challenge,
+                ),
+            )),
         }
     }
 
@@ -128,20 +119,8 @@ impl Plugin for KeyAuth {
         upstream: &mut RequestHeader,
         _state: &mut PluginState,
     ) -> pingora::Result<()> {
-        if !self.hide_credentials {
-            return Ok(());
-        }
-        for source in &self.sources {
-            match source {
-                Source::Header(name) => {
-                    upstream.remove_header(name);
-                }
-                Source::Query(name) => {
-                    if let Some(uri) = query::without_param(&upstream.uri, name) {
-                        upstream.set_uri(uri);
-                    }
-                }
-            }
+        if self.hide_credentials {
+            credentials::remove_all(&self.sources, upstream)?;
         }
         Ok(())
     }
