@@ -7,6 +7,7 @@ mod cache;
 mod cli;
 mod common;
 mod compression;
+mod credentials;
 mod errors;
 mod jwt;
 mod observability;
