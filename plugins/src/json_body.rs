@@ -1,25 +1,38 @@
 //! JSON body edits for the transform plugins: `set`, `remove` and `rename` at JSON Pointer
 //! paths (RFC 6901), on bodies buffered up to a size limit.
 //!
-//! A body is buffered only when its `Content-Type` is JSON (`application/json`, `*/*+json`),
-//! it is not compressed and its declared length fits; its framing becomes chunked because the
-//! edited length is unknown when the header goes out. A body that grows past the limit, or is
-//! not valid JSON after all, is passed on untouched (what was held is sent as it came) and the
-//! reason is logged. Everything else streams as before.
+//! Edits fail closed: a body that has to be edited but cannot be (it carries a
+//! `Content-Encoding`, even `identity`; its `Content-Type` is not JSON; it is over `max_size`,
+//! declared or as it streams; it is not valid JSON or nests deeper than `max_depth`) is never
+//! passed on unedited. [`JsonEdits::start`] decides from the header what it can, and
+//! [`JsonEdits::on_chunk`] holds the body and edits it at its end; both say why a body
+//! cannot be edited with an [`Unusable`], which the request side turns into a refusal
+//! ([`Unusable::rejection`]) and the response side into a 502 or an aborted response.
+//! An edited body's framing becomes chunked: its length is unknown when the header goes out.
+//! A message without a body has nothing to edit and is left alone.
 
 use crate::config_types::HumanSize;
 use crate::template::{Template, TemplateScope};
-use crate::PluginState;
+use crate::{PluginState, Rejection};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::HeaderMap;
 use pingora::http::RequestHeader;
+use pingora::{Error, ErrorType};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::fmt;
 
 /// The default buffering limit.
 const DEFAULT_MAX_SIZE: u64 = 1024 * 1024;
+
+/// The default nesting limit.
+const DEFAULT_MAX_DEPTH: usize = 64;
+
+/// The highest `max_depth` accepted: below `serde_json`'s own recursion limit (128), so the
+/// configured limit is the one that answers.
+const MAX_MAX_DEPTH: usize = 100;
 
 /// `json_body = { set = {...}, remove = [...], rename = {...}, max_size = "1MiB" }`.
 #[derive(Debug, Deserialize, Default)]
@@ -34,8 +47,11 @@ pub struct JsonBodyConfig {
     /// `{ "/usr" = "/user" }`: members moved.
     #[serde(default)]
     pub rename: BTreeMap<String, String>,
-    /// The largest body edited; larger ones pass untouched. Default `"1MiB"`.
+    /// The largest body edited; larger ones are refused. Default `"1MiB"`.
     pub max_size: Option<HumanSize>,
+    /// The deepest nesting of arrays and objects edited; deeper bodies are refused.
+    /// Default 64.
+    pub max_depth: Option<usize>,
 }
 
 /// A JSON Pointer, split into unescaped tokens.
@@ -124,6 +140,73 @@ pub struct JsonEdits {
     removes: Vec<Pointer>,
     renames: Vec<(Pointer, Pointer)>,
     max: usize,
+    max_depth: usize,
+}
+
+/// Why a body that has to be edited cannot be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    /// It carries this `Content-Encoding` (any value, `identity` included).
+    Encoded(String),
+    /// Its `Content-Type` (this one, or none) is not JSON.
+    NotJson(String),
+    /// It is larger than `max_size` (this many bytes), as declared or as it streamed.
+    TooLarge(usize),
+    /// It is not valid JSON.
+    Invalid,
+    /// Its arrays and objects nest deeper than `max_depth` (this many levels).
+    TooDeep(usize),
+}
+
+impl fmt::Display for Unusable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unusable::Encoded(coding) => write!(
+                f,
+                "the body has Content-Encoding `{coding}`; only an unencoded body (no Content-Encoding) can be edited"
+            ),
+            Unusable::NotJson(kind) => write!(
+                f,
+                "the body's Content-Type `{kind}` is not JSON (application/json or */*+json)"
+            ),
+            Unusable::TooLarge(max) => write!(f, "the body is larger than {max} bytes"),
+            Unusable::Invalid => f.write_str("the body is not valid JSON"),
+            Unusable::TooDeep(max) => {
+                write!(f, "the body nests arrays and objects deeper than {max} levels")
+            }
+        }
+    }
+}
+
+impl Unusable {
+    /// The refusal of a request whose body cannot be edited: 415 for an encoded or non-JSON
+    /// body, 413 for one too large, 400 for invalid or too deeply nested JSON.
+    pub fn rejection(&self) -> Rejection {
+        let (status, slug, title) = match self {
+            Unusable::Encoded(_) | Unusable::NotJson(_) => {
+                (415, "unsupported-media-type", "Unsupported media type")
+            }
+            Unusable::TooLarge(_) => (413, "body-too-large", "Request body too large"),
+            Unusable::Invalid => (400, "invalid-json", "Invalid JSON body"),
+            Unusable::TooDeep(_) => (400, "json-too-deep", "JSON body nested too deeply"),
+        };
+        Rejection {
+            status,
+            slug,
+            title,
+            detail: self.to_string(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// The error type of a response whose body cannot be edited: the gateway answers it with a
+/// 502 problem while the header is unsent, and aborts the response otherwise.
+pub const NOT_EDITABLE: ErrorType = ErrorType::Custom("response body cannot be edited");
+
+/// The error that stops a response whose body cannot be edited, saying why.
+pub fn not_editable(why: &Unusable) -> Box<Error> {
+    Error::explain(NOT_EDITABLE, format!("response-transform: {why}"))
 }
 
 /// One body being buffered.
@@ -132,30 +215,74 @@ pub struct JsonBuffer {
     data: BytesMut,
     /// The `set` values, rendered when the body started.
     values: Vec<Value>,
-    passthrough: bool,
 }
 
 impl JsonBuffer {
     /// Forgets what was held: the body is being sent again (a retry).
     pub fn restart(&mut self) {
         self.data.clear();
-        self.passthrough = false;
     }
+}
+
+/// The media type of `headers`' `Content-Type`, lowercased, without parameters.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(
+        value
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase(),
+    )
 }
 
 /// True for `application/json` and `*/*+json` content types.
 pub fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        })
+    media_type(headers)
         .is_some_and(|t| t == "application/json" || (t.contains('/') && t.ends_with("+json")))
+}
+
+/// The `Content-Length` of `headers`, when it is one number.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+}
+
+/// How deeply the arrays and objects of `json` nest, counted until it passes `max`
+/// (then `max + 1`): a scan outside strings, so nothing deep is ever parsed.
+fn depth(json: &[u8], max: usize) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > max {
+                    return deepest;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 impl JsonEdits {
@@ -176,6 +303,12 @@ impl JsonEdits {
         if max == 0 || max > 64 * 1024 * 1024 {
             return Err("json_body.max_size must be between 1 byte and 64MiB".into());
         }
+        let max_depth = config.max_depth.unwrap_or(DEFAULT_MAX_DEPTH);
+        if !(1..=MAX_MAX_DEPTH).contains(&max_depth) {
+            return Err(format!(
+                "json_body.max_depth must be between 1 and {MAX_MAX_DEPTH}"
+            ));
+        }
         Ok(JsonEdits {
             sets,
             removes: config
@@ -189,31 +322,28 @@ impl JsonEdits {
                 .map(|(from, to)| Ok((Pointer::parse(from)?, Pointer::parse(to)?)))
                 .collect::<Result<_, String>>()?,
             max: max as usize,
+            max_depth,
         })
     }
 
-    /// Starts buffering a body whose message has `headers`, when it can be edited: then the
-    /// framing headers are changed for the edited length. `None` leaves the body streaming.
+    /// Starts buffering the body of a message with `headers` (the caller knows it has one).
+    /// `Err` says why it cannot be edited: it is encoded, not JSON, or declared too large.
     pub fn start(
         &self,
         headers: &HeaderMap,
         req: &RequestHeader,
         state: &PluginState,
-    ) -> Option<JsonBuffer> {
-        if !is_json(headers) || headers.contains_key(CONTENT_ENCODING) {
-            return None;
+    ) -> Result<JsonBuffer, Unusable> {
+        if let Some(coding) = headers.get(CONTENT_ENCODING) {
+            return Err(Unusable::Encoded(
+                String::from_utf8_lossy(coding.as_bytes()).into_owned(),
+            ));
         }
-        let declared = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|len| len > self.max) {
-            log::info!(
-                "json_body: a {} byte body is over max_size ({} bytes); passed untouched",
-                declared.unwrap_or_default(),
-                self.max
-            );
-            return None;
+        if !is_json(headers) {
+            return Err(Unusable::NotJson(media_type(headers).unwrap_or_default()));
+        }
+        if declared_length(headers).is_some_and(|len| len > self.max as u64) {
+            return Err(Unusable::TooLarge(self.max));
         }
         let values = self
             .sets
@@ -227,49 +357,48 @@ impl JsonEdits {
                 }
             })
             .collect();
-        Some(JsonBuffer {
+        Ok(JsonBuffer {
             data: BytesMut::new(),
             values,
-            passthrough: false,
         })
     }
 
     /// Feeds one chunk: holds it, or at the end replaces the body with the edited document.
-    pub fn on_chunk(&self, buffer: &mut JsonBuffer, body: &mut Option<Bytes>, end: bool) {
-        if buffer.passthrough {
-            return;
-        }
+    /// `Err` says why the body cannot be edited; nothing held has been passed on then.
+    pub fn on_chunk(
+        &self,
+        buffer: &mut JsonBuffer,
+        body: &mut Option<Bytes>,
+        end: bool,
+    ) -> Result<(), Unusable> {
         if let Some(chunk) = body.take() {
+            if buffer.data.len() + chunk.len() > self.max {
+                buffer.data = BytesMut::new();
+                return Err(Unusable::TooLarge(self.max));
+            }
             buffer.data.extend_from_slice(&chunk);
-        }
-        if buffer.data.len() > self.max {
-            log::info!(
-                "json_body: the body grew over max_size ({} bytes); passed untouched",
-                self.max
-            );
-            buffer.passthrough = true;
-            *body = Some(buffer.data.split().freeze());
-            return;
         }
         if !end {
             // An empty chunk is never written: the body is held.
             *body = Some(Bytes::new());
-            return;
+            return Ok(());
         }
         let held = buffer.data.split().freeze();
-        if held.is_empty() {
-            return;
+        if held.iter().all(u8::is_ascii_whitespace) {
+            // An empty body has nothing to edit.
+            *body = Some(held);
+            return Ok(());
         }
-        *body = Some(match serde_json::from_slice::<Value>(&held) {
-            Ok(mut doc) => {
-                self.apply(&mut doc, &buffer.values);
-                Bytes::from(serde_json::to_vec(&doc).unwrap_or_else(|_| held.to_vec()))
-            }
-            Err(e) => {
-                log::info!("json_body: the body is not valid JSON ({e}); passed untouched");
-                held
-            }
-        });
+        if depth(&held, self.max_depth) > self.max_depth {
+            return Err(Unusable::TooDeep(self.max_depth));
+        }
+        let mut doc = serde_json::from_slice::<Value>(&held).map_err(|_| Unusable::Invalid)?;
+        self.apply(&mut doc, &buffer.values);
+        // Serializing a `Value` cannot fail: its map keys are strings.
+        *body = Some(Bytes::from(
+            serde_json::to_vec(&doc).map_err(|_| Unusable::Invalid)?,
+        ));
+        Ok(())
     }
 
     fn apply(&self, doc: &mut Value, values: &[Value]) {
@@ -307,29 +436,38 @@ mod tests {
                     .map(|(a, b)| (a.to_string(), b.to_string()))
                     .collect(),
                 max_size: Some(HumanSize(max)),
+                max_depth: Some(4),
             },
             &TemplateScope::default(),
         )
         .expect("valid")
     }
 
-    fn run(e: &JsonEdits, chunks: &[&[u8]]) -> Vec<u8> {
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
+        for (k, v) in pairs {
+            headers.insert(*k, HeaderValue::from_static(v));
+        }
+        headers
+    }
+
+    fn start(
+        e: &JsonEdits,
+        pairs: &[(&'static str, &'static str)],
+    ) -> Result<JsonBuffer, Unusable> {
         let req = RequestHeader::build("POST", b"/", None).expect("request");
-        let mut buffer = e
-            .start(&headers, &req, &PluginState::default())
-            .expect("buffered");
+        e.start(&headers(pairs), &req, &PluginState::default())
+    }
+
+    fn run(e: &JsonEdits, chunks: &[&[u8]]) -> Result<Vec<u8>, Unusable> {
+        let mut buffer = start(e, &[("content-type", "application/json; charset=utf-8")])?;
         let mut out = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
             let mut body = Some(Bytes::copy_from_slice(chunk));
-            e.on_chunk(&mut buffer, &mut body, i + 1 == chunks.len());
+            e.on_chunk(&mut buffer, &mut body, i + 1 == chunks.len())?;
             out.extend_from_slice(&body.unwrap_or_default());
         }
-        out
+        Ok(out)
     }
 
     #[test]
@@ -346,7 +484,8 @@ mod tests {
                 br#"{"usr":"al","password":"x","#,
                 br#""items":[1,2],"tags":[]}"#,
             ],
-        );
+        )
+        .expect("edited");
         let doc: Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(
             doc,
@@ -355,25 +494,63 @@ mod tests {
     }
 
     #[test]
-    fn oversized_or_invalid_bodies_pass_untouched() {
-        let e = edits(json!({"/x": 1}), &[], &[], 10);
+    fn bodies_that_cannot_be_edited_are_refused_with_the_reason() {
+        let e = edits(json!({"/x": 1}), &["/password"], &[], 10);
         assert_eq!(
-            run(&e, &[b"{\"a\":", b"\"0123456789\"}"]),
-            b"{\"a\":\"0123456789\"}"
+            run(&e, &[b"{\"a\":", b"\"0123456789\"}"]).err(),
+            Some(Unusable::TooLarge(10))
         );
-        let e = edits(json!({"/x": 1}), &[], &[], 1024);
-        assert_eq!(run(&e, &[b"not json"]), b"not json");
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
-        let req = RequestHeader::build("GET", b"/", None).expect("request");
-        assert!(e.start(&headers, &req, &PluginState::default()).is_none());
-        assert!(JsonEdits::new(
-            JsonBodyConfig {
-                remove: vec!["password".into()],
-                ..JsonBodyConfig::default()
-            },
-            &TemplateScope::default()
-        )
-        .is_err());
+        let e = edits(json!({"/x": 1}), &["/password"], &[], 1024);
+        assert_eq!(run(&e, &[b"not json"]).err(), Some(Unusable::Invalid));
+        assert_eq!(
+            run(&e, &[br#"{"a":[[{"b":[1]}]]}"#]).err(),
+            Some(Unusable::TooDeep(4))
+        );
+        // Brackets inside strings are not nesting.
+        assert!(run(&e, &[br#"{"a":"[[[[[{{{{\"]]"}"#]).is_ok());
+        assert_eq!(run(&e, &[b""]).expect("empty"), b"");
+        let json = ("content-type", "application/json");
+        for coding in ["identity", "gzip"] {
+            assert_eq!(
+                start(&e, &[json, ("content-encoding", coding)]).err(),
+                Some(Unusable::Encoded(coding.into()))
+            );
+        }
+        assert_eq!(
+            start(&e, &[("content-type", "text/html")]).err(),
+            Some(Unusable::NotJson("text/html".into()))
+        );
+        assert_eq!(start(&e, &[]).err(), Some(Unusable::NotJson(String::new())));
+        assert_eq!(
+            start(&e, &[json, ("content-length", "1025")]).err(),
+            Some(Unusable::TooLarge(1024))
+        );
+        let statuses = [
+            Unusable::Encoded("gzip".into()),
+            Unusable::NotJson("text/plain".into()),
+            Unusable::TooLarge(1),
+            Unusable::Invalid,
+            Unusable::TooDeep(1),
+        ]
+        .map(|u| u.rejection().status);
+        assert_eq!(statuses, [415, 415, 413, 400, 400]);
+    }
+
+    #[test]
+    fn config_mistakes_are_errors() {
+        let bad =
+            |config: JsonBodyConfig| JsonEdits::new(config, &TemplateScope::default()).is_err();
+        assert!(bad(JsonBodyConfig {
+            remove: vec!["password".into()],
+            ..JsonBodyConfig::default()
+        }));
+        assert!(bad(JsonBodyConfig {
+            max_depth: Some(0),
+            ..JsonBodyConfig::default()
+        }));
+        assert!(bad(JsonBodyConfig {
+            max_depth: Some(MAX_MAX_DEPTH + 1),
+            ..JsonBodyConfig::default()
+        }));
     }
 }

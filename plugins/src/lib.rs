@@ -70,7 +70,8 @@ pub struct PluginState {
     pub request_json: Option<json_body::JsonBuffer>,
     /// The response body being buffered for `response-transform`'s `json_body`.
     pub response_json: Option<json_body::JsonBuffer>,
-    /// The response being filtered came from the upstream (not from the gateway itself).
+    /// The response being filtered carries upstream content (a proxied response, or an
+    /// `aggregate` route's merged body), not a response the gateway wrote itself.
     pub response_from_upstream: bool,
     /// Concurrency slots held until the request ends.
     pub slots: Vec<pingora_limits::inflight::Guard>,

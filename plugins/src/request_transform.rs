@@ -1,6 +1,6 @@
 //! `request-transform`: reshapes the request sent upstream: headers set, added, removed and
 //! renamed, query parameters set and removed, the path rewritten by a regex, a JSON body
-//! edited ([`crate::json_body`]). Values are
+//! edited ([`crate::json_body`]; a body that cannot be edited is refused). Values are
 //! [templates](crate::template) parsed at load; they read the request as it goes upstream,
 //! before this plugin's own changes.
 
@@ -206,17 +206,27 @@ impl Plugin for RequestTransform {
         }
     }
 
-    /// Decides, before any body arrives, whether the JSON body is buffered for editing.
+    /// Decides, before any body arrives, whether the JSON body can be edited: a body that
+    /// cannot (encoded, not JSON, declared too large) is refused before it goes upstream.
     async fn on_request(
         &self,
         session: &mut Session,
         state: &mut PluginState,
     ) -> pingora::Result<Flow> {
-        if let Some(json) = &self.json {
-            let req = session.req_header();
-            state.request_json = json.start(&req.headers, req, state);
+        let Some(json) = &self.json else {
+            return Ok(Flow::Continue);
+        };
+        if session.is_body_empty() {
+            return Ok(Flow::Continue);
         }
-        Ok(Flow::Continue)
+        let req = session.req_header();
+        Ok(match json.start(&req.headers, req, state) {
+            Ok(buffer) => {
+                state.request_json = Some(buffer);
+                Flow::Continue
+            }
+            Err(why) => Flow::Reject(why.rejection()),
+        })
     }
 
     fn on_request_body(
@@ -225,10 +235,10 @@ impl Plugin for RequestTransform {
         end_of_stream: bool,
         state: &mut PluginState,
     ) -> Option<Rejection> {
-        if let (Some(json), Some(buffer)) = (&self.json, state.request_json.as_mut()) {
-            json.on_chunk(buffer, body, end_of_stream);
-        }
-        None
+        let (json, buffer) = (self.json.as_ref()?, state.request_json.as_mut()?);
+        json.on_chunk(buffer, body, end_of_stream)
+            .err()
+            .map(|why| why.rejection())
     }
 
     async fn on_upstream_request(

@@ -1,14 +1,19 @@
 //! `response-transform`: reshapes the response sent to the client: headers set, added and
 //! removed (values are [templates](crate::template) read from the request), and an upstream's
-//! JSON body edited ([`crate::json_body`]). Responses the gateway writes itself (direct
-//! responses, problems) get the header changes only.
+//! (or an `aggregate` route's merged) JSON body edited ([`crate::json_body`]). Responses the
+//! gateway writes itself (direct responses, problems) get the header changes only.
+//!
+//! With `json_body`, the upstream is asked for an unencoded body (`Accept-Encoding: identity`;
+//! the route's `compress` still compresses what the client gets), and a body that cannot be
+//! edited fails the response ([`crate::json_body::NOT_EDITABLE`]): a 502 while its header is unsent,
+//! decided from the header where it can be; an aborted response otherwise.
 
-use crate::json_body::{JsonBodyConfig, JsonEdits};
+use crate::json_body::{declared_length, not_editable, JsonBodyConfig, JsonEdits};
 use crate::template::{header_name, header_templates, Template, TemplateScope};
 use crate::{Phases, Plugin, PluginState};
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{ACCEPT_ENCODING, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderName, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
@@ -73,9 +78,22 @@ impl Plugin for ResponseTransform {
 
     fn phases(&self) -> Phases {
         match self.json {
-            Some(_) => Phases::RESPONSE.and(Phases::RESPONSE_BODY),
+            Some(_) => Phases::UPSTREAM_REQUEST
+                .and(Phases::RESPONSE)
+                .and(Phases::RESPONSE_BODY),
             None => Phases::RESPONSE,
         }
+    }
+
+    /// Asks the upstream for a body it can edit: unencoded (an absent `Accept-Encoding`
+    /// would accept any coding).
+    async fn on_upstream_request(
+        &self,
+        upstream: &mut RequestHeader,
+        _state: &mut PluginState,
+    ) -> pingora::Result<()> {
+        upstream.insert_header(ACCEPT_ENCODING, "identity")?;
+        Ok(())
     }
 
     async fn on_response(
@@ -98,15 +116,18 @@ impl Plugin for ResponseTransform {
                 response.append_header(name.clone(), value)?;
             }
         }
-        let has_body =
-            request.method != Method::HEAD && !matches!(response.status.as_u16(), 204 | 304);
+        let has_body = request.method != Method::HEAD
+            && !response.status.is_informational()
+            && !matches!(response.status.as_u16(), 204 | 304)
+            && declared_length(&response.headers) != Some(0);
         if let (Some(json), true, true) = (&self.json, state.response_from_upstream, has_body) {
-            state.response_json = json.start(&response.headers, request, state);
-            if state.response_json.is_some() {
-                // The edited body's length is known only at its end.
-                response.remove_header(&CONTENT_LENGTH);
-                response.insert_header(TRANSFER_ENCODING, "chunked")?;
-            }
+            let buffer = json
+                .start(&response.headers, request, state)
+                .map_err(|why| not_editable(&why))?;
+            state.response_json = Some(buffer);
+            // The edited body's length is known only at its end.
+            response.remove_header(&CONTENT_LENGTH);
+            response.insert_header(TRANSFER_ENCODING, "chunked")?;
         }
         Ok(())
     }
@@ -117,9 +138,11 @@ impl Plugin for ResponseTransform {
         end_of_stream: bool,
         state: &mut PluginState,
     ) -> pingora::Result<()> {
-        if let (Some(json), Some(buffer)) = (&self.json, state.response_json.as_mut()) {
-            json.on_chunk(buffer, body, end_of_stream);
+        match (&self.json, state.response_json.as_mut()) {
+            (Some(json), Some(buffer)) => json
+                .on_chunk(buffer, body, end_of_stream)
+                .map_err(|why| not_editable(&why)),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }

@@ -90,22 +90,35 @@ impl Gateway {
         };
         match aggregate.run(&self.connector, &client).await {
             Outcome::Merged(body, partial) => {
-                let body = bytes::Bytes::from(body.to_string());
+                let mut body = Some(bytes::Bytes::from(body.to_string()));
                 let mut resp = ResponseHeader::build(200, Some(5))?;
                 resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-                resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+                resp.insert_header(header::CONTENT_LENGTH, body.as_ref().map_or(0, |b| b.len()))?;
                 resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
                 if !partial.is_empty() {
                     resp.insert_header("Gantry-Partial", partial.join(", "))?;
                 }
+                // The merged body is the upstreams' content: response plugins edit it as they
+                // would a proxied one.
+                ctx.state.response_from_upstream = true;
                 let req = session.req_header();
                 run_response_plugins(Some(route), req, &mut resp, &mut ctx.state).await?;
                 let head_only = req.method == Method::HEAD;
+                if !head_only {
+                    // The whole body is here: it is edited before the header goes out, so a
+                    // body that cannot be edited is still a 502, and its length is known.
+                    run_response_body_plugins(Some(route), &mut body, true, &mut ctx.state)?;
+                    resp.remove_header(&header::TRANSFER_ENCODING);
+                    resp.insert_header(
+                        header::CONTENT_LENGTH,
+                        body.as_ref().map_or(0, |b| b.len()),
+                    )?;
+                }
                 session
                     .write_response_header(Box::new(resp), head_only)
                     .await?;
                 if !head_only {
-                    session.write_response_body(Some(body), true).await?;
+                    session.write_response_body(body, true).await?;
                 }
                 Ok(())
             }
@@ -663,11 +676,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if let Some(route) = &ctx.route {
-            for plugin in route.plugins.response_body.iter() {
-                plugin.on_response_body(body, end_of_stream, &mut ctx.state)?;
-            }
-        }
+        run_response_body_plugins(ctx.route.as_deref(), body, end_of_stream, &mut ctx.state)?;
         Ok(None)
     }
 
@@ -680,11 +689,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Option<bytes::Bytes>> {
         let mut body = None;
-        if let Some(route) = &ctx.route {
-            for plugin in route.plugins.response_body.iter() {
-                plugin.on_response_body(&mut body, true, &mut ctx.state)?;
-            }
-        }
+        run_response_body_plugins(ctx.route.as_deref(), &mut body, true, &mut ctx.state)?;
         Ok(body.filter(|b| !b.is_empty()))
     }
 
@@ -764,6 +769,9 @@ impl ProxyHttp for Gateway {
                 ProblemKind::NoHealthyBackend => "no backend of the cluster is healthy",
                 ProblemKind::UpstreamUnavailable => "the upstream could not be reached",
                 ProblemKind::MalformedRequest => "the request could not be read",
+                ProblemKind::ResponseNotEditable => {
+                    "the upstream's response could not be edited as this route requires"
+                }
                 _ => "the request failed inside the gateway",
             };
             // Response plugins (CORS, for one) see the gateway's errors too, so a browser can
@@ -911,6 +919,8 @@ async fn write_problem(
     problem: &Problem<'_>,
 ) -> Result<()> {
     ctx.error = Some(problem.slug);
+    // The gateway's own response: no upstream body for response plugins to edit.
+    ctx.state.response_from_upstream = false;
     let (mut resp, body) = problem.response(&ctx.state.request_id)?;
     run_response_plugins(route, session.req_header(), &mut resp, &mut ctx.state).await?;
     problem.write(session, resp, body).await
@@ -934,6 +944,21 @@ async fn run_response_plugins(
     if let Some(route) = route {
         for plugin in route.plugins.response.iter() {
             plugin.on_response(request, resp, state).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `route`'s response-body plugins on one body chunk.
+fn run_response_body_plugins(
+    route: Option<&crate::router::Route>,
+    body: &mut Option<bytes::Bytes>,
+    end_of_stream: bool,
+    state: &mut PluginState,
+) -> Result<()> {
+    if let Some(route) = route {
+        for plugin in route.plugins.response_body.iter() {
+            plugin.on_response_body(body, end_of_stream, state)?;
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! Each kind has a stable `type` URI (`urn:gantry:problem:SLUG`) documented in `docs/errors.md`.
 //! Every body carries the request id; the `detail` never contains secrets or upstream internals.
 
+use gantry_plugins::json_body::NOT_EDITABLE;
 use gantry_plugins::Rejection;
 use http::{header, HeaderName, HeaderValue, Method};
 use pingora::http::ResponseHeader;
@@ -34,6 +35,8 @@ pub enum ProblemKind {
     Internal,
     /// 502: the upstream could not be reached or answered badly.
     UpstreamUnavailable,
+    /// 502: the route edits the upstream's JSON response, and this one cannot be edited.
+    ResponseNotEditable,
     /// 503: the cluster has no healthy backend.
     NoHealthyBackend,
     /// 504: the upstream did not answer in time.
@@ -50,7 +53,7 @@ impl ProblemKind {
             ProblemKind::UnsupportedMediaType => 415,
             ProblemKind::HeaderTooLarge => 431,
             ProblemKind::Internal => 500,
-            ProblemKind::UpstreamUnavailable => 502,
+            ProblemKind::UpstreamUnavailable | ProblemKind::ResponseNotEditable => 502,
             ProblemKind::NoHealthyBackend => 503,
             ProblemKind::UpstreamTimeout => 504,
         }
@@ -66,6 +69,7 @@ impl ProblemKind {
             ProblemKind::HeaderTooLarge => "header-too-large",
             ProblemKind::Internal => "internal-error",
             ProblemKind::UpstreamUnavailable => "upstream-unavailable",
+            ProblemKind::ResponseNotEditable => "response-not-editable",
             ProblemKind::NoHealthyBackend => "no-healthy-backend",
             ProblemKind::UpstreamTimeout => "upstream-timeout",
         }
@@ -81,6 +85,7 @@ impl ProblemKind {
             ProblemKind::HeaderTooLarge => "Request header too large",
             ProblemKind::Internal => "Internal error",
             ProblemKind::UpstreamUnavailable => "Upstream unavailable",
+            ProblemKind::ResponseNotEditable => "Upstream response not editable",
             ProblemKind::NoHealthyBackend => "No healthy backend",
             ProblemKind::UpstreamTimeout => "Upstream timeout",
         }
@@ -92,6 +97,7 @@ impl ProblemKind {
         let kind = match (e.etype(), e.esource()) {
             (t, _) if *t == NO_HEALTHY_BACKEND => ProblemKind::NoHealthyBackend,
             (t, _) if *t == ALL_BACKENDS_FAILED => ProblemKind::UpstreamUnavailable,
+            (t, _) if *t == NOT_EDITABLE => ProblemKind::ResponseNotEditable,
             (HTTPStatus(404), _) => ProblemKind::NoRoute,
             (HTTPStatus(code), _) if (400..500).contains(code) => ProblemKind::MalformedRequest,
             (ConnectTimedout | ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
@@ -251,6 +257,12 @@ mod tests {
         assert_eq!(
             ProblemKind::from_error(&e),
             Some(ProblemKind::UpstreamUnavailable)
+        );
+        let e =
+            gantry_plugins::json_body::not_editable(&gantry_plugins::json_body::Unusable::Invalid);
+        assert_eq!(
+            ProblemKind::from_error(&e),
+            Some(ProblemKind::ResponseNotEditable)
         );
         let mut e = Error::new(ErrorType::ConnectionClosed);
         e.as_down();

@@ -3,6 +3,7 @@
 mod admin;
 mod aggregate;
 mod balancing;
+mod body_edits;
 mod cache;
 mod cli;
 mod common;
