@@ -378,7 +378,7 @@ path = "/users/me"
 [routes.profile.plugins.response-transform]
 json_body = {{ remove = ["/me/uri", "/me/headers"], set = {{ "/source" = "gantry" }} }}
 "#,
-        users = users.addr.to_string()
+        users = users.addr
     ));
     let resp = exchange(
         g.port,

@@ -314,6 +314,7 @@ max_failures = {{ count = 3, per = "1m" }}
     );
     let bad_token = format!("Bearer {}x", token("alice"));
     let good_token = format!("Bearer {}", token("alice"));
+    #[allow(clippy::type_complexity)]
     let cases: [(&str, usize, usize, (&str, String), (&str, String)); 3] = [
         (
             "/key",
