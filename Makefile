@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CONF ?= conf/gantry.toml
 
-.PHONY: run test deps lint bench load
+.PHONY: run test deps lint bench load fuzz
 
 ## Build (release) and run the gateway on conf/gantry.toml.
 run: deps
@@ -13,6 +13,13 @@ test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
+
+## The property tests of `make test` with many more cases (PROPTEST_CASES=N to change it).
+FUZZ_CASES ?= 100000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p gantry --test props
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p gantry --lib props
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p gantry-plugins --test props
 
 ## Install missing build tools (cmake) or say how.
 deps:

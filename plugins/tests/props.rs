@@ -175,7 +175,11 @@ proptest! {
 /// The cache policy of a route with `key_query`.
 fn policy(key_query: KeyQuery) -> std::sync::Arc<gantry_plugins::cache::CachePolicy> {
     let config: CacheConfig = serde_json::from_value(serde_json::json!({})).expect("defaults");
-    let cache = Cache::new(CacheConfig { key_query, ..config }).expect("valid");
+    let cache = Cache::new(CacheConfig {
+        key_query,
+        ..config
+    })
+    .expect("valid");
     cache.cache_policy().expect("policy")
 }
 
