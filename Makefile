@@ -14,12 +14,13 @@ test: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
 
-## The property tests of `make test` with many more cases (PROPTEST_CASES=N to change it).
+## The property tests of `make test` with many more cases (FUZZ_CASES=N to change it), in the
+## debug build `make test` already made (a release build is a long fat-LTO link).
 FUZZ_CASES ?= 100000
 fuzz:
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p gantry --test props
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p gantry --lib props
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p gantry-plugins --test props
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p gantry --test props
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p gantry --lib props
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p gantry-plugins --test props
 
 ## Install missing build tools (cmake) or say how.
 deps:
