@@ -55,7 +55,7 @@ respond = { body = "re" }
     load_str("props.toml", src).expect("valid").router
 }
 
-fn lookup<'r>(r: &'r Router, host: &str, method: &Method, path: &str) -> Option<(String, usize)> {
+fn lookup(r: &Router, host: &str, method: &Method, path: &str) -> Option<(String, usize)> {
     let headers = HeaderMap::new();
     let view = RequestView {
         host,
