@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CONF ?= conf/gantry.toml
 
-.PHONY: run test deps lint bench load
+.PHONY: run test deps lint bench load fuzz
 
 ## Build (release) and run the gateway on conf/gantry.toml.
 run: deps
@@ -13,6 +13,14 @@ test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
+
+## The property tests of `make test` with many more cases (FUZZ_CASES=N to change it), in the
+## debug build `make test` already made (a release build is a long fat-LTO link).
+FUZZ_CASES ?= 100000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p gantry --test props
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p gantry --lib props
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p gantry-plugins --test props
 
 ## Install missing build tools (cmake) or say how.
 deps:

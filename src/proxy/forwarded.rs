@@ -300,3 +300,83 @@ mod tests {
         }
     }
 }
+
+/// Property tests of [`check_path`] (more cases with `PROPTEST_CASES`, see `make fuzz`).
+#[cfg(test)]
+mod props {
+    use super::check_path;
+    use proptest::prelude::*;
+
+    /// Paths built from the pieces the checks look at, and arbitrary characters.
+    fn path() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just("/".to_string()),
+                Just(".".to_string()),
+                Just("..".to_string()),
+                Just("%2e".to_string()),
+                Just("%2E".to_string()),
+                Just("%2F".to_string()),
+                Just("%5c".to_string()),
+                Just("%61".to_string()),
+                Just("%20".to_string()),
+                Just("%".to_string()),
+                Just(";".to_string()),
+                Just("\\".to_string()),
+                "[a-c]{1,3}",
+                any::<char>().prop_map(String::from),
+            ],
+            0..12,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    /// The path after an upstream's usual normalization: percent-decoding of every escape.
+    fn decoded(path: &str) -> String {
+        percent_decode(path.as_bytes())
+    }
+
+    fn percent_decode(b: &[u8]) -> String {
+        let hex = |c: u8| (c as char).to_digit(16);
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match (
+                b[i],
+                b.get(i + 1).and_then(|c| hex(*c)),
+                b.get(i + 2).and_then(|c| hex(*c)),
+            ) {
+                (b'%', Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                }
+                (c, _, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    proptest! {
+        /// An accepted path means the same to an upstream that decodes it: no dot segment,
+        /// empty segment or backslash appears after decoding, and no encoded `/` splits a segment.
+        #[test]
+        fn accepted_paths_stay_the_same_resource_after_decoding(path in path()) {
+            if check_path(&path).is_ok() {
+                prop_assert!(path.starts_with('/'));
+                let lower = path.to_ascii_lowercase();
+                prop_assert!(!lower.contains("%2f") && !lower.contains("%5c"), "{path}");
+                let dec = decoded(&path);
+                prop_assert!(!dec.contains('\\'), "{path} decodes to {dec}");
+                let segments: Vec<&str> = dec[1..].split('/').collect();
+                for (i, seg) in segments.iter().enumerate() {
+                    let name = seg.split(';').next().unwrap_or_default();
+                    prop_assert!(name != "." && name != "..", "{path} decodes to {dec}");
+                    prop_assert!(!seg.is_empty() || i + 1 == segments.len(), "{path}");
+                }
+            }
+        }
+    }
+}
