@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use gantry_plugins::cache::{Cache, Config as CacheConfig, KeyQuery};
 use gantry_plugins::config_types::HumanSize;
-use gantry_plugins::json_body::{JsonBodyConfig, JsonEdits};
+use gantry_plugins::json_body::{JsonBodyConfig, JsonEdits, Unusable};
 use gantry_plugins::template::{Template, TemplateScope};
 use gantry_plugins::{Plugin, PluginState};
 use http::{HeaderMap, HeaderValue};
@@ -105,7 +105,9 @@ fn pointer() -> impl Strategy<Value = (String, Vec<String>)> {
 }
 
 /// Feeds `body` through `edits` in `chunk`-byte pieces; the bytes sent on.
-fn run(edits: &JsonEdits, body: &[u8], chunk: usize) -> Vec<u8> {
+/// Streams `body` through `edits` in `chunk`-sized pieces: what was passed on, or why the body
+/// was refused together with what had been passed on before the refusal.
+fn run(edits: &JsonEdits, body: &[u8], chunk: usize) -> Result<Vec<u8>, (Unusable, Vec<u8>)> {
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     let req = RequestHeader::build("POST", b"/", None).expect("request");
@@ -116,10 +118,12 @@ fn run(edits: &JsonEdits, body: &[u8], chunk: usize) -> Vec<u8> {
     let mut out = Vec::new();
     for (i, piece) in pieces.iter().enumerate() {
         let mut b = Some(Bytes::copy_from_slice(piece));
-        edits.on_chunk(&mut buffer, &mut b, i + 1 == pieces.len());
+        if let Err(why) = edits.on_chunk(&mut buffer, &mut b, i + 1 == pieces.len()) {
+            return Err((why, out));
+        }
         out.extend_from_slice(&b.unwrap_or_default());
     }
-    out
+    Ok(out)
 }
 
 fn remove_edits(pointer: &str, max: u64) -> JsonEdits {
@@ -143,7 +147,7 @@ proptest! {
         chunk in 1usize..64,
     ) {
         let body = serde_json::to_vec(&doc).expect("json");
-        let out = run(&remove_edits(&text, 1 << 20), &body, chunk);
+        let out = run(&remove_edits(&text, 1 << 20), &body, chunk).expect("editable");
         let got: Value = serde_json::from_slice(&out).expect("edited body is JSON");
         let mut want = doc.clone();
         let (last, parents) = tokens.split_last().expect("non-empty");
@@ -157,17 +161,23 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 
-    /// A body over `max_size`, or not JSON, is never altered or truncated.
+    /// A body over `max_size`, or not JSON, is refused, and none of it was passed on first
+    /// (edits fail closed: an unedited byte never reaches the other side).
     #[test]
-    fn bodies_that_cannot_be_edited_pass_byte_for_byte(
+    fn bodies_that_cannot_be_edited_are_refused_before_any_byte_passes(
         body in prop::collection::vec(any::<u8>(), 0..200),
         max in 1u64..100,
         chunk in 1usize..64,
     ) {
-        let out = run(&remove_edits("/a", max), &body, chunk);
-        let editable = body.len() as u64 <= max && serde_json::from_slice::<Value>(&body).is_ok();
-        if !editable {
-            prop_assert_eq!(out, body);
+        let blank = body.iter().all(u8::is_ascii_whitespace);
+        let editable = body.len() as u64 <= max
+            && (blank || serde_json::from_slice::<Value>(&body).is_ok());
+        match run(&remove_edits("/a", max), &body, chunk) {
+            Ok(_) => prop_assert!(editable, "an uneditable body was passed on"),
+            Err((_, passed)) => {
+                prop_assert!(!editable, "an editable body was refused");
+                prop_assert!(passed.is_empty(), "bytes passed before the refusal");
+            }
         }
     }
 }
