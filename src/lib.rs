@@ -7,6 +7,8 @@
 //!   |
 //! server  (Pingora Server: listeners, proxy service, health-check service)
 //!   |
+//! connection (admission, h2c detection, HTTP/1 heads read with a deadline and a size cap,
+//!   |         HTTP/2 deadlines; then Pingora's HTTP proxy)
 //! proxy   request_filter: request id, client IP, routing, direct responses, 404/405/400
 //!   |     upstream_peer:  cluster selection (again on each connect retry)
 //!   |     upstream_request_filter / response_filter: strip_prefix, X-Forwarded-*, X-Request-Id
@@ -26,6 +28,7 @@ pub mod aggregate;
 pub mod cache;
 pub mod compression;
 pub mod config;
+pub mod connection;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

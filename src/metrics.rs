@@ -300,6 +300,62 @@ pub fn render(out: &mut String, health: &[(String, String, bool)]) {
         "gantry_connections_active {}",
         CONNECTIONS.load(Ordering::Relaxed)
     );
+    labelled_counters(
+        out,
+        "gantry_connections_refused_total",
+        "Connections closed at accept by a connection limit",
+        &REFUSED_CONNECTIONS,
+    );
+    labelled_counters(
+        out,
+        "gantry_request_heads_refused_total",
+        "Request heads refused by the connection loop, by problem type",
+        &REFUSED_HEADS,
+    );
+}
+
+/// Counters keyed by one `reason` label.
+type ReasonCounters = [(&'static str, AtomicU64)];
+
+/// Connections refused at accept, by limit.
+static REFUSED_CONNECTIONS: [(&str, AtomicU64); 2] = [
+    ("max_connections", AtomicU64::new(0)),
+    ("max_connections_per_ip", AtomicU64::new(0)),
+];
+
+/// Heads refused by the connection loop, by problem slug.
+static REFUSED_HEADS: [(&str, AtomicU64); 4] = [
+    ("malformed-request", AtomicU64::new(0)),
+    ("header-too-large", AtomicU64::new(0)),
+    ("request-timeout", AtomicU64::new(0)),
+    ("unsupported-transfer-coding", AtomicU64::new(0)),
+];
+
+fn count_reason(counters: &ReasonCounters, reason: &str) {
+    if let Some((_, n)) = counters.iter().find(|(r, _)| *r == reason) {
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection closed at accept by `refused`.
+pub fn connection_refused(refused: crate::connection::Refused) {
+    count_reason(&REFUSED_CONNECTIONS, refused.label());
+}
+
+/// A request head refused with the problem type `slug`.
+pub fn head_refused(slug: &str) {
+    count_reason(&REFUSED_HEADS, slug);
+}
+
+fn labelled_counters(out: &mut String, name: &str, help: &str, counters: &ReasonCounters) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (reason, n) in counters {
+        let _ = writeln!(
+            out,
+            "{name}{{reason=\"{reason}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
 }
 
 /// One histogram family: `name` for each labelled histogram.

@@ -2,18 +2,14 @@
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
-use crate::metrics::ConnectionGuard;
+use crate::connection::EdgeConnections;
 use crate::proxy::Gateway;
 use crate::reload::{CertSwitch, Live, ReloadOnSighup};
 use crate::upstream::HealthChecks;
-use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
-use pingora::apps::ServerApp;
 use pingora::listeners::tls::TlsSettings;
-use pingora::protocols::Stream;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
-use pingora::server::ShutdownWatch;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::path::PathBuf;
@@ -78,7 +74,16 @@ pub fn build(config: Config, path: PathBuf, opts: RunOptions) -> Result<Server, 
     let mut options = HttpServerOptions::default();
     options.h2c = settings.h2c;
     app.server_options = Some(options);
-    let mut proxy = Service::new("gantry".into(), CountedConnections(Arc::new(app)));
+    let fd_limit = crate::connection::raise_fd_limit();
+    let default_max = crate::connection::default_max_connections(fd_limit);
+    log::info!(
+        "file-descriptor limit {fd_limit}: max_connections {}",
+        settings
+            .max_connections
+            .map_or(format!("{default_max} (derived)"), |n| n.to_string())
+    );
+    let edge = EdgeConnections::new(Arc::new(app), Arc::clone(&live), default_max);
+    let mut proxy = Service::new("gantry".into(), edge);
     for addr in &settings.listen {
         proxy.add_tcp(&addr.to_string());
     }
@@ -107,23 +112,4 @@ pub fn build(config: Config, path: PathBuf, opts: RunOptions) -> Result<Server, 
         server.add_service(background_service("access log", writer));
     }
     Ok(server)
-}
-
-/// Counts the connections an app is serving (`gantry_connections_active`).
-struct CountedConnections<A>(Arc<A>);
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountedConnections<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let _open = ConnectionGuard::open();
-        self.0.process_new(stream, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.0.cleanup().await
-    }
 }

@@ -323,8 +323,26 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 );
             }
         }
+        let strip_untrusted_headers = self.stripped_headers(s.strip_untrusted_headers);
+        let header_timeout = s.header_timeout.map_or(Duration::from_secs(10), |d| d.0);
+        if header_timeout.is_zero() {
+            self.entry_error(
+                "server.header_timeout",
+                "header_timeout must be longer than zero",
+                Some("write a duration like \"10s\"".into()),
+            );
+        }
+        for (key, value) in [
+            ("server.max_connections", s.max_connections),
+            ("server.max_connections_per_ip", s.max_connections_per_ip),
+        ] {
+            if value == Some(0) {
+                self.entry_error(key, "the limit must be at least 1", None);
+            }
+        }
         ServerSettings {
             tls,
+            strip_untrusted_headers,
             listen,
             threads,
             trusted_proxies: trusted,
@@ -332,6 +350,9 @@ impl<'e, 'a> Compiler<'e, 'a> {
             work_stealing: s.work_stealing,
             grace_period: s.grace_period.map_or(Duration::from_secs(5), |d| d.0),
             keepalive_timeout: s.keepalive_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            header_timeout,
+            max_connections: s.max_connections,
+            max_connections_per_ip: s.max_connections_per_ip,
             max_request_header_size: s
                 .max_request_header_size
                 .map_or(64 * 1024, |b| usize::try_from(b.0).unwrap_or(usize::MAX)),
@@ -342,6 +363,29 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 .unwrap_or_else(|| "/tmp/gantry_upgrade.sock".into()),
             error_log: s.error_log,
         }
+    }
+
+    /// `server.strip_untrusted_headers`: header names, the default list when absent.
+    fn stripped_headers(&mut self, names: Option<Vec<Spanned<String>>>) -> Vec<http::HeaderName> {
+        let Some(names) = names else {
+            return crate::proxy::DEFAULT_STRIPPED
+                .iter()
+                .map(|n| http::HeaderName::from_static(n))
+                .collect();
+        };
+        let mut out = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            match http::HeaderName::from_bytes(name.get_ref().as_bytes()) {
+                Ok(n) => out.push(n),
+                Err(_) => self.error(
+                    name,
+                    &format!("server.strip_untrusted_headers[{i}]"),
+                    format!("`{}` is not a header name", name.get_ref()),
+                    Some("write a name like \"x-http-method-override\"".into()),
+                ),
+            }
+        }
+        out
     }
 
     /// `[clusters.NAME]`; `None` when it has errors.

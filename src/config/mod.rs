@@ -52,12 +52,20 @@ pub struct ServerSettings {
     pub work_stealing: bool,
     /// Drain time on SIGTERM.
     pub grace_period: Duration,
+    /// Deadline for a request head.
+    pub header_timeout: Duration,
+    /// Most client connections (`None`: derived from the file-descriptor limit at start).
+    pub max_connections: Option<usize>,
+    /// Most client connections per IP address.
+    pub max_connections_per_ip: Option<usize>,
     /// Idle client keep-alive.
     pub keepalive_timeout: Duration,
     /// Largest accepted request line plus headers, in bytes.
     pub max_request_header_size: usize,
     /// Idle upstream connections per thread.
     pub upstream_keepalive_pool_size: usize,
+    /// Removed from untrusted peers' requests.
+    pub strip_untrusted_headers: Vec<http::HeaderName>,
     /// Pid file for `--daemon`.
     pub pid_file: String,
     /// Upgrade socket for `--upgrade`.

@@ -34,12 +34,23 @@ pub struct ServerSection {
     pub h2c: bool,
     /// How long SIGTERM waits for in-flight requests before exiting. Default `"5s"`.
     pub grace_period: Option<HumanDuration>,
+    /// How long a request head may take: from accept on a new connection, from its first byte
+    /// on a kept-alive one. Default `"10s"`.
+    pub header_timeout: Option<HumanDuration>,
+    /// Most client connections open at once. Default: half the file-descriptor limit less 64.
+    pub max_connections: Option<usize>,
+    /// Most client connections open at once from one IP address. Default: no limit.
+    pub max_connections_per_ip: Option<usize>,
     /// How long an idle client keep-alive connection is kept open. Default `"60s"`.
     pub keepalive_timeout: Option<HumanDuration>,
     /// Largest accepted request line plus headers; larger requests get a 431. Default `"64KiB"`.
     pub max_request_header_size: Option<HumanSize>,
     /// Idle upstream connections kept per worker thread. Default `128`.
     pub upstream_keepalive_pool_size: Option<usize>,
+    /// Headers removed from requests of peers outside `trusted_proxies` (backends believe
+    /// them). Default: the method overrides and forwarding variants listed in
+    /// `docs/configuration.md`; `[]` keeps every header.
+    pub strip_untrusted_headers: Option<Vec<Spanned<String>>>,
     /// The pid file (used with `--daemon`). Default `/tmp/gantry.pid`.
     pub pid_file: Option<String>,
     /// The Unix socket that hands listeners over on `--upgrade`. Default `/tmp/gantry_upgrade.sock`.
@@ -84,8 +95,12 @@ impl Default for ServerSection {
             h2c: true,
             grace_period: None,
             keepalive_timeout: None,
+            header_timeout: None,
+            max_connections: None,
+            max_connections_per_ip: None,
             max_request_header_size: None,
             upstream_keepalive_pool_size: None,
+            strip_untrusted_headers: None,
             pid_file: None,
             upgrade_sock: None,
             error_log: None,

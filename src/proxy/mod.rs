@@ -10,9 +10,12 @@
 mod ctx;
 pub(crate) mod forwarded;
 mod problem;
+mod target;
 
 pub use ctx::RequestCtx;
+pub use forwarded::new_request_id;
 pub use problem::{Problem, ProblemKind};
+pub use target::DEFAULT_STRIPPED;
 
 use crate::access_log::{AccessLog, Record};
 use crate::aggregate::{Aggregate, ClientRequest, Outcome};
@@ -37,7 +40,7 @@ use pingora::protocols::http::compression::Algorithm;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use problem::{ALL_BACKENDS_FAILED, BODY_REJECTED, NO_HEALTHY_BACKEND};
+use problem::{ALL_BACKENDS_FAILED, BODY_REJECTED, NO_HEALTHY_BACKEND, REWRITTEN_PATH_REFUSED};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -283,9 +286,17 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let config = Arc::clone(ctx.config.get_or_insert_with(|| self.live.current()));
         let settings = &config.server;
-        session.set_keepalive(Some(settings.keepalive_timeout.as_secs().max(1)));
+        // Keep-alive is bounded here, never turned back on: Pingora turns it off for HTTP/1.0
+        // without `keep-alive`, for Content-Length with Transfer-Encoding, and at shutdown.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(settings.keepalive_timeout.as_secs().max(1)));
+        }
         let peer = peer_ip(session);
         ctx.peer_trusted = peer.is_some_and(|ip| settings.is_trusted(ip));
+        let target = target::settle(session.req_header_mut());
+        if !ctx.peer_trusted {
+            target::strip_untrusted(session.req_header_mut(), &settings.strip_untrusted_headers);
+        }
         let req = session.req_header();
         ctx.state.request_id = forwarded::request_id(&req.headers, ctx.peer_trusted);
         ctx.state.client_ip = forwarded::client_ip(peer, ctx.peer_trusted, &req.headers, settings);
@@ -300,6 +311,8 @@ impl ProxyHttp for Gateway {
                 ),
                 Vec::new(),
             )
+        } else if let Err(why) = target {
+            Decision::Problem(ProblemKind::MalformedRequest, why.into(), Vec::new())
         } else if let Err(why) = forwarded::check_path(path) {
             Decision::Problem(ProblemKind::MalformedRequest, why.into(), Vec::new())
         } else if let Err(why) = valid_host(request_host(req)) {
@@ -609,6 +622,10 @@ impl ProxyHttp for Gateway {
                 plugin.on_upstream_request(upstream, &mut ctx.state).await?;
             }
         }
+        // A rewritten path is held to the rules of a client's.
+        if let Err(why) = forwarded::check_path(upstream.uri.path()) {
+            return Error::e_explain(REWRITTEN_PATH_REFUSED, why);
+        }
         Ok(())
     }
 
@@ -768,6 +785,10 @@ impl ProxyHttp for Gateway {
                 ProblemKind::UpstreamTimeout => "the upstream did not answer in time",
                 ProblemKind::NoHealthyBackend => "no backend of the cluster is healthy",
                 ProblemKind::UpstreamUnavailable => "the upstream could not be reached",
+                ProblemKind::MalformedRequest if *e.etype() == REWRITTEN_PATH_REFUSED => {
+                    "the route's rewrite produced a path that is refused (dot or empty segments, \
+                     encoded separators)"
+                }
                 ProblemKind::MalformedRequest => "the request could not be read",
                 ProblemKind::ResponseNotEditable => {
                     "the upstream's response could not be edited as this route requires"

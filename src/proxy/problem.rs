@@ -15,6 +15,9 @@ pub const NO_HEALTHY_BACKEND: ErrorType = ErrorType::Custom("no healthy backend"
 /// Error type raised by `request_body_filter` when a plugin refuses the body; the refusal
 /// itself waits in the request's context.
 pub const BODY_REJECTED: ErrorType = ErrorType::Custom("request body refused");
+/// Error type raised by `upstream_request_filter` when a rewrite produced a path a client could
+/// not have sent (a 400).
+pub const REWRITTEN_PATH_REFUSED: ErrorType = ErrorType::Custom("rewritten path refused");
 /// Error type raised when every backend tried for a request failed to connect.
 pub const ALL_BACKENDS_FAILED: ErrorType = ErrorType::Custom("every backend tried failed");
 
@@ -27,10 +30,14 @@ pub enum ProblemKind {
     NoRoute,
     /// 405: a route matched the path but not the method.
     MethodNotAllowed,
+    /// 408: the request head was not complete within `server.header_timeout`.
+    RequestTimeout,
     /// 415: the body's media type is not supported here (gRPC-Web text).
     UnsupportedMediaType,
     /// 431: the request line and headers are larger than `server.max_request_header_size`.
     HeaderTooLarge,
+    /// 501: a transfer coding other than `chunked`.
+    UnsupportedTransferCoding,
     /// 500: a bug or an unexpected internal failure.
     Internal,
     /// 502: the upstream could not be reached or answered badly.
@@ -50,9 +57,11 @@ impl ProblemKind {
             ProblemKind::MalformedRequest => 400,
             ProblemKind::NoRoute => 404,
             ProblemKind::MethodNotAllowed => 405,
+            ProblemKind::RequestTimeout => 408,
             ProblemKind::UnsupportedMediaType => 415,
             ProblemKind::HeaderTooLarge => 431,
             ProblemKind::Internal => 500,
+            ProblemKind::UnsupportedTransferCoding => 501,
             ProblemKind::UpstreamUnavailable | ProblemKind::ResponseNotEditable => 502,
             ProblemKind::NoHealthyBackend => 503,
             ProblemKind::UpstreamTimeout => 504,
@@ -65,7 +74,9 @@ impl ProblemKind {
             ProblemKind::MalformedRequest => "malformed-request",
             ProblemKind::NoRoute => "no-route",
             ProblemKind::MethodNotAllowed => "method-not-allowed",
+            ProblemKind::RequestTimeout => "request-timeout",
             ProblemKind::UnsupportedMediaType => "unsupported-media-type",
+            ProblemKind::UnsupportedTransferCoding => "unsupported-transfer-coding",
             ProblemKind::HeaderTooLarge => "header-too-large",
             ProblemKind::Internal => "internal-error",
             ProblemKind::UpstreamUnavailable => "upstream-unavailable",
@@ -81,7 +92,9 @@ impl ProblemKind {
             ProblemKind::MalformedRequest => "Malformed request",
             ProblemKind::NoRoute => "No route matched",
             ProblemKind::MethodNotAllowed => "Method not allowed",
+            ProblemKind::RequestTimeout => "Request timeout",
             ProblemKind::UnsupportedMediaType => "Unsupported media type",
+            ProblemKind::UnsupportedTransferCoding => "Unsupported transfer coding",
             ProblemKind::HeaderTooLarge => "Request header too large",
             ProblemKind::Internal => "Internal error",
             ProblemKind::UpstreamUnavailable => "Upstream unavailable",
@@ -97,6 +110,7 @@ impl ProblemKind {
         let kind = match (e.etype(), e.esource()) {
             (t, _) if *t == NO_HEALTHY_BACKEND => ProblemKind::NoHealthyBackend,
             (t, _) if *t == ALL_BACKENDS_FAILED => ProblemKind::UpstreamUnavailable,
+            (t, _) if *t == REWRITTEN_PATH_REFUSED => ProblemKind::MalformedRequest,
             (t, _) if *t == NOT_EDITABLE => ProblemKind::ResponseNotEditable,
             (HTTPStatus(404), _) => ProblemKind::NoRoute,
             (HTTPStatus(code), _) if (400..500).contains(code) => ProblemKind::MalformedRequest,
@@ -170,6 +184,24 @@ impl<'a> Problem<'a> {
             serde_json::Value::from(self.detail),
             serde_json::Value::from(request_id),
         )
+    }
+
+    /// The whole HTTP/1.1 response, for answers written before Pingora has a session (the
+    /// connection loop's refusals); it says `Connection: close`.
+    pub fn raw(&self, request_id: &str) -> Vec<u8> {
+        let body = self.body(request_id);
+        let reason = http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: application/problem+json\r\n\
+             content-length: {}\r\ncache-control: no-store\r\nx-request-id: {request_id}\r\n\
+             connection: close\r\n\r\n{body}",
+            self.status,
+            body.len(),
+        )
+        .into_bytes()
     }
 
     /// Writes the problem as the response. The connection is closed afterwards for 400 and 431.

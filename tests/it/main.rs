@@ -8,6 +8,7 @@ mod cache;
 mod cli;
 mod common;
 mod compression;
+mod conformance;
 mod credentials;
 mod errors;
 mod jwt;

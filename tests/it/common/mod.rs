@@ -2,6 +2,7 @@
 //! on ephemeral loopback ports.
 
 pub mod protocol_upstream;
+pub mod raw_http;
 pub mod redis_server;
 
 use bytes::Bytes;

@@ -1,0 +1,288 @@
+//! Reading one HTTP/1 request head off a connection, before Pingora sees it: within a
+//! deadline, never more than `max_request_header_size` bytes, and checked for the framing
+//! ambiguities that let requests be smuggled past a backend.
+//!
+//! Pingora reads heads itself with no deadline, buffers up to 1 MiB before its own size check,
+//! and answers a head it cannot parse with an empty 400. Gantry reads the head here instead and
+//! hands the bytes on (`ServerSession::set_pipelined_prefix`), so every refusal is a
+//! problem+json with a request id, and a slow or oversized head costs a bounded buffer.
+
+use bytes::BytesMut;
+use http::header;
+use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::Instant;
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Most header fields in one head (Pingora's own limit).
+const MAX_HEADERS: usize = 256;
+
+/// First allocation for a head; it grows up to the configured limit.
+const INITIAL_CAPACITY: usize = 4096;
+
+/// Why a head is refused; each maps to one problem type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: the bytes are not a well-formed, unambiguous HTTP/1 request head.
+    Malformed(&'static str),
+    /// 431: the head is larger than allowed, or has too many fields.
+    TooLarge(&'static str),
+    /// 501: a transfer coding other than `chunked`.
+    UnsupportedTransferCoding,
+    /// 408: the head was not complete within `header_timeout`.
+    TimedOut,
+}
+
+/// What reading produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    /// A complete head: the first `len` bytes of the buffer, followed by `body`.
+    Head { len: usize, body: Body },
+    /// The HTTP/2 preface (h2c prior knowledge).
+    H2Preface,
+    /// The peer closed, or went silent, before sending a byte: close without an answer.
+    Gone,
+    /// Answer with this refusal, then close.
+    Refused(Refusal),
+}
+
+/// The body that follows a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// None: the bytes after the head are the next request.
+    None,
+    /// This many bytes (Content-Length).
+    Length(u64),
+    /// Chunked, or unknown framing Pingora decides: every byte after the head goes with it.
+    Rest,
+}
+
+impl Body {
+    /// How many of the `available` bytes after a head belong to its request.
+    pub fn bytes_of(self, available: usize) -> usize {
+        match self {
+            Body::None => 0,
+            Body::Length(n) => usize::try_from(n).map_or(available, |n| n.min(available)),
+            Body::Rest => available,
+        }
+    }
+}
+
+/// The limits of one read.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most bytes the head may take.
+    pub max_size: usize,
+    /// The first byte must arrive by then (the header deadline on a new connection, the idle
+    /// keep-alive deadline on a reused one).
+    pub first_byte_by: Instant,
+    /// How long the head may take from its first byte, bounded by `head_by` when set.
+    pub header_timeout: std::time::Duration,
+    /// An absolute deadline for the whole head (a new connection counts from accept).
+    pub head_by: Option<Instant>,
+    /// Recognise the h2c preface.
+    pub h2c: bool,
+}
+
+/// Reads until `buf` holds a complete head (bytes already in `buf`, left by the previous
+/// request, count first).
+pub async fn read<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    limits: Limits,
+) -> Read {
+    let mut scanned = 0;
+    let mut head_deadline = (!buf.is_empty()).then(|| head_deadline_from_now(&limits));
+    loop {
+        skip_leading_empty_lines(buf);
+        if limits.h2c && !buf.is_empty() && H2_PREFACE.starts_with(&buf[..buf.len().min(24)]) {
+            if buf.len() >= H2_PREFACE.len() {
+                return Read::H2Preface;
+            }
+        } else if !buf.is_empty() {
+            match scan(buf, scanned) {
+                Ok(Some(len)) => return inspect(&buf[..len]),
+                Ok(None) => scanned = buf.len(),
+                Err(refusal) => return Read::Refused(refusal),
+            }
+        }
+        if buf.len() >= limits.max_size {
+            return Read::Refused(Refusal::TooLarge(
+                "the request line and headers exceed server.max_request_header_size",
+            ));
+        }
+        let deadline = head_deadline.unwrap_or(limits.first_byte_by);
+        let room = limits.max_size - buf.len();
+        if buf.capacity() == buf.len() {
+            buf.reserve(INITIAL_CAPACITY.min(room));
+        }
+        let mut limited = (&mut *stream).take(room as u64);
+        match tokio::time::timeout_at(deadline, limited.read_buf(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Read::Gone,
+            Ok(Ok(_)) => {
+                head_deadline.get_or_insert_with(|| head_deadline_from_now(&limits));
+            }
+            Err(_) if head_deadline.is_none() => return Read::Gone,
+            Err(_) => return Read::Refused(Refusal::TimedOut),
+        }
+    }
+}
+
+/// The head deadline once its first byte is in.
+fn head_deadline_from_now(limits: &Limits) -> Instant {
+    let from_first_byte = Instant::now() + limits.header_timeout;
+    limits
+        .head_by
+        .map_or(from_first_byte, |by| by.min(from_first_byte))
+}
+
+/// RFC 9112 section 2.2: a server SHOULD ignore at least one empty line before the request line.
+fn skip_leading_empty_lines(buf: &mut BytesMut) {
+    let mut n = 0;
+    while buf[n..].starts_with(b"\r\n") {
+        n += 2;
+    }
+    if n > 0 {
+        let _ = buf.split_to(n);
+    }
+}
+
+/// Looks at the bytes from `from` on: the head's length once its blank line has arrived.
+/// Every line must end in CRLF: a bare LF is read differently by different servers.
+fn scan(buf: &[u8], from: usize) -> Result<Option<usize>, Refusal> {
+    for i in memchr::memchr_iter(b'\n', &buf[from..]).map(|i| i + from) {
+        if i == 0 || buf[i - 1] != b'\r' {
+            return Err(Refusal::Malformed(
+                "a line ends in a bare LF instead of CRLF",
+            ));
+        }
+        if i >= 3 && &buf[i - 3..=i] == b"\r\n\r\n" {
+            return Ok(Some(i + 1));
+        }
+    }
+    Ok(None)
+}
+
+/// Parses a complete head and refuses what a backend could read differently.
+fn inspect(head: &[u8]) -> Read {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        // Pingora escapes some bytes of a request line that httparse refuses; it decides.
+        Err(httparse::Error::Token | httparse::Error::Version) => {
+            return Read::Head {
+                len: head.len(),
+                body: Body::Rest,
+            }
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Read::Refused(Refusal::TooLarge("the request has too many header fields"))
+        }
+        Ok(httparse::Status::Partial) | Err(_) => {
+            return Read::Refused(Refusal::Malformed(
+                "the request head is malformed (header names and values must be valid, \
+                 with no line folding)",
+            ))
+        }
+    }
+    match framing(&req) {
+        Ok(body) => Read::Head {
+            len: head.len(),
+            body,
+        },
+        Err(refusal) => Read::Refused(refusal),
+    }
+}
+
+/// Checks Host, the target's authority, Content-Length and Transfer-Encoding, and says which
+/// body follows.
+fn framing(req: &httparse::Request<'_, '_>) -> Result<Body, Refusal> {
+    let mut host = None;
+    let mut length: Option<&[u8]> = None;
+    let mut chunked = false;
+    for field in req.headers.iter() {
+        let name = field.name;
+        if name.eq_ignore_ascii_case(header::HOST.as_str()) {
+            if host.replace(field.value).is_some() {
+                return Err(Refusal::Malformed(
+                    "the request has more than one Host header",
+                ));
+            }
+        } else if name.eq_ignore_ascii_case(header::CONTENT_LENGTH.as_str()) {
+            let value = trim(field.value);
+            let valid = !value.is_empty()
+                && value.len() <= 19
+                && value.iter().all(u8::is_ascii_digit);
+            if !valid || length.is_some_and(|l| l != value) {
+                return Err(Refusal::Malformed(
+                    "Content-Length must be one decimal number (copies must agree)",
+                ));
+            }
+            length = Some(value);
+        } else if name.eq_ignore_ascii_case(header::TRANSFER_ENCODING.as_str()) {
+            if chunked || !trim(field.value).eq_ignore_ascii_case(b"chunked") {
+                return Err(Refusal::UnsupportedTransferCoding);
+            }
+            chunked = true;
+        }
+    }
+    if chunked && length.is_some() {
+        return Err(Refusal::Malformed(
+            "the request has both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if chunked && req.version == Some(0) {
+        return Err(Refusal::Malformed(
+            "an HTTP/1.0 request cannot use Transfer-Encoding",
+        ));
+    }
+    match raw_target_authority(req.path.unwrap_or_default().as_bytes()) {
+        RawTargetAuthority::None => {}
+        RawTargetAuthority::AmbiguousAuthority => {
+            return Err(Refusal::Malformed(
+                "the request target's authority is ambiguous",
+            ))
+        }
+        RawTargetAuthority::Absolute { authority, .. } => {
+            if authority.contains(&b'@') {
+                return Err(Refusal::Malformed(
+                    "the request target must not carry user information",
+                ));
+            }
+            if host.is_some_and(|h| h != authority) {
+                return Err(Refusal::Malformed(
+                    "the Host header differs from the request target's authority",
+                ));
+            }
+        }
+    }
+    if chunked {
+        return Ok(Body::Rest);
+    }
+    let length = length.map_or(0, |digits| {
+        digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'))
+    });
+    Ok(if length == 0 {
+        Body::None
+    } else {
+        Body::Length(length)
+    })
+}
+
+/// `value` without surrounding spaces and tabs.
+fn trim(value: &[u8]) -> &[u8] {
+    let start = value
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
+}
