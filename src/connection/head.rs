@@ -213,9 +213,8 @@ fn framing(req: &httparse::Request<'_, '_>) -> Result<Body, Refusal> {
             }
         } else if name.eq_ignore_ascii_case(header::CONTENT_LENGTH.as_str()) {
             let value = trim(field.value);
-            let valid = !value.is_empty()
-                && value.len() <= 19
-                && value.iter().all(u8::is_ascii_digit);
+            let valid =
+                !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit);
             if !valid || length.is_some_and(|l| l != value) {
                 return Err(Refusal::Malformed(
                     "Content-Length must be one decimal number (copies must agree)",

@@ -65,6 +65,11 @@ impl RawConn {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect");
+        RawConn::from_stream(stream)
+    }
+
+    /// A connection already made.
+    pub fn from_stream(stream: TcpStream) -> RawConn {
         RawConn {
             stream,
             pending: Vec::new(),
