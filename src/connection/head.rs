@@ -93,10 +93,10 @@ pub async fn read<S: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     limits: Limits,
 ) -> Read {
-    let mut scanned = 0;
+    let mut scanned: usize = 0;
     let mut head_deadline = (!buf.is_empty()).then(|| head_deadline_from_now(&limits));
     loop {
-        skip_leading_empty_lines(buf);
+        scanned = scanned.saturating_sub(skip_leading_empty_lines(buf));
         if limits.h2c && !buf.is_empty() && H2_PREFACE.starts_with(&buf[..buf.len().min(24)]) {
             if buf.len() >= H2_PREFACE.len() {
                 return Read::H2Preface;
@@ -139,7 +139,8 @@ fn head_deadline_from_now(limits: &Limits) -> Instant {
 }
 
 /// RFC 9112 section 2.2: a server SHOULD ignore at least one empty line before the request line.
-fn skip_leading_empty_lines(buf: &mut BytesMut) {
+/// Returns how many bytes were dropped.
+fn skip_leading_empty_lines(buf: &mut BytesMut) -> usize {
     let mut n = 0;
     while buf[n..].starts_with(b"\r\n") {
         n += 2;
@@ -147,6 +148,7 @@ fn skip_leading_empty_lines(buf: &mut BytesMut) {
     if n > 0 {
         let _ = buf.split_to(n);
     }
+    n
 }
 
 /// Looks at the bytes from `from` on: the head's length once its blank line has arrived.
@@ -284,4 +286,135 @@ fn trim(value: &[u8]) -> &[u8] {
         .rposition(|b| !matches!(b, b' ' | b'\t'))
         .map_or(start, |i| i + 1);
     &value[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{duplex, AsyncWriteExt, DuplexStream};
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn limits(h2c: bool) -> Limits {
+        let now = Instant::now();
+        Limits {
+            max_size: 1024,
+            first_byte_by: now + TIMEOUT,
+            header_timeout: TIMEOUT,
+            head_by: Some(now + TIMEOUT),
+            h2c,
+        }
+    }
+
+    /// Reads a head from a client that has sent `sent` and keeps the connection open.
+    async fn read_after(sent: &[u8], limits: Limits) -> (Read, DuplexStream) {
+        let (mut client, mut server) = duplex(64 * 1024);
+        client.write_all(sent).await.unwrap();
+        let mut buf = BytesMut::new();
+        (read(&mut server, &mut buf, limits).await, client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_http1_request_is_not_held_for_the_h2c_preface() {
+        let started = Instant::now();
+        let (got, _client) = read_after(b"GET / HTTP/1.0\r\n\r\n", limits(true)).await;
+        assert_eq!(
+            got,
+            Read::Head {
+                len: 18,
+                body: Body::None
+            }
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        let (got, _client) = read_after(H2_PREFACE, limits(true)).await;
+        assert_eq!(got, Read::H2Preface);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unfinished_head_times_out_at_the_deadline() {
+        let started = Instant::now();
+        let (got, _client) = read_after(b"GET / HTTP/1.1\r\nHost: a\r\n", limits(false)).await;
+        assert_eq!(got, Read::Refused(Refusal::TimedOut));
+        assert_eq!(started.elapsed(), TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_gone_at_the_deadline() {
+        let started = Instant::now();
+        let (got, _client) = read_after(b"", limits(false)).await;
+        assert_eq!(got, Read::Gone);
+        assert_eq!(started.elapsed(), TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_a_reused_connection_the_head_deadline_starts_at_its_first_byte() {
+        let (mut client, mut server) = duplex(1024);
+        let idle = Duration::from_secs(60);
+        let limits = Limits {
+            first_byte_by: Instant::now() + idle,
+            head_by: None,
+            ..limits(false)
+        };
+        let reader = tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            read(&mut server, &mut buf, limits).await
+        });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let first_byte = Instant::now();
+        client.write_all(b"GET").await.unwrap();
+        assert_eq!(reader.await.unwrap(), Read::Refused(Refusal::TimedOut));
+        assert_eq!(first_byte.elapsed(), TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn a_head_larger_than_the_limit_is_refused_without_its_end() {
+        let big = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 2000]].concat();
+        let (got, _client) = read_after(&big, limits(false)).await;
+        assert!(
+            matches!(got, Read::Refused(Refusal::TooLarge(_))),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn framing_decides_how_many_bytes_belong_to_the_request() {
+        let cases: &[(&[u8], Read)] = &[
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+                Read::Head {
+                    len: 47,
+                    body: Body::Length(5),
+                },
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Read::Head {
+                    len: 56,
+                    body: Body::Rest,
+                },
+            ),
+            (
+                b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                Read::Head {
+                    len: 27,
+                    body: Body::None,
+                },
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+                Read::Refused(Refusal::Malformed(
+                    "a line ends in a bare LF instead of CRLF",
+                )),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Read::Refused(Refusal::UnsupportedTransferCoding),
+            ),
+        ];
+        for (bytes, want) in cases {
+            let (got, _client) = read_after(bytes, limits(false)).await;
+            assert_eq!(&got, want, "{}", String::from_utf8_lossy(bytes));
+        }
+    }
 }
