@@ -432,6 +432,9 @@ mod raw_h2 {
     pub const RST_STREAM: u8 = 0x3;
     pub const GOAWAY: u8 = 0x7;
 
+    /// A header field as sent: a name and any bytes as its value.
+    pub type Field<'a> = (&'a str, &'a [u8]);
+
     /// One frame.
     pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len() as u32;
@@ -444,7 +447,7 @@ mod raw_h2 {
 
     /// A HEADERS frame (END_STREAM, END_HEADERS) on stream 1 with `fields` as HPACK literals
     /// without indexing: any bytes at all, as a hostile client may send them.
-    pub fn request(fields: &[(&str, &[u8])]) -> Vec<u8> {
+    pub fn request(fields: &[Field<'_>]) -> Vec<u8> {
         let mut block = Vec::new();
         for (name, value) in fields {
             block.push(0x00);
@@ -533,8 +536,8 @@ async fn h2c_connections_get_the_head_deadline_and_idle_close() {
 async fn h2_authority_conflicts_and_cr_lf_in_values_are_refused() {
     let up = Upstream::start("echo").await;
     let g = Gantry::start_with("keepalive_timeout = \"1s\"", &echo_routes(&up));
-    let base: [(&str, &[u8]); 3] = [(":method", b"GET"), (":scheme", b"http"), (":path", b"/")];
-    let cases: [(&str, Vec<(&str, &[u8])>); 3] = [
+    let base: [raw_h2::Field; 3] = [(":method", b"GET"), (":scheme", b"http"), (":path", b"/")];
+    let cases: [(&str, Vec<raw_h2::Field>); 3] = [
         (
             ":authority vs Host",
             [
