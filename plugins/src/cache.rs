@@ -47,6 +47,10 @@ pub struct Config {
     /// How long after expiry a stored response is served when the upstream fails.
     #[serde(default)]
     pub stale_if_error: Option<HumanDuration>,
+    /// Cache requests that carry `Cookie` (the whole `Cookie` header then selects the variant).
+    /// Default `false`: such requests bypass the cache.
+    #[serde(default)]
+    pub cache_cookies: bool,
 }
 
 fn default_ttl() -> HumanDuration {
@@ -173,6 +177,27 @@ pub struct CachePolicy {
     key_query: KeyQuery,
     stale_while_revalidate: u32,
     stale_if_error: u32,
+    cache_cookies: bool,
+}
+
+/// Who an authentication plugin says the client is; part of every stored variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIdentity<'a> {
+    /// No authentication plugin on the route.
+    Nobody,
+    /// A consumer, by name.
+    Consumer(&'a str),
+    /// The `sub` of a verified token that maps to no consumer.
+    Subject(&'a str),
+}
+
+/// Why a request does not use the cache at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    /// It has a body: the response may depend on it, and the key does not include it.
+    Body,
+    /// It carries `Cookie` and the route does not set `cache_cookies`.
+    Cookie,
 }
 
 /// The freshness defaults handed to `pingora-cache`: none, the policy applies its own.
@@ -191,6 +216,8 @@ impl CachePolicy {
         query: Option<&str>,
     ) -> Vec<u8> {
         let mut key = Vec::with_capacity(64 + route.len() + host.len() + path.len());
+        // `a.com:` names the default port, like `a.com`.
+        let host = host.strip_suffix(':').unwrap_or(host);
         push_field(&mut key, route.as_bytes());
         push_field(&mut key, scheme.as_bytes());
         // The host, lowercased, with the scheme's default port when it names none.
@@ -230,21 +257,36 @@ impl CachePolicy {
         key
     }
 
+    /// Whether `req` skips the cache (`has_body`: it carries a request body).
+    pub fn bypass(&self, req: &RequestHeader, has_body: bool) -> Option<Bypass> {
+        if has_body {
+            Some(Bypass::Body)
+        } else if !self.cache_cookies && req.headers.contains_key(header::COOKIE) {
+            Some(Bypass::Cookie)
+        } else {
+            None
+        }
+    }
+
     /// The variant of `req` for a stored response with `stored` headers: the configured
-    /// `vary_headers`, whatever the response's own `Vary` names, and `identity`, who an
-    /// authentication plugin says the client is (empty for nobody). The identity is always
-    /// part of it, so the result is never `None` (which would let Pingora serve any stored
-    /// variant): one client's responses never reach another, while one purge still removes
-    /// every variant of the URL.
+    /// `vary_headers`, whatever the response's own `Vary` names, `Cookie` with
+    /// `cache_cookies`, and `identity`, tagged by kind (a consumer named like a token's `sub`
+    /// never shares a variant with it). The identity is always part of it, so the result is
+    /// never `None` (which would let Pingora serve any stored variant): one client's
+    /// responses never reach another, while one purge still removes every variant of the URL.
     pub fn variance(
         &self,
         req: &RequestHeader,
         stored: &HeaderMap,
-        identity: &str,
+        identity: ClientIdentity<'_>,
     ) -> Option<HashBinary> {
         let mut builder = VarianceBuilder::new();
-        // Header names cannot contain a space, so this never collides with one.
-        builder.add_value("client identity", identity);
+        // Header names cannot contain a space, so these never collide with one.
+        match identity {
+            ClientIdentity::Nobody => builder.add_value("client identity", ""),
+            ClientIdentity::Consumer(name) => builder.add_value("client consumer", name),
+            ClientIdentity::Subject(sub) => builder.add_value("client subject", sub),
+        }
         let mut add = |name: &str| {
             let value = req
                 .headers
@@ -256,6 +298,9 @@ impl CachePolicy {
         };
         for name in &self.vary_headers {
             add(name.as_str());
+        }
+        if self.cache_cookies && !self.vary_headers.contains(&header::COOKIE) {
+            add(header::COOKIE.as_str());
         }
         for name in vary_names(stored) {
             if !self.vary_headers.iter().any(|h| h.as_str() == name) {
@@ -369,6 +414,7 @@ impl Cache {
                 key_query: config.key_query,
                 stale_while_revalidate: seconds(config.stale_while_revalidate),
                 stale_if_error: seconds(config.stale_if_error),
+                cache_cookies: config.cache_cookies,
             }),
         })
     }
@@ -420,6 +466,7 @@ mod tests {
             key_query,
             stale_while_revalidate: 0,
             stale_if_error: 0,
+            cache_cookies: false,
         }
     }
 
@@ -570,11 +617,27 @@ mod tests {
             r
         };
         let none = HeaderMap::new();
-        let gzip = p.variance(&req(&[("accept-encoding", "gzip")]), &none, "");
-        let br = p.variance(&req(&[("accept-encoding", "br")]), &none, "");
+        let gzip = p.variance(
+            &req(&[("accept-encoding", "gzip")]),
+            &none,
+            ClientIdentity::Nobody,
+        );
+        let br = p.variance(
+            &req(&[("accept-encoding", "br")]),
+            &none,
+            ClientIdentity::Nobody,
+        );
         assert_ne!(gzip, br);
-        let alice = p.variance(&req(&[("accept-encoding", "gzip")]), &none, "alice");
-        let bob = p.variance(&req(&[("accept-encoding", "gzip")]), &none, "bob");
+        let alice = p.variance(
+            &req(&[("accept-encoding", "gzip")]),
+            &none,
+            ClientIdentity::Consumer("alice"),
+        );
+        let bob = p.variance(
+            &req(&[("accept-encoding", "gzip")]),
+            &none,
+            ClientIdentity::Consumer("bob"),
+        );
         assert!(alice != bob && alice != gzip);
         let nobody = policy(KeyQuery::None);
         assert!(
@@ -582,7 +645,7 @@ mod tests {
                 vary_headers: Vec::new(),
                 ..nobody
             }
-            .variance(&req(&[]), &none, "")
+            .variance(&req(&[]), &none, ClientIdentity::Nobody)
             .is_some(),
             "never None: Pingora would serve any stored variant"
         );
@@ -591,13 +654,53 @@ mod tests {
         let en = p.variance(
             &req(&[("accept-encoding", "gzip"), ("accept-language", "en")]),
             &vary,
-            "",
+            ClientIdentity::Nobody,
         );
         let fr = p.variance(
             &req(&[("accept-encoding", "gzip"), ("accept-language", "fr")]),
             &vary,
-            "",
+            ClientIdentity::Nobody,
         );
         assert_ne!(en, fr);
+    }
+
+    #[test]
+    fn identities_are_tagged_by_kind() {
+        let p = policy(KeyQuery::All);
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        let none = HeaderMap::new();
+        let consumer = p.variance(&req, &none, ClientIdentity::Consumer("alice"));
+        let subject = p.variance(&req, &none, ClientIdentity::Subject("alice"));
+        let nobody = p.variance(&req, &none, ClientIdentity::Nobody);
+        assert!(consumer != subject && consumer != nobody && subject != nobody);
+        assert_ne!(p.variance(&req, &none, ClientIdentity::Subject("")), nobody);
+    }
+
+    #[test]
+    fn bodies_and_cookies_bypass_unless_cookies_are_opted_in() {
+        let p = policy(KeyQuery::All);
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(p.bypass(&req, false), None);
+        assert_eq!(p.bypass(&req, true), Some(Bypass::Body));
+        req.insert_header("cookie", "session=a").unwrap();
+        assert_eq!(p.bypass(&req, false), Some(Bypass::Cookie));
+        let cookies = CachePolicy {
+            cache_cookies: true,
+            ..policy(KeyQuery::All)
+        };
+        assert_eq!(cookies.bypass(&req, false), None);
+        let none = HeaderMap::new();
+        let a = cookies.variance(&req, &none, ClientIdentity::Nobody);
+        req.insert_header("cookie", "session=b").unwrap();
+        let b = cookies.variance(&req, &none, ClientIdentity::Nobody);
+        assert_ne!(a, b, "the cookie selects the variant");
+    }
+
+    #[test]
+    fn an_empty_port_is_the_default_port() {
+        let p = policy(KeyQuery::All);
+        let key = |host| p.primary_key("r", "http", host, "/", None);
+        assert_eq!(key("a.com:"), key("a.com"));
+        assert_eq!(key("a.com:"), key("a.com:80"));
     }
 }

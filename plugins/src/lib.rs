@@ -268,6 +268,8 @@ pub struct PluginChain {
     pub log: Box<[Arc<dyn Plugin>]>,
     /// The route's caching rules, when it has the `cache` plugin.
     pub cache: Option<Arc<cache::CachePolicy>>,
+    /// The route has an authentication plugin (`jwt-auth`, `key-auth`, `basic-auth`).
+    pub authenticates: bool,
 }
 
 impl PluginChain {
@@ -290,6 +292,9 @@ impl PluginChain {
             response_body: of(Phases::RESPONSE_BODY),
             log: of(Phases::LOG),
             cache: plugins.iter().find_map(|p| p.cache_policy()),
+            authenticates: plugins
+                .iter()
+                .any(|p| [jwt_auth::NAME, key_auth::NAME, basic_auth::NAME].contains(&p.name())),
         }
     }
 

@@ -27,7 +27,7 @@ use crate::router::{normalize_host, Lookup, RequestView, RouteAction};
 use crate::upstream::hash_key::ip_key;
 use async_trait::async_trait;
 use forwarded::X_REQUEST_ID;
-use gantry_plugins::cache::CacheStatus;
+use gantry_plugins::cache::{CacheStatus, ClientIdentity};
 use gantry_plugins::{Flow, PluginState};
 use http::{header, Method, Uri};
 use pingora::cache::key::HashBinary;
@@ -415,9 +415,17 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let cache = crate::cache::node(&config.cache);
-        let cacheable = cache_policy(ctx).is_some()
-            && pingora::cache::filters::request_cacheable(session.req_header())
-            && !session.as_downstream().is_upgrade_req();
+        let Some(policy) = cache_policy(ctx) else {
+            return Ok(());
+        };
+        // Runs after the request plugins: an authenticated route knows who the client is, and
+        // one whose plugin let the client through unidentified (`anonymous`, a token without
+        // `sub`) does not use the cache.
+        let has_body = !session.is_body_empty();
+        let cacheable = pingora::cache::filters::request_cacheable(session.req_header())
+            && !session.as_downstream().is_upgrade_req()
+            && policy.bypass(session.req_header(), has_body).is_none()
+            && client_identity(ctx).is_some();
         if cacheable {
             cache.enable(&mut session.cache);
         }
@@ -475,12 +483,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         req: &pingora::http::RequestHeader,
     ) -> Option<HashBinary> {
-        // Who the client is: its consumer, else the subject of its verified token.
-        let identity = match (&ctx.state.consumer, &ctx.state.jwt_claims) {
-            (Some(consumer), _) => &*consumer.name,
-            (None, Some(claims)) => claims.get("sub").and_then(|s| s.as_str()).unwrap_or("?"),
-            (None, None) => "",
-        };
+        let identity = client_identity(ctx)?;
         cache_policy(ctx)?.variance(req, meta.headers(), identity)
     }
 
@@ -880,6 +883,20 @@ fn enable_compression(session: &mut Session, offered: &[Algorithm]) {
     let req = session.downstream_session.req_header();
     if let Some(compression) = session.downstream_modules_ctx.get_mut::<Compression>() {
         compression.enable(req, offered);
+    }
+}
+
+/// Who the client is for the cache: its consumer, else the subject of its verified token;
+/// `None` when the route authenticates and its plugin produced neither (not cached).
+fn client_identity(ctx: &RequestCtx) -> Option<ClientIdentity<'_>> {
+    match (&ctx.state.consumer, &ctx.state.jwt_claims) {
+        (Some(consumer), _) => Some(ClientIdentity::Consumer(&consumer.name)),
+        (None, Some(claims)) => claims
+            .get("sub")
+            .and_then(|s| s.as_str())
+            .map(ClientIdentity::Subject),
+        (None, None) if ctx.route.as_ref()?.plugins.authenticates => None,
+        (None, None) => Some(ClientIdentity::Nobody),
     }
 }
 

@@ -527,3 +527,87 @@ async fn the_size_bound_holds_and_purge_removes_every_variant() {
     assert_eq!(bad.status(), 400);
     assert!(origin.total() > 0);
 }
+
+#[tokio::test]
+async fn cookies_bodies_and_unidentified_clients_bypass_the_cache() {
+    const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
+    let origin = Origin::start().await;
+    let g = Gantry::start(&format!(
+        "{}\n[routes.cookies]\npaths = [\"/cookies\"]\ncluster = \"origin\"\n\
+         [routes.cookies.plugins.cache]\ncache_cookies = true\n\
+         [routes.tokens]\npaths = [\"/tokens\"]\ncluster = \"origin\"\n\
+         [routes.tokens.plugins.jwt-auth]\nalgorithms = [\"HS256\"]\nsecret = \"{SECRET}\"\n\
+         anonymous = true\n[routes.tokens.plugins.cache]\n",
+        config(&origin, "", "")
+    ));
+    // A response to a request with Cookie is neither stored nor served from the cache.
+    let target = "/k?cc=max-age=60";
+    for _ in 0..2 {
+        let got = get(&g, target, &[("cookie", "session=alice")]).await;
+        assert_eq!((got.status, got.cache.as_str()), (200, "BYPASS"));
+    }
+    assert_eq!(get(&g, target, &[]).await.cache, "MISS");
+    assert_eq!(
+        get(&g, target, &[("cookie", "session=alice")]).await.cache,
+        "BYPASS"
+    );
+    assert_eq!(origin.hits(target), 4);
+
+    // A GET with a body: the response may depend on the body, which the key does not hold.
+    let with_body = "/b?cc=max-age=60";
+    for _ in 0..2 {
+        let resp = client()
+            .get(g.url(with_body))
+            .body("{\"q\":1}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["x-cache-status"], "BYPASS");
+    }
+    assert_eq!(origin.hits(with_body), 2);
+
+    // cache_cookies: stored, one variant per Cookie header.
+    let cookies = "/cookies?cc=max-age=60";
+    let alice = [("cookie", "session=alice")];
+    assert_eq!(get(&g, cookies, &alice).await.cache, "MISS");
+    assert_eq!(get(&g, cookies, &alice).await.cache, "HIT");
+    assert_eq!(
+        get(&g, cookies, &[("cookie", "session=bob")]).await.cache,
+        "MISS"
+    );
+    assert_eq!(origin.hits(cookies), 2);
+
+    // An authenticating route stores only for an identified client.
+    let tokens = "/tokens?cc=public,%20max-age=60";
+    for _ in 0..2 {
+        assert_eq!(get(&g, tokens, &[]).await.cache, "BYPASS", "anonymous");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |claims: serde_json::Value| {
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        format!("Bearer {token}")
+    };
+    let no_sub = sign(serde_json::json!({ "exp": now + 600 }));
+    for _ in 0..2 {
+        let got = get(&g, tokens, &[("authorization", &no_sub)]).await;
+        assert_eq!(got.cache, "BYPASS", "a token without sub identifies no one");
+    }
+    let carol = sign(serde_json::json!({ "sub": "carol", "exp": now + 600 }));
+    assert_eq!(
+        get(&g, tokens, &[("authorization", &carol)]).await.cache,
+        "MISS"
+    );
+    assert_eq!(
+        get(&g, tokens, &[("authorization", &carol)]).await.cache,
+        "HIT"
+    );
+    assert_eq!(origin.hits(tokens), 5);
+}
