@@ -314,9 +314,22 @@ fn json(body: &serde_json::Value) -> Response<Vec<u8>> {
 /// Keys whose values are secrets.
 const SECRET_KEYS: [&str; 5] = ["token", "password", "keys", "secret", "secrets"];
 
-/// Replaces secrets in a parsed configuration: the values of [`SECRET_KEYS`], and the
-/// credentials of URLs (`redis://user:password@host`).
+/// Tables whose every value may be a secret: header and query values set by transforms and
+/// composed calls (`authorization = "Bearer ..."`, `api_key = "..."`).
+const SECRET_TABLES: [&str; 5] = [
+    "set_headers",
+    "add_headers",
+    "headers",
+    "set_query",
+    "add_query",
+];
+
+/// Replaces secrets in a parsed configuration: the values of [`SECRET_KEYS`], everything
+/// under [`SECRET_TABLES`], and the credentials of URLs (`redis://user:password@host`).
 fn redact(value: &mut toml::Value, key: &str) {
+    if SECRET_TABLES.contains(&key) && value.is_table() {
+        return redact_all(value);
+    }
     match value {
         toml::Value::Table(table) => {
             for (k, v) in table.iter_mut() {
@@ -324,7 +337,7 @@ fn redact(value: &mut toml::Value, key: &str) {
             }
         }
         toml::Value::Array(items) => items.iter_mut().for_each(|v| redact(v, key)),
-        toml::Value::String(s) if SECRET_KEYS.contains(&key) => *s = "REDACTED".into(),
+        toml::Value::String(_) if SECRET_KEYS.contains(&key) => redact_all(value),
         toml::Value::String(s) => {
             if let Some((scheme, rest)) = s.split_once("://") {
                 if let Some((_, host)) = rest.rsplit_once('@') {
@@ -332,6 +345,16 @@ fn redact(value: &mut toml::Value, key: &str) {
                 }
             }
         }
+        _ => {}
+    }
+}
+
+/// Replaces every string under `value` by `REDACTED`.
+fn redact_all(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => table.iter_mut().for_each(|(_, v)| redact_all(v)),
+        toml::Value::Array(items) => items.iter_mut().for_each(redact_all),
+        toml::Value::String(s) => *s = "REDACTED".into(),
         _ => {}
     }
 }

@@ -151,13 +151,57 @@ impl<'a> ErrorSink<'a> {
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = self.src[line_start..offset].chars().count() + 1;
-        let text = self.src[line_start..]
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        (line, column, Some(text))
+        let text = self.src[line_start..].lines().next().unwrap_or_default();
+        (line, column, Some(mask_secret_strings(text)))
     }
+}
+
+/// Words that make a source line's strings secret when its text contains one (lower-cased):
+/// credential keys, header values set by transforms, and cookies.
+const SECRET_WORDS: [&str; 10] = [
+    "token",
+    "password",
+    "passwd",
+    "secret",
+    "key",
+    "authorization",
+    "bearer",
+    "cookie",
+    "credential",
+    "headers",
+];
+
+/// `line` for display in an error: on a line that may hold a secret (see [`SECRET_WORDS`], or
+/// a URL with user information), every quoted string's characters are replaced by `*`, so
+/// `-t`, `POST /reload` answers and logs never quote a secret, and the caret still lines up.
+fn mask_secret_strings(line: &str) -> String {
+    let lower = line.to_ascii_lowercase();
+    let url_credentials = lower.contains("://") && lower.contains('@');
+    if !url_credentials && !SECRET_WORDS.iter().any(|w| lower.contains(w)) {
+        return line.to_string();
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in line.chars() {
+        match quote {
+            None => {
+                if c == '"' || c == '\'' {
+                    quote = Some(c);
+                }
+                out.push(c);
+            }
+            Some(q) if c == q && !escaped => {
+                quote = None;
+                out.push(c);
+            }
+            Some(q) => {
+                escaped = q == '"' && c == '\\' && !escaped;
+                out.push('*');
+            }
+        }
+    }
+    out
 }
 
 /// "did you mean `x`?" for the closest candidate, if any is close enough.
@@ -171,4 +215,41 @@ pub fn did_you_mean<'c>(
         .filter(|(score, _)| *score >= 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_that_may_hold_secrets_are_quoted_masked() {
+        assert_eq!(
+            mask_secret_strings(r#"set_headers = { authorization = "Bearer abc" }"#),
+            r#"set_headers = { authorization = "**********" }"#
+        );
+        assert_eq!(
+            mask_secret_strings(r#"url = "redis://u:pw@h:6379""#),
+            r#"url = "*******************""#
+        );
+        assert_eq!(
+            mask_secret_strings(r#"secret = "a\"b" # x"#),
+            r#"secret = "****" # x"#
+        );
+        assert_eq!(
+            mask_secret_strings(r#"paths = ["/a"]"#),
+            r#"paths = ["/a"]"#
+        );
+    }
+
+    #[test]
+    fn a_quoted_source_line_never_shows_a_secret() {
+        let src = "[routes.r.plugins.request-transform]\nset_headers = { authorization = 7 }\n\
+                   x = { token = \"tok-123\" }\n";
+        let mut sink = ErrorSink::new("g.toml", src);
+        sink.push(Some(40..41), "k", "bad", None);
+        sink.push(Some(src.find("x =").unwrap()..src.len()), "x", "bad", None);
+        let shown = ConfigErrors(sink.errors).to_string();
+        assert!(!shown.contains("tok-123"), "{shown}");
+        assert!(shown.contains("x = { token = \"*******\" }"), "{shown}");
+    }
 }

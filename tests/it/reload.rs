@@ -1,7 +1,9 @@
 //! Hot reload: by `POST /reload` and `SIGHUP`, refused when invalid, keeping backend health,
 //! and without failing a request under load.
 
-use crate::common::{admin_metrics, client, free_port, wait_for_port, Gantry, Upstream};
+use crate::common::{
+    admin_metrics, check_config, client, free_port, wait_for_port, Gantry, Upstream,
+};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -274,4 +276,45 @@ async fn a_removed_cluster_stops_being_probed() {
     );
     assert_eq!(g.get("/", &[]).await.text().await.unwrap(), "gone");
     accept.abort();
+}
+
+#[tokio::test]
+async fn secrets_never_appear_in_checks_reload_answers_or_the_config_endpoint() {
+    let admin = free_port();
+    let up = Upstream::start("echo").await;
+    let good = format!(
+        "{}[clusters.echo]\nbackends = [\"{}\"]\n[routes.r]\npaths = [\"/\"]\ncluster = \"echo\"\n\
+         [routes.r.plugins.request-transform]\n\
+         set_headers = {{ authorization = \"Bearer sekrit-header-1\" }}\n\
+         set_query = {{ api_key = \"sekrit-query-2\" }}\n",
+        admin_section(admin),
+        up.addr
+    );
+    let g = Gantry::start(&good);
+    wait_for_port(admin);
+    let config = admin_json(admin, "/config").await.to_string();
+    assert!(!config.contains("sekrit"), "{config}");
+    assert!(config.contains("REDACTED"), "{config}");
+
+    // Broken files whose errors sit on lines holding secrets.
+    let short_secret = format!(
+        "{good}[routes.j]\npaths = [\"/j\"]\ncluster = \"echo\"\n\
+         [routes.j.plugins.jwt-auth]\nalgorithms = [\"HS256\"]\nsecret = \"sekrit-short-3\"\n"
+    );
+    let bad_header = format!(
+        "{good}[routes.h]\npaths = [\"/h\"]\ncluster = \"echo\"\n\
+         [routes.h.plugins.request-transform]\n\
+         set_headers = {{ authorization = \"Bearer sekrit-4\", \"bad name\" = \"x\" }}\n"
+    );
+    for broken in [short_secret, bad_header] {
+        let (ok, output) = check_config(&broken);
+        assert!(!ok, "{broken}");
+        assert!(!output.contains("sekrit"), "{output}");
+        g.rewrite_config("", &broken);
+        let refused = reload(admin).await;
+        assert_eq!(refused.status(), 422);
+        let answer = refused.text().await.unwrap();
+        assert!(!answer.contains("sekrit"), "{answer}");
+    }
+    assert!(!g.log().contains("sekrit"), "{}", g.log());
 }
