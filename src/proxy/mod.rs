@@ -713,8 +713,19 @@ impl ProxyHttp for Gateway {
         Ok(body.filter(|b| !b.is_empty()))
     }
 
+    /// A client that went away or reset its stream is not a gateway failure: logged only at
+    /// `debug` (any client could otherwise flood the error log).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        client_went_away(error) && !log::log_enabled!(log::Level::Debug)
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        // 499 (nginx's convention) when the client left before a response header was sent.
+        let status = match session.response_written() {
+            Some(resp) => resp.status.as_u16(),
+            None if e.is_some_and(client_went_away) => CLIENT_CLOSED_REQUEST,
+            None => 0,
+        };
         if let Some(route) = &ctx.route {
             for plugin in route.plugins.log.iter() {
                 plugin.on_log(&ctx.state, status).await;
@@ -898,6 +909,23 @@ fn client_identity(ctx: &RequestCtx) -> Option<ClientIdentity<'_>> {
         (None, None) if ctx.route.as_ref()?.plugins.authenticates => None,
         (None, None) => Some(ClientIdentity::Nobody),
     }
+}
+
+/// The status logged for a request whose client left before any response (nginx's 499).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Whether `error` is the client closing, resetting or stalling its side of the exchange.
+fn client_went_away(error: &Error) -> bool {
+    *error.esource() == ErrorSource::Downstream
+        && matches!(
+            error.etype(),
+            ErrorType::ConnectionClosed
+                | ErrorType::ReadError
+                | ErrorType::WriteError
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout
+                | ErrorType::H2Error
+        )
 }
 
 /// The matched route's caching rules.

@@ -579,3 +579,33 @@ async fn h2_authority_conflicts_and_cr_lf_in_values_are_refused() {
     }
     assert_eq!(up.hits(), 0, "a refused h2 request reached the upstream");
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_request_is_logged_as_499_without_an_error_line() {
+    let up = Upstream::start("echo").await;
+    let admin = free_port();
+    let g = Gantry::start_with(
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
+        &echo_routes(&up),
+    );
+    wait_for_port(admin);
+    let mut c = RawConn::connect(g.port).await;
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten..")
+        .await;
+    drop(c);
+    let line = "gantry_requests_total{route=\"all\",method=\"POST\",status=\"499\"} 1";
+    let started = Instant::now();
+    loop {
+        let metrics = admin_metrics(admin).await;
+        if metrics.contains(line) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{line} missing:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = g.log();
+    assert!(!log.contains("ERROR"), "{log}");
+}
