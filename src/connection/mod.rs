@@ -112,41 +112,34 @@ where
         drop(config);
         let head_by = accepted_at(&stream) + settings.header_timeout;
         let tls = stream.get_ssl_digest().is_some();
-        if tls && matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            h2::serve(
-                &self.app,
-                stream,
-                shutdown,
-                head_by,
-                settings.keepalive_timeout,
-            )
-            .await;
-            return None;
-        }
-        let mut buf = BytesMut::new();
-        let limits = Limits {
-            max_size: settings.max_request_header_size,
-            first_byte_by: head_by,
-            header_timeout: settings.header_timeout,
-            head_by: Some(head_by),
-            h2c: settings.h2c && !tls,
-        };
-        let first = head::read(&mut stream, &mut buf, limits).await;
-        if first == Read::H2Preface {
-            if let Some(stream) = replay(stream, &buf) {
-                h2::serve(
-                    &self.app,
-                    stream,
-                    shutdown,
-                    head_by,
-                    settings.keepalive_timeout,
-                )
-                .await;
+        // HTTP/2: negotiated by ALPN on TLS, or announced by the h2c preface on plain text.
+        let h2_stream = if tls && matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            stream
+        } else {
+            let mut buf = BytesMut::new();
+            let limits = Limits {
+                max_size: settings.max_request_header_size,
+                first_byte_by: head_by,
+                header_timeout: settings.header_timeout,
+                head_by: Some(head_by),
+                h2c: settings.h2c && !tls,
+            };
+            let first = head::read(&mut stream, &mut buf, limits).await;
+            if first != Read::H2Preface {
+                self.serve_http1(stream, buf, first, settings, shutdown)
+                    .await;
+                return None;
             }
-            return None;
-        }
-        self.serve_http1(stream, buf, first, settings, shutdown)
-            .await;
+            replay(stream, &buf)?
+        };
+        h2::serve(
+            &self.app,
+            h2_stream,
+            shutdown,
+            head_by,
+            settings.keepalive_timeout,
+        )
+        .await;
         None
     }
 
