@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod router;
+pub mod runtime_dir;
 pub mod server;
 pub mod tls;
 pub mod upstream;

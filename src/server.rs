@@ -30,6 +30,9 @@ pub fn build(config: Config, path: PathBuf, opts: RunOptions) -> Result<Server, 
     let (access_log, log_writer) = AccessLog::open(&config.log.access, config.log.format)
         .map_err(|e| format!("cannot open the access log {:?}: {e}", config.log.access))?;
     let settings = config.server.clone();
+    if let Some(dir) = &settings.runtime_dir {
+        crate::runtime_dir::ensure(dir)?;
+    }
     let admin = config.admin.clone();
     let conf = ServerConf {
         threads: settings.threads,

@@ -357,10 +357,12 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 .max_request_header_size
                 .map_or(64 * 1024, |b| usize::try_from(b.0).unwrap_or(usize::MAX)),
             upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(128),
-            pid_file: s.pid_file.unwrap_or_else(|| "/tmp/gantry.pid".into()),
+            runtime_dir: (s.pid_file.is_none() || s.upgrade_sock.is_none())
+                .then(crate::runtime_dir::default_dir),
+            pid_file: s.pid_file.unwrap_or_else(|| in_runtime_dir("gantry.pid")),
             upgrade_sock: s
                 .upgrade_sock
-                .unwrap_or_else(|| "/tmp/gantry_upgrade.sock".into()),
+                .unwrap_or_else(|| in_runtime_dir("upgrade.sock")),
             error_log: s.error_log,
         }
     }
@@ -1063,4 +1065,12 @@ fn backend_host(addr: &str) -> String {
     } else {
         host.to_string()
     }
+}
+
+/// `name` in the default runtime directory ([`crate::runtime_dir`]).
+fn in_runtime_dir(name: &str) -> String {
+    crate::runtime_dir::default_dir()
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
 }

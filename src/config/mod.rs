@@ -66,6 +66,9 @@ pub struct ServerSettings {
     pub upstream_keepalive_pool_size: usize,
     /// Removed from untrusted peers' requests.
     pub strip_untrusted_headers: Vec<http::HeaderName>,
+    /// The default directory of the pid file and upgrade socket, when either is defaulted:
+    /// created (0700) at start.
+    pub runtime_dir: Option<std::path::PathBuf>,
     /// Pid file for `--daemon`.
     pub pid_file: String,
     /// Upgrade socket for `--upgrade`.

@@ -51,9 +51,11 @@ pub struct ServerSection {
     /// them). Default: the method overrides and forwarding variants listed in
     /// `docs/configuration.md`; `[]` keeps every header.
     pub strip_untrusted_headers: Option<Vec<Spanned<String>>>,
-    /// The pid file (used with `--daemon`). Default `/tmp/gantry.pid`.
+    /// The pid file (used with `--daemon`). Default `gantry.pid` in the runtime directory
+    /// (see `crate::runtime_dir`).
     pub pid_file: Option<String>,
-    /// The Unix socket that hands listeners over on `--upgrade`. Default `/tmp/gantry_upgrade.sock`.
+    /// The Unix socket that hands listeners over on `--upgrade`. Default `upgrade.sock` in the
+    /// runtime directory.
     pub upgrade_sock: Option<String>,
     /// Where logs go when running with `--daemon`. Default: stderr.
     pub error_log: Option<String>,
