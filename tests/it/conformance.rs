@@ -597,3 +597,56 @@ async fn a_client_that_leaves_mid_request_is_logged_as_499_without_an_error_line
     let log = g.log();
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+#[tokio::test]
+async fn h2_streams_cut_by_the_client_leave_no_error_line() {
+    let up = Upstream::start("echo").await;
+    let admin = free_port();
+    let g = Gantry::start_with(
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
+        &echo_routes(&up),
+    );
+    wait_for_port(admin);
+    let mut stream = raw_h2::open(g.port).await;
+    for id in [1u32, 3, 5] {
+        let mut frame = raw_h2::request(&[
+            (":method", b"GET"),
+            (":scheme", b"http"),
+            (":path", b"/slow/2000"),
+            (":authority", b"a"),
+        ]);
+        frame[5..9].copy_from_slice(&id.to_be_bytes());
+        stream.write_all(&frame).await.expect("request");
+    }
+    // Reset one stream, then drop the connection with the others in flight (as h2load does
+    // when its run ends).
+    stream
+        .write_all(&raw_h2::frame(
+            raw_h2::RST_STREAM,
+            0,
+            1,
+            &8u32.to_be_bytes(),
+        ))
+        .await
+        .expect("reset");
+    let started = Instant::now();
+    while up.hits() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "streams not forwarded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(stream);
+    // The upstream answers after 2 s; the gateway then finds the client gone.
+    let mut probe = RawConn::connect(g.port).await;
+    probe
+        .send(b"GET /slow/2500 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    assert_eq!(probe.response().await.expect("answer").status, 200);
+    let log = g.log();
+    assert!(!log.contains("ERROR"), "{log}");
+    let metrics = admin_metrics(admin).await;
+    let line = "gantry_requests_total{route=\"all\",method=\"GET\",status=\"499\"} 3";
+    assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+}
