@@ -21,6 +21,33 @@ fn echo_routes(up: &Upstream) -> String {
     )
 }
 
+/// The gateway with `server_extra` and an admin listener (for its metrics), and the admin port.
+fn with_admin(server_extra: &str, up: &Upstream) -> (Gantry, u16) {
+    let admin = free_port();
+    let g = Gantry::start_with(
+        &format!("{server_extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\""),
+        &echo_routes(up),
+    );
+    wait_for_port(admin);
+    (g, admin)
+}
+
+/// Waits until the admin metrics hold `line` (the request is logged after its answer).
+async fn wait_for_metric(admin: u16, line: &str) {
+    let started = Instant::now();
+    loop {
+        let metrics = admin_metrics(admin).await;
+        if metrics.contains(line) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{line} missing:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Sends `bytes` and then a second request; returns the first response and whether the
 /// gateway closed the connection after it.
 async fn exchange(port: u16, bytes: &[u8]) -> (RawResponse, bool) {
@@ -284,12 +311,10 @@ async fn a_head_is_capped_while_it_is_read() {
 #[tokio::test]
 async fn slow_heads_get_408_and_silent_connections_close() {
     let up = Upstream::start("echo").await;
-    let admin = free_port();
-    let g = Gantry::start_with(
-        &format!("header_timeout = \"{DEADLINE}\"\nkeepalive_timeout = \"30s\"\n[admin]\nlisten = \"127.0.0.1:{admin}\""),
-        &echo_routes(&up),
+    let (g, admin) = with_admin(
+        &format!("header_timeout = \"{DEADLINE}\"\nkeepalive_timeout = \"30s\""),
+        &up,
     );
-    wait_for_port(admin);
 
     // An unfinished head.
     let started = Instant::now();
@@ -362,12 +387,7 @@ async fn idle_keep_alive_connections_close_after_keepalive_timeout() {
 #[tokio::test]
 async fn connection_limits_close_new_connections_and_count_them() {
     let up = Upstream::start("echo").await;
-    let admin = free_port();
-    let g = Gantry::start_with(
-        &format!("max_connections = 2\nmax_connections_per_ip = 1\n[admin]\nlisten = \"127.0.0.1:{admin}\""),
-        &echo_routes(&up),
-    );
-    wait_for_port(admin);
+    let (g, admin) = with_admin("max_connections = 2\nmax_connections_per_ip = 1", &up);
     let served = |mut c: RawConn| async move {
         c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
         c.response().await.map(|r| r.status).map(|s| (s, c))
@@ -571,29 +591,13 @@ async fn h2_authority_conflicts_and_cr_lf_in_values_are_refused() {
 #[tokio::test]
 async fn a_client_that_leaves_mid_request_is_logged_as_499_without_an_error_line() {
     let up = Upstream::start("echo").await;
-    let admin = free_port();
-    let g = Gantry::start_with(
-        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
-        &echo_routes(&up),
-    );
-    wait_for_port(admin);
+    let (g, admin) = with_admin("", &up);
     let mut c = RawConn::connect(g.port).await;
     c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten..")
         .await;
     drop(c);
     let line = "gantry_requests_total{route=\"all\",method=\"POST\",status=\"499\"} 1";
-    let started = Instant::now();
-    loop {
-        let metrics = admin_metrics(admin).await;
-        if metrics.contains(line) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{line} missing:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_metric(admin, line).await;
     let log = g.log();
     assert!(!log.contains("ERROR"), "{log}");
 }
@@ -601,12 +605,7 @@ async fn a_client_that_leaves_mid_request_is_logged_as_499_without_an_error_line
 #[tokio::test]
 async fn h2_streams_cut_by_the_client_leave_no_error_line() {
     let up = Upstream::start("echo").await;
-    let admin = free_port();
-    let g = Gantry::start_with(
-        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
-        &echo_routes(&up),
-    );
-    wait_for_port(admin);
+    let (g, admin) = with_admin("", &up);
     let mut stream = raw_h2::open(g.port).await;
     for id in [1u32, 3, 5] {
         let mut frame = raw_h2::request(&[
