@@ -325,7 +325,8 @@ async fn slow_heads_get_408_and_silent_connections_close() {
     assert!(started.elapsed() >= AT_LEAST);
     assert!(c.closed().await);
 
-    // A head dripped one byte at a time: the deadline counts from accept, not from the last byte.
+    // A head dripped one byte every 50 ms (the slowloris pace, not a wait): the deadline counts
+    // from accept, not from the last byte.
     let started = Instant::now();
     let stream = TcpStream::connect(("127.0.0.1", g.port))
         .await
@@ -336,7 +337,7 @@ async fn slow_heads_get_408_and_silent_connections_close() {
             if write.write_all(&[*byte]).await.is_err() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
     let mut answer = Vec::new();
