@@ -44,6 +44,7 @@ use consumer::Consumer;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
+use std::borrow::Borrow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -328,13 +329,15 @@ impl std::fmt::Debug for PluginChain {
 /// Removes headers `names` and every client-sent alias of them written with `_` for `-`
 /// (`X_Consumer_Name`), which CGI-style upstreams read as the same header. One pass; nothing
 /// is allocated unless a header name contains `_`.
-pub fn remove_headers_and_aliases(req: &mut RequestHeader, names: &[&HeaderName]) {
+pub fn remove_headers_and_aliases<N: Borrow<HeaderName>>(req: &mut RequestHeader, names: &[N]) {
     for name in names {
-        req.remove_header(*name);
+        if req.headers.contains_key(name.borrow()) {
+            req.remove_header(name.borrow());
+        }
     }
     let is_alias = |k: &str| {
         names.iter().any(|n| {
-            let n = n.as_str();
+            let n = n.borrow().as_str();
             k.len() == n.len()
                 && k.bytes()
                     .zip(n.bytes())

@@ -286,7 +286,17 @@ pub fn header_templates(
     scope: &TemplateScope,
 ) -> Result<Vec<(HeaderName, Template)>, String> {
     map.iter()
-        .map(|(name, value)| Ok((header_name(name)?, Template::parse(value, scope)?)))
+        .map(|(name, value)| {
+            let name = header_name(name)?;
+            // Checked on the configured text, never echoed: the value may be a secret.
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(format!(
+                    "the value of `{name}` holds a control character, which a header value \
+                     cannot"
+                ));
+            }
+            Ok((name, Template::parse(value, scope)?))
+        })
         .collect()
 }
 
@@ -360,6 +370,15 @@ mod tests {
             );
         }
         assert!(Template::parse("$path.id", &TemplateScope::default()).is_err());
+        let bad_value = std::collections::BTreeMap::from([(
+            "authorization".to_string(),
+            "Bearer s3cret\r\nx-admin: 1".to_string(),
+        )]);
+        let e = header_templates(&bad_value, &scope()).expect_err("CRLF in a value");
+        assert!(
+            e.contains("`authorization`") && !e.contains("s3cret"),
+            "{e}"
+        );
         assert!(Template::parse("plain", &scope())
             .expect("valid")
             .is_constant());

@@ -44,6 +44,10 @@ const FRAMING_HEADERS: &[&str] = &[
 /// The largest backend weight: the balancers expand weights into lists and hash rings.
 const MAX_WEIGHT: usize = 1000;
 
+/// The smallest `server.max_request_header_size`: below it even an ordinary request head (or
+/// the 24-byte HTTP/2 preface) could not be read.
+const MIN_REQUEST_HEADER_SIZE: usize = 1024;
+
 /// Compiles sections that deserialized cleanly; problems go to `errors`.
 pub struct Compiler<'e, 'a> {
     errors: &'e mut ErrorSink<'a>,
@@ -340,6 +344,17 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 self.entry_error(key, "the limit must be at least 1", None);
             }
         }
+        let max_request_header_size = s
+            .max_request_header_size
+            .map_or(64 * 1024, |b| usize::try_from(b.0).unwrap_or(usize::MAX));
+        if max_request_header_size < MIN_REQUEST_HEADER_SIZE {
+            self.entry_error(
+                "server.max_request_header_size",
+                "max_request_header_size must be at least 1 KiB (a browser's request head \
+                 is rarely under 500 bytes)",
+                Some("write a size like \"64KiB\"".into()),
+            );
+        }
         ServerSettings {
             tls,
             strip_untrusted_headers,
@@ -353,9 +368,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
             header_timeout,
             max_connections: s.max_connections,
             max_connections_per_ip: s.max_connections_per_ip,
-            max_request_header_size: s
-                .max_request_header_size
-                .map_or(64 * 1024, |b| usize::try_from(b.0).unwrap_or(usize::MAX)),
+            max_request_header_size,
             upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(128),
             runtime_dir: (s.pid_file.is_none() || s.upgrade_sock.is_none())
                 .then(crate::runtime_dir::default_dir),

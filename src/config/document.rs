@@ -6,7 +6,7 @@
 //! offending key is removed and the entry is tried again, so one pass reports every unknown key
 //! and every bad value with its line and column.
 
-use super::error::{did_you_mean, ConfigErrors, ErrorSink};
+use super::error::{did_you_mean, without_string_values, ConfigErrors, ErrorSink};
 use serde::de::DeserializeOwned;
 use serde_path_to_error::Segment;
 use std::ops::Range;
@@ -184,7 +184,7 @@ impl<'a> Document<'a> {
                     .or_else(|| Some(format!("use one of: {}", expected.join(", "))));
                 (format!("unknown value `{variant}`"), hint)
             } else {
-                (message.clone(), None)
+                (without_string_values(&message), None)
             };
             let full = join_key(key, &path, None);
             self.errors.push(inner.span(), &full, text, hint);

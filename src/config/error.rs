@@ -156,6 +156,28 @@ impl<'a> ErrorSink<'a> {
     }
 }
 
+/// `message` (serde's) with every quoted string value left out: `invalid type: string "k3y",
+/// expected a sequence` becomes `invalid type: a string, expected a sequence`. A value in the
+/// wrong place may be a key, a password or a URL with credentials.
+pub fn without_string_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("string \"") {
+        out.push_str(&rest[..at]);
+        out.push_str("a string");
+        let value = &rest[at + "string \"".len()..];
+        let mut escaped = false;
+        let end = value.char_indices().find_map(|(i, c)| {
+            let closes = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            closes.then_some(i + 1)
+        });
+        rest = &value[end.unwrap_or(value.len())..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Words that make a source line's strings secret when its text contains one (lower-cased):
 /// credential keys, header values set by transforms, and cookies.
 const SECRET_WORDS: [&str; 10] = [
@@ -220,6 +242,22 @@ pub fn did_you_mean<'c>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serde_messages_lose_their_string_values() {
+        assert_eq!(
+            without_string_values(r#"invalid type: string "k\"3y", expected a sequence"#),
+            "invalid type: a string, expected a sequence"
+        );
+        assert_eq!(
+            without_string_values(r#"invalid value: string "redis://:pw@h", expected x"#),
+            "invalid value: a string, expected x"
+        );
+        assert_eq!(
+            without_string_values("expected a string"),
+            "expected a string"
+        );
+    }
 
     #[test]
     fn lines_that_may_hold_secrets_are_quoted_masked() {

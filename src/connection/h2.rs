@@ -8,7 +8,7 @@
 //! GOAWAY and drains.
 
 use pingora::apps::HttpServerApp;
-use pingora::protocols::http::v2::server::{handshake, H2Accept, HttpSession};
+use pingora::protocols::http::v2::server::{default_h2_options, handshake, H2Accept, HttpSession};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
@@ -59,15 +59,20 @@ impl Active {
     }
 }
 
-/// Serves one HTTP/2 connection with `app`. The handshake and the first request must arrive by
-/// `first_request_by`; afterwards the connection closes when idle for `idle`.
-pub async fn serve<A>(
-    app: &Arc<A>,
-    stream: Stream,
-    shutdown: &ShutdownWatch,
-    first_request_by: Instant,
-    idle: Duration,
-) where
+/// How one HTTP/2 connection is bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// The handshake and the first request must arrive by then.
+    pub first_request_by: Instant,
+    /// The connection closes when no stream is in flight for this long.
+    pub idle: Duration,
+    /// The largest decoded header list a stream may send (`max_request_header_size`).
+    pub max_header_list_size: usize,
+}
+
+/// Serves one HTTP/2 connection with `app` within `bounds`.
+pub async fn serve<A>(app: &Arc<A>, stream: Stream, shutdown: &ShutdownWatch, bounds: Bounds)
+where
     A: HttpServerApp + Send + Sync + 'static,
 {
     let digest = Arc::new(Digest {
@@ -76,29 +81,29 @@ pub async fn serve<A>(
         proxy_digest: stream.get_proxy_digest(),
         socket_digest: stream.get_socket_digest(),
     });
-    let mut conn = match tokio::time::timeout_at(
-        first_request_by,
-        handshake(stream, app.h2_options()),
-    )
-    .await
-    {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            log::debug!("HTTP/2 handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            log::debug!("HTTP/2 handshake not done by the header deadline");
-            return;
-        }
-    };
+    let mut options = app.h2_options().unwrap_or_else(default_h2_options);
+    options.max_header_list_size(u32::try_from(bounds.max_header_list_size).unwrap_or(u32::MAX));
+    let mut conn =
+        match tokio::time::timeout_at(bounds.first_request_by, handshake(stream, Some(options)))
+            .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                log::debug!("HTTP/2 handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                log::debug!("HTTP/2 handshake not done by the header deadline");
+                return;
+            }
+        };
     let active = Arc::new(Active::default());
     let mut watch = shutdown.clone();
     let mut shutting_down = *watch.borrow();
     if shutting_down {
         conn.graceful_shutdown();
     }
-    let mut first = Some(first_request_by);
+    let mut first = Some(bounds.first_request_by);
     let mut malformed = 0;
     loop {
         let accepted = if shutting_down {
@@ -112,7 +117,7 @@ pub async fn serve<A>(
                     continue;
                 }
                 accepted = HttpSession::from_h2_conn(&mut conn, Arc::clone(&digest)) => accepted,
-                _ = active.idle_out(first, idle) => return,
+                _ = active.idle_out(first, bounds.idle) => return,
             }
         };
         match accepted {

@@ -94,9 +94,14 @@ pub async fn read<S: AsyncRead + Unpin>(
     limits: Limits,
 ) -> Read {
     let mut scanned: usize = 0;
-    let mut head_deadline = (!buf.is_empty()).then(|| head_deadline_from_now(&limits));
+    let mut head_deadline = None;
     loop {
         scanned = scanned.saturating_sub(skip_leading_empty_lines(buf));
+        // The head starts with its first byte after any empty lines (a stray CRLF after a
+        // body leaves the connection idle, not a head in progress).
+        if head_deadline.is_none() && !buf.is_empty() {
+            head_deadline = Some(head_deadline_from_now(&limits));
+        }
         if limits.h2c && !buf.is_empty() && H2_PREFACE.starts_with(&buf[..buf.len().min(24)]) {
             if buf.len() >= H2_PREFACE.len() {
                 return Read::H2Preface;
@@ -121,9 +126,7 @@ pub async fn read<S: AsyncRead + Unpin>(
         let mut limited = (&mut *stream).take(room as u64);
         match tokio::time::timeout_at(deadline, limited.read_buf(buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Read::Gone,
-            Ok(Ok(_)) => {
-                head_deadline.get_or_insert_with(|| head_deadline_from_now(&limits));
-            }
+            Ok(Ok(_)) => {}
             Err(_) if head_deadline.is_none() => return Read::Gone,
             Err(_) => return Read::Refused(Refusal::TimedOut),
         }
@@ -173,12 +176,15 @@ fn inspect(head: &[u8]) -> Read {
     let mut req = httparse::Request::new(&mut fields);
     match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
-        // Pingora escapes some bytes of a request line that httparse refuses; it decides.
+        // The preface's first lines, read where h2c is off (or on a reused connection).
+        Err(httparse::Error::Version) if H2_PREFACE.starts_with(head) => return Read::H2Preface,
+        // A space, control byte or quote in the target, or no HTTP/1.x version: refused, as
+        // nginx does (Pingora would escape the target and read on, unchecked here).
         Err(httparse::Error::Token | httparse::Error::Version) => {
-            return Read::Head {
-                len: head.len(),
-                body: Body::Rest,
-            }
+            return Read::Refused(Refusal::Malformed(
+                "the request line must be a method, a target without spaces or control \
+                 characters, and HTTP/1.0 or HTTP/1.1",
+            ))
         }
         Err(httparse::Error::TooManyHeaders) => {
             return Read::Refused(Refusal::TooLarge("the request has too many header fields"))
@@ -202,6 +208,12 @@ fn inspect(head: &[u8]) -> Read {
 /// Checks Host, the target's authority, Content-Length and Transfer-Encoding, and says which
 /// body follows.
 fn framing(req: &httparse::Request<'_, '_>) -> Result<Body, Refusal> {
+    if req.method == Some("CONNECT") {
+        // Pingora would answer with a bare 405; a gateway is not a forward proxy.
+        return Err(Refusal::Malformed(
+            "CONNECT is not served: this is a gateway, not a forward proxy",
+        ));
+    }
     let mut host = None;
     let mut length: Option<&[u8]> = None;
     let mut chunked = false;
@@ -365,6 +377,41 @@ mod tests {
         client.write_all(b"GET").await.unwrap();
         assert_eq!(reader.await.unwrap(), Read::Refused(Refusal::TimedOut));
         assert_eq!(first_byte.elapsed(), TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stray_empty_line_on_a_reused_connection_keeps_it_idle() {
+        let idle = Duration::from_secs(60);
+        let limits = Limits {
+            first_byte_by: Instant::now() + idle,
+            head_by: None,
+            ..limits(false)
+        };
+        let started = Instant::now();
+        let (got, _client) = read_after(b"\r\n", limits).await;
+        assert_eq!(got, Read::Gone, "no 408 for an empty line");
+        assert_eq!(started.elapsed(), idle);
+    }
+
+    #[tokio::test]
+    async fn request_lines_httparse_refuses_are_refused_here() {
+        for line in [
+            b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n".as_slice(),
+            b"GET /\x01 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
+        ] {
+            let (got, _client) = read_after(line, limits(false)).await;
+            assert!(
+                matches!(got, Read::Refused(Refusal::Malformed(_))),
+                "{got:?}"
+            );
+        }
+        let (got, _client) = read_after(H2_PREFACE, limits(false)).await;
+        assert_eq!(
+            got,
+            Read::H2Preface,
+            "recognised, to be refused, with h2c off"
+        );
     }
 
     #[tokio::test]

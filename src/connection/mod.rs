@@ -125,21 +125,19 @@ where
                 h2c: settings.h2c && !tls,
             };
             let first = head::read(&mut stream, &mut buf, limits).await;
-            if first != Read::H2Preface {
+            if first != Read::H2Preface || !limits.h2c {
                 self.serve_http1(stream, buf, first, settings, shutdown)
                     .await;
                 return None;
             }
             replay(stream, &buf)?
         };
-        h2::serve(
-            &self.app,
-            h2_stream,
-            shutdown,
-            head_by,
-            settings.keepalive_timeout,
-        )
-        .await;
+        let bounds = h2::Bounds {
+            first_request_by: head_by,
+            idle: settings.keepalive_timeout,
+            max_header_list_size: settings.max_request_header_size,
+        };
+        h2::serve(&self.app, h2_stream, shutdown, bounds).await;
         None
     }
 
@@ -169,8 +167,12 @@ where
                 Read::Head { len, body } => (len, body),
                 Read::Gone => return,
                 Read::H2Preface => {
-                    // Only possible with h2c off: the preface is not an HTTP/1 request.
-                    return refuse(stream, Refusal::Malformed("HTTP/2 is not enabled here")).await;
+                    // With h2c off, or after an HTTP/1 request: not an HTTP/1 request.
+                    return refuse(
+                        stream,
+                        Refusal::Malformed("HTTP/2 prior knowledge is not enabled here"),
+                    )
+                    .await;
                 }
                 Read::Refused(refusal) => return refuse(stream, refusal).await,
             };

@@ -720,11 +720,14 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        // 499 (nginx's convention) when the client left before a response header was sent.
-        let status = match session.response_written() {
-            Some(resp) => resp.status.as_u16(),
-            None if e.is_some_and(client_went_away) => CLIENT_CLOSED_REQUEST,
-            None => 0,
+        // With no response header sent: the status the gateway chose for its failure (as
+        // nginx logs a 502 it could not deliver), else 499 (the client left first).
+        let status = match (session.response_written(), e) {
+            (Some(resp), _) => resp.status.as_u16(),
+            (None, Some(e)) if !client_went_away(e) => {
+                ProblemKind::from_error(e).map_or(CLIENT_CLOSED_REQUEST, ProblemKind::status)
+            }
+            (None, _) => CLIENT_CLOSED_REQUEST,
         };
         if let Some(route) = &ctx.route {
             for plugin in route.plugins.log.iter() {

@@ -27,6 +27,10 @@ pub const DEFAULT_STRIPPED: &[&str] = &[
     "x-host",
 ];
 
+/// The refusal of a target in none of the forms a gateway serves.
+const TARGET_FORMS: &str =
+    "the request target must be a path, `*` (OPTIONS only) or an http or https URL";
+
 /// Settles `req`'s target and host; `Err` is the reason to refuse it with a 400.
 pub fn settle(req: &mut RequestHeader) -> Result<(), &'static str> {
     let hosts = req.headers.get_all(header::HOST).iter().count();
@@ -42,12 +46,26 @@ pub fn settle(req: &mut RequestHeader) -> Result<(), &'static str> {
     }
     // Pingora keeps an absolute-form target's raw bytes (sent upstream verbatim) and only its
     // path in `uri`; it has checked that a Host header equals the authority.
-    let authority = match raw_target_authority(req.raw_path()) {
-        RawTargetAuthority::None => return Ok(()),
+    // Any other form is refused: Pingora routes a target like `x:/admin` as `/` but sends
+    // its raw bytes upstream, where a backend may read the path `/admin`.
+    let raw = req.raw_path();
+    let authority = match raw_target_authority(raw) {
+        RawTargetAuthority::None if raw.starts_with(b"/") => return Ok(()),
+        RawTargetAuthority::None if raw == b"*" && req.method == http::Method::OPTIONS => {
+            return Ok(())
+        }
+        RawTargetAuthority::None => return Err(TARGET_FORMS),
         RawTargetAuthority::AmbiguousAuthority => {
             return Err("the request target's authority is ambiguous")
         }
-        RawTargetAuthority::Absolute { authority, .. } => authority,
+        RawTargetAuthority::Absolute {
+            scheme, authority, ..
+        } => {
+            if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+                return Err(TARGET_FORMS);
+            }
+            authority
+        }
     };
     if authority.contains(&b'@') {
         return Err("the request target must not carry user information");
@@ -62,13 +80,10 @@ pub fn settle(req: &mut RequestHeader) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Removes `names` from `req` (a request from an untrusted peer).
+/// Removes `names` from `req` (a request from an untrusted peer), with their `_` spellings
+/// (`X_Original_URL`), which CGI-style backends read as the same header.
 pub fn strip_untrusted(req: &mut RequestHeader, names: &[HeaderName]) {
-    for name in names {
-        if req.headers.contains_key(name) {
-            req.remove_header(name);
-        }
-    }
+    gantry_plugins::remove_headers_and_aliases(req, names);
 }
 
 #[cfg(test)]
@@ -114,6 +129,25 @@ mod tests {
     }
 
     #[test]
+    fn only_origin_asterisk_and_http_absolute_forms_are_served() {
+        for refused in [
+            "x:/admin/secret",
+            "foo:bar://evil/admin",
+            "ws://a.example/",
+            "a.example:443",
+            "*",
+        ] {
+            let mut req = request(refused, Version::HTTP_11, Some("a.example"));
+            assert_eq!(settle(&mut req), Err(TARGET_FORMS), "{refused}");
+        }
+        let mut req = request("*", Version::HTTP_11, Some("a"));
+        req.set_method(http::Method::OPTIONS);
+        assert!(settle(&mut req).is_ok());
+        let mut req = request("HTTPS://a.example/x", Version::HTTP_11, Some("a.example"));
+        assert!(settle(&mut req).is_ok());
+    }
+
+    #[test]
     fn userinfo_in_the_target_is_refused() {
         let mut req = request("http://user@admin.local/", Version::HTTP_11, Some("x"));
         assert!(settle(&mut req).is_err());
@@ -125,6 +159,7 @@ mod tests {
         req.append_header("x-http-method-override", "DELETE")
             .unwrap();
         req.append_header("x-forwarded-prefix", "/admin").unwrap();
+        req.append_header("x_original_url", "/admin").unwrap();
         req.append_header("x-keep", "1").unwrap();
         let names: Vec<HeaderName> = DEFAULT_STRIPPED
             .iter()
@@ -133,6 +168,7 @@ mod tests {
         strip_untrusted(&mut req, &names);
         assert!(req.headers.get("x-http-method-override").is_none());
         assert!(req.headers.get("x-forwarded-prefix").is_none());
+        assert!(req.headers.get("x_original_url").is_none());
         assert_eq!(req.headers["x-keep"], "1");
     }
 }

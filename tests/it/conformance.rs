@@ -95,6 +95,13 @@ async fn desync_and_malformed_heads_get_their_status_and_close() {
         ("space before colon", b"GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n", 400, "malformed-request"),
         ("no Host", b"GET / HTTP/1.1\r\n\r\n", 400, "malformed-request"),
         ("two Hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "malformed-request"),
+        ("space in the target", b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400, "malformed-request"),
+        ("control byte in the target, CL+TE behind it", b"POST /\x01 HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "malformed-request"),
+        ("HTTP/1.2", b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 400, "malformed-request"),
+        ("unknown scheme", b"GET x:/admin/secret HTTP/1.1\r\nHost: a\r\n\r\n", 400, "malformed-request"),
+        ("opaque scheme with an authority", b"GET foo:bar://evil/admin HTTP/1.1\r\nHost: a\r\n\r\n", 400, "malformed-request"),
+        ("authority-form", b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 400, "malformed-request"),
+        ("asterisk with GET", b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400, "malformed-request"),
         ("oversized request line", &long_line, 431, "header-too-large"),
         ("too many headers", &many_headers, 431, "header-too-large"),
     ];
@@ -228,6 +235,8 @@ async fn headers_backends_trust_are_stripped_from_untrusted_peers() {
         "X-Original-URL: /admin",
         "X-Rewrite-URL: /admin",
         "X-Host: evil",
+        "X_Original_URL: /admin",
+        "X_Forwarded_Prefix: /admin",
         "X-Custom: kept",
     ]
     .map(|h| format!("{h}\r\n"))
@@ -247,6 +256,9 @@ async fn headers_backends_trust_are_stripped_from_untrusted_peers() {
     let headers = seen(default.port).await;
     for name in gantry::proxy::DEFAULT_STRIPPED {
         assert_eq!(headers.get(name), None, "{name} reached the upstream");
+    }
+    for alias in ["x_original_url", "x_forwarded_prefix"] {
+        assert_eq!(headers.get(alias), None, "{alias} reached the upstream");
     }
     assert_eq!(headers["x-custom"], "kept");
 

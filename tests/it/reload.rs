@@ -306,7 +306,18 @@ async fn secrets_never_appear_in_checks_reload_answers_or_the_config_endpoint() 
          [routes.h.plugins.request-transform]\n\
          set_headers = {{ authorization = \"Bearer sekrit-4\", \"bad name\" = \"x\" }}\n"
     );
-    for broken in [short_secret, bad_header] {
+    // A secret in the wrong type (a key list written as a string, a Redis URL list as one URL):
+    // serde's message would quote the value.
+    let wrong_type = format!(
+        "{good}[consumers.c]\nkeys = \"sekrit-key-5\"\n[redis]\nurls = \"redis://:sekrit-6@h:6379\"\n"
+    );
+    // A control character in a transform's header value is refused without echoing it.
+    let control_char = format!(
+        "{good}[routes.c]\npaths = [\"/c\"]\ncluster = \"echo\"\n\
+         [routes.c.plugins.request-transform]\n\
+         set_headers = {{ x-token = \"sekrit-7\\r\\nx-admin: 1\" }}\n"
+    );
+    for broken in [short_secret, bad_header, wrong_type, control_char] {
         let (ok, output) = check_config(&broken);
         assert!(!ok, "{broken}");
         assert!(!output.contains("sekrit"), "{output}");
