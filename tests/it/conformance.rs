@@ -602,6 +602,43 @@ async fn h2_authority_conflicts_and_cr_lf_in_values_are_refused() {
 }
 
 #[tokio::test]
+async fn h2_header_lists_are_bounded_by_max_request_header_size() {
+    let up = Upstream::start("echo").await;
+    let g = Gantry::start_with(
+        "max_request_header_size = \"2KiB\"\nkeepalive_timeout = \"1s\"\nheader_timeout = \"1s\"",
+        &echo_routes(&up),
+    );
+    let value = [b'v'; 100];
+    let names: Vec<String> = (0..30).map(|i| format!("x-f{i:02}")).collect();
+    let answered_ok = |fields: usize| {
+        let mut request: Vec<raw_h2::Field> = vec![
+            (":method", b"GET"),
+            (":scheme", b"http"),
+            (":path", b"/"),
+            (":authority", b"a"),
+        ];
+        request.extend(
+            names[..fields]
+                .iter()
+                .map(|n| (n.as_str(), value.as_slice())),
+        );
+        let bytes = raw_h2::request(&request);
+        async move {
+            let mut stream = raw_h2::open(g.port).await;
+            stream.write_all(&bytes).await.expect("request");
+            let frames = raw_h2::frames_until_close(&mut stream).await;
+            frames.iter().any(|(kind, _, stream, payload)| {
+                *kind == raw_h2::HEADERS && *stream == 1 && payload.first() == Some(&0x88)
+            })
+        }
+    };
+    // About 1.4 KiB of fields (HPACK counts 32 bytes more per field) is served; 4 KiB is not.
+    assert!(answered_ok(10).await, "a head under the limit is served");
+    assert!(!answered_ok(30).await, "a head over the limit is refused");
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
 async fn a_client_that_leaves_mid_request_is_logged_as_499_without_an_error_line() {
     let up = Upstream::start("echo").await;
     let (g, admin) = with_admin("", &up);
