@@ -21,6 +21,7 @@
 //! admin   (its own listener: /metrics, /health, /status, /cache/purge)
 //! tls     (TLS listeners: certificates chosen by SNI)
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod access_log;
 pub mod admin;

@@ -1,4 +1,5 @@
 //! The `gantry` command: parse arguments, load the configuration, run or check it.
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 use gantry::server::{self, RunOptions};

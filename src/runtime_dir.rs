@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 
 /// The default directory for this process's user.
 pub fn default_dir() -> PathBuf {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = rustix::process::geteuid().as_raw();
     let env_dir = |name: &str| {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
@@ -52,8 +51,7 @@ pub fn ensure(dir: &Path) -> Result<(), String> {
     }
     let meta = std::fs::symlink_metadata(dir)
         .map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = rustix::process::geteuid().as_raw();
     if !meta.file_type().is_dir() {
         return Err(format!("{} exists and is not a directory", dir.display()));
     }

@@ -12,6 +12,7 @@
 //!
 //! Each built-in plugin lives in its own module with its typed `Config`
 //! (`deny_unknown_fields`) and is listed explicitly in [`registry`].
+#![forbid(unsafe_code)]
 
 pub mod acl;
 pub mod basic_auth;

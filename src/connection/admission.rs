@@ -109,26 +109,24 @@ pub fn default_max_connections(fd_limit: u64) -> usize {
 /// Raises the soft file-descriptor limit to the hard one (as Go and Envoy deployments expect)
 /// and returns the limit in force.
 pub fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    match (limit.current, limit.maximum) {
+        (Some(current), Some(maximum)) if current < maximum => {
+            let raised = Rlimit {
+                current: Some(maximum),
+                maximum: Some(maximum),
             };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                maximum
+            } else {
+                current
             }
         }
+        (Some(current), _) => current,
+        // Unlimited (RLIM_INFINITY): the kernel's own bound on descriptors applies.
+        (None, _) => u64::from(u32::MAX),
     }
-    limit.rlim_cur
 }
 
 #[cfg(test)]
