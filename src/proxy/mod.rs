@@ -1,15 +1,25 @@
-//! The Pingora `ProxyHttp` implementation: each hook is a few lines delegating to the router,
-//! the upstream clusters and the problem writer.
+//! The Pingora `ProxyHttp` implementation. The hooks stay short and hand each phase to the file
+//! named after it:
 //!
-//! Per request: `request_filter` assigns the request id and client IP, routes, and answers
-//! direct responses and routing errors; `upstream_peer` picks a backend (again on each retry);
-//! `fail_to_connect` decides retries; `upstream_request_filter` strips the prefix and sets the
-//! forwarding headers; `response_filter` echoes the request id; `fail_to_proxy` turns any
-//! error into problem+json.
+//! - `request.rs`: trust, request id and client IP, the checks of the head (`target.rs`,
+//!   `forwarded.rs`), the routing decision, and the route's request plugins;
+//! - `respond.rs`: every response the gateway writes itself (problems, direct responses, plugin
+//!   answers, merged `aggregate` bodies), each through the route's response plugins;
+//! - `cache_hooks.rs`: the route's caching rules and the client's identity for the cache;
+//! - `logging.rs`: the status of a finished request (499 for a client that left) and its
+//!   access-log record.
+//!
+//! `upstream_peer` picks a backend (again on each retry), `fail_to_connect` decides retries,
+//! `upstream_request_filter` strips the prefix and sets the forwarding headers, and
+//! `fail_to_proxy` turns any error into problem+json.
 
+mod cache_hooks;
 mod ctx;
 pub(crate) mod forwarded;
+mod logging;
 mod problem;
+mod request;
+mod respond;
 mod target;
 
 pub use ctx::RequestCtx;
@@ -17,33 +27,37 @@ pub use forwarded::new_request_id;
 pub use problem::{Problem, ProblemKind};
 pub use target::DEFAULT_STRIPPED;
 
-use crate::access_log::{AccessLog, Record};
-use crate::aggregate::{Aggregate, ClientRequest, Outcome};
-use crate::compression::{Compression, CompressionBuilder};
-use crate::config::Config;
+use crate::access_log::AccessLog;
+use crate::compression::CompressionBuilder;
 use crate::metrics::RouteMetrics;
 use crate::reload::Live;
-use crate::router::{normalize_host, Lookup, RequestView, RouteAction};
+use crate::router::RouteAction;
 use crate::upstream::hash_key::ip_key;
 use async_trait::async_trait;
+use cache_hooks::{cache_policy, client_identity};
 use forwarded::X_REQUEST_ID;
-use gantry_plugins::cache::{CacheStatus, ClientIdentity};
-use gantry_plugins::{Flow, PluginState};
-use http::{header, Method, Uri};
+use gantry_plugins::cache::CacheStatus;
+use gantry_plugins::Flow;
+use http::{header, Uri};
+use logging::{access_record, client_went_away, downstream_scheme, CLIENT_CLOSED_REQUEST};
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::modules::http::grpc_web::{GrpcWeb, GrpcWebBridge};
 use pingora::protocols::http::bridge::grpc_web::GrpcWebCtx;
-use pingora::protocols::http::compression::Algorithm;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use problem::{ALL_BACKENDS_FAILED, BODY_REJECTED, NO_HEALTHY_BACKEND, REWRITTEN_PATH_REFUSED};
-use std::net::IpAddr;
+pub(crate) use request::request_host;
+use request::{enable_compression, grpc_web_kind, peer_ip, Decision, GrpcWebKind};
+use respond::{
+    final_response_sent, run_response_body_plugins, run_response_plugins, write_direct_response,
+    write_problem,
+};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The gateway: routes every request of one configuration.
 pub struct Gateway {
@@ -77,163 +91,6 @@ impl Gateway {
             unmatched: crate::metrics::route(crate::metrics::UNMATCHED),
         }
     }
-
-    /// Answers an `aggregate` route: the calls' merged JSON, or a 502 naming the required call
-    /// that failed.
-    async fn write_aggregate(
-        &self,
-        session: &mut Session,
-        aggregate: &Aggregate,
-        route: &crate::router::Route,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        let client = ClientRequest {
-            header: session.req_header(),
-            state: &ctx.state,
-        };
-        match aggregate.run(&self.connector, &client).await {
-            Outcome::Merged(body, partial) => {
-                let mut body = Some(bytes::Bytes::from(body.to_string()));
-                let mut resp = ResponseHeader::build(200, Some(5))?;
-                resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-                resp.insert_header(header::CONTENT_LENGTH, body.as_ref().map_or(0, |b| b.len()))?;
-                resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
-                if !partial.is_empty() {
-                    resp.insert_header("Gantry-Partial", partial.join(", "))?;
-                }
-                // The merged body is the upstreams' content: response plugins edit it as they
-                // would a proxied one.
-                ctx.state.response_from_upstream = true;
-                let req = session.req_header();
-                run_response_plugins(Some(route), req, &mut resp, &mut ctx.state).await?;
-                let head_only = req.method == Method::HEAD;
-                if !head_only {
-                    // The whole body is here: it is edited before the header goes out, so a
-                    // body that cannot be edited is still a 502, and its length is known.
-                    run_response_body_plugins(Some(route), &mut body, true, &mut ctx.state)?;
-                    resp.remove_header(&header::TRANSFER_ENCODING);
-                    resp.insert_header(
-                        header::CONTENT_LENGTH,
-                        body.as_ref().map_or(0, |b| b.len()),
-                    )?;
-                }
-                session
-                    .write_response_header(Box::new(resp), head_only)
-                    .await?;
-                if !head_only {
-                    session.write_response_body(body, true).await?;
-                }
-                Ok(())
-            }
-            Outcome::RequiredFailed(name, failure) => {
-                let detail = format!("the required call `{name}` failed: {}", failure.detail);
-                let problem = Problem {
-                    status: 502,
-                    slug: "aggregate-call-failed",
-                    title: "A composed call failed",
-                    detail: &detail,
-                    allow: &[],
-                    headers: &[],
-                    close: false,
-                };
-                write_problem(session, Some(route), ctx, &problem).await
-            }
-        }
-    }
-
-    /// The route `req` matches in `config`, if any (without the checks `request_filter`
-    /// makes first).
-    fn route_of(
-        config: &Config,
-        req: &pingora::http::RequestHeader,
-    ) -> Option<Arc<crate::router::Route>> {
-        let host = normalize_host(request_host(req));
-        let view = RequestView {
-            host: &host,
-            path: req.uri.path(),
-            method: &req.method,
-            headers: &req.headers,
-        };
-        match config.router.lookup(&view) {
-            Lookup::Found(m) => Some(Arc::clone(m.route)),
-            _ => None,
-        }
-    }
-
-    /// Runs the matched route's `on_request` chain; the first refusal or answer ends it.
-    async fn run_request_plugins(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Flow> {
-        let Some(route) = &ctx.route else {
-            return Ok(Flow::Continue);
-        };
-        for plugin in route.plugins.request.iter() {
-            match plugin.on_request(session, &mut ctx.state).await? {
-                Flow::Continue => {}
-                stop => return Ok(stop),
-            }
-        }
-        Ok(Flow::Continue)
-    }
-
-    /// Answers with a plugin's refusal or answer, after the route's response-phase plugins
-    /// (CORS headers, for one) have seen the header.
-    async fn write_plugin_response(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        flow: Flow,
-    ) -> Result<()> {
-        let route = ctx.route.clone();
-        match flow {
-            Flow::Continue => Ok(()),
-            Flow::Reject(rejection) => {
-                write_problem(
-                    session,
-                    route.as_deref(),
-                    ctx,
-                    &Problem::rejected(&rejection),
-                )
-                .await
-            }
-            Flow::Answer(answer) => {
-                let mut resp =
-                    ResponseHeader::build(answer.status, Some(answer.headers.len() + 2))?;
-                for (name, value) in answer.headers {
-                    resp.insert_header(name, value)?;
-                }
-                // RFC 9110: a 204 carries no Content-Length.
-                if answer.status != 204 {
-                    resp.insert_header(header::CONTENT_LENGTH, 0)?;
-                }
-                resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
-                run_response_plugins(
-                    route.as_deref(),
-                    session.req_header(),
-                    &mut resp,
-                    &mut ctx.state,
-                )
-                .await?;
-                session.write_response_header(Box::new(resp), true).await
-            }
-        }
-    }
-}
-
-fn peer_ip(session: &Session) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_canonical())
-}
-
-/// What routing decided, owned so the session can be written to afterwards.
-enum Decision {
-    Proxy,
-    Respond(Arc<crate::router::Route>),
-    Problem(ProblemKind, String, Vec<Method>),
 }
 
 #[async_trait]
@@ -285,97 +142,10 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let config = Arc::clone(ctx.config.get_or_insert_with(|| self.live.current()));
-        let settings = &config.server;
-        // Keep-alive is bounded here, never turned back on: Pingora turns it off for HTTP/1.0
-        // without `keep-alive`, for Content-Length with Transfer-Encoding, and at shutdown.
-        if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(settings.keepalive_timeout.as_secs().max(1)));
-        }
-        let peer = peer_ip(session);
-        ctx.peer_trusted = peer.is_some_and(|ip| settings.is_trusted(ip));
-        let target = target::settle(session.req_header_mut());
-        if !ctx.peer_trusted {
-            target::strip_untrusted(session.req_header_mut(), &settings.strip_untrusted_headers);
-        }
-        let req = session.req_header();
-        ctx.state.request_id = forwarded::request_id(&req.headers, ctx.peer_trusted);
-        ctx.state.client_ip = forwarded::client_ip(peer, ctx.peer_trusted, &req.headers, settings);
-
-        let path = req.uri.path();
-        let decision = if header_size(req) > settings.max_request_header_size {
-            Decision::Problem(
-                ProblemKind::HeaderTooLarge,
-                format!(
-                    "the request line and headers exceed {} bytes",
-                    settings.max_request_header_size
-                ),
-                Vec::new(),
-            )
-        } else if let Err(why) = target {
-            Decision::Problem(ProblemKind::MalformedRequest, why.into(), Vec::new())
-        } else if let Err(why) = forwarded::check_path(path) {
-            Decision::Problem(ProblemKind::MalformedRequest, why.into(), Vec::new())
-        } else if let Err(why) = valid_host(request_host(req)) {
-            Decision::Problem(ProblemKind::MalformedRequest, why.into(), Vec::new())
-        } else {
-            let host = normalize_host(request_host(req));
-            let view = RequestView {
-                host: &host,
-                path,
-                method: &req.method,
-                headers: &req.headers,
-            };
-            let mut lookup = config.router.lookup(&view);
-            // A CORS preflight belongs to the route of the method it asks about, when that
-            // route answers preflights, even if the route does not list OPTIONS.
-            if let (Lookup::MethodNotAllowed(_), Some(requested)) = (&lookup, preflight_method(req))
-            {
-                let asked = RequestView {
-                    method: &requested,
-                    ..view
-                };
-                if let Lookup::Found(m) = config.router.lookup(&asked) {
-                    let cors = gantry_plugins::cors::NAME;
-                    if m.route.plugins.request.iter().any(|p| p.name() == cors) {
-                        lookup = Lookup::Found(m);
-                    }
-                }
-            }
-            match lookup {
-                Lookup::Found(m) => {
-                    ctx.prefix_len = m.prefix_len;
-                    ctx.route = Some(Arc::clone(m.route));
-                    ctx.state.route = Arc::clone(&m.route.name);
-                    match m.route.action {
-                        RouteAction::Proxy(_)
-                            if m.route.grpc_web
-                                && grpc_web_kind(req) == Some(GrpcWebKind::Text) =>
-                        {
-                            Decision::Problem(
-                                ProblemKind::UnsupportedMediaType,
-                                "gRPC-Web text (base64) is not supported: send application/grpc-web+proto".into(),
-                                Vec::new(),
-                            )
-                        }
-                        RouteAction::Proxy(_) => Decision::Proxy,
-                        RouteAction::Respond(_) | RouteAction::Aggregate(_) => {
-                            Decision::Respond(Arc::clone(m.route))
-                        }
-                    }
-                }
-                Lookup::MethodNotAllowed(allowed) => Decision::Problem(
-                    ProblemKind::MethodNotAllowed,
-                    format!("{} is not allowed here", req.method),
-                    allowed,
-                ),
-                Lookup::NotFound => Decision::Problem(
-                    ProblemKind::NoRoute,
-                    "no route matches this host and path".into(),
-                    Vec::new(),
-                ),
-            }
-        };
-        if matches!(decision, Decision::Proxy | Decision::Respond(_)) {
+        let decision = request::decide(session, ctx, &config);
+        // A matched route's plugins run whatever it answers (a 415 for gRPC-Web text too),
+        // so its refusals carry what they add (CORS headers, for one).
+        if ctx.route.is_some() {
             if let Some(route) = ctx.route.as_ref().filter(|r| !r.compress.is_empty()) {
                 enable_compression(session, &route.compress);
             }
@@ -402,8 +172,8 @@ impl ProxyHttp for Gateway {
                     allow: &allow,
                     ..Problem::new(kind, &detail)
                 };
-                ctx.error = Some(problem.slug);
-                problem.send(session, &ctx.state.request_id).await?;
+                let route = ctx.route.clone();
+                write_problem(session, route.as_deref(), ctx, &problem).await?;
                 Ok(true)
             }
         }
@@ -827,146 +597,6 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// The access-log record of a finished request.
-fn access_record<'a>(
-    session: &'a Session,
-    ctx: &'a RequestCtx,
-    status: u16,
-    took: Duration,
-    rate_limited: bool,
-) -> Record<'a> {
-    let req = session.req_header();
-    let seconds = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
-        (Some(from), Some(to)) => Some(to.saturating_duration_since(from)),
-        _ => None,
-    };
-    let header = |name: header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
-    Record {
-        time: std::time::SystemTime::now(),
-        request_id: ctx.state.request_id.to_str().unwrap_or_default(),
-        client_ip: ctx.state.client_ip,
-        method: req.method.as_str(),
-        host: request_host(req),
-        path: req.uri.path(),
-        query: req.uri.query().map(crate::access_log::redact_query),
-        protocol: match req.version {
-            http::Version::HTTP_2 => "HTTP/2.0",
-            http::Version::HTTP_10 => "HTTP/1.0",
-            _ => "HTTP/1.1",
-        },
-        status,
-        bytes_in: session.as_downstream().body_bytes_read(),
-        bytes_out: session.as_downstream().body_bytes_sent(),
-        duration: took,
-        upstream: ctx.backend,
-        upstream_connect: seconds(ctx.upstream_started, ctx.upstream_connected),
-        upstream_response: seconds(ctx.upstream_connected, ctx.upstream_responded),
-        route: ctx
-            .route
-            .as_ref()
-            .map_or(crate::metrics::UNMATCHED, |r| &r.name),
-        cluster: match ctx.route.as_ref().map(|r| &r.action) {
-            Some(RouteAction::Proxy(cluster)) => Some(&cluster.name),
-            _ => None,
-        },
-        consumer: ctx.state.consumer.as_deref().map(|c| &*c.name),
-        cache: ctx.state.cache_status.map(|c| c.as_str()),
-        rate_limit: match (rate_limited, &ctx.state.rate_limit) {
-            (true, _) => Some("limited"),
-            (false, Some(_)) => Some("allowed"),
-            (false, None) => None,
-        },
-        error: ctx.error,
-        user_agent: header(header::USER_AGENT),
-        referer: header(header::REFERER).map(|r| r.split('?').next().unwrap_or_default()),
-    }
-}
-
-/// `https` when the client connected over TLS, else `http`.
-fn downstream_scheme(session: &Session) -> &'static str {
-    if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
-        "https"
-    } else {
-        "http"
-    }
-}
-
-/// Turns on response compression for this request with the route's `offered` codings.
-fn enable_compression(session: &mut Session, offered: &[Algorithm]) {
-    // Disjoint fields: the request is read while the module state is changed.
-    let req = session.downstream_session.req_header();
-    if let Some(compression) = session.downstream_modules_ctx.get_mut::<Compression>() {
-        compression.enable(req, offered);
-    }
-}
-
-/// Who the client is for the cache: its consumer, else the subject of its verified token;
-/// `None` when the route authenticates and its plugin produced neither (not cached).
-fn client_identity(ctx: &RequestCtx) -> Option<ClientIdentity<'_>> {
-    match (&ctx.state.consumer, &ctx.state.jwt_claims) {
-        (Some(consumer), _) => Some(ClientIdentity::Consumer(&consumer.name)),
-        (None, Some(claims)) => claims
-            .get("sub")
-            .and_then(|s| s.as_str())
-            .map(ClientIdentity::Subject),
-        (None, None) if ctx.route.as_ref()?.plugins.authenticates => None,
-        (None, None) => Some(ClientIdentity::Nobody),
-    }
-}
-
-/// The status logged for a request whose client left before any response (nginx's 499).
-const CLIENT_CLOSED_REQUEST: u16 = 499;
-
-/// Whether `error` is the client closing, resetting or stalling its side of the exchange.
-fn client_went_away(error: &Error) -> bool {
-    *error.esource() == ErrorSource::Downstream
-        && matches!(
-            error.etype(),
-            ErrorType::ConnectionClosed
-                | ErrorType::ReadError
-                | ErrorType::WriteError
-                | ErrorType::ReadTimedout
-                | ErrorType::WriteTimedout
-                | ErrorType::H2Error
-        )
-}
-
-/// The matched route's caching rules.
-fn cache_policy(ctx: &RequestCtx) -> Option<&gantry_plugins::cache::CachePolicy> {
-    ctx.route.as_ref()?.plugins.cache.as_deref()
-}
-
-/// The host a request is for: `Host`, or the URI authority (HTTP/2, absolute-form).
-pub(crate) fn request_host(req: &pingora::http::RequestHeader) -> &str {
-    req.headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or_default()
-}
-
-/// A host (with optional port) no longer than DNS allows, made of host-name characters.
-fn valid_host(host: &str) -> std::result::Result<(), &'static str> {
-    let ok_len = host.len() <= 253 + 6;
-    let ok_chars = host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'));
-    if ok_len && ok_chars {
-        Ok(())
-    } else {
-        Err("the Host header is not a valid host name")
-    }
-}
-
-/// The size of the request line and headers as sent (approximately: separators counted).
-fn header_size(req: &pingora::http::RequestHeader) -> usize {
-    let line =
-        req.method.as_str().len() + req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
-    req.headers
-        .iter()
-        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
-}
-
 /// `/users/7?x=1` with a 6-byte prefix becomes `/7?x=1`; the whole path becomes `/`.
 fn strip_prefix(uri: &Uri, prefix_len: usize) -> Result<Uri> {
     let path = uri.path();
@@ -978,120 +608,6 @@ fn strip_prefix(uri: &Uri, prefix_len: usize) -> Result<Uri> {
     };
     new.parse::<Uri>()
         .map_err(|_| Error::explain(ErrorType::InternalError, "stripped path is not a valid URI"))
-}
-
-/// Writes `problem` as the response, after `route`'s response-phase plugins saw its header.
-async fn write_problem(
-    session: &mut Session,
-    route: Option<&crate::router::Route>,
-    ctx: &mut RequestCtx,
-    problem: &Problem<'_>,
-) -> Result<()> {
-    ctx.error = Some(problem.slug);
-    // The gateway's own response: no upstream body for response plugins to edit.
-    ctx.state.response_from_upstream = false;
-    let (mut resp, body) = problem.response(&ctx.state.request_id)?;
-    run_response_plugins(route, session.req_header(), &mut resp, &mut ctx.state).await?;
-    problem.write(session, resp, body).await
-}
-
-/// True once a final (non-1xx) response header went to the client: an upstream's
-/// `100 Continue` does not stop an error response from being sent after it.
-fn final_response_sent(session: &Session) -> bool {
-    session
-        .response_written()
-        .is_some_and(|r| !r.status.is_informational())
-}
-
-/// Runs `route`'s response-phase plugins on a response header for `request`.
-async fn run_response_plugins(
-    route: Option<&crate::router::Route>,
-    request: &pingora::http::RequestHeader,
-    resp: &mut ResponseHeader,
-    state: &mut PluginState,
-) -> Result<()> {
-    if let Some(route) = route {
-        for plugin in route.plugins.response.iter() {
-            plugin.on_response(request, resp, state).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Runs `route`'s response-body plugins on one body chunk.
-fn run_response_body_plugins(
-    route: Option<&crate::router::Route>,
-    body: &mut Option<bytes::Bytes>,
-    end_of_stream: bool,
-    state: &mut PluginState,
-) -> Result<()> {
-    if let Some(route) = route {
-        for plugin in route.plugins.response_body.iter() {
-            plugin.on_response_body(body, end_of_stream, state)?;
-        }
-    }
-    Ok(())
-}
-
-/// The two gRPC-Web encodings.
-#[derive(Debug, PartialEq, Eq)]
-enum GrpcWebKind {
-    /// `application/grpc-web[+proto]`: bridged by Pingora's module.
-    Binary,
-    /// `application/grpc-web-text[+proto]` (base64): not supported.
-    Text,
-}
-
-fn grpc_web_kind(req: &pingora::http::RequestHeader) -> Option<GrpcWebKind> {
-    let content_type = req.headers.get(header::CONTENT_TYPE)?.as_bytes();
-    let starts = |prefix: &[u8]| {
-        content_type.len() >= prefix.len()
-            && content_type[..prefix.len()].eq_ignore_ascii_case(prefix)
-    };
-    if starts(b"application/grpc-web-text") {
-        Some(GrpcWebKind::Text)
-    } else if starts(b"application/grpc-web") {
-        Some(GrpcWebKind::Binary)
-    } else {
-        None
-    }
-}
-
-/// The method a CORS preflight asks for (`OPTIONS` with `Access-Control-Request-Method`).
-fn preflight_method(req: &pingora::http::RequestHeader) -> Option<Method> {
-    if req.method != Method::OPTIONS || !req.headers.contains_key(header::ORIGIN) {
-        return None;
-    }
-    let requested = req.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
-    Method::from_bytes(requested.as_bytes()).ok()
-}
-
-/// Writes a route's direct response; the route's response-phase plugins see its header too.
-async fn write_direct_response(
-    session: &mut Session,
-    route: &crate::router::Route,
-    ctx: &mut RequestCtx,
-) -> Result<()> {
-    let RouteAction::Respond(direct) = &route.action else {
-        return Ok(());
-    };
-    let mut resp = ResponseHeader::build(direct.status, Some(direct.headers.len() + 2))?;
-    for (name, value) in &direct.headers {
-        resp.insert_header(name.clone(), value.clone())?;
-    }
-    resp.insert_header(header::CONTENT_LENGTH, direct.body.len())?;
-    resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
-    run_response_plugins(Some(route), session.req_header(), &mut resp, &mut ctx.state).await?;
-    let no_body = direct.body.is_empty() || session.req_header().method == Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), no_body)
-        .await?;
-    if !no_body {
-        session
-            .write_response_body(Some(direct.body.clone()), true)
-            .await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -667,6 +667,15 @@ async fn h2_streams_cut_by_the_client_leave_no_error_line() {
         frame[5..9].copy_from_slice(&id.to_be_bytes());
         stream.write_all(&frame).await.expect("request");
     }
+    // Every stream has reached the upstream (a reset sent earlier could beat its forwarding).
+    let started = Instant::now();
+    while up.hits() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "streams not forwarded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Reset one stream, then drop the connection with the others in flight (as h2load does
     // when its run ends).
     stream
@@ -678,14 +687,6 @@ async fn h2_streams_cut_by_the_client_leave_no_error_line() {
         ))
         .await
         .expect("reset");
-    let started = Instant::now();
-    while up.hits() < 3 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "streams not forwarded"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     drop(stream);
     // The upstream answers after 2 s; the gateway then finds the client gone.
     let mut probe = RawConn::connect(g.port).await;

@@ -301,7 +301,8 @@ async fn grpc_passes_through_with_trailers_and_grpc_web_is_bridged() {
     let grpc = ProtocolUpstream::grpc().await;
     let g = Gantry::start(&format!(
         "[clusters.grpc]\nbackends = [\"{}\"]\nprotocol = \"h2c\"\n\
-         [routes.grpc]\npaths = [\"/echo.Echo/\"]\ncluster = \"grpc\"\ngrpc_web = true\n",
+         [routes.grpc]\npaths = [\"/echo.Echo/\"]\ncluster = \"grpc\"\ngrpc_web = true\n\
+         [routes.grpc.plugins.cors]\nallow_origins = [\"https://app.example\"]\n",
         grpc.addr
     ));
 
@@ -354,13 +355,21 @@ async fn grpc_passes_through_with_trailers_and_grpc_web_is_bridged() {
     let text = String::from_utf8_lossy(&trailer[5..]).to_lowercase();
     assert!(text.contains("grpc-status:0"), "{text}");
 
-    // The base64 text variant is refused plainly.
+    // The base64 text variant is refused plainly, with the route's CORS headers (a browser
+    // can read why), as every other gateway error.
     let resp = client()
         .post(g.url("/echo.Echo/Reverse"))
         .header("content-type", "application/grpc-web-text")
+        .header("origin", "https://app.example")
         .body("AAAAAAN3ZWI=")
         .send()
         .await
         .expect("answered");
+    assert_eq!(
+        resp.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some("https://app.example")
+    );
     assert_problem(resp, 415, "unsupported-media-type").await;
 }

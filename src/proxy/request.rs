@@ -1,0 +1,234 @@
+//! The request phase before any upstream: trust and request id, the checks of the head, the
+//! routing decision (with CORS preflights and gRPC-Web), and the route's request plugins.
+
+use super::{forwarded, target, Gateway, ProblemKind, RequestCtx};
+use crate::compression::Compression;
+use crate::config::Config;
+use crate::router::{normalize_host, Lookup, RequestView, RouteAction};
+use gantry_plugins::Flow;
+use http::{header, Method};
+use pingora::protocols::http::compression::Algorithm;
+use pingora::proxy::Session;
+use pingora::Result;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+impl Gateway {
+    /// The route `req` matches in `config`, if any (without the checks `request_filter`
+    /// makes first).
+    pub(super) fn route_of(
+        config: &Config,
+        req: &pingora::http::RequestHeader,
+    ) -> Option<Arc<crate::router::Route>> {
+        let host = normalize_host(request_host(req));
+        let view = RequestView {
+            host: &host,
+            path: req.uri.path(),
+            method: &req.method,
+            headers: &req.headers,
+        };
+        match config.router.lookup(&view) {
+            Lookup::Found(m) => Some(Arc::clone(m.route)),
+            _ => None,
+        }
+    }
+
+    /// Runs the matched route's `on_request` chain; the first refusal or answer ends it.
+    pub(super) async fn run_request_plugins(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Flow> {
+        let Some(route) = &ctx.route else {
+            return Ok(Flow::Continue);
+        };
+        for plugin in route.plugins.request.iter() {
+            match plugin.on_request(session, &mut ctx.state).await? {
+                Flow::Continue => {}
+                stop => return Ok(stop),
+            }
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+/// Settles the target, strips untrusted headers, sets the request id and client IP, checks the
+/// head and routes: what the gateway does with the request.
+pub(super) fn decide(session: &mut Session, ctx: &mut RequestCtx, config: &Config) -> Decision {
+    let settings = &config.server;
+    // Keep-alive is bounded here, never turned back on: Pingora turns it off for HTTP/1.0
+    // without `keep-alive`, for Content-Length with Transfer-Encoding, and at shutdown.
+    if session.get_keepalive().is_some() {
+        session.set_keepalive(Some(settings.keepalive_timeout.as_secs().max(1)));
+    }
+    let peer = peer_ip(session);
+    ctx.peer_trusted = peer.is_some_and(|ip| settings.is_trusted(ip));
+    let target = target::settle(session.req_header_mut());
+    if !ctx.peer_trusted {
+        target::strip_untrusted(session.req_header_mut(), &settings.strip_untrusted_headers);
+    }
+    let req = session.req_header();
+    ctx.state.request_id = forwarded::request_id(&req.headers, ctx.peer_trusted);
+    ctx.state.client_ip = forwarded::client_ip(peer, ctx.peer_trusted, &req.headers, settings);
+
+    let path = req.uri.path();
+    if header_size(req) > settings.max_request_header_size {
+        Decision::Problem(
+            ProblemKind::HeaderTooLarge,
+            format!(
+                "the request line and headers exceed {} bytes",
+                settings.max_request_header_size
+            ),
+            Vec::new(),
+        )
+    } else if let Err(why) = target {
+        Decision::Problem(ProblemKind::MalformedRequest, why.into(), Vec::new())
+    } else if let Err(why) = forwarded::check_path(path) {
+        Decision::Problem(ProblemKind::MalformedRequest, why.into(), Vec::new())
+    } else if let Err(why) = valid_host(request_host(req)) {
+        Decision::Problem(ProblemKind::MalformedRequest, why.into(), Vec::new())
+    } else {
+        let host = normalize_host(request_host(req));
+        let view = RequestView {
+            host: &host,
+            path,
+            method: &req.method,
+            headers: &req.headers,
+        };
+        let mut lookup = config.router.lookup(&view);
+        // A CORS preflight belongs to the route of the method it asks about, when that
+        // route answers preflights, even if the route does not list OPTIONS.
+        if let (Lookup::MethodNotAllowed(_), Some(requested)) = (&lookup, preflight_method(req)) {
+            let asked = RequestView {
+                method: &requested,
+                ..view
+            };
+            if let Lookup::Found(m) = config.router.lookup(&asked) {
+                let cors = gantry_plugins::cors::NAME;
+                if m.route.plugins.request.iter().any(|p| p.name() == cors) {
+                    lookup = Lookup::Found(m);
+                }
+            }
+        }
+        match lookup {
+            Lookup::Found(m) => {
+                ctx.prefix_len = m.prefix_len;
+                ctx.route = Some(Arc::clone(m.route));
+                ctx.state.route = Arc::clone(&m.route.name);
+                match m.route.action {
+                        RouteAction::Proxy(_)
+                            if m.route.grpc_web
+                                && grpc_web_kind(req) == Some(GrpcWebKind::Text) =>
+                        {
+                            Decision::Problem(
+                                ProblemKind::UnsupportedMediaType,
+                                "gRPC-Web text (base64) is not supported: send application/grpc-web+proto".into(),
+                                Vec::new(),
+                            )
+                        }
+                        RouteAction::Proxy(_) => Decision::Proxy,
+                        RouteAction::Respond(_) | RouteAction::Aggregate(_) => {
+                            Decision::Respond(Arc::clone(m.route))
+                        }
+                    }
+            }
+            Lookup::MethodNotAllowed(allowed) => Decision::Problem(
+                ProblemKind::MethodNotAllowed,
+                format!("{} is not allowed here", req.method),
+                allowed,
+            ),
+            Lookup::NotFound => Decision::Problem(
+                ProblemKind::NoRoute,
+                "no route matches this host and path".into(),
+                Vec::new(),
+            ),
+        }
+    }
+}
+
+/// What routing decided, owned so the session can be written to afterwards.
+pub(super) enum Decision {
+    Proxy,
+    Respond(Arc<crate::router::Route>),
+    Problem(ProblemKind, String, Vec<Method>),
+}
+
+/// The two gRPC-Web encodings.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum GrpcWebKind {
+    /// `application/grpc-web[+proto]`: bridged by Pingora's module.
+    Binary,
+    /// `application/grpc-web-text[+proto]` (base64): not supported.
+    Text,
+}
+
+pub(super) fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_canonical())
+}
+
+/// The host a request is for: `Host`, or the URI authority (HTTP/2, absolute-form).
+pub(crate) fn request_host(req: &pingora::http::RequestHeader) -> &str {
+    req.headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default()
+}
+
+/// A host (with optional port) no longer than DNS allows, made of host-name characters.
+fn valid_host(host: &str) -> std::result::Result<(), &'static str> {
+    let ok_len = host.len() <= 253 + 6;
+    let ok_chars = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'));
+    if ok_len && ok_chars {
+        Ok(())
+    } else {
+        Err("the Host header is not a valid host name")
+    }
+}
+
+/// The size of the request line and headers as sent (approximately: separators counted).
+fn header_size(req: &pingora::http::RequestHeader) -> usize {
+    let line =
+        req.method.as_str().len() + req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+pub(super) fn grpc_web_kind(req: &pingora::http::RequestHeader) -> Option<GrpcWebKind> {
+    let content_type = req.headers.get(header::CONTENT_TYPE)?.as_bytes();
+    let starts = |prefix: &[u8]| {
+        content_type.len() >= prefix.len()
+            && content_type[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    if starts(b"application/grpc-web-text") {
+        Some(GrpcWebKind::Text)
+    } else if starts(b"application/grpc-web") {
+        Some(GrpcWebKind::Binary)
+    } else {
+        None
+    }
+}
+
+/// The method a CORS preflight asks for (`OPTIONS` with `Access-Control-Request-Method`).
+fn preflight_method(req: &pingora::http::RequestHeader) -> Option<Method> {
+    if req.method != Method::OPTIONS || !req.headers.contains_key(header::ORIGIN) {
+        return None;
+    }
+    let requested = req.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    Method::from_bytes(requested.as_bytes()).ok()
+}
+
+/// Turns on response compression for this request with the route's `offered` codings.
+pub(super) fn enable_compression(session: &mut Session, offered: &[Algorithm]) {
+    // Disjoint fields: the request is read while the module state is changed.
+    let req = session.downstream_session.req_header();
+    if let Some(compression) = session.downstream_modules_ctx.get_mut::<Compression>() {
+        compression.enable(req, offered);
+    }
+}

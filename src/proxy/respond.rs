@@ -1,0 +1,202 @@
+//! Every response the gateway makes itself: problems, direct responses, plugin answers and
+//! merged `aggregate` bodies. Each carries the request id and passes the route's response
+//! plugins (CORS headers, for one) before it is written.
+
+use super::forwarded::X_REQUEST_ID;
+use super::{Gateway, Problem, RequestCtx};
+use crate::aggregate::{Aggregate, ClientRequest, Outcome};
+use crate::router::{Route, RouteAction};
+use gantry_plugins::{Flow, PluginState};
+use http::{header, Method};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+impl Gateway {
+    /// Answers an `aggregate` route: the calls' merged JSON, or a 502 naming the required call
+    /// that failed.
+    pub(super) async fn write_aggregate(
+        &self,
+        session: &mut Session,
+        aggregate: &Aggregate,
+        route: &Route,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client = ClientRequest {
+            header: session.req_header(),
+            state: &ctx.state,
+        };
+        match aggregate.run(&self.connector, &client).await {
+            Outcome::Merged(body, partial) => {
+                let mut body = Some(bytes::Bytes::from(body.to_string()));
+                let mut resp = ResponseHeader::build(200, Some(5))?;
+                resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+                resp.insert_header(header::CONTENT_LENGTH, body.as_ref().map_or(0, |b| b.len()))?;
+                resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
+                if !partial.is_empty() {
+                    resp.insert_header("Gantry-Partial", partial.join(", "))?;
+                }
+                // The merged body is the upstreams' content: response plugins edit it as they
+                // would a proxied one.
+                ctx.state.response_from_upstream = true;
+                let req = session.req_header();
+                run_response_plugins(Some(route), req, &mut resp, &mut ctx.state).await?;
+                let head_only = req.method == Method::HEAD;
+                if !head_only {
+                    // The whole body is here: it is edited before the header goes out, so a
+                    // body that cannot be edited is still a 502, and its length is known.
+                    run_response_body_plugins(Some(route), &mut body, true, &mut ctx.state)?;
+                    resp.remove_header(&header::TRANSFER_ENCODING);
+                    resp.insert_header(
+                        header::CONTENT_LENGTH,
+                        body.as_ref().map_or(0, |b| b.len()),
+                    )?;
+                }
+                session
+                    .write_response_header(Box::new(resp), head_only)
+                    .await?;
+                if !head_only {
+                    session.write_response_body(body, true).await?;
+                }
+                Ok(())
+            }
+            Outcome::RequiredFailed(name, failure) => {
+                let detail = format!("the required call `{name}` failed: {}", failure.detail);
+                let problem = Problem {
+                    status: 502,
+                    slug: "aggregate-call-failed",
+                    title: "A composed call failed",
+                    detail: &detail,
+                    allow: &[],
+                    headers: &[],
+                    close: false,
+                };
+                write_problem(session, Some(route), ctx, &problem).await
+            }
+        }
+    }
+
+    /// Answers with a plugin's refusal or answer, after the route's response-phase plugins
+    /// (CORS headers, for one) have seen the header.
+    pub(super) async fn write_plugin_response(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        flow: Flow,
+    ) -> Result<()> {
+        let route = ctx.route.clone();
+        match flow {
+            Flow::Continue => Ok(()),
+            Flow::Reject(rejection) => {
+                write_problem(
+                    session,
+                    route.as_deref(),
+                    ctx,
+                    &Problem::rejected(&rejection),
+                )
+                .await
+            }
+            Flow::Answer(answer) => {
+                let mut resp =
+                    ResponseHeader::build(answer.status, Some(answer.headers.len() + 2))?;
+                for (name, value) in answer.headers {
+                    resp.insert_header(name, value)?;
+                }
+                // RFC 9110: a 204 carries no Content-Length.
+                if answer.status != 204 {
+                    resp.insert_header(header::CONTENT_LENGTH, 0)?;
+                }
+                resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
+                run_response_plugins(
+                    route.as_deref(),
+                    session.req_header(),
+                    &mut resp,
+                    &mut ctx.state,
+                )
+                .await?;
+                session.write_response_header(Box::new(resp), true).await
+            }
+        }
+    }
+}
+
+/// Writes `problem` as the response, after `route`'s response-phase plugins saw its header.
+pub(super) async fn write_problem(
+    session: &mut Session,
+    route: Option<&Route>,
+    ctx: &mut RequestCtx,
+    problem: &Problem<'_>,
+) -> Result<()> {
+    ctx.error = Some(problem.slug);
+    // The gateway's own response: no upstream body for response plugins to edit.
+    ctx.state.response_from_upstream = false;
+    let (mut resp, body) = problem.response(&ctx.state.request_id)?;
+    run_response_plugins(route, session.req_header(), &mut resp, &mut ctx.state).await?;
+    problem.write(session, resp, body).await
+}
+
+/// True once a final (non-1xx) response header went to the client: an upstream's
+/// `100 Continue` does not stop an error response from being sent after it.
+pub(super) fn final_response_sent(session: &Session) -> bool {
+    session
+        .response_written()
+        .is_some_and(|r| !r.status.is_informational())
+}
+
+/// Runs `route`'s response-phase plugins on a response header for `request`.
+pub(super) async fn run_response_plugins(
+    route: Option<&Route>,
+    request: &pingora::http::RequestHeader,
+    resp: &mut ResponseHeader,
+    state: &mut PluginState,
+) -> Result<()> {
+    if let Some(route) = route {
+        for plugin in route.plugins.response.iter() {
+            plugin.on_response(request, resp, state).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `route`'s response-body plugins on one body chunk.
+pub(super) fn run_response_body_plugins(
+    route: Option<&Route>,
+    body: &mut Option<bytes::Bytes>,
+    end_of_stream: bool,
+    state: &mut PluginState,
+) -> Result<()> {
+    if let Some(route) = route {
+        for plugin in route.plugins.response_body.iter() {
+            plugin.on_response_body(body, end_of_stream, state)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a route's direct response; the route's response-phase plugins see its header too.
+pub(super) async fn write_direct_response(
+    session: &mut Session,
+    route: &Route,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
+    let RouteAction::Respond(direct) = &route.action else {
+        return Ok(());
+    };
+    let mut resp = ResponseHeader::build(direct.status, Some(direct.headers.len() + 2))?;
+    for (name, value) in &direct.headers {
+        resp.insert_header(name.clone(), value.clone())?;
+    }
+    resp.insert_header(header::CONTENT_LENGTH, direct.body.len())?;
+    resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
+    run_response_plugins(Some(route), session.req_header(), &mut resp, &mut ctx.state).await?;
+    let no_body = direct.body.is_empty() || session.req_header().method == Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), no_body)
+        .await?;
+    if !no_body {
+        session
+            .write_response_body(Some(direct.body.clone()), true)
+            .await?;
+    }
+    Ok(())
+}
