@@ -1,9 +1,12 @@
 //! The end of a request: its status (499 for a client that left), metrics and access-log record.
 
+use super::cache_hooks::cache_policy;
 use super::request::request_host;
 use super::RequestCtx;
+use super::{Gateway, ProblemKind};
 use crate::access_log::Record;
 use crate::router::RouteAction;
+use gantry_plugins::cache::CacheStatus;
 use http::header;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -87,5 +90,58 @@ pub(super) fn downstream_scheme(session: &Session) -> &'static str {
         "https"
     } else {
         "http"
+    }
+}
+
+impl Gateway {
+    pub(super) async fn log_request(
+        &self,
+        session: &mut Session,
+        e: Option<&Error>,
+        ctx: &mut RequestCtx,
+    ) {
+        // With no response header sent: the status the gateway chose for its failure (as
+        // nginx logs a 502 it could not deliver), else 499 (the client left first).
+        let status = match (session.response_written(), e) {
+            (Some(resp), _) => resp.status.as_u16(),
+            (None, Some(e)) if !client_went_away(e) => {
+                ProblemKind::from_error(e).map_or(CLIENT_CLOSED_REQUEST, ProblemKind::status)
+            }
+            (None, _) => CLIENT_CLOSED_REQUEST,
+        };
+        if let Some(route) = &ctx.route {
+            for plugin in route.plugins.log.iter() {
+                plugin.on_log(&ctx.state, status).await;
+            }
+        }
+        if ctx.error.is_none() {
+            ctx.error = e.and_then(ProblemKind::from_error).map(ProblemKind::slug);
+        }
+        // A backend that failed after connecting (timeout, broken answer).
+        let upstream_failed = [
+            ProblemKind::UpstreamUnavailable,
+            ProblemKind::UpstreamTimeout,
+        ]
+        .iter()
+        .any(|k| ctx.error == Some(k.slug()));
+        if let (true, Some(addr), Some(RouteAction::Proxy(cluster))) = (
+            upstream_failed,
+            ctx.backend,
+            ctx.route.as_ref().map(|r| &r.action),
+        ) {
+            cluster.metrics.record_failure(addr);
+        }
+        let took = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
+        let rate_limited = ctx.error == Some(gantry_plugins::rate_limit::REJECTED_SLUG);
+        let metrics = ctx.route.as_ref().map_or(&self.unmatched, |r| &r.metrics);
+        metrics.record(&session.req_header().method, status, took, rate_limited);
+        if cache_policy(ctx).is_some() {
+            let cache = ctx.state.cache_status.unwrap_or(CacheStatus::Bypass);
+            metrics.record_cache(cache);
+        }
+        if self.access_log.enabled() {
+            self.access_log
+                .write(&access_record(session, ctx, status, took, rate_limited));
+        }
     }
 }

@@ -3,13 +3,17 @@
 //! plugins (CORS headers, for one) before it is written.
 
 use super::forwarded::X_REQUEST_ID;
+use super::problem::REWRITTEN_PATH_REFUSED;
+use super::{forwarded, ProblemKind};
 use super::{Gateway, Problem, RequestCtx};
 use crate::aggregate::{Aggregate, ClientRequest, Outcome};
 use crate::router::{Route, RouteAction};
 use gantry_plugins::{Flow, PluginState};
 use http::{header, Method};
 use pingora::http::ResponseHeader;
+use pingora::proxy::FailToProxy;
 use pingora::proxy::Session;
+use pingora::Error;
 use pingora::Result;
 
 impl Gateway {
@@ -199,4 +203,67 @@ pub(super) async fn write_direct_response(
             .await?;
     }
     Ok(())
+}
+
+impl Gateway {
+    pub(super) async fn answer_failure(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let Some(kind) = ProblemKind::from_error(e) else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if ctx.state.request_id.is_empty() {
+            ctx.state.request_id = forwarded::new_request_id();
+        }
+        if let Some(rejection) = ctx.body_rejection.take() {
+            let problem = Problem {
+                close: true,
+                ..Problem::rejected(&rejection)
+            };
+            if !final_response_sent(session) {
+                let route = ctx.route.clone();
+                if let Err(err) = write_problem(session, route.as_deref(), ctx, &problem).await {
+                    log::debug!("could not send the error response: {err}");
+                }
+            }
+            return FailToProxy {
+                error_code: rejection.status,
+                can_reuse_downstream: false,
+            };
+        }
+        ctx.error = Some(kind.slug());
+        if !final_response_sent(session) {
+            let detail = match kind {
+                ProblemKind::UpstreamTimeout => "the upstream did not answer in time",
+                ProblemKind::NoHealthyBackend => "no backend of the cluster is healthy",
+                ProblemKind::UpstreamUnavailable => "the upstream could not be reached",
+                ProblemKind::MalformedRequest if *e.etype() == REWRITTEN_PATH_REFUSED => {
+                    "the route's rewrite produced a path that is refused (dot or empty segments, \
+                     encoded separators)"
+                }
+                ProblemKind::MalformedRequest => "the request could not be read",
+                ProblemKind::ResponseNotEditable => {
+                    "the upstream's response could not be edited as this route requires"
+                }
+                _ => "the request failed inside the gateway",
+            };
+            // Response plugins (CORS, for one) see the gateway's errors too, so a browser can
+            // read a 502 or 504.
+            let route = ctx.route.clone();
+            let problem = Problem::new(kind, detail);
+            if let Err(err) = write_problem(session, route.as_deref(), ctx, &problem).await {
+                log::debug!("could not send the error response: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: kind.status(),
+            can_reuse_downstream: false,
+        }
+    }
 }
