@@ -10,6 +10,7 @@ mod common;
 mod compression;
 mod conformance;
 mod credentials;
+mod docs;
 mod errors;
 mod jwt;
 mod observability;

@@ -1,0 +1,72 @@
+//! docs/architecture.md stays true: every `src/` file it names exists, and every file under
+//! `src/` is named (in full, or by file name inside the chart block of its directory).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn tokens(line: &str) -> impl Iterator<Item = &str> {
+    line.split(|c: char| c.is_whitespace() || "`(),;:".contains(c))
+        .filter(|t| !t.is_empty())
+}
+
+/// The `src/` files the page names.
+fn named_files(doc: &str) -> BTreeSet<String> {
+    let mut named = BTreeSet::new();
+    let mut block_dir: Option<String> = None;
+    for line in doc.lines() {
+        if line.starts_with("```") {
+            block_dir = None;
+        }
+        if line.contains(" ─") {
+            // A chart entry: `src/dir/ ─ ...` opens a directory block, `src/file.rs ─` ends one.
+            block_dir = tokens(line)
+                .find(|t| t.starts_with("src/"))
+                .filter(|t| t.ends_with('/'))
+                .map(str::to_string);
+        }
+        for token in tokens(line) {
+            let token = token.trim_end_matches('.');
+            if token.starts_with("src/") && token.ends_with(".rs") {
+                named.insert(token.to_string());
+            } else if let (Some(dir), true) = (&block_dir, token.ends_with(".rs")) {
+                if !token.contains('/') {
+                    named.insert(format!("{dir}{token}"));
+                }
+            }
+        }
+    }
+    named
+}
+
+fn source_files(dir: &Path, out: &mut BTreeSet<String>) {
+    for entry in std::fs::read_dir(dir).expect("src") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            source_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let relative = path
+                .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+                .expect("inside");
+            out.insert(relative.to_string_lossy().replace('\\', "/"));
+        }
+    }
+}
+
+#[test]
+fn architecture_names_every_source_file_and_only_existing_ones() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/architecture.md")).expect("the page");
+    let named = named_files(&doc);
+    let mut actual = BTreeSet::new();
+    source_files(&root.join("src"), &mut actual);
+    let missing_files: Vec<_> = named.difference(&actual).collect();
+    assert!(
+        missing_files.is_empty(),
+        "docs/architecture.md names files that do not exist: {missing_files:?}"
+    );
+    let unnamed: Vec<_> = actual.difference(&named).collect();
+    assert!(
+        unnamed.is_empty(),
+        "docs/architecture.md does not name: {unnamed:?}"
+    );
+}
