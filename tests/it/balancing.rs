@@ -1,9 +1,11 @@
 //! Load balancing, retries and health checks against real upstreams.
 
-use crate::common::{assert_problem, client, dead_addr, Gantry, Upstream};
+use crate::common::{
+    admin_metrics, assert_problem, client, dead_addr, eventually, free_port, wait_for_port, Gantry,
+    Upstream,
+};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::time::Duration;
 
 async fn upstream_of(resp: reqwest::Response) -> String {
     assert_eq!(resp.status(), 200);
@@ -111,13 +113,26 @@ async fn all_backends_refusing_is_a_502_problem() {
 async fn health_checks_eject_a_dead_backend_and_all_down_is_503() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let g = Gantry::start(&format!(
-        "[clusters.hc]\nbackends = [\"{}\", \"{}\"]\nretries = 0\n\
-         [clusters.hc.health_check]\ntype = \"http\"\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
-         healthy_threshold = 1\nunhealthy_threshold = 2\n\
-         [routes.all]\npaths = [\"/\"]\ncluster = \"hc\"\n",
-        a.addr, b.addr
-    ));
+    let admin = free_port();
+    let g = Gantry::start_with(
+        &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\""),
+        &format!(
+            "[clusters.hc]\nbackends = [\"{}\", \"{}\"]\nretries = 0\n\
+             [clusters.hc.health_check]\ntype = \"http\"\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
+             healthy_threshold = 1\nunhealthy_threshold = 2\n\
+             [routes.all]\npaths = [\"/\"]\ncluster = \"hc\"\n",
+            a.addr, b.addr
+        ),
+    );
+    wait_for_port(admin);
+    let health = |backend: std::net::SocketAddr, value: u8| async move {
+        let line =
+            format!("gantry_upstream_health{{cluster=\"hc\",backend=\"{backend}\"}} {value}");
+        eventually(&line, || async {
+            admin_metrics(admin).await.contains(&line).then_some(())
+        })
+        .await
+    };
     let c = client();
     for _ in 0..10 {
         upstream_of(c.get(g.url("/")).send().await.expect("request")).await;
@@ -126,7 +141,7 @@ async fn health_checks_eject_a_dead_backend_and_all_down_is_503() {
 
     // Kill b; once two checks fail it is marked down and no request may fail.
     b.kill();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    health(b.addr, 0).await;
     for _ in 0..100 {
         assert_eq!(
             upstream_of(c.get(g.url("/")).send().await.expect("request")).await,
@@ -136,13 +151,13 @@ async fn health_checks_eject_a_dead_backend_and_all_down_is_503() {
 
     // An unhealthy answer (503 from /healthz) also marks a backend down.
     a.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    health(a.addr, 0).await;
     let resp = c.get(g.url("/")).send().await.expect("request");
     assert_problem(resp, 503, "no-healthy-backend").await;
 
     // And it comes back after one good check.
     a.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    health(a.addr, 1).await;
     assert_eq!(
         upstream_of(c.get(g.url("/")).send().await.expect("request")).await,
         "a"

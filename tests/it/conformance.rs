@@ -2,7 +2,7 @@
 //! status and whether the connection is closed afterwards; connection deadlines and limits.
 
 use crate::common::raw_http::{RawConn, RawResponse};
-use crate::common::{admin_metrics, free_port, wait_for_port, Gantry, Upstream};
+use crate::common::{admin_metrics, eventually, free_port, wait_for_port, Gantry, Upstream};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -34,18 +34,10 @@ fn with_admin(server_extra: &str, up: &Upstream) -> (Gantry, u16) {
 
 /// Waits until the admin metrics hold `line` (the request is logged after its answer).
 async fn wait_for_metric(admin: u16, line: &str) {
-    let started = Instant::now();
-    loop {
-        let metrics = admin_metrics(admin).await;
-        if metrics.contains(line) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{line} missing:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(line, || async {
+        admin_metrics(admin).await.contains(line).then_some(())
+    })
+    .await
 }
 
 /// Sends `bytes` and then a second request; returns the first response and whether the
@@ -668,14 +660,10 @@ async fn h2_streams_cut_by_the_client_leave_no_error_line() {
         stream.write_all(&frame).await.expect("request");
     }
     // Every stream has reached the upstream (a reset sent earlier could beat its forwarding).
-    let started = Instant::now();
-    while up.hits() < 3 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "streams not forwarded"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("every stream forwarded", || async {
+        (up.hits() >= 3).then_some(())
+    })
+    .await;
     // Reset one stream, then drop the connection with the others in flight (as h2load does
     // when its run ends).
     stream

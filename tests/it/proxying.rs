@@ -1,6 +1,6 @@
 //! Proxying: what reaches the upstream and what comes back.
 
-use crate::common::{assert_problem, check_config, client, Gantry, Upstream};
+use crate::common::{assert_problem, check_config, client, eventually, Gantry, Upstream};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -109,7 +109,10 @@ async fn sigterm_drains_in_flight_requests() {
     ));
     let url = g.url("/slow/400");
     let in_flight = tokio::spawn(async move { client().get(url).send().await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("the request reached the upstream", || async {
+        (up.hits() == 1).then_some(())
+    })
+    .await;
     g.signal(libc::SIGTERM);
     let resp = in_flight
         .await

@@ -30,6 +30,27 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
+/// How long [`eventually`] waits before it fails: long, so a loaded machine only makes a test
+/// slower, never red.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `probe` every 20 ms until it gives a value, and returns it; fails the test naming
+/// `what` after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(started.elapsed() < PATIENCE, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (up to 10 s) until something accepts connections on loopback `port`.
 pub fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
