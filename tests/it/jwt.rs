@@ -1,6 +1,6 @@
 //! `jwt-auth` through the real gateway, with a real JWKS server on loopback.
 
-use crate::common::{assert_problem, client, Gantry, Upstream};
+use crate::common::{assert_problem, client, eventually, Gantry, Upstream};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
@@ -336,12 +336,17 @@ anonymous = true
             ],
         },
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Refetches are at most one a second: the first tries may still see the old set.
     let rotated = sign(Algorithm::RS256, Some("k2"), &rsa2, &claims(|_| {}));
-    assert_eq!(call(&g, "/api", Some(&rotated)).await.status(), 200);
+    eventually("the rotated key is fetched", || async {
+        (call(&g, "/api", Some(&rotated)).await.status() == 200).then_some(())
+    })
+    .await;
 
     // The IdP goes down: the last good keys keep working for new tokens.
     jwks.set(503, &JwkSet { keys: vec![] });
+    // A lower bound, not a wait for an event: past the one-second refetch interval, so the
+    // unknown kid below does make the gateway ask the failing IdP.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let unknown = sign(Algorithm::RS256, Some("k9"), &rsa2, &claims(|_| {}));
     refused(&g, "/api", &unknown, "the token's signing key is unknown").await;
