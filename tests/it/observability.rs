@@ -1,6 +1,8 @@
 //! The access log and the request metrics after a known sequence of requests.
 
-use crate::common::{admin_metrics, client, free_port, wait_for_port, Gantry, Upstream};
+use crate::common::{
+    admin_metrics, client, eventually, free_port, wait_for_port, Gantry, Upstream,
+};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -144,7 +146,10 @@ async fn access_records_and_metrics_describe_each_request() {
     // logrotate: the file is moved, SIGUSR1 reopens it, new records go to a new file.
     std::fs::rename(&log_path, logs.path().join("access.log.1")).unwrap();
     g.signal(libc::SIGUSR1);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    eventually("the log file is reopened", || async {
+        log_path.exists().then_some(())
+    })
+    .await;
     assert_eq!(g.get("/up", &[]).await.status(), 200);
     let fresh = records(&log_path, 1);
     assert_eq!(fresh.len(), 1);
