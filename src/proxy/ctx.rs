@@ -1,5 +1,6 @@
 //! Per-request state shared by the proxy's hooks.
 
+use super::ProblemKind;
 use crate::router::Route;
 use gantry_plugins::{PluginState, Rejection};
 use std::net::SocketAddr;
@@ -36,6 +37,32 @@ pub struct RequestCtx {
     pub upstream_connected: Option<Instant>,
     /// When its response header arrived.
     pub upstream_responded: Option<Instant>,
-    /// The problem `type` slug of the error response sent, if one was.
-    pub error: Option<&'static str>,
+    /// Why the gateway answered the request itself, if it did.
+    pub error: Option<Failure>,
 }
+
+/// Why the gateway answered a request itself: logged as its problem `type` slug, and matched
+/// on when the request ends (backend failures, rate limiting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// One of the gateway's own problem kinds.
+    Gateway(ProblemKind),
+    /// A plugin's refusal, by its problem slug.
+    Plugin(&'static str),
+    /// A required call of an `aggregate` route failed.
+    AggregateCall,
+}
+
+impl Failure {
+    /// The problem `type` slug.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Failure::Gateway(kind) => kind.slug(),
+            Failure::Plugin(slug) => slug,
+            Failure::AggregateCall => AGGREGATE_CALL_FAILED,
+        }
+    }
+}
+
+/// The problem slug of a failed required `aggregate` call.
+pub const AGGREGATE_CALL_FAILED: &str = "aggregate-call-failed";

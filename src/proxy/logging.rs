@@ -1,6 +1,7 @@
 //! The end of a request: its status (499 for a client that left), metrics and access-log record.
 
 use super::cache_hooks::cache_policy;
+use super::ctx::Failure;
 use super::request::request_host;
 use super::RequestCtx;
 use super::{Gateway, ProblemKind};
@@ -61,7 +62,7 @@ pub(super) fn access_record<'a>(
             (false, Some(_)) => Some("allowed"),
             (false, None) => None,
         },
-        error: ctx.error,
+        error: ctx.error.map(Failure::slug),
         user_agent: header(header::USER_AGENT),
         referer: header(header::REFERER).map(|r| r.split('?').next().unwrap_or_default()),
     }
@@ -115,7 +116,7 @@ impl Gateway {
             }
         }
         if ctx.error.is_none() {
-            ctx.error = e.and_then(ProblemKind::from_error).map(ProblemKind::slug);
+            ctx.error = e.and_then(ProblemKind::from_error).map(Failure::Gateway);
         }
         // A backend that failed after connecting (timeout, broken answer).
         let upstream_failed = [
@@ -123,7 +124,7 @@ impl Gateway {
             ProblemKind::UpstreamTimeout,
         ]
         .iter()
-        .any(|k| ctx.error == Some(k.slug()));
+        .any(|k| ctx.error == Some(Failure::Gateway(*k)));
         if let (true, Some(addr), Some(RouteAction::Proxy(cluster))) = (
             upstream_failed,
             ctx.backend,
@@ -132,7 +133,8 @@ impl Gateway {
             cluster.metrics.record_failure(addr);
         }
         let took = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
-        let rate_limited = ctx.error == Some(gantry_plugins::rate_limit::REJECTED_SLUG);
+        let rate_limited =
+            ctx.error == Some(Failure::Plugin(gantry_plugins::rate_limit::REJECTED_SLUG));
         let metrics = ctx.route.as_ref().map_or(&self.unmatched, |r| &r.metrics);
         metrics.record(&session.req_header().method, status, took, rate_limited);
         if cache_policy(ctx).is_some() {

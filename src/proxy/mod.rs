@@ -167,7 +167,8 @@ impl ProxyHttp for Gateway {
                     ..Problem::new(kind, &detail)
                 };
                 let route = ctx.route.clone();
-                write_problem(session, route.as_deref(), ctx, &problem).await?;
+                let failure = ctx::Failure::Gateway(kind);
+                write_problem(session, route.as_deref(), ctx, &problem, failure).await?;
                 Ok(true)
             }
         }

@@ -2,6 +2,7 @@
 //! merged `aggregate` bodies. Each carries the request id and passes the route's response
 //! plugins (CORS headers, for one) before it is written.
 
+use super::ctx::{Failure, AGGREGATE_CALL_FAILED};
 use super::forwarded::X_REQUEST_ID;
 use super::problem::REWRITTEN_PATH_REFUSED;
 use super::{forwarded, ProblemKind};
@@ -68,14 +69,14 @@ impl Gateway {
                 let detail = format!("the required call `{name}` failed: {}", failure.detail);
                 let problem = Problem {
                     status: 502,
-                    slug: "aggregate-call-failed",
+                    slug: AGGREGATE_CALL_FAILED,
                     title: "A composed call failed",
                     detail: &detail,
                     allow: &[],
                     headers: &[],
                     close: false,
                 };
-                write_problem(session, Some(route), ctx, &problem).await
+                write_problem(session, Some(route), ctx, &problem, Failure::AggregateCall).await
             }
         }
     }
@@ -92,13 +93,9 @@ impl Gateway {
         match flow {
             Flow::Continue => Ok(()),
             Flow::Reject(rejection) => {
-                write_problem(
-                    session,
-                    route.as_deref(),
-                    ctx,
-                    &Problem::rejected(&rejection),
-                )
-                .await
+                let failure = Failure::Plugin(rejection.slug);
+                let problem = Problem::rejected(&rejection);
+                write_problem(session, route.as_deref(), ctx, &problem, failure).await
             }
             Flow::Answer(answer) => {
                 let mut resp =
@@ -130,8 +127,9 @@ pub(super) async fn write_problem(
     route: Option<&Route>,
     ctx: &mut RequestCtx,
     problem: &Problem<'_>,
+    failure: Failure,
 ) -> Result<()> {
-    ctx.error = Some(problem.slug);
+    ctx.error = Some(failure);
     // The gateway's own response: no upstream body for response plugins to edit.
     ctx.state.response_from_upstream = false;
     let (mut resp, body) = problem.response(&ctx.state.request_id)?;
@@ -228,7 +226,10 @@ impl Gateway {
             };
             if !final_response_sent(session) {
                 let route = ctx.route.clone();
-                if let Err(err) = write_problem(session, route.as_deref(), ctx, &problem).await {
+                let failure = Failure::Plugin(rejection.slug);
+                if let Err(err) =
+                    write_problem(session, route.as_deref(), ctx, &problem, failure).await
+                {
                     log::debug!("could not send the error response: {err}");
                 }
             }
@@ -237,7 +238,7 @@ impl Gateway {
                 can_reuse_downstream: false,
             };
         }
-        ctx.error = Some(kind.slug());
+        ctx.error = Some(Failure::Gateway(kind));
         if !final_response_sent(session) {
             let detail = match kind {
                 ProblemKind::UpstreamTimeout => "the upstream did not answer in time",
@@ -257,7 +258,9 @@ impl Gateway {
             // read a 502 or 504.
             let route = ctx.route.clone();
             let problem = Problem::new(kind, detail);
-            if let Err(err) = write_problem(session, route.as_deref(), ctx, &problem).await {
+            let failure = Failure::Gateway(kind);
+            if let Err(err) = write_problem(session, route.as_deref(), ctx, &problem, failure).await
+            {
                 log::debug!("could not send the error response: {err}");
             }
         }
