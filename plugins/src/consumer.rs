@@ -53,10 +53,75 @@ pub struct ConsumerSpec<'s> {
     pub jwt_subject: Option<&'s str>,
 }
 
+/// A consumer that cannot be indexed. Messages never quote a key or a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConsumerError {
+    /// A name or group that cannot travel upstream as a header value.
+    #[error("names and groups must be printable ASCII (they are sent upstream as headers)")]
+    NotPrintable { consumer: String },
+    /// Two consumers claim one JWT subject.
+    #[error("`{subject}` is also the jwt_subject of consumer `{other}`")]
+    SharedSubject {
+        consumer: String,
+        subject: String,
+        other: String,
+    },
+    /// A password that is not an argon2 hash.
+    #[error(
+        "only argon2 hashes are accepted (`$argon2id$v=19$...`); make one with: \
+         echo -n 'PASSWORD' | argon2 \"$(openssl rand -base64 12)\" -id -e"
+    )]
+    NotArgon2 { consumer: String },
+    /// `sha256:` without a 64-digit hex digest.
+    #[error("`sha256:` must be followed by 64 hex digits")]
+    BadDigest { consumer: String, index: usize },
+    /// A plain key shorter than the minimum.
+    #[error("a plain key must be at least {MIN_KEY_LEN} characters")]
+    ShortKey { consumer: String, index: usize },
+    /// One key for two consumers.
+    #[error("the same key is also a key of consumer `{other}`")]
+    SharedKey {
+        consumer: String,
+        index: usize,
+        other: String,
+    },
+}
+
+impl ConsumerError {
+    /// The consumer the problem is in.
+    pub fn consumer(&self) -> &str {
+        match self {
+            ConsumerError::NotPrintable { consumer }
+            | ConsumerError::SharedSubject { consumer, .. }
+            | ConsumerError::NotArgon2 { consumer }
+            | ConsumerError::BadDigest { consumer, .. }
+            | ConsumerError::ShortKey { consumer, .. }
+            | ConsumerError::SharedKey { consumer, .. } => consumer,
+        }
+    }
+
+    /// The configuration key of the problem (`consumers.alice.keys[1]`).
+    pub fn key_path(&self) -> String {
+        let consumer = self.consumer();
+        match self {
+            ConsumerError::NotPrintable { .. } => format!("consumers.{consumer}"),
+            ConsumerError::SharedSubject { .. } => format!("consumers.{consumer}.jwt_subject"),
+            ConsumerError::NotArgon2 { .. } => format!("consumers.{consumer}.password"),
+            ConsumerError::BadDigest { index, .. }
+            | ConsumerError::ShortKey { index, .. }
+            | ConsumerError::SharedKey { index, .. } => {
+                format!("consumers.{consumer}.keys[{index}]")
+            }
+        }
+    }
+}
+
 impl Consumers {
     /// Indexes `specs`. Errors name the consumer and the problem (a bad digest, a key used by two
     /// consumers).
-    pub fn new<'s>(specs: impl IntoIterator<Item = ConsumerSpec<'s>>) -> Result<Self, Vec<String>> {
+    pub fn new<'s>(
+        specs: impl IntoIterator<Item = ConsumerSpec<'s>>,
+    ) -> Result<Self, Vec<ConsumerError>> {
         let mut consumers = Consumers::default();
         let mut errors = Vec::new();
         for spec in specs {
@@ -65,10 +130,9 @@ impl Consumers {
                 HeaderValue::from_str(&spec.groups.join(",")),
             );
             let (Ok(name_header), Ok(groups_header)) = headers else {
-                errors.push(format!(
-                    "consumers.{}: names and groups must be printable ASCII (they are sent upstream as headers)",
-                    spec.name
-                ));
+                errors.push(ConsumerError::NotPrintable {
+                    consumer: spec.name.into(),
+                });
                 continue;
             };
             let consumer = Arc::new(Consumer {
@@ -82,10 +146,11 @@ impl Consumers {
                     .by_subject
                     .insert(subject.into(), Arc::clone(&consumer))
                 {
-                    errors.push(format!(
-                        "consumers.{}.jwt_subject: `{subject}` is also the jwt_subject of consumer `{}`",
-                        spec.name, other.name
-                    ));
+                    errors.push(ConsumerError::SharedSubject {
+                        consumer: spec.name.into(),
+                        subject: subject.into(),
+                        other: other.name.to_string(),
+                    });
                 }
             }
             if let Some(hash) = spec.password {
@@ -95,11 +160,9 @@ impl Consumers {
                             .by_name
                             .insert(spec.name.into(), (Arc::clone(&consumer), hash.into()));
                     }
-                    _ => errors.push(format!(
-                        "consumers.{}.password: only argon2 hashes are accepted (`$argon2id$v=19$...`); \
-                         make one with: echo -n 'PASSWORD' | argon2 \"$(openssl rand -base64 12)\" -id -e",
-                        spec.name
-                    )),
+                    _ => errors.push(ConsumerError::NotArgon2 {
+                        consumer: spec.name.into(),
+                    }),
                 }
             }
             for (i, key) in spec.keys.iter().enumerate() {
@@ -110,27 +173,28 @@ impl Consumers {
                     {
                         Some(d) => d,
                         None => {
-                            errors.push(format!(
-                                "consumers.{}.keys[{i}]: `sha256:` must be followed by 64 hex digits",
-                                spec.name
-                            ));
+                            errors.push(ConsumerError::BadDigest {
+                                consumer: spec.name.into(),
+                                index: i,
+                            });
                             continue;
                         }
                     },
                     None if key.len() < MIN_KEY_LEN => {
-                        errors.push(format!(
-                            "consumers.{}.keys[{i}]: a plain key must be at least {MIN_KEY_LEN} characters",
-                            spec.name
-                        ));
+                        errors.push(ConsumerError::ShortKey {
+                            consumer: spec.name.into(),
+                            index: i,
+                        });
                         continue;
                     }
                     None => digest(key),
                 };
                 if let Some(other) = consumers.by_key.insert(digest, Arc::clone(&consumer)) {
-                    errors.push(format!(
-                        "consumers.{}.keys[{i}]: the same key is also a key of consumer `{}`",
-                        spec.name, other.name
-                    ));
+                    errors.push(ConsumerError::SharedKey {
+                        consumer: spec.name.into(),
+                        index: i,
+                        other: other.name.to_string(),
+                    });
                 }
             }
         }
@@ -216,9 +280,29 @@ mod tests {
             },
         ])
         .expect_err("invalid");
-        assert_eq!(errors.len(), 4, "{errors:?}");
-        assert!(errors[1].contains("at least 8 characters"));
-        assert!(errors[2].contains("only argon2 hashes"));
-        assert!(errors[3].contains("consumer `a`"));
+        let a = || "a".to_string();
+        assert_eq!(
+            errors,
+            [
+                ConsumerError::BadDigest {
+                    consumer: a(),
+                    index: 0
+                },
+                ConsumerError::ShortKey {
+                    consumer: a(),
+                    index: 2
+                },
+                ConsumerError::NotArgon2 {
+                    consumer: "b".into()
+                },
+                ConsumerError::SharedKey {
+                    consumer: "b".into(),
+                    index: 0,
+                    other: a()
+                },
+            ]
+        );
+        assert_eq!(errors[1].key_path(), "consumers.a.keys[2]");
+        assert!(errors[1].to_string().contains("at least 8 characters"));
     }
 }

@@ -185,17 +185,12 @@ pub fn consumers<'a>(
         Ok(consumers) => Arc::new(consumers),
         Err(problems) => {
             for problem in problems {
-                // Each problem starts with the consumer's key path.
-                let (key, message) = problem.split_once(": ").unwrap_or(("consumers", &problem));
-                let consumer = key
-                    .trim_start_matches("consumers.")
-                    .split(['.', '['])
-                    .next();
                 let span = entries
                     .iter()
-                    .find(|(name, _, _)| Some(name.as_str()) == consumer)
+                    .find(|(name, _, _)| name.as_str() == problem.consumer())
                     .map(|(_, span, _)| span.clone());
-                doc.errors.push_redacted(span, key, message);
+                doc.errors
+                    .push_redacted(span, &problem.key_path(), problem.to_string());
             }
             Arc::new(Consumers::default())
         }
