@@ -153,7 +153,7 @@ impl Call {
         }
         set(
             &mut req,
-            crate::proxy::forwarded::X_REQUEST_ID.clone(),
+            crate::forwarded::X_REQUEST_ID.clone(),
             client.state.request_id.clone(),
         )?;
         if let Some(ip) = client.state.client_ip {
@@ -161,7 +161,7 @@ impl Call {
                 set(&mut req, HeaderName::from_static("x-forwarded-for"), v)?;
             }
         }
-        crate::proxy::forwarded::set_consumer_headers(&mut req, client.state.consumer.as_deref())
+        crate::forwarded::set_consumer_headers(&mut req, client.state.consumer.as_deref())
             .map_err(invalid)?;
         for name in &self.forward_headers {
             for value in client.header.headers.get_all(name) {

@@ -30,6 +30,7 @@ pub mod cache;
 pub mod compression;
 pub mod config;
 pub mod connection;
+pub(crate) mod forwarded;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

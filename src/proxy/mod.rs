@@ -2,7 +2,7 @@
 //! named after it:
 //!
 //! - `request.rs`: trust, request id and client IP, the checks of the head (`target.rs`,
-//!   `forwarded.rs`), the routing decision, and the route's request plugins;
+//!   `crate::forwarded`), the routing decision, and the route's request plugins;
 //! - `respond.rs`: every response the gateway writes itself (problems, direct responses, plugin
 //!   answers, merged `aggregate` bodies), each through the route's response plugins;
 //! - `cache_hooks.rs`: the route's caching rules and the client's identity for the cache;
@@ -15,7 +15,6 @@
 
 mod cache_hooks;
 mod ctx;
-pub(crate) mod forwarded;
 mod logging;
 mod problem;
 mod request;
@@ -23,19 +22,19 @@ mod respond;
 mod target;
 mod upstream;
 
+pub use crate::forwarded::new_request_id;
 pub use ctx::RequestCtx;
-pub use forwarded::new_request_id;
 pub use problem::{Problem, ProblemKind};
 pub use target::DEFAULT_STRIPPED;
 
 use crate::access_log::AccessLog;
 use crate::compression::CompressionBuilder;
+use crate::forwarded::X_REQUEST_ID;
 use crate::metrics::RouteMetrics;
 use crate::reload::Live;
 use crate::router::RouteAction;
 use async_trait::async_trait;
 use cache_hooks::cache_policy;
-use forwarded::X_REQUEST_ID;
 use gantry_plugins::Flow;
 use logging::client_went_away;
 use pingora::cache::key::HashBinary;

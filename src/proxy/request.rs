@@ -1,9 +1,10 @@
 //! The request phase before any upstream: trust and request id, the checks of the head, the
 //! routing decision (with CORS preflights and gRPC-Web), and the route's request plugins.
 
-use super::{forwarded, target, Gateway, ProblemKind, RequestCtx};
+use super::{target, Gateway, ProblemKind, RequestCtx};
 use crate::compression::Compression;
 use crate::config::Config;
+use crate::forwarded;
 use crate::router::{normalize_host, Lookup, RequestView, RouteAction};
 use gantry_plugins::Flow;
 use http::{header, Method};

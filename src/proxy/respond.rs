@@ -3,11 +3,12 @@
 //! plugins (CORS headers, for one) before it is written.
 
 use super::ctx::{Failure, AGGREGATE_CALL_FAILED};
-use super::forwarded::X_REQUEST_ID;
 use super::problem::REWRITTEN_PATH_REFUSED;
-use super::{forwarded, ProblemKind};
+use super::ProblemKind;
 use super::{Gateway, Problem, RequestCtx};
 use crate::aggregate::{Aggregate, ClientRequest, Outcome};
+use crate::forwarded;
+use crate::forwarded::X_REQUEST_ID;
 use crate::router::{Route, RouteAction};
 use gantry_plugins::{Flow, PluginState};
 use http::{header, Method};

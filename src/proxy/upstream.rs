@@ -2,13 +2,13 @@
 //! body plugins, the request sent upstream (prefix, forwarding headers, gRPC-Web, plugins, the
 //! rewritten path check) and the upstream's response header.
 
-use super::forwarded::{self, X_REQUEST_ID};
 use super::logging::downstream_scheme;
 use super::problem::{
     ALL_BACKENDS_FAILED, BODY_REJECTED, NO_HEALTHY_BACKEND, REWRITTEN_PATH_REFUSED,
 };
 use super::request::peer_ip;
 use super::{Gateway, RequestCtx};
+use crate::forwarded::{self, X_REQUEST_ID};
 use crate::router::RouteAction;
 use crate::upstream::hash_key::ip_key;
 use http::{header, Uri};
