@@ -337,9 +337,9 @@ fn count_reason(counters: &ReasonCounters, reason: &str) {
     }
 }
 
-/// A connection closed at accept by `refused`.
-pub fn connection_refused(refused: crate::connection::Refused) {
-    count_reason(&REFUSED_CONNECTIONS, refused.label());
+/// A connection closed at accept because the limit `reason` was reached.
+pub fn connection_refused(reason: &str) {
+    count_reason(&REFUSED_CONNECTIONS, reason);
 }
 
 /// A request head refused with the problem type `slug`.

@@ -383,7 +383,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
     /// `server.strip_untrusted_headers`: header names, the default list when absent.
     fn stripped_headers(&mut self, names: Option<Vec<Spanned<String>>>) -> Vec<http::HeaderName> {
         let Some(names) = names else {
-            return crate::proxy::DEFAULT_STRIPPED
+            return crate::config::model::DEFAULT_STRIPPED
                 .iter()
                 .map(|n| http::HeaderName::from_static(n))
                 .collect();

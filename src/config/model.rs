@@ -13,6 +13,22 @@ use toml::Spanned;
 
 pub use gantry_plugins::config_types::{HumanDuration, HumanSize};
 
+/// The headers stripped from untrusted peers by default (`server.strip_untrusted_headers`), in
+/// `docs/configuration.md` too.
+pub const DEFAULT_STRIPPED: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-server",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-host",
+];
+
 /// `[server]`: listeners and process-wide settings.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

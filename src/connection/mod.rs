@@ -98,7 +98,7 @@ where
         {
             Ok(permit) => permit,
             Err(refused) => {
-                metrics::connection_refused(refused);
+                metrics::connection_refused(refused.label());
                 return None;
             }
         };

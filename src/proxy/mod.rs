@@ -25,7 +25,6 @@ mod upstream;
 pub use crate::forwarded::new_request_id;
 pub use ctx::RequestCtx;
 pub use problem::{Problem, ProblemKind};
-pub use target::DEFAULT_STRIPPED;
 
 use crate::access_log::AccessLog;
 use crate::compression::CompressionBuilder;

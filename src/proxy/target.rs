@@ -12,21 +12,6 @@ use http::{header, HeaderName, HeaderValue, Version};
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::http::RequestHeader;
 
-/// The headers stripped from untrusted peers by default (`server.strip_untrusted_headers`).
-pub const DEFAULT_STRIPPED: &[&str] = &[
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-forwarded-prefix",
-    "x-forwarded-port",
-    "x-forwarded-scheme",
-    "x-forwarded-ssl",
-    "x-forwarded-server",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-host",
-];
-
 /// The refusal of a target in none of the forms a gateway serves.
 const TARGET_FORMS: &str =
     "the request target must be a path, `*` (OPTIONS only) or an http or https URL";
@@ -161,7 +146,7 @@ mod tests {
         req.append_header("x-forwarded-prefix", "/admin").unwrap();
         req.append_header("x_original_url", "/admin").unwrap();
         req.append_header("x-keep", "1").unwrap();
-        let names: Vec<HeaderName> = DEFAULT_STRIPPED
+        let names: Vec<HeaderName> = crate::config::model::DEFAULT_STRIPPED
             .iter()
             .map(|n| HeaderName::from_static(n))
             .collect();

@@ -246,7 +246,7 @@ async fn headers_backends_trust_are_stripped_from_untrusted_peers() {
     };
     let default = Gantry::start(&echo_routes(&up));
     let headers = seen(default.port).await;
-    for name in gantry::proxy::DEFAULT_STRIPPED {
+    for name in gantry::config::model::DEFAULT_STRIPPED {
         assert_eq!(headers.get(name), None, "{name} reached the upstream");
     }
     for alias in ["x_original_url", "x_forwarded_prefix"] {

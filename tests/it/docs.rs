@@ -1,5 +1,6 @@
-//! docs/architecture.md stays true: every `src/` file it names exists, and every file under
-//! `src/` is named (in full, or by file name inside the chart block of its directory).
+//! The layout stays as documented: every `src/` file docs/architecture.md names exists, every
+//! file under `src/` is named (in full, or by file name inside the chart block of its
+//! directory), and no two top-level modules use each other.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -69,4 +70,45 @@ fn architecture_names_every_source_file_and_only_existing_ones() {
         unnamed.is_empty(),
         "docs/architecture.md does not name: {unnamed:?}"
     );
+}
+
+/// The top-level modules each top-level module of `src/` uses (`crate::name`), tests left out.
+fn module_uses(root: &Path) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let mut files = BTreeSet::new();
+    source_files(&root.join("src"), &mut files);
+    let mut uses = std::collections::BTreeMap::<String, BTreeSet<String>>::new();
+    for file in files {
+        let module = file["src/".len()..]
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(".rs")
+            .to_string();
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(root.join(&file)).expect("source");
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (at, _) in code.match_indices("crate::") {
+            let used: String = code[at + "crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !used.is_empty() && used != module {
+                uses.entry(module.clone()).or_default().insert(used);
+            }
+        }
+    }
+    uses
+}
+
+#[test]
+fn no_two_modules_use_each_other() {
+    let uses = module_uses(Path::new(env!("CARGO_MANIFEST_DIR")));
+    let cycles: Vec<(&String, &String)> = uses
+        .iter()
+        .flat_map(|(a, used)| used.iter().map(move |b| (a, b)))
+        .filter(|(a, b)| a < b && uses.get(*b).is_some_and(|u| u.contains(*a)))
+        .collect();
+    assert!(cycles.is_empty(), "modules that use each other: {cycles:?}");
 }
