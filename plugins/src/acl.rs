@@ -77,10 +77,6 @@ impl Plugin for Acl {
         NAME
     }
 
-    fn priority(&self) -> i32 {
-        1900
-    }
-
     fn phases(&self) -> Phases {
         Phases::REQUEST
     }

@@ -207,10 +207,6 @@ impl Plugin for BasicAuth {
         NAME
     }
 
-    fn priority(&self) -> i32 {
-        2000
-    }
-
     fn phases(&self) -> Phases {
         Phases::REQUEST.and(Phases::UPSTREAM_REQUEST)
     }

@@ -51,12 +51,6 @@ impl Plugin for BodyLimit {
         NAME
     }
 
-    fn priority(&self) -> i32 {
-        // After ip-restriction, before authentication: an oversized upload is refused
-        // without any other work.
-        2900
-    }
-
     fn phases(&self) -> Phases {
         Phases::REQUEST.and(Phases::REQUEST_BODY)
     }

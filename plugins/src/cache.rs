@@ -426,10 +426,6 @@ impl Plugin for Cache {
         NAME
     }
 
-    fn priority(&self) -> i32 {
-        100
-    }
-
     fn phases(&self) -> Phases {
         Phases::RESPONSE
     }

@@ -58,10 +58,6 @@ impl Plugin for ConcurrencyLimit {
         NAME
     }
 
-    fn priority(&self) -> i32 {
-        1000
-    }
-
     fn phases(&self) -> Phases {
         Phases::REQUEST
     }

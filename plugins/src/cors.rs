@@ -298,12 +298,6 @@ impl Plugin for Cors {
         NAME
     }
 
-    fn priority(&self) -> i32 {
-        // After ip-restriction, before body-limit and authentication: preflights carry no
-        // credentials and must be answered without them.
-        2950
-    }
-
     fn phases(&self) -> Phases {
         Phases::REQUEST.and(Phases::RESPONSE)
     }

@@ -69,10 +69,6 @@ impl Plugin for IpRestriction {
         NAME
     }
 
-    fn priority(&self) -> i32 {
-        3000
-    }
-
     fn phases(&self) -> Phases {
         Phases::REQUEST
     }

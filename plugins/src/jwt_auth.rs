@@ -441,10 +441,6 @@ impl Plugin for JwtAuth {
         NAME
     }
 
-    fn priority(&self) -> i32 {
-        2020
-    }
-
     fn phases(&self) -> Phases {
         Phases::REQUEST.and(Phases::UPSTREAM_REQUEST)
     }

@@ -67,10 +67,6 @@ impl Plugin for KeyAuth {
         NAME
     }
 
-    fn priority(&self) -> i32 {
-        2010
-    }
-
     fn phases(&self) -> Phases {
         Phases::REQUEST.and(Phases::UPSTREAM_REQUEST)
     }

@@ -176,8 +176,11 @@ pub trait Plugin: Send + Sync {
     /// The name used in the configuration (`ip-restriction`).
     fn name(&self) -> &'static str;
 
-    /// Order in the chain: higher runs first. Fixed per plugin kind and documented.
-    fn priority(&self) -> i32;
+    /// Order in the chain: higher runs first. Fixed per plugin kind, in
+    /// [`registry::BUILTINS`].
+    fn priority(&self) -> i32 {
+        registry::priority(self.name())
+    }
 
     /// The phases this plugin implements.
     fn phases(&self) -> Phases;

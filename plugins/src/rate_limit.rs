@@ -562,10 +562,6 @@ impl Plugin for RateLimit {
         NAME
     }
 
-    fn priority(&self) -> i32 {
-        1100
-    }
-
     fn phases(&self) -> Phases {
         Phases::REQUEST.and(Phases::RESPONSE)
     }

@@ -10,21 +10,42 @@ use crate::{
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
-/// Every built-in plugin name, for configuration errors ("did you mean").
-pub const NAMES: &[&str] = &[
-    ip_restriction::NAME,
-    jwt_auth::NAME,
-    key_auth::NAME,
-    basic_auth::NAME,
-    acl::NAME,
-    concurrency_limit::NAME,
-    rate_limit::NAME,
-    body_limit::NAME,
-    cors::NAME,
-    request_transform::NAME,
-    response_transform::NAME,
-    cache::NAME,
+/// Every built-in plugin with its fixed place in a chain (higher runs first), in chain order.
+/// The one place priorities are written; `docs/plugins.md` lists the same table (a test
+/// compares them).
+pub const BUILTINS: &[(&str, i32)] = &[
+    // Access rules first: a refused address costs nothing else.
+    (ip_restriction::NAME, 3000),
+    // Preflights carry no credentials and are answered before authentication.
+    (cors::NAME, 2950),
+    // An oversized upload is refused before any authentication work.
+    (body_limit::NAME, 2900),
+    (jwt_auth::NAME, 2020),
+    (key_auth::NAME, 2010),
+    (basic_auth::NAME, 2000),
+    // Authorization needs the consumer authentication found.
+    (acl::NAME, 1900),
+    (rate_limit::NAME, 1100),
+    (concurrency_limit::NAME, 1000),
+    // After authentication and limits, so `$consumer` and `$jwt.*` are known, and after their
+    // consumer headers, so a transform can still change them.
+    (request_transform::NAME, 500),
+    (response_transform::NAME, 500),
+    (cache::NAME, 100),
 ];
+
+/// Every built-in plugin name, for configuration errors ("did you mean").
+pub fn names() -> impl Iterator<Item = &'static str> + Clone {
+    BUILTINS.iter().map(|(name, _)| *name)
+}
+
+/// The priority of the built-in plugin `name` (0 for a name not in [`BUILTINS`]).
+pub fn priority(name: &str) -> i32 {
+    BUILTINS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, priority)| *priority)
+}
 
 /// Where a plugin instance is configured.
 pub struct PluginScope {
@@ -114,5 +135,65 @@ fn finish<P: Plugin + 'static>(built: Option<Result<P, String>>) -> Build {
         None => Build::Invalid,
         Some(Err(e)) => Build::Failed(e),
         Some(Ok(p)) => Build::Ready(Arc::new(p)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/plugins.md`'s order table lists exactly [`BUILTINS`], in the same order.
+    #[test]
+    fn the_documented_order_is_the_registry_order() {
+        let doc = include_str!("../../docs/plugins.md");
+        let rows: Vec<(String, i32)> = doc
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.split('|').map(str::trim).skip(1);
+                let priority = cells.next()?.parse().ok()?;
+                let plugin = cells.next()?;
+                let name = plugin.strip_prefix('[')?.split(']').next()?;
+                Some((name.to_string(), priority))
+            })
+            .collect();
+        let registry: Vec<(String, i32)> = BUILTINS
+            .iter()
+            .map(|(name, priority)| (name.to_string(), *priority))
+            .collect();
+        assert_eq!(
+            rows, registry,
+            "docs/plugins.md and registry::BUILTINS differ"
+        );
+    }
+
+    /// A source whose every table failed to deserialize.
+    struct Unparsable;
+
+    impl ConfigSource for Unparsable {
+        fn parse<T: DeserializeOwned>(&mut self) -> Option<T> {
+            None
+        }
+    }
+
+    #[test]
+    fn every_listed_plugin_is_built_by_the_registry_and_nothing_else() {
+        let scope = PluginScope {
+            name: "global".into(),
+            templates: TemplateScope::default(),
+        };
+        let ctx = BuildContext {
+            consumers: Arc::new(Consumers::default()),
+            redis: Err(RedisUnavailable::NotConfigured),
+        };
+        for (name, priority) in BUILTINS {
+            let built = build(name, &scope, &mut Unparsable, &ctx);
+            assert!(
+                matches!(built, Build::Invalid),
+                "{name} is listed but not built"
+            );
+            assert_eq!(super::priority(name), *priority);
+        }
+        let unknown = build("no-such-plugin", &scope, &mut Unparsable, &ctx);
+        assert!(matches!(unknown, Build::Unknown));
     }
 }

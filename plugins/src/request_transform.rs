@@ -191,12 +191,6 @@ impl Plugin for RequestTransform {
         NAME
     }
 
-    fn priority(&self) -> i32 {
-        // After authentication and limits, so `$consumer` and `$jwt.*` are known, and after
-        // their consumer headers, so a transform can still change them.
-        500
-    }
-
     fn phases(&self) -> Phases {
         match self.json {
             Some(_) => Phases::REQUEST

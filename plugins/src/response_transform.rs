@@ -72,10 +72,6 @@ impl Plugin for ResponseTransform {
         NAME
     }
 
-    fn priority(&self) -> i32 {
-        500
-    }
-
     fn phases(&self) -> Phases {
         match self.json {
             Some(_) => Phases::UPSTREAM_REQUEST

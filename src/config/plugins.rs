@@ -97,7 +97,7 @@ pub fn route<'a>(
                     build(doc, &key, &scope, &e.name, e.value, ctx).map(|p| (e.name, Some(p)))
                 }
                 Some(DeValue::Boolean(false)) => {
-                    if !registry::NAMES.contains(&e.name.as_str()) {
+                    if !registry::names().any(|n| n == e.name) {
                         unknown(doc, span, &key, &e.name);
                         return None;
                     }
@@ -158,8 +158,9 @@ fn build<'a>(
 }
 
 fn unknown(doc: &mut Document<'_>, span: std::ops::Range<usize>, key: &str, name: &str) {
-    let hint = did_you_mean(name, registry::NAMES.iter().copied())
-        .or_else(|| Some(format!("built-in plugins: {}", registry::NAMES.join(", "))));
+    let names: Vec<&str> = registry::names().collect();
+    let hint = did_you_mean(name, names.iter().copied())
+        .or_else(|| Some(format!("built-in plugins: {}", names.join(", "))));
     doc.errors
         .push(Some(span), key, format!("unknown plugin `{name}`"), hint);
 }
