@@ -24,6 +24,7 @@ pub mod consumer;
 pub mod cors;
 pub mod credentials;
 pub mod failure_limit;
+pub mod header_edits;
 pub mod ip_restriction;
 pub mod json_body;
 pub mod jwks;

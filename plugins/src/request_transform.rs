@@ -4,8 +4,9 @@
 //! [templates](crate::template) parsed at load; they read the request as it goes upstream,
 //! before this plugin's own changes.
 
+use crate::header_edits::HeaderEdits;
 use crate::json_body::{JsonBodyConfig, JsonEdits};
-use crate::template::{header_name, header_templates, Template, TemplateScope};
+use crate::template::{header_name, Template, TemplateScope};
 use crate::{Flow, Phases, Plugin, PluginState, Rejection};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -60,9 +61,7 @@ pub struct Config {
 
 /// A compiled `request-transform`.
 pub struct RequestTransform {
-    set_headers: Vec<(HeaderName, Template)>,
-    add_headers: Vec<(HeaderName, Template)>,
-    remove_headers: Vec<HeaderName>,
+    headers: HeaderEdits,
     rename_headers: Vec<(HeaderName, HeaderName)>,
     set_query: Vec<(String, Template)>,
     /// Names whose pairs are dropped: removed ones and replaced ones.
@@ -104,13 +103,12 @@ impl RequestTransform {
             .collect::<Result<Vec<_>, _>>()?;
         drop_query.extend(set_query.iter().map(|(k, _)| k.clone()));
         Ok(RequestTransform {
-            set_headers: header_templates(&config.set_headers, scope)?,
-            add_headers: header_templates(&config.add_headers, scope)?,
-            remove_headers: config
-                .remove_headers
-                .iter()
-                .map(|h| header_name(h))
-                .collect::<Result<_, _>>()?,
+            headers: HeaderEdits::new(
+                &config.set_headers,
+                &config.add_headers,
+                &config.remove_headers,
+                scope,
+            )?,
             rename_headers: config
                 .rename_headers
                 .iter()
@@ -240,12 +238,9 @@ impl Plugin for RequestTransform {
         upstream: &mut RequestHeader,
         state: &mut PluginState,
     ) -> pingora::Result<()> {
-        let set = Self::render(&self.set_headers, upstream, state);
-        let add = Self::render(&self.add_headers, upstream, state);
+        let headers = self.headers.render(upstream, state);
         let set_query = Self::render(&self.set_query, upstream, state);
-        for name in &self.remove_headers {
-            upstream.remove_header(name);
-        }
+        self.headers.remove_listed(upstream);
         for (from, to) in &self.rename_headers {
             let values: Vec<HeaderValue> = upstream.headers.get_all(from).iter().cloned().collect();
             if values.is_empty() {
@@ -257,22 +252,7 @@ impl Plugin for RequestTransform {
                 upstream.append_header(to.clone(), value)?;
             }
         }
-        for (name, value) in set {
-            upstream.remove_header(&name);
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                if !value.is_empty() {
-                    upstream.insert_header(name, value)?;
-                }
-            }
-        }
-        for (name, value) in add {
-            match HeaderValue::from_str(&value) {
-                Ok(value) if !value.is_empty() => {
-                    upstream.append_header(name, value)?;
-                }
-                _ => {}
-            }
-        }
+        headers.apply(upstream)?;
         if state.request_json.is_some() {
             // The edited body's length is known only at its end: without Content-Length,
             // Pingora frames an HTTP/1.1 upstream request as chunked (HTTP/2 needs nothing).

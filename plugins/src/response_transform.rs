@@ -8,13 +8,14 @@
 //! edited fails the response ([`crate::json_body::NOT_EDITABLE`]): a 502 while its header is unsent,
 //! decided from the header where it can be; an aborted response otherwise.
 
+use crate::header_edits::HeaderEdits;
 use crate::json_body::{declared_length, not_editable, JsonBodyConfig, JsonEdits};
-use crate::template::{header_name, header_templates, Template, TemplateScope};
+use crate::template::TemplateScope;
 use crate::{Phases, Plugin, PluginState};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderName, Method};
+use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -41,9 +42,7 @@ pub struct Config {
 
 /// A compiled `response-transform`.
 pub struct ResponseTransform {
-    set_headers: Vec<(HeaderName, Template)>,
-    add_headers: Vec<(HeaderName, Template)>,
-    remove_headers: Vec<HeaderName>,
+    headers: HeaderEdits,
     json: Option<JsonEdits>,
 }
 
@@ -51,13 +50,12 @@ impl ResponseTransform {
     /// Compiles `config`; templates may use what `scope` offers.
     pub fn new(config: Config, scope: &TemplateScope) -> Result<Self, String> {
         Ok(ResponseTransform {
-            set_headers: header_templates(&config.set_headers, scope)?,
-            add_headers: header_templates(&config.add_headers, scope)?,
-            remove_headers: config
-                .remove_headers
-                .iter()
-                .map(|h| header_name(h))
-                .collect::<Result<_, _>>()?,
+            headers: HeaderEdits::new(
+                &config.set_headers,
+                &config.add_headers,
+                &config.remove_headers,
+                scope,
+            )?,
             json: config
                 .json_body
                 .map(|c| JsonEdits::new(c, scope))
@@ -98,20 +96,9 @@ impl Plugin for ResponseTransform {
         response: &mut ResponseHeader,
         state: &mut PluginState,
     ) -> pingora::Result<()> {
-        for name in &self.remove_headers {
-            response.remove_header(name);
-        }
-        for (name, template) in &self.set_headers {
-            response.remove_header(name);
-            if let Some(value) = template.header_value(request, state) {
-                response.insert_header(name.clone(), value)?;
-            }
-        }
-        for (name, template) in &self.add_headers {
-            if let Some(value) = template.header_value(request, state) {
-                response.append_header(name.clone(), value)?;
-            }
-        }
+        let rendered = self.headers.render(request, state);
+        self.headers.remove_listed(response);
+        rendered.apply(response)?;
         let has_body = request.method != Method::HEAD
             && !response.status.is_informational()
             && !matches!(response.status.as_u16(), 204 | 304)
