@@ -1,7 +1,7 @@
 //! The `cache` plugin through the real gateway: a configurable origin on loopback counts every
 //! request it serves, so each test asserts exactly how many reached it.
 
-use crate::common::{admin_metrics, client, free_port, wait_for_port, Gantry};
+use crate::common::{admin_metrics, client, eventually, free_port, wait_for_port, Gantry};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -173,6 +173,16 @@ struct Got {
     headers: reqwest::header::HeaderMap,
 }
 
+/// The first answer for `path` that is not a fresh hit: polling waits out the stored
+/// response's freshness without a fixed sleep (hits do not change what is stored).
+async fn first_after_freshness(g: &Gantry, path: &str) -> Got {
+    eventually(&format!("{path} is no longer fresh"), || async {
+        let got = get(g, path, &[]).await;
+        (got.cache != "HIT").then_some(got)
+    })
+    .await
+}
+
 async fn get(g: &Gantry, path: &str, headers: &[(&str, &str)]) -> Got {
     let resp = g.get(path, headers).await;
     let status = resp.status().as_u16();
@@ -229,14 +239,13 @@ async fn a_hit_after_a_miss_reaches_the_origin_once_and_expires_with_its_ttl() {
     let stored = get(&g, validated, &[]).await;
     assert_eq!(stored.cache, "MISS");
 
-    // One second of freshness: the next request after it fetches again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let third = get(&g, "/a?cc=max-age=1", &[]).await;
+    // One second of freshness: the first request after it fetches again.
+    let third = first_after_freshness(&g, "/a?cc=max-age=1").await;
     assert_eq!(third.cache, "EXPIRED");
     assert!(third.body.ends_with("#2"), "{}", third.body);
     assert_eq!(origin.hits("/a?cc=max-age=1"), 2);
     assert_eq!(get(&g, "/a?cc=max-age=1", &[]).await.cache, "HIT");
-    let revalidated = get(&g, validated, &[]).await;
+    let revalidated = first_after_freshness(&g, validated).await;
     assert_eq!(
         (revalidated.status, revalidated.cache.as_str()),
         (200, "REVALIDATED")
@@ -396,23 +405,21 @@ async fn stale_responses_are_served_while_revalidating_and_when_the_origin_fails
     ));
     let target = "/slow/s?cc=max-age=1";
     assert_eq!(get(&g, target, &[]).await.cache, "MISS");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     // Expired: the stale copy is answered at once (the origin takes 300 ms) and refreshed
     // in the background.
-    let stale = get(&g, target, &[]).await;
+    let stale = first_after_freshness(&g, target).await;
     assert_eq!(stale.cache, "STALE");
     assert!(stale.body.ends_with("#1"), "{}", stale.body);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while origin.hits(target) < 2 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(origin.hits(target), 2, "refreshed in the background");
+    eventually("refreshed in the background", || async {
+        (origin.hits(target) >= 2).then_some(())
+    })
+    .await;
     // The refresh is stored once the origin's (slow) answer is complete.
-    let mut fresh = get(&g, target, &[]).await;
-    while fresh.cache == "STALE" && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        fresh = get(&g, target, &[]).await;
-    }
+    let fresh = eventually("the refresh is stored", || async {
+        let got = get(&g, target, &[]).await;
+        (got.cache != "STALE").then_some(got)
+    })
+    .await;
     assert_eq!(fresh.cache, "HIT");
     assert!(fresh.body.ends_with("#2"), "{}", fresh.body);
     assert_eq!(
@@ -429,13 +436,12 @@ async fn stale_responses_are_served_while_revalidating_and_when_the_origin_fails
     get(&g, on_500, &[]).await;
     get(&g, gone, &[]).await;
     origin.failing.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let rescued = get(&g, on_500, &[]).await;
+    let rescued = first_after_freshness(&g, on_500).await;
     assert_eq!((rescued.status, rescued.cache.as_str()), (200, "STALE"));
     assert!(rescued.body.ends_with("#1"));
     assert_eq!(origin.hits(on_500), 2, "the origin was asked and failed");
     origin.stop();
-    let rescued = get(&g, gone, &[]).await;
+    let rescued = first_after_freshness(&g, gone).await;
     assert_eq!((rescued.status, rescued.cache.as_str()), (200, "STALE"));
     assert!(rescued.body.ends_with("#1"));
     // Without a stored copy the failure shows.
@@ -475,13 +481,11 @@ async fn the_size_bound_holds_and_purge_removes_every_variant() {
         let got = get(&g, &format!("/obj/{i}?size=32768"), &[]).await;
         assert_eq!(got.body.len(), 32768);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut bytes = gauge("gantry_cache_bytes").await;
-    while bytes > 1 << 20 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        bytes = gauge("gantry_cache_bytes").await;
-    }
-    assert!(bytes <= 1 << 20, "{bytes} bytes stored");
+    let bytes = eventually("the cache shrinks to its bound", || async {
+        let bytes = gauge("gantry_cache_bytes").await;
+        (bytes <= 1 << 20).then_some(bytes)
+    })
+    .await;
     assert!(bytes > 1 << 19, "the cache is used, not emptied: {bytes}");
     // 32 objects of 32 KiB (plus headers) cannot fit: most of the 96 were evicted.
     let entries = gauge("gantry_cache_entries").await;
