@@ -130,8 +130,18 @@ async fn refused(g: &Gantry, path: &str, token: &str, detail: &str) {
     assert_eq!(body["detail"], detail);
 }
 
-#[tokio::test]
-async fn jwt_tokens_are_verified_against_a_rotating_jwks() {
+/// The gateway of the jwt tests: an RS256/ES256 route against a JWKS server, an HS256
+/// route, a PEM-key route reading cookies and the query, and an anonymous route.
+struct JwtSetup {
+    g: Gantry,
+    jwks: JwksServer,
+    _up: Upstream,
+    rsa1: EncodingKey,
+    rsa2: EncodingKey,
+    ec1: EncodingKey,
+}
+
+async fn jwt_setup() -> JwtSetup {
     let (rsa1, rsa2) = (rsa("rsa1.key"), rsa("rsa2.key"));
     let ec1 = EncodingKey::from_ec_pem(&key_file("ec1.key")).expect("ec key");
     let jwks = JwksServer::start(&JwkSet {
@@ -190,6 +200,27 @@ anonymous = true
         up = up.addr,
         jwks = jwks.port,
     ));
+    JwtSetup {
+        g,
+        jwks,
+        _up: up,
+        rsa1,
+        rsa2,
+        ec1,
+    }
+}
+
+#[tokio::test]
+async fn jwt_tokens_are_verified_claims_checked_and_consumers_mapped() {
+    // Named bindings keep the JWKS server and the upstream alive (`..` would drop them here).
+    let JwtSetup {
+        g,
+        jwks: _jwks,
+        _up,
+        rsa1,
+        ec1,
+        ..
+    } = jwt_setup().await;
 
     // Valid RS256 and ES256 tokens; claims forwarded, spoofed copies replaced, consumer mapped.
     let token = sign(Algorithm::RS256, Some("k1"), &rsa1, &claims(|_| {}));
@@ -325,7 +356,18 @@ anonymous = true
         &claims(|c| c["sub"] = json!("nobody@example.com")),
     );
     assert_problem(call(&g, "/api", Some(&t)).await, 401, "unknown-consumer").await;
+}
 
+#[tokio::test]
+async fn a_rotated_jwks_is_fetched_and_the_last_good_keys_outlive_the_idp() {
+    let JwtSetup {
+        g,
+        jwks,
+        _up,
+        rsa1,
+        rsa2,
+        ..
+    } = jwt_setup().await;
     // Key rotation: a kid the cached set lacks makes the gateway fetch the JWKS again.
     jwks.set(
         200,
@@ -352,7 +394,17 @@ anonymous = true
     refused(&g, "/api", &unknown, "the token's signing key is unknown").await;
     let fresh = sign(Algorithm::RS256, Some("k1"), &rsa1, &claims(|_| {}));
     assert_eq!(call(&g, "/api", Some(&fresh)).await.status(), 200);
+}
 
+#[tokio::test]
+async fn hs256_pem_keys_token_sources_anonymous_access_and_websockets() {
+    let JwtSetup {
+        g,
+        jwks: _jwks,
+        _up,
+        rsa1,
+        ..
+    } = jwt_setup().await;
     // HS256 with a shared secret.
     let hs = sign(
         Algorithm::HS256,
@@ -386,6 +438,13 @@ anonymous = true
     assert_eq!(resp.status(), 200);
     assert_problem(call(&g, "/pem", None).await, 401, "missing-credentials").await;
     assert_eq!(call(&g, "/anon", None).await.status(), 200);
+    // Anonymous access never excuses a bad token (here one signed with the public key).
+    let confused = sign(
+        Algorithm::HS256,
+        Some("k1"),
+        &EncodingKey::from_secret(&key_file("rsa1.pub")),
+        &claims(|_| {}),
+    );
     refused(
         &g,
         "/anon",
