@@ -72,10 +72,10 @@ required = false
 paths = ["/parallel"]
 [routes.parallel.aggregate.calls.a]
 cluster = "users"
-path = "/slow/400"
+path = "/together/parallel/2"
 [routes.parallel.aggregate.calls.b]
 cluster = "orders"
-path = "/slow/400"
+path = "/together/parallel/2"
 
 [routes.budget]
 paths = ["/budget"]
@@ -176,19 +176,18 @@ required = false
         "{problem}"
     );
 
-    // Calls run in parallel: about the slowest (400 ms), not the sum (800 ms).
-    let started = Instant::now();
+    // Calls run in parallel: each upstream holds its call until the other call has arrived
+    // too (`/together/`), which serial calls never do.
     let resp = g.get("/parallel", &[]).await;
-    let took = started.elapsed();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(
         (&body["a"]["uri"], &body["b"]["uri"]),
-        (&"/slow/400".into(), &"/slow/400".into())
-    );
-    assert!(
-        took >= Duration::from_millis(400) && took < Duration::from_millis(750),
-        "took {took:?}"
+        (
+            &"/together/parallel/2".into(),
+            &"/together/parallel/2".into()
+        ),
+        "{body}"
     );
 
     // A call that overruns the budget is cut at the budget; the response is still whole.
@@ -200,8 +199,10 @@ required = false
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["fast"]["uri"], "/users/me");
     assert_eq!(body["errors"]["late"]["status"], 504);
+    // Cut at the budget: not before it, and well before the late call's own 3 s (the 504 in
+    // `errors` says the budget ended it; the bound is 6x the budget, for a loaded machine).
     assert!(
-        took >= Duration::from_millis(500) && took < Duration::from_millis(1000),
+        took >= Duration::from_millis(500) && took < Duration::from_millis(3000),
         "took {took:?} for a 500 ms budget"
     );
 

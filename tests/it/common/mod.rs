@@ -326,6 +326,42 @@ impl Drop for Upstream {
     }
 }
 
+/// How many requests of one `/together/` group have arrived, and a wake-up for each arrival.
+type Group = Arc<(AtomicUsize, tokio::sync::Notify)>;
+
+/// Requests under way per `/together/GROUP/N` group, across every upstream of the test binary.
+static GROUPS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Group>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Holds a request until `n` requests of `group` have arrived (any upstream), for at most
+/// [`PATIENCE`]; false when they never did. Proves requests were in flight at the same time
+/// without measuring any duration.
+async fn together(group: &str, n: usize) -> bool {
+    let shared = Arc::clone(
+        GROUPS
+            .lock()
+            .expect("groups")
+            .entry(group.to_string())
+            .or_default(),
+    );
+    let (arrived, notify) = &*shared;
+    arrived.fetch_add(1, Ordering::SeqCst);
+    notify.notify_waiters();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if arrived.load(Ordering::SeqCst) >= n {
+            return true;
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => return false,
+        }
+    }
+}
+
 async fn echo(
     req: Request<Incoming>,
     name: Arc<str>,
@@ -348,6 +384,17 @@ async fn echo(
     if let Some(ms) = path.strip_prefix("/slow/") {
         let ms: u64 = ms.parse().unwrap_or(1000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some((group, n)) = path
+        .strip_prefix("/together/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        if !together(group, n.parse().unwrap_or(2)).await {
+            return Ok(Response::builder()
+                .status(500)
+                .body(Full::new(Bytes::from_static(b"arrived alone")))
+                .expect("response"));
+        }
     }
     let method = req.method().to_string();
     let uri = req.uri().to_string();
