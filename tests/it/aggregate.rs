@@ -4,8 +4,14 @@ use crate::common::{assert_problem, check_config, dead_addr, Gantry, Upstream};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-#[tokio::test]
-async fn aggregates_merge_calls_report_partial_failures_and_respect_the_budget() {
+/// The gateway of the composition tests with its two upstreams (kept alive with it).
+struct Composition {
+    g: Gantry,
+    users: Upstream,
+    orders: Upstream,
+}
+
+async fn composition() -> Composition {
     let users = Upstream::start("users").await;
     let orders = Upstream::start("orders").await;
     let dead = dead_addr();
@@ -92,7 +98,16 @@ required = false
         users = users.addr,
         orders = orders.addr,
     ));
+    Composition { g, users, orders }
+}
 
+#[tokio::test]
+async fn calls_are_merged_with_captures_plugins_and_encoded_client_input() {
+    let Composition {
+        g,
+        users,
+        orders: _orders,
+    } = composition().await;
     // All succeed: one object keyed by call name; captures and forwarded headers arrive.
     let resp = g
         .get(
@@ -156,7 +171,15 @@ required = false
             .contains("`..`"),
         "{problem}"
     );
+}
 
+#[tokio::test]
+async fn a_failed_optional_call_is_partial_and_a_failed_required_one_a_502() {
+    let Composition {
+        g,
+        users: _users,
+        orders: _orders,
+    } = composition().await;
     // An optional call fails: null, listed under `errors`, named in Gantry-Partial.
     let resp = g.get("/partial", &[]).await;
     assert_eq!(resp.status(), 200);
@@ -175,7 +198,15 @@ required = false
             .contains("`profile`"),
         "{problem}"
     );
+}
 
+#[tokio::test]
+async fn calls_run_in_parallel_within_the_budget() {
+    let Composition {
+        g,
+        users: _users,
+        orders: _orders,
+    } = composition().await;
     // Calls run in parallel: each upstream holds its call until the other call has arrived
     // too (`/together/`), which serial calls never do.
     let resp = g.get("/parallel", &[]).await;
@@ -205,7 +236,10 @@ required = false
         took >= Duration::from_millis(500) && took < Duration::from_millis(3000),
         "took {took:?} for a 500 ms budget"
     );
+}
 
+#[tokio::test]
+async fn a_call_to_an_unknown_cluster_or_capture_is_a_config_error() {
     let (ok, text) = check_config(
         "[routes.r]\npaths = [\"/r\"]\n[routes.r.aggregate.calls.a]\ncluster = \"nope\"\npath = \"x/$path.id\"\n",
     );
