@@ -204,12 +204,6 @@ impl<'a> Problem<'a> {
         .into_bytes()
     }
 
-    /// Writes the problem as the response. The connection is closed afterwards for 400 and 431.
-    pub async fn send(&self, session: &mut Session, request_id: &HeaderValue) -> Result<()> {
-        let (resp, body) = self.response(request_id)?;
-        self.write(session, resp, body).await
-    }
-
     /// The response header and body, for callers that adjust the header before writing.
     pub fn response(&self, request_id: &HeaderValue) -> Result<(ResponseHeader, String)> {
         let body = self.body(request_id.to_str().unwrap_or_default());
