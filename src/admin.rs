@@ -5,6 +5,7 @@
 //! `docs/admin-api.md`.
 
 use crate::config::{AdminSettings, Config};
+use crate::proxy::Problem;
 use crate::reload::Live;
 use crate::router::{normalize_host, Lookup, RequestView};
 use async_trait::async_trait;
@@ -368,20 +369,20 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
         .unwrap_or_default()
 }
 
-fn problem(status: StatusCode, slug: &str, detail: &str) -> Response<Vec<u8>> {
+fn problem(status: StatusCode, slug: &'static str, detail: &str) -> Response<Vec<u8>> {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let body = serde_json::json!({
-        "type": format!("urn:gantry:problem:{slug}"),
-        "title": status.canonical_reason().unwrap_or_default(),
-        "status": status.as_u16(),
-        "detail": detail,
-        "request_id": request_id,
-    });
-    let mut response = respond(
-        status,
-        "application/problem+json",
-        body.to_string().into_bytes(),
-    );
+    // The same body as the gateway's own problems.
+    let body = Problem {
+        status: status.as_u16(),
+        slug,
+        title: status.canonical_reason().unwrap_or_default(),
+        detail,
+        allow: &[],
+        headers: &[],
+        close: false,
+    }
+    .body(&request_id);
+    let mut response = respond(status, "application/problem+json", body.into_bytes());
     if let Ok(value) = http::HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
