@@ -1,8 +1,7 @@
 //! Load balancing, retries and health checks against real upstreams.
 
 use crate::common::{
-    admin_metrics, assert_problem, client, dead_addr, eventually, free_port, wait_for_port, Gantry,
-    Upstream,
+    assert_problem, client, dead_addr, free_port, wait_for_metric, wait_for_port, Gantry, Upstream,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -128,10 +127,7 @@ async fn health_checks_eject_a_dead_backend_and_all_down_is_503() {
     let health = |backend: std::net::SocketAddr, value: u8| async move {
         let line =
             format!("gantry_upstream_health{{cluster=\"hc\",backend=\"{backend}\"}} {value}");
-        eventually(&line, || async {
-            admin_metrics(admin).await.contains(&line).then_some(())
-        })
-        .await
+        wait_for_metric(admin, &line).await
     };
     let c = client();
     for _ in 0..10 {

@@ -2,7 +2,9 @@
 //! status and whether the connection is closed afterwards; connection deadlines and limits.
 
 use crate::common::raw_http::{RawConn, RawResponse};
-use crate::common::{admin_metrics, eventually, free_port, wait_for_port, Gantry, Upstream};
+use crate::common::{
+    admin_metrics, eventually, free_port, wait_for_metric, wait_for_port, Gantry, Upstream,
+};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -30,14 +32,6 @@ fn with_admin(server_extra: &str, up: &Upstream) -> (Gantry, u16) {
     );
     wait_for_port(admin);
     (g, admin)
-}
-
-/// Waits until the admin metrics hold `line` (the request is logged after its answer).
-async fn wait_for_metric(admin: u16, line: &str) {
-    eventually(line, || async {
-        admin_metrics(admin).await.contains(line).then_some(())
-    })
-    .await
 }
 
 /// Sends `bytes` and then a second request; returns the first response and whether the

@@ -218,6 +218,14 @@ impl Drop for Gantry {
     }
 }
 
+/// Waits until the admin metrics on `admin` hold `line`.
+pub async fn wait_for_metric(admin: u16, line: &str) {
+    eventually(line, || async {
+        admin_metrics(admin).await.contains(line).then_some(())
+    })
+    .await
+}
+
 /// The Prometheus text of the admin listener on `admin`.
 pub async fn admin_metrics(admin: u16) -> String {
     client()
