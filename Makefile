@@ -20,7 +20,7 @@ FUZZ_CASES ?= 100000
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p gantry --test props
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p gantry --lib props
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p gantry-plugins --test props
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p gantry-plugins --lib props
 
 ## Install missing build tools (cmake) or say how.
 deps:

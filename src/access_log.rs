@@ -14,7 +14,6 @@ use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use prometheus::IntCounter;
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -22,7 +21,7 @@ use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -93,16 +92,6 @@ pub struct Record<'a> {
     pub referer: Option<&'a str>,
 }
 
-static DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
-    let counter = IntCounter::new(
-        "gantry_access_log_dropped_total",
-        "Access log records dropped because the writer fell behind",
-    )
-    .expect("static metric definition");
-    let _ = prometheus::register(Box::new(counter.clone()));
-    counter
-});
-
 /// The records written since the writer's last drain, one buffer per request thread (so
 /// threads never wait for each other), each on its own cache line.
 struct Buffers {
@@ -141,7 +130,6 @@ impl AccessLog {
     /// Opens `sink` (nothing for `Off`): the log, and the background service that writes it.
     /// Fails when the file cannot be opened.
     pub fn open(sink: &Sink, format: Format) -> io::Result<(AccessLog, Option<AccessLogWriter>)> {
-        LazyLock::force(&DROPPED);
         let out: Box<dyn Write + Send> = match sink {
             Sink::Off => {
                 let off = AccessLog {
@@ -191,7 +179,7 @@ impl AccessLog {
         let mut buffer = buffers.mine().lock();
         if buffer.len() >= buffers.limit {
             drop(buffer);
-            DROPPED.inc();
+            crate::metrics::access_log_dropped();
             return;
         }
         let before = buffer.len();
@@ -768,11 +756,11 @@ mod tests {
             format: Format::Combined,
             buffers: Some(Arc::new(Buffers::new(1))),
         };
-        let dropped = DROPPED.get();
+        let dropped = crate::metrics::access_log_dropped_total();
         full.write(&record());
         full.write(&record());
         assert_eq!(
-            DROPPED.get(),
+            crate::metrics::access_log_dropped_total(),
             dropped + 1,
             "the second record found the buffer full"
         );

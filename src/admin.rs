@@ -14,7 +14,6 @@ use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::cache::key::CacheHashKey;
 use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
-use prometheus::{Encoder, TextEncoder};
 use std::sync::Arc;
 use std::time::Instant;
 use subtle::ConstantTimeEq;
@@ -90,18 +89,12 @@ impl AdminApp {
 
     fn metrics(&self) -> Response<Vec<u8>> {
         let mut body = String::new();
-        let encoder = TextEncoder::new();
-        match encoder.encode_utf8(&prometheus::gather(), &mut body) {
-            Ok(()) => {
-                crate::metrics::render(&mut body, &self.backend_health());
-                respond(StatusCode::OK, encoder.format_type(), body.into_bytes())
-            }
-            Err(e) => problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                &format!("cannot encode the metrics: {e}"),
-            ),
-        }
+        crate::metrics::render(&mut body, &self.backend_health());
+        respond(
+            StatusCode::OK,
+            crate::metrics::CONTENT_TYPE,
+            body.into_bytes(),
+        )
     }
 
     /// The running configuration file, parsed, with every secret replaced by `REDACTED`.

@@ -10,7 +10,7 @@
 
 use crate::upstream::hash_key::ip_key;
 use crate::upstream::Cluster;
-use gantry_plugins::template::Template;
+use gantry_plugins::gateway::Template;
 use gantry_plugins::PluginState;
 use http::{header, HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
@@ -156,7 +156,7 @@ impl Call {
             crate::forwarded::X_REQUEST_ID.clone(),
             client.state.request_id.clone(),
         )?;
-        if let Some(ip) = client.state.client_ip {
+        if let Some(ip) = client.state.client.ip {
             if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
                 set(&mut req, HeaderName::from_static("x-forwarded-for"), v)?;
             }
@@ -181,7 +181,7 @@ impl Call {
     ) -> Result<Value, CallFailure> {
         let req = self.request(client)?;
         let mut ip_buf = [0u8; 16];
-        let key = ip_key(client.state.client_ip, &mut ip_buf);
+        let key = ip_key(client.state.client.ip, &mut ip_buf);
         let mut tried = Vec::new();
         loop {
             let Some((addr, peer)) = self.cluster.select(key, &tried) else {
@@ -236,7 +236,7 @@ impl Call {
             let (status, json) = match session.response_header() {
                 Some(resp) => (
                     resp.status.as_u16(),
-                    gantry_plugins::json_body::is_json(&resp.headers),
+                    gantry_plugins::gateway::is_json(&resp.headers),
                 ),
                 None => return Err(failed("answering")),
             };

@@ -4,8 +4,8 @@
 //! one of `server.trusted_proxies`; otherwise they are replaced, so clients cannot spoof them.
 
 use crate::config::ServerSettings;
-use gantry_plugins::consumer::Consumer;
-use gantry_plugins::remove_headers_and_aliases;
+use gantry_plugins::gateway::remove_headers_and_aliases;
+use gantry_plugins::gateway::Consumer;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::Result;

@@ -7,7 +7,7 @@
 //! unmatched request is route `-`), methods are the nine standard ones or `OTHER`, and statuses
 //! are the common codes or their class (`2xx`...).
 
-use gantry_plugins::cache::CacheStatus;
+use gantry_plugins::gateway::CacheStatus;
 use http::Method;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +16,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
+
+/// The Prometheus text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// Histogram upper bounds, in seconds.
 const BUCKETS: [f64; 13] = [
@@ -304,13 +307,86 @@ pub fn render(out: &mut String, health: &[(String, String, bool)]) {
         out,
         "gantry_connections_refused_total",
         "Connections closed at accept by a connection limit",
+        "reason",
         &REFUSED_CONNECTIONS,
     );
     labelled_counters(
         out,
         "gantry_request_heads_refused_total",
         "Request heads refused by the connection loop, by problem type",
+        "reason",
         &REFUSED_HEADS,
+    );
+    labelled_counters(
+        out,
+        "gantry_config_reloads_total",
+        "Configuration reloads by result",
+        "result",
+        &RELOADS,
+    );
+    counter(
+        out,
+        "gantry_access_log_dropped_total",
+        "Access log records dropped because the writer fell behind",
+        ACCESS_LOG_DROPPED.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "gantry_redis_errors_total",
+        "Redis operations that failed, timed out or were skipped because Redis was down",
+        gantry_plugins::gateway::redis_errors_total(),
+    );
+    if let Some(cache) = crate::cache::running() {
+        gauge(
+            out,
+            "gantry_cache_bytes",
+            "Bytes held by the response cache",
+            cache.storage.bytes() as u64,
+        );
+        gauge(
+            out,
+            "gantry_cache_entries",
+            "Responses held by the response cache",
+            cache.storage.entries() as u64,
+        );
+    }
+}
+
+/// Configuration reloads, by result.
+static RELOADS: [(&str, AtomicU64); 2] = [
+    ("success", AtomicU64::new(0)),
+    ("failure", AtomicU64::new(0)),
+];
+
+/// Access log records dropped because the writer fell behind.
+static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// A configuration reload finished: applied (`true`) or refused.
+pub fn config_reloaded(applied: bool) {
+    count_reason(&RELOADS, if applied { "success" } else { "failure" });
+}
+
+/// An access log record was dropped.
+pub fn access_log_dropped() {
+    ACCESS_LOG_DROPPED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Access log records dropped so far.
+pub fn access_log_dropped_total() -> u64 {
+    ACCESS_LOG_DROPPED.load(Ordering::Relaxed)
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
     );
 }
 
@@ -347,12 +423,18 @@ pub fn head_refused(slug: &str) {
     count_reason(&REFUSED_HEADS, slug);
 }
 
-fn labelled_counters(out: &mut String, name: &str, help: &str, counters: &ReasonCounters) {
+fn labelled_counters(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    counters: &ReasonCounters,
+) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-    for (reason, n) in counters {
+    for (value, n) in counters {
         let _ = writeln!(
             out,
-            "{name}{{reason=\"{reason}\"}} {}",
+            "{name}{{{label}=\"{value}\"}} {}",
             n.load(Ordering::Relaxed)
         );
     }

@@ -15,31 +15,13 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use prometheus::{IntCounter, IntCounterVec, Opts};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use tokio::sync::watch;
-
-/// `gantry_config_reloads_total{result="success"|"failure"}`.
-static RELOADS: LazyLock<[IntCounter; 2]> = LazyLock::new(|| {
-    let counter = IntCounterVec::new(
-        Opts::new(
-            "gantry_config_reloads_total",
-            "Configuration reloads by result",
-        ),
-        &["result"],
-    )
-    .expect("static metric definition");
-    let _ = prometheus::register(Box::new(counter.clone()));
-    [
-        counter.with_label_values(&["success"]),
-        counter.with_label_values(&["failure"]),
-    ]
-});
 
 /// A TLS listener's certificates, replaced by reloads.
 #[derive(Debug)]
@@ -89,7 +71,6 @@ impl Live {
         health: watch::Sender<Vec<HealthProbe>>,
         certs: Vec<(SocketAddr, Arc<CertSwitch>)>,
     ) -> Self {
-        LazyLock::force(&RELOADS);
         Live {
             path,
             config: ArcSwap::new(config),
@@ -118,7 +99,7 @@ impl Live {
         let new = match config::load_replacing(&self.path, Some(&old)) {
             Ok(new) => Arc::new(new),
             Err(errors) => {
-                RELOADS[1].inc();
+                crate::metrics::config_reloaded(false);
                 log::error!(
                     "reload refused, still serving generation {}:\n{errors}",
                     self.generation()
@@ -135,7 +116,7 @@ impl Live {
         self.health.send_replace(new.health_probes());
         self.config.store(Arc::clone(&new));
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        RELOADS[0].inc();
+        crate::metrics::config_reloaded(true);
         log::info!(
             "reloaded {}: generation {generation}, {} routes, {} clusters",
             self.path.display(),

@@ -1,12 +1,14 @@
 //! The explicit list of built-in plugins and how each is built from its configuration.
 
-use crate::consumer::Consumers;
-use crate::redis_store::{RedisStore, RedisUnavailable};
-use crate::template::TemplateScope;
-use crate::{
+use crate::builtin::{
     acl, basic_auth, body_limit, cache, concurrency_limit, cors, ip_restriction, jwt_auth,
-    key_auth, rate_limit, request_transform, response_transform, Plugin,
+    key_auth, rate_limit, request_transform, response_transform,
 };
+use crate::slots::SlotAllocator;
+use crate::support::consumer::Consumers;
+use crate::support::redis_store::{RedisStore, RedisUnavailable};
+use crate::support::template::TemplateScope;
+use crate::Plugin;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
@@ -48,11 +50,14 @@ pub fn priority(name: &str) -> i32 {
 }
 
 /// Where a plugin instance is configured.
+#[derive(Default)]
 pub struct PluginScope {
     /// `global`, or `route:NAME`: instances never share state across scopes.
     pub name: String,
     /// What the instance's templates may refer to.
     pub templates: TemplateScope,
+    /// Where stateful instances get their per-request slots.
+    pub slots: SlotAllocator,
 }
 
 /// What plugins may need from the rest of the configuration.
@@ -85,7 +90,7 @@ pub enum Build {
 /// Builds the plugin `name` from `source`, for `scope`.
 pub fn build<S: ConfigSource>(
     name: &str,
-    scope: &PluginScope,
+    scope: &mut PluginScope,
     source: &mut S,
     ctx: &BuildContext,
 ) -> Build {
@@ -107,24 +112,24 @@ pub fn build<S: ConfigSource>(
                 .map(|c| basic_auth::BasicAuth::new(c, Arc::clone(&ctx.consumers))),
         ),
         acl::NAME => finish(source.parse().map(acl::Acl::new)),
-        rate_limit::NAME => finish(source.parse().map(|c| {
-            rate_limit::RateLimit::new(c, &scope.name, ctx.redis.as_ref().map_err(|e| *e))
-        })),
-        concurrency_limit::NAME => {
-            finish(source.parse().map(concurrency_limit::ConcurrencyLimit::new))
-        }
+        rate_limit::NAME => finish(
+            source
+                .parse()
+                .map(|c| rate_limit::RateLimit::new(c, scope, ctx.redis.as_ref().map_err(|e| *e))),
+        ),
+        concurrency_limit::NAME => finish(
+            source
+                .parse()
+                .map(|c| concurrency_limit::ConcurrencyLimit::new(c, &mut scope.slots)),
+        ),
         body_limit::NAME => finish(source.parse().map(body_limit::BodyLimit::new)),
-        cors::NAME => finish(source.parse().map(cors::Cors::new)),
-        response_transform::NAME => finish(
-            source
-                .parse()
-                .map(|c| response_transform::ResponseTransform::new(c, &scope.templates)),
-        ),
-        request_transform::NAME => finish(
-            source
-                .parse()
-                .map(|c| request_transform::RequestTransform::new(c, &scope.templates)),
-        ),
+        cors::NAME => finish(source.parse().map(|c| cors::Cors::new(c, &mut scope.slots))),
+        response_transform::NAME => finish(source.parse().map(|c| {
+            response_transform::ResponseTransform::new(c, &scope.templates, &mut scope.slots)
+        })),
+        request_transform::NAME => finish(source.parse().map(|c| {
+            request_transform::RequestTransform::new(c, &scope.templates, &mut scope.slots)
+        })),
         cache::NAME => finish(source.parse().map(cache::Cache::new)),
         _ => Build::Unknown,
     }
@@ -177,23 +182,88 @@ mod tests {
 
     #[test]
     fn every_listed_plugin_is_built_by_the_registry_and_nothing_else() {
-        let scope = PluginScope {
-            name: "global".into(),
-            templates: TemplateScope::default(),
-        };
+        let mut scope = PluginScope::default();
         let ctx = BuildContext {
             consumers: Arc::new(Consumers::default()),
             redis: Err(RedisUnavailable::NotConfigured),
         };
         for (name, priority) in BUILTINS {
-            let built = build(name, &scope, &mut Unparsable, &ctx);
+            let built = build(name, &mut scope, &mut Unparsable, &ctx);
             assert!(
                 matches!(built, Build::Invalid),
                 "{name} is listed but not built"
             );
             assert_eq!(super::priority(name), *priority);
         }
-        let unknown = build("no-such-plugin", &scope, &mut Unparsable, &ctx);
+        let unknown = build("no-such-plugin", &mut scope, &mut Unparsable, &ctx);
         assert!(matches!(unknown, Build::Unknown));
+    }
+
+    /// A source holding one table as JSON.
+    struct Json(Option<serde_json::Value>);
+
+    impl ConfigSource for Json {
+        fn parse<T: DeserializeOwned>(&mut self) -> Option<T> {
+            serde_json::from_value(self.0.take()?).ok()
+        }
+    }
+
+    fn ready(name: &str, table: serde_json::Value, scope: &mut PluginScope) -> Arc<dyn Plugin> {
+        let ctx = BuildContext {
+            consumers: Arc::new(Consumers::default()),
+            redis: Err(RedisUnavailable::NotConfigured),
+        };
+        match build(name, scope, &mut Json(Some(table)), &ctx) {
+            Build::Ready(plugin) => plugin,
+            Build::Failed(why) => panic!("{name}: {why}"),
+            _ => panic!("{name} was not built"),
+        }
+    }
+
+    #[test]
+    fn built_plugins_carry_their_name_and_priority_and_get_their_own_slots() {
+        let mut scope = PluginScope::default();
+        let cors = ready(
+            "cors",
+            serde_json::json!({"allow_origins": ["*"]}),
+            &mut scope,
+        );
+        let limit = ready(
+            "concurrency-limit",
+            serde_json::json!({"max_inflight": 1}),
+            &mut scope,
+        );
+        assert_eq!((cors.name(), cors.priority()), ("cors", priority("cors")));
+        assert_eq!(limit.priority(), priority("concurrency-limit"));
+        // Two stateful instances took two slots; a third starts after them.
+        assert_eq!(format!("{:?}", scope.slots.claim::<()>()), "Slot(2)");
+        let chain = crate::PluginChain::new(vec![limit, cors]);
+        assert_eq!(chain.names(), ["cors", "concurrency-limit"]);
+        assert!(chain.answers_preflights && !chain.authenticates);
+    }
+
+    #[test]
+    fn values_that_deserialize_but_cannot_work_fail_with_a_reason() {
+        let ctx = BuildContext {
+            consumers: Arc::new(Consumers::default()),
+            redis: Err(RedisUnavailable::NotConfigured),
+        };
+        let table = serde_json::json!({"max_inflight": 0});
+        let built = build(
+            "concurrency-limit",
+            &mut PluginScope::default(),
+            &mut Json(Some(table)),
+            &ctx,
+        );
+        assert!(matches!(built, Build::Failed(why) if why.contains("max_inflight")));
+        let redis =
+            serde_json::json!({"limits": [{"requests": 1, "per": "1s"}], "policy": "redis"});
+        let built = build(
+            "rate-limit",
+            &mut PluginScope::default(),
+            &mut Json(Some(redis)),
+            &ctx,
+        );
+        assert!(matches!(built, Build::Failed(why) if why.contains("redis")));
     }
 }

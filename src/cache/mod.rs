@@ -9,14 +9,11 @@
 pub mod storage;
 
 use crate::config::CacheSettings;
-use gantry_plugins::cache::CacheStatus;
+use gantry_plugins::gateway::CacheStatus;
 use pingora::cache::eviction::lru::Manager;
 use pingora::cache::key::{hash_key, HashBinary};
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, HttpCache, NoCacheReason};
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
-use prometheus::{IntGauge, Opts};
 use std::sync::OnceLock;
 use std::time::Duration;
 pub use storage::MemoryStorage;
@@ -55,7 +52,6 @@ pub fn node(settings: &CacheSettings) -> &'static NodeCache {
         let storage: &'static MemoryStorage =
             Box::leak(Box::new(MemoryStorage::new(Some(eviction))));
         let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(LOCK_AGE_TIMEOUT));
-        let _ = prometheus::register(Box::new(StorageGauges::new(storage)));
         NodeCache {
             storage,
             eviction,
@@ -114,48 +110,5 @@ pub fn status(phase: CachePhase) -> CacheStatus {
         | CachePhase::Bypass
         | CachePhase::CacheKey => CacheStatus::Bypass,
         CachePhase::Disabled(_) => CacheStatus::NotStored,
-    }
-}
-
-/// `gantry_cache_bytes` and `gantry_cache_entries`, read from the storage when scraped.
-struct StorageGauges {
-    storage: &'static MemoryStorage,
-    bytes: IntGauge,
-    entries: IntGauge,
-}
-
-impl StorageGauges {
-    fn new(storage: &'static MemoryStorage) -> Self {
-        let gauge = |name: &str, help: &str| {
-            IntGauge::with_opts(Opts::new(name, help)).expect("static metric definition")
-        };
-        StorageGauges {
-            storage,
-            bytes: gauge("gantry_cache_bytes", "Bytes held by the response cache"),
-            entries: gauge(
-                "gantry_cache_entries",
-                "Responses held by the response cache",
-            ),
-        }
-    }
-}
-
-impl Collector for StorageGauges {
-    fn desc(&self) -> Vec<&Desc> {
-        self.bytes
-            .desc()
-            .into_iter()
-            .chain(self.entries.desc())
-            .collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        self.bytes.set(self.storage.bytes() as i64);
-        self.entries.set(self.storage.entries() as i64);
-        self.bytes
-            .collect()
-            .into_iter()
-            .chain(self.entries.collect())
-            .collect()
     }
 }

@@ -16,7 +16,7 @@ use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction
 use crate::upstream::{
     BackendAddr, Cluster, HashOn, HealthCheckSpec, Protocol, Timeouts, Transport,
 };
-use gantry_plugins::template::{Template, TemplateScope};
+use gantry_plugins::gateway::{Template, TemplateScope};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;

@@ -239,7 +239,7 @@ fn compile_source(
         consumers: plugins::consumers(&mut doc, consumers),
         redis: redis::store(&mut doc, redis),
     };
-    let global_plugins = plugins::global(&mut doc, global_plugins, &build_ctx);
+    let (global_plugins, global_slots) = plugins::global(&mut doc, global_plugins, &build_ctx);
     let route_entries = routes.map(|v| doc.entries("routes", v)).unwrap_or_default();
     let route_sections: Vec<_> = route_entries
         .into_iter()
@@ -248,12 +248,15 @@ fn compile_source(
             let span = e.value.span();
             let path_regexes = plugins::regex_paths(&e.value);
             let overrides = Document::take_child(&mut e.value, "plugins")
-                .map(|p| plugins::route(&mut doc, &key, p, path_regexes, &build_ctx))
+                .map(|p| {
+                    let slots = global_slots.clone();
+                    plugins::route(&mut doc, &key, p, path_regexes, slots, &build_ctx)
+                })
                 .unwrap_or_default();
             let section = doc.deserialize::<model::RouteSection>(&key, e.value);
             let own_cache = overrides
                 .iter()
-                .any(|(name, p)| name == gantry_plugins::cache::NAME && p.is_some());
+                .any(|(name, p)| name == gantry_plugins::gateway::CACHE_PLUGIN && p.is_some());
             (
                 e.name,
                 span,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use toml::Spanned;
 
-pub use gantry_plugins::config_types::{HumanDuration, HumanSize};
+pub use gantry_plugins::gateway::{HumanDuration, HumanSize};
 
 /// The headers stripped from untrusted peers by default (`server.strip_untrusted_headers`), in
 /// `docs/configuration.md` too.

@@ -4,10 +4,10 @@
 use super::document::Document;
 use super::error::did_you_mean;
 use super::model::ConsumerSection;
-use gantry_plugins::consumer::{ConsumerSpec, Consumers};
+use gantry_plugins::gateway::TemplateScope;
+use gantry_plugins::gateway::{ConsumerSpec, Consumers};
 use gantry_plugins::registry::{self, Build, BuildContext, ConfigSource, PluginScope};
-use gantry_plugins::template::TemplateScope;
-use gantry_plugins::{Plugin, PluginChain};
+use gantry_plugins::{Plugin, PluginChain, SlotAllocator};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use toml::de::DeValue;
@@ -15,6 +15,9 @@ use toml::Spanned;
 
 /// A route's plugin entry: a configured instance, or `None` for `enabled = false`.
 pub type Override = (String, Option<Arc<dyn Plugin>>);
+
+/// The `[plugins.*]` instances by name.
+pub type GlobalPlugins = Vec<(String, Arc<dyn Plugin>)>;
 
 /// Feeds one plugin table to the registry, reporting problems through the document.
 struct TableSource<'d, 'a> {
@@ -30,26 +33,30 @@ impl ConfigSource for TableSource<'_, '_> {
     }
 }
 
-/// `[plugins.*]`: the plugins applied to every route.
+/// `[plugins.*]`: the plugins applied to every route, and the slot allocator the routes'
+/// own plugins continue from.
 pub fn global<'a>(
     doc: &mut Document<'a>,
     section: Option<Spanned<DeValue<'a>>>,
     ctx: &BuildContext,
-) -> Vec<(String, Arc<dyn Plugin>)> {
-    let Some(section) = section else {
-        return Vec::new();
+) -> (GlobalPlugins, SlotAllocator) {
+    let mut scope = PluginScope {
+        name: "global".into(),
+        templates: TemplateScope::default(),
+        slots: SlotAllocator::default(),
     };
-    doc.entries("plugins", section)
+    let Some(section) = section else {
+        return (Vec::new(), scope.slots);
+    };
+    let plugins = doc
+        .entries("plugins", section)
         .into_iter()
         .filter_map(|e| {
             let key = format!("plugins.{}", e.name);
-            let scope = PluginScope {
-                name: "global".into(),
-                templates: TemplateScope::default(),
-            };
-            build(doc, &key, &scope, &e.name, e.value, ctx).map(|p| (e.name, p))
+            build(doc, &key, &mut scope, &e.name, e.value, ctx).map(|p| (e.name, p))
         })
-        .collect()
+        .collect();
+    (plugins, scope.slots)
 }
 
 /// The regexes of a route's `~` paths, for `$path.NAME` in its plugins' templates. Invalid
@@ -74,18 +81,20 @@ pub fn regex_paths(route: &Spanned<DeValue<'_>>) -> Vec<regex::Regex> {
 }
 
 /// `[routes.R.plugins.*]`: the route's replacements and `enabled = false` switches.
-/// `path_regexes` are the route's regex paths.
+/// `path_regexes` are the route's regex paths; `slots` continues from the global plugins'.
 pub fn route<'a>(
     doc: &mut Document<'a>,
     route_key: &str,
     section: Spanned<DeValue<'a>>,
     path_regexes: Vec<regex::Regex>,
+    slots: SlotAllocator,
     ctx: &BuildContext,
 ) -> Vec<Override> {
     let section_key = format!("{route_key}.plugins");
-    let scope = PluginScope {
+    let mut scope = PluginScope {
         name: route_key.replacen("routes.", "route:", 1),
         templates: TemplateScope { path_regexes },
+        slots,
     };
     doc.entries(&section_key, section)
         .into_iter()
@@ -94,7 +103,7 @@ pub fn route<'a>(
             let span = e.value.span();
             match Document::take_child(&mut e.value, "enabled").map(Spanned::into_inner) {
                 None | Some(DeValue::Boolean(true)) => {
-                    build(doc, &key, &scope, &e.name, e.value, ctx).map(|p| (e.name, Some(p)))
+                    build(doc, &key, &mut scope, &e.name, e.value, ctx).map(|p| (e.name, Some(p)))
                 }
                 Some(DeValue::Boolean(false)) => {
                     if !registry::names().any(|n| n == e.name) {
@@ -118,7 +127,7 @@ pub fn route<'a>(
 }
 
 /// The route's chain: global plugins not overridden, plus the route's own, grouped by phase.
-pub fn chain(global: &[(String, Arc<dyn Plugin>)], overrides: &[Override]) -> PluginChain {
+pub fn chain(global: &GlobalPlugins, overrides: &[Override]) -> PluginChain {
     PluginChain::new(
         global
             .iter()
@@ -132,7 +141,7 @@ pub fn chain(global: &[(String, Arc<dyn Plugin>)], overrides: &[Override]) -> Pl
 fn build<'a>(
     doc: &mut Document<'a>,
     key: &str,
-    scope: &PluginScope,
+    scope: &mut PluginScope,
     name: &str,
     value: Spanned<DeValue<'a>>,
     ctx: &BuildContext,

@@ -3,7 +3,7 @@
 
 use super::document::Document;
 use super::model::RedisSection;
-use gantry_plugins::redis_store::{self, RedisSettings, RedisStore, RedisUnavailable};
+use gantry_plugins::gateway::{check_redis_url, RedisSettings, RedisStore, RedisUnavailable};
 use std::sync::Arc;
 use std::time::Duration;
 use toml::de::DeValue;
@@ -62,7 +62,7 @@ fn build<'a>(doc: &mut Document<'a>, section: Spanned<DeValue<'a>>) -> Option<Ar
         );
     }
     for (i, url) in urls.iter().enumerate() {
-        if let Err(e) = redis_store::check_url(url.get_ref()) {
+        if let Err(e) = check_redis_url(url.get_ref()) {
             let key = if from_list {
                 format!("redis.urls[{i}]")
             } else {

@@ -1,10 +1,9 @@
 //! What the cache hooks need from a request: the route's caching rules and who the client is.
 
-use super::logging::downstream_scheme;
 use super::request::request_host;
 use super::Gateway;
 use super::RequestCtx;
-use gantry_plugins::cache::ClientIdentity;
+use gantry_plugins::gateway::ClientIdentity;
 use http::header;
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
@@ -27,7 +26,7 @@ pub(super) fn client_identity(ctx: &RequestCtx) -> Option<ClientIdentity<'_>> {
 }
 
 /// The matched route's caching rules.
-pub(super) fn cache_policy(ctx: &RequestCtx) -> Option<&gantry_plugins::cache::CachePolicy> {
+pub(super) fn cache_policy(ctx: &RequestCtx) -> Option<&gantry_plugins::gateway::CachePolicy> {
     ctx.route.as_ref()?.plugins.cache.as_deref()
 }
 
@@ -69,7 +68,7 @@ impl Gateway {
         let scheme = match forwarded("x-forwarded-proto") {
             Some("https") => "https",
             Some("http") => "http",
-            _ => downstream_scheme(session),
+            _ => ctx.state.client.scheme.as_str(),
         };
         let host = forwarded("x-forwarded-host").unwrap_or_else(|| request_host(req));
         let key = policy.primary_key(

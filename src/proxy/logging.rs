@@ -7,7 +7,7 @@ use super::RequestCtx;
 use super::{Gateway, ProblemKind};
 use crate::access_log::Record;
 use crate::router::RouteAction;
-use gantry_plugins::cache::CacheStatus;
+use gantry_plugins::gateway::CacheStatus;
 use http::header;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -30,7 +30,7 @@ pub(super) fn access_record<'a>(
     Record {
         time: std::time::SystemTime::now(),
         request_id: ctx.state.request_id.to_str().unwrap_or_default(),
-        client_ip: ctx.state.client_ip,
+        client_ip: ctx.state.client.ip,
         method: req.method.as_str(),
         host: request_host(req),
         path: req.uri.path(),
@@ -57,10 +57,10 @@ pub(super) fn access_record<'a>(
         },
         consumer: ctx.state.consumer.as_deref().map(|c| &*c.name),
         cache: ctx.state.cache_status.map(|c| c.as_str()),
-        rate_limit: match (rate_limited, &ctx.state.rate_limit) {
+        rate_limit: match (rate_limited, ctx.state.rate_limit_counted) {
             (true, _) => Some("limited"),
-            (false, Some(_)) => Some("allowed"),
-            (false, None) => None,
+            (false, true) => Some("allowed"),
+            (false, false) => None,
         },
         error: ctx.error.map(Failure::slug),
         user_agent: header(header::USER_AGENT),
@@ -85,15 +85,6 @@ pub(super) fn client_went_away(error: &Error) -> bool {
         )
 }
 
-/// `https` when the client connected over TLS, else `http`.
-pub(super) fn downstream_scheme(session: &Session) -> &'static str {
-    if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
-        "https"
-    } else {
-        "http"
-    }
-}
-
 impl Gateway {
     pub(super) async fn log_request(
         &self,
@@ -111,9 +102,7 @@ impl Gateway {
             (None, _) => CLIENT_CLOSED_REQUEST,
         };
         if let Some(route) = &ctx.route {
-            for plugin in route.plugins.log.iter() {
-                plugin.on_log(&ctx.state, status).await;
-            }
+            route.plugins.run_log(&ctx.state, status).await;
         }
         if ctx.error.is_none() {
             ctx.error = e.and_then(ProblemKind::from_error).map(Failure::Gateway);
@@ -134,7 +123,7 @@ impl Gateway {
         }
         let took = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
         let rate_limited =
-            ctx.error == Some(Failure::Plugin(gantry_plugins::rate_limit::REJECTED_SLUG));
+            ctx.error == Some(Failure::Plugin(gantry_plugins::gateway::RATE_LIMITED_SLUG));
         let metrics = ctx.route.as_ref().map_or(&self.unmatched, |r| &r.metrics);
         metrics.record(&session.req_header().method, status, took, rate_limited);
         if cache_policy(ctx).is_some() {

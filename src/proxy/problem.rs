@@ -3,7 +3,7 @@
 //! Each kind has a stable `type` URI (`urn:gantry:problem:SLUG`) documented in `docs/errors.md`.
 //! Every body carries the request id; the `detail` never contains secrets or upstream internals.
 
-use gantry_plugins::json_body::NOT_EDITABLE;
+use gantry_plugins::gateway::NOT_EDITABLE;
 use gantry_plugins::Rejection;
 use http::{header, HeaderName, HeaderValue, Method};
 use pingora::http::ResponseHeader;
@@ -284,8 +284,7 @@ mod tests {
             ProblemKind::from_error(&e),
             Some(ProblemKind::UpstreamUnavailable)
         );
-        let e =
-            gantry_plugins::json_body::not_editable(&gantry_plugins::json_body::Unusable::Invalid);
+        let e = gantry_plugins::gateway::not_editable(&gantry_plugins::gateway::Unusable::Invalid);
         assert_eq!(
             ProblemKind::from_error(&e),
             Some(ProblemKind::ResponseNotEditable)

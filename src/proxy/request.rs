@@ -5,8 +5,8 @@ use super::{target, Gateway, ProblemKind, RequestCtx};
 use crate::compression::Compression;
 use crate::config::Config;
 use crate::forwarded;
-use crate::router::{normalize_host, Lookup, RequestView, RouteAction};
-use gantry_plugins::Flow;
+use crate::router::{self, normalize_host, Lookup, RouteAction};
+use gantry_plugins::{ClientFacts, Flow, RequestView, Scheme};
 use http::{header, Method};
 use pingora::protocols::http::compression::Algorithm;
 use pingora::proxy::Session;
@@ -22,7 +22,7 @@ impl Gateway {
         req: &pingora::http::RequestHeader,
     ) -> Option<Arc<crate::router::Route>> {
         let host = normalize_host(request_host(req));
-        let view = RequestView {
+        let view = router::RequestView {
             host: &host,
             path: req.uri.path(),
             method: &req.method,
@@ -34,7 +34,7 @@ impl Gateway {
         }
     }
 
-    /// Runs the matched route's `on_request` chain; the first refusal or answer ends it.
+    /// Runs the matched route's request phase; the first refusal or answer ends it.
     pub(super) async fn run_request_plugins(
         &self,
         session: &mut Session,
@@ -43,13 +43,13 @@ impl Gateway {
         let Some(route) = &ctx.route else {
             return Ok(Flow::Continue);
         };
-        for plugin in route.plugins.request.iter() {
-            match plugin.on_request(session, &mut ctx.state).await? {
-                Flow::Continue => {}
-                stop => return Ok(stop),
-            }
-        }
-        Ok(Flow::Continue)
+        let has_body = !session.is_body_empty();
+        let mut view = RequestView {
+            header: session.req_header(),
+            has_body,
+            state: &mut ctx.state,
+        };
+        route.plugins.run_request(&mut view).await
     }
 }
 
@@ -70,7 +70,16 @@ pub(super) fn decide(session: &mut Session, ctx: &mut RequestCtx, config: &Confi
     }
     let req = session.req_header();
     ctx.state.request_id = forwarded::request_id(&req.headers, ctx.peer_trusted);
-    ctx.state.client_ip = forwarded::client_ip(peer, ctx.peer_trusted, &req.headers, settings);
+    let tls = session.digest().and_then(|d| d.ssl_digest.clone());
+    ctx.state.client = ClientFacts {
+        ip: forwarded::client_ip(peer, ctx.peer_trusted, &req.headers, settings),
+        scheme: if tls.is_some() {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        },
+        tls,
+    };
 
     let path = req.uri.path();
     if header_size(req) > settings.max_request_header_size {
@@ -90,7 +99,7 @@ pub(super) fn decide(session: &mut Session, ctx: &mut RequestCtx, config: &Confi
         Decision::Problem(ProblemKind::MalformedRequest, why.into(), Vec::new())
     } else {
         let host = normalize_host(request_host(req));
-        let view = RequestView {
+        let view = router::RequestView {
             host: &host,
             path,
             method: &req.method,
@@ -100,13 +109,12 @@ pub(super) fn decide(session: &mut Session, ctx: &mut RequestCtx, config: &Confi
         // A CORS preflight belongs to the route of the method it asks about, when that
         // route answers preflights, even if the route does not list OPTIONS.
         if let (Lookup::MethodNotAllowed(_), Some(requested)) = (&lookup, preflight_method(req)) {
-            let asked = RequestView {
+            let asked = router::RequestView {
                 method: &requested,
                 ..view
             };
             if let Lookup::Found(m) = config.router.lookup(&asked) {
-                let cors = gantry_plugins::cors::NAME;
-                if m.route.plugins.request.iter().any(|p| p.name() == cors) {
+                if m.route.plugins.answers_preflights {
                     lookup = Lookup::Found(m);
                 }
             }

@@ -153,12 +153,10 @@ pub(super) async fn run_response_plugins(
     resp: &mut ResponseHeader,
     state: &mut PluginState,
 ) -> Result<()> {
-    if let Some(route) = route {
-        for plugin in route.plugins.response.iter() {
-            plugin.on_response(request, resp, state).await?;
-        }
+    match route {
+        Some(route) => route.plugins.run_response(request, resp, state).await,
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Runs `route`'s response-body plugins on one body chunk.
@@ -168,12 +166,10 @@ pub(super) fn run_response_body_plugins(
     end_of_stream: bool,
     state: &mut PluginState,
 ) -> Result<()> {
-    if let Some(route) = route {
-        for plugin in route.plugins.response_body.iter() {
-            plugin.on_response_body(body, end_of_stream, state)?;
-        }
+    match route {
+        Some(route) => route.plugins.run_response_body(body, end_of_stream, state),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Writes a route's direct response; the route's response-phase plugins see its header too.

@@ -68,7 +68,7 @@ pub fn settle(req: &mut RequestHeader) -> Result<(), &'static str> {
 /// Removes `names` from `req` (a request from an untrusted peer), with their `_` spellings
 /// (`X_Original_URL`), which CGI-style backends read as the same header.
 pub fn strip_untrusted(req: &mut RequestHeader, names: &[HeaderName]) {
-    gantry_plugins::remove_headers_and_aliases(req, names);
+    gantry_plugins::gateway::remove_headers_and_aliases(req, names);
 }
 
 #[cfg(test)]

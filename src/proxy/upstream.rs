@@ -2,7 +2,6 @@
 //! body plugins, the request sent upstream (prefix, forwarding headers, gRPC-Web, plugins, the
 //! rewritten path check) and the upstream's response header.
 
-use super::logging::downstream_scheme;
 use super::problem::{
     ALL_BACKENDS_FAILED, BODY_REJECTED, NO_HEALTHY_BACKEND, REWRITTEN_PATH_REFUSED,
 };
@@ -30,7 +29,7 @@ impl Gateway {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a cluster");
         };
         let mut ip_buf = [0u8; 16];
-        let client = ip_key(ctx.state.client_ip, &mut ip_buf);
+        let client = ip_key(ctx.state.client.ip, &mut ip_buf);
         let key = match cluster.hash_on() {
             Some(hash_on) => hash_on.key(session.req_header(), client),
             None => &[],
@@ -82,14 +81,15 @@ impl Gateway {
             return Ok(());
         }
         ctx.state.request_body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
-        if let Some(route) = &ctx.route {
-            for plugin in route.plugins.request_body.iter() {
-                if let Some(rejection) = plugin.on_request_body(body, end_of_stream, &mut ctx.state)
-                {
-                    ctx.body_rejection = Some(rejection);
-                    return Error::e_explain(BODY_REJECTED, "a plugin refused the request body");
-                }
-            }
+        let Some(route) = &ctx.route else {
+            return Ok(());
+        };
+        if let Some(rejection) = route
+            .plugins
+            .run_request_body(body, end_of_stream, &mut ctx.state)
+        {
+            ctx.body_rejection = Some(rejection);
+            return Error::e_explain(BODY_REJECTED, "a plugin refused the request body");
         }
         Ok(())
     }
@@ -103,9 +103,6 @@ impl Gateway {
         // Each attempt (a retry resends the body through the body filters) starts counting and
         // buffering the body afresh.
         ctx.state.request_body_bytes = 0;
-        if let Some(buffer) = ctx.state.request_json.as_mut() {
-            buffer.restart();
-        }
         if ctx.route.as_ref().is_some_and(|r| r.strip_prefix) {
             let stripped = strip_prefix(&upstream.uri, ctx.prefix_len)?;
             upstream.set_uri(stripped);
@@ -122,7 +119,7 @@ impl Gateway {
             upstream,
             peer_ip(session),
             ctx.peer_trusted,
-            downstream_scheme(session),
+            ctx.state.client.scheme.as_str(),
             host,
         )?;
         upstream.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
@@ -138,9 +135,10 @@ impl Gateway {
             upstream.insert_header(header::TE, "trailers")?;
         }
         if let Some(route) = &ctx.route {
-            for plugin in route.plugins.upstream_request.iter() {
-                plugin.on_upstream_request(upstream, &mut ctx.state).await?;
-            }
+            route
+                .plugins
+                .run_upstream_request(upstream, &mut ctx.state)
+                .await?;
         }
         // A rewritten path is held to the rules of a client's.
         if let Err(why) = forwarded::check_path(upstream.uri.path()) {
@@ -162,11 +160,10 @@ impl Gateway {
             cluster.metrics.upstream_duration.observe(now - started);
         }
         if let Some(route) = &ctx.route {
-            for plugin in route.plugins.upstream_response.iter() {
-                plugin
-                    .on_upstream_response(upstream_response, &mut ctx.state)
-                    .await?;
-            }
+            route
+                .plugins
+                .run_upstream_response(upstream_response, &mut ctx.state)
+                .await?;
         }
         Ok(())
     }

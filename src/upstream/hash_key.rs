@@ -55,12 +55,12 @@ impl HashOn {
             HashOn::Uri => req.uri.path_and_query().map(|pq| pq.as_str().as_bytes()),
             HashOn::Header(name) => req.headers.get(name).map(|v| v.as_bytes()),
             HashOn::Cookie(name) => {
-                gantry_plugins::query::cookie(&req.headers, name).map(str::as_bytes)
+                gantry_plugins::gateway::cookie(&req.headers, name).map(str::as_bytes)
             }
             HashOn::Query(name) => req
                 .uri
                 .query()
-                .and_then(|q| gantry_plugins::query::param(q, name))
+                .and_then(|q| gantry_plugins::gateway::query_param(q, name))
                 .map(str::as_bytes),
         };
         found.unwrap_or(client_ip)

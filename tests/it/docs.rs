@@ -1,6 +1,6 @@
-//! The layout stays as documented: every `src/` file docs/architecture.md names exists, every
-//! file under `src/` is named (in full, or by file name inside the chart block of its
-//! directory), and no two top-level modules use each other.
+//! The layout stays as documented: every `src/` and `plugins/src/` file docs/architecture.md
+//! names exists, every file under those directories is named (in full, or by file name inside
+//! the chart block of its directory), and no two top-level modules use each other.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -10,7 +10,12 @@ fn tokens(line: &str) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The `src/` files the page names.
+/// A path of the gateway's or the plugin crate's sources.
+fn is_source_path(token: &str) -> bool {
+    token.starts_with("src/") || token.starts_with("plugins/src/")
+}
+
+/// The source files the page names.
 fn named_files(doc: &str) -> BTreeSet<String> {
     let mut named = BTreeSet::new();
     let mut block_dir: Option<String> = None;
@@ -21,13 +26,13 @@ fn named_files(doc: &str) -> BTreeSet<String> {
         if line.contains(" ─") {
             // A chart entry: `src/dir/ ─ ...` opens a directory block, `src/file.rs ─` ends one.
             block_dir = tokens(line)
-                .find(|t| t.starts_with("src/"))
+                .find(|t| is_source_path(t))
                 .filter(|t| t.ends_with('/'))
                 .map(str::to_string);
         }
         for token in tokens(line) {
             let token = token.trim_end_matches('.');
-            if token.starts_with("src/") && token.ends_with(".rs") {
+            if is_source_path(token) && token.ends_with(".rs") {
                 named.insert(token.to_string());
             } else if let (Some(dir), true) = (&block_dir, token.ends_with(".rs")) {
                 if !token.contains('/') {
@@ -60,6 +65,7 @@ fn architecture_names_every_source_file_and_only_existing_ones() {
     let named = named_files(&doc);
     let mut actual = BTreeSet::new();
     source_files(&root.join("src"), &mut actual);
+    source_files(&root.join("plugins/src"), &mut actual);
     let missing_files: Vec<_> = named.difference(&actual).collect();
     assert!(
         missing_files.is_empty(),

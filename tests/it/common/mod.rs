@@ -22,12 +22,19 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for a process the test starts. It comes from
+/// below Linux's ephemeral range (32768 and up), one after another, so no `:0` listener of a
+/// concurrent test (upstreams bind those) and no earlier call can be handed the same port
+/// between this check and the process's own bind.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    const FIRST: usize = 20_000;
+    const SPAN: usize = 12_000;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let start = std::process::id() as usize * 97;
+    (0..SPAN)
+        .map(|_| (FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16)
+        .find(|port| StdListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free loopback port below the ephemeral range")
 }
 
 /// How long [`eventually`] waits before it fails: long, so a loaded machine only makes a test

@@ -69,7 +69,7 @@ impl LimitKey {
     pub fn write_text(&self, req: &RequestHeader, state: &PluginState, out: &mut String) {
         let ip = |out: &mut String, tag: &str| {
             out.push_str(tag);
-            match state.client_ip {
+            match state.client.ip {
                 Some(ip) => {
                     let _ = write!(out, "{ip}");
                 }
@@ -120,18 +120,84 @@ impl LimitKey {
         let mut h = DefaultHasher::new();
         for part in &self.parts {
             match part {
-                Part::ClientIp => (0u8, state.client_ip).hash(&mut h),
+                Part::ClientIp => (0u8, state.client.ip).hash(&mut h),
                 Part::Route => (1u8, &*state.route).hash(&mut h),
                 Part::Consumer => match &state.consumer {
                     Some(c) => (2u8, &*c.name).hash(&mut h),
-                    None => (3u8, state.client_ip).hash(&mut h),
+                    None => (3u8, state.client.ip).hash(&mut h),
                 },
                 Part::Header(name) => match req.headers.get(name) {
                     Some(v) => (4u8, v.as_bytes()).hash(&mut h),
-                    None => (5u8, state.client_ip).hash(&mut h),
+                    None => (5u8, state.client.ip).hash(&mut h),
                 },
             }
         }
         h.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{consumers, request, state};
+
+    fn key(parts: &[&str]) -> LimitKey {
+        LimitKey::new(&KeySpec::Many(
+            parts.iter().map(|p| p.to_string()).collect(),
+        ))
+        .expect("valid key")
+    }
+
+    fn text(key: &LimitKey, req: &RequestHeader, state: &PluginState) -> String {
+        let mut out = String::new();
+        key.write_text(req, state, &mut out);
+        out
+    }
+
+    #[test]
+    fn parts_are_read_from_the_request_and_its_state() {
+        let k = key(&["route", "header:x-tenant", "consumer"]);
+        let req = request("GET", "/", &[("x-tenant", "acme")]);
+        let mut s = state("users", "10.0.0.1");
+        assert_eq!(
+            text(&k, &req, &s),
+            "route=users|header=acme|anonymous-ip=10.0.0.1"
+        );
+        s.consumer = consumers(&[("alice", &[], &["alice-key-0123456789"])])
+            .by_key(b"alice-key-0123456789")
+            .cloned();
+        assert_eq!(text(&k, &req, &s), "route=users|header=acme|consumer=alice");
+    }
+
+    #[test]
+    fn a_missing_header_counts_by_client_and_odd_values_by_digest() {
+        let k = key(&["header:x-tenant"]);
+        let bare = request("GET", "/", &[]);
+        let (a, b) = (state("r", "10.0.0.1"), state("r", "10.0.0.2"));
+        assert_eq!(text(&k, &bare, &a), "no-header-ip=10.0.0.1");
+        assert_ne!(k.hash(&bare, &a), k.hash(&bare, &b));
+        let odd = request("GET", "/", &[("x-tenant", "a|b{c}")]);
+        assert!(text(&k, &odd, &a).starts_with("header=sha256:"));
+        let long = "t".repeat(65);
+        let long = request("GET", "/", &[("x-tenant", long.as_str())]);
+        assert!(text(&k, &long, &a).starts_with("header=sha256:"));
+    }
+
+    #[test]
+    fn the_hash_is_stable_and_tells_keys_apart() {
+        let k = key(&["client_ip", "header:x-tenant"]);
+        let acme = request("GET", "/", &[("x-tenant", "acme")]);
+        let other = request("GET", "/", &[("x-tenant", "other")]);
+        let s = state("r", "10.0.0.1");
+        assert_eq!(k.hash(&acme, &s), k.hash(&acme, &s));
+        assert_ne!(k.hash(&acme, &s), k.hash(&other, &s));
+    }
+
+    #[test]
+    fn key_mistakes_are_errors() {
+        for bad in ["cookie:x", "header:bad name", ""] {
+            assert!(LimitKey::new(&KeySpec::One(bad.into())).is_err(), "{bad}");
+        }
+        assert!(LimitKey::new(&KeySpec::Many(Vec::new())).is_err());
     }
 }

@@ -7,7 +7,8 @@
 //! writes `Cache-Status` (RFC 9211) and `X-Cache-Status` on every response of the route (the
 //! gateway counts the outcomes in `gantry_cache_total{route,status}`).
 
-use crate::config_types::HumanDuration;
+use crate::support::cache_status::CacheStatus;
+use crate::support::config_types::HumanDuration;
 use crate::{Phases, Plugin, PluginState};
 use async_trait::async_trait;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -105,64 +106,17 @@ impl<'de> Deserialize<'de> for KeyQuery {
     }
 }
 
-/// What a request's response was, from the cache's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
-    /// Served from a fresh stored response.
-    Hit,
-    /// Nothing was stored: fetched from the upstream and stored.
-    Miss,
-    /// A stored response had expired: a new one was fetched and stored.
-    Expired,
-    /// A stored response had expired; the upstream confirmed it (304) and it was served.
-    Revalidated,
-    /// A stored response was served after expiry: while it is being refreshed, or because the
-    /// upstream failed.
-    Stale,
-    /// Fetched from the upstream but not stored (`no-store`, `private`, `Set-Cookie`,
-    /// `Authorization`, too large...).
-    NotStored,
-    /// The cache was not used for this request (method, upgrade, a gateway refusal).
-    Bypass,
-}
-
-impl CacheStatus {
-    /// Every status, in declaration order (`status as usize` indexes it).
-    pub const ALL: [CacheStatus; 7] = [
-        CacheStatus::Hit,
-        CacheStatus::Miss,
-        CacheStatus::Expired,
-        CacheStatus::Revalidated,
-        CacheStatus::Stale,
-        CacheStatus::NotStored,
-        CacheStatus::Bypass,
-    ];
-
-    /// The `X-Cache-Status` value (Kong's and nginx's words; a response that could not be
-    /// stored counts as `BYPASS`, as in Kong).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheStatus::Hit => "HIT",
-            CacheStatus::Miss => "MISS",
-            CacheStatus::Expired => "EXPIRED",
-            CacheStatus::Revalidated => "REVALIDATED",
-            CacheStatus::Stale => "STALE",
-            CacheStatus::NotStored | CacheStatus::Bypass => "BYPASS",
-        }
-    }
-
-    /// The RFC 9211 `Cache-Status` value.
-    fn cache_status_header(self) -> HeaderValue {
-        HeaderValue::from_static(match self {
-            CacheStatus::Hit => "Gantry; hit",
-            CacheStatus::Miss => "Gantry; fwd=uri-miss; stored",
-            CacheStatus::Expired => "Gantry; fwd=stale; stored",
-            CacheStatus::Revalidated => "Gantry; fwd=stale; fwd-status=304",
-            CacheStatus::Stale => "Gantry; hit; detail=stale",
-            CacheStatus::NotStored => "Gantry; fwd=uri-miss; detail=not-stored",
-            CacheStatus::Bypass => "Gantry; fwd=bypass",
-        })
-    }
+/// The RFC 9211 `Cache-Status` value of `status`.
+fn cache_status_header(status: CacheStatus) -> HeaderValue {
+    HeaderValue::from_static(match status {
+        CacheStatus::Hit => "Gantry; hit",
+        CacheStatus::Miss => "Gantry; fwd=uri-miss; stored",
+        CacheStatus::Expired => "Gantry; fwd=stale; stored",
+        CacheStatus::Revalidated => "Gantry; fwd=stale; fwd-status=304",
+        CacheStatus::Stale => "Gantry; hit; detail=stale",
+        CacheStatus::NotStored => "Gantry; fwd=uri-miss; detail=not-stored",
+        CacheStatus::Bypass => "Gantry; fwd=bypass",
+    })
 }
 
 static X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status");
@@ -445,7 +399,7 @@ impl Plugin for Cache {
             X_CACHE_STATUS.clone(),
             HeaderValue::from_static(status.as_str()),
         )?;
-        response.insert_header(CACHE_STATUS.clone(), status.cache_status_header())?;
+        response.insert_header(CACHE_STATUS.clone(), cache_status_header(status))?;
         Ok(())
     }
 }

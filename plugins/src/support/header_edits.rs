@@ -1,10 +1,10 @@
 //! The header edits both transform plugins share: headers set, added and removed, with values
-//! that are [templates](crate::template) rendered from the client's request.
+//! that are [templates](crate::support::template) rendered from the client's request.
 //!
 //! Values are rendered first and applied afterwards, so a template reading a header sees it as
 //! the client sent it, whatever the edits do to it.
 
-use crate::template::{header_name, header_templates, Template, TemplateScope};
+use crate::support::template::{header_name, header_templates, Template, TemplateScope};
 use crate::PluginState;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};

@@ -7,8 +7,10 @@
 //! response, including the gateway's own error responses, so the browser can read them. Every
 //! response carries `Vary: Origin`. Origins, methods and headers are compiled at load.
 
-use crate::config_types::HumanDuration;
-use crate::{Answer, Flow, Phases, Plugin, PluginState, Rejection};
+use crate::support::config_types::HumanDuration;
+use crate::{
+    Answer, Flow, Phases, Plugin, PluginState, Rejection, RequestView, Slot, SlotAllocator,
+};
 use async_trait::async_trait;
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
@@ -17,7 +19,6 @@ use http::header::{
 };
 use http::{HeaderName, HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::Session;
 use serde::Deserialize;
 
 /// The configuration name.
@@ -73,6 +74,8 @@ pub struct Cors {
     expose_value: Option<HeaderValue>,
     credentials: bool,
     max_age: Option<HeaderValue>,
+    /// The request's allowed `Origin`, for the response headers.
+    origin: Slot<HeaderValue>,
 }
 
 /// Splits `scheme://host[:port]` into its parts, lower-cased, without a default port; `None`
@@ -118,7 +121,7 @@ fn joined(values: &[String]) -> Result<Option<HeaderValue>, String> {
 
 impl Cors {
     /// Compiles `config`.
-    pub fn new(config: Config) -> Result<Self, String> {
+    pub fn new(config: Config, slots: &mut SlotAllocator) -> Result<Self, String> {
         if config.allow_origins.is_empty() {
             return Err("`allow_origins` needs at least one origin (or \"*\")".into());
         }
@@ -196,6 +199,7 @@ impl Cors {
             expose_value: joined(&config.expose_headers)?,
             credentials: config.allow_credentials,
             max_age: config.max_age.map(|d| HeaderValue::from(d.0.as_secs())),
+            origin: slots.claim(),
         })
     }
 
@@ -216,8 +220,8 @@ impl Cors {
             })
     }
 
-    fn preflight(&self, session: &Session, state: &mut PluginState, origin: HeaderValue) -> Flow {
-        let headers = &session.req_header().headers;
+    fn preflight(&self, request: &mut RequestView<'_>, origin: HeaderValue) -> Flow {
+        let headers = &request.header.headers;
         let method_ok = headers
             .get(ACCESS_CONTROL_REQUEST_METHOD)
             .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
@@ -245,8 +249,8 @@ impl Cors {
                 headers: Vec::new(),
             });
         }
-        state.cors_origin = Some(origin);
-        let mut answer = vec![(ACCESS_CONTROL_ALLOW_METHODS, self.allowed_methods(session))];
+        request.state.slots.set(self.origin, origin);
+        let mut answer = vec![(ACCESS_CONTROL_ALLOW_METHODS, self.allowed_methods(headers))];
         let allow_headers = if self.any_header {
             headers.get(ACCESS_CONTROL_REQUEST_HEADERS).cloned()
         } else {
@@ -264,13 +268,9 @@ impl Cors {
         })
     }
 
-    fn allowed_methods(&self, session: &Session) -> HeaderValue {
+    fn allowed_methods(&self, headers: &http::HeaderMap) -> HeaderValue {
         if self.any_method {
-            if let Some(m) = session
-                .req_header()
-                .headers
-                .get(ACCESS_CONTROL_REQUEST_METHOD)
-            {
+            if let Some(m) = headers.get(ACCESS_CONTROL_REQUEST_METHOD) {
                 return m.clone();
             }
         }
@@ -302,12 +302,8 @@ impl Plugin for Cors {
         Phases::REQUEST.and(Phases::RESPONSE)
     }
 
-    async fn on_request(
-        &self,
-        session: &mut Session,
-        state: &mut PluginState,
-    ) -> pingora::Result<Flow> {
-        let req = session.req_header();
+    async fn on_request(&self, request: &mut RequestView<'_>) -> pingora::Result<Flow> {
+        let req = request.header;
         let Some(origin) = req.headers.get(ORIGIN).cloned() else {
             return Ok(Flow::Continue);
         };
@@ -315,7 +311,7 @@ impl Plugin for Cors {
         let preflight = req.method == Method::OPTIONS
             && req.headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD);
         Ok(match (preflight, allowed) {
-            (true, true) => self.preflight(session, state, origin),
+            (true, true) => self.preflight(request, origin),
             (true, false) => Flow::Reject(Rejection {
                 status: 403,
                 slug: "cors-forbidden",
@@ -324,7 +320,7 @@ impl Plugin for Cors {
                 headers: Vec::new(),
             }),
             (false, true) => {
-                state.cors_origin = Some(origin);
+                request.state.slots.set(self.origin, origin);
                 Flow::Continue
             }
             // Not allowed: served without CORS headers, so the browser withholds it.
@@ -348,7 +344,7 @@ impl Plugin for Cors {
             response.remove_header(&name);
         }
         vary_on_origin(response)?;
-        let Some(origin) = &state.cors_origin else {
+        let Some(origin) = state.slots.get(self.origin) else {
             return Ok(());
         };
         let allow_origin = if self.any_origin && !self.credentials {
@@ -375,14 +371,17 @@ mod tests {
     use super::*;
 
     fn cors(origins: &[&str], credentials: bool) -> Result<Cors, String> {
-        Cors::new(Config {
-            allow_origins: origins.iter().map(|o| o.to_string()).collect(),
-            allow_methods: default_methods(),
-            allow_headers: Vec::new(),
-            expose_headers: Vec::new(),
-            allow_credentials: credentials,
-            max_age: None,
-        })
+        Cors::new(
+            Config {
+                allow_origins: origins.iter().map(|o| o.to_string()).collect(),
+                allow_methods: default_methods(),
+                allow_headers: Vec::new(),
+                expose_headers: Vec::new(),
+                allow_credentials: credentials,
+                max_age: None,
+            },
+            &mut SlotAllocator::default(),
+        )
     }
 
     #[test]

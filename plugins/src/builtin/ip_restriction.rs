@@ -3,10 +3,9 @@
 //! The client IP honours `server.trusted_proxies`: `X-Forwarded-For` is only believed from a
 //! trusted peer, so a client cannot spoof its way past the rule.
 
-use crate::{Flow, Phases, Plugin, PluginState, Rejection};
+use crate::{Flow, Phases, Plugin, Rejection, RequestView};
 use async_trait::async_trait;
 use ipnet::IpNet;
-use pingora::proxy::Session;
 use serde::Deserialize;
 use std::net::IpAddr;
 
@@ -73,12 +72,8 @@ impl Plugin for IpRestriction {
         Phases::REQUEST
     }
 
-    async fn on_request(
-        &self,
-        _session: &mut Session,
-        state: &mut PluginState,
-    ) -> pingora::Result<Flow> {
-        if self.permits(state.client_ip) {
+    async fn on_request(&self, request: &mut RequestView<'_>) -> pingora::Result<Flow> {
+        if self.permits(request.client_ip()) {
             return Ok(Flow::Continue);
         }
         Ok(Flow::Reject(Rejection {

@@ -8,7 +8,8 @@
 //! [`ambiguous`] (400). The gateway would verify one copy while a backend may read another, so
 //! a forged second copy would ride on a valid first one.
 
-use crate::{query, Rejection};
+use crate::support::query;
+use crate::Rejection;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 

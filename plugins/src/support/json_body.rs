@@ -11,8 +11,8 @@
 //! An edited body's framing becomes chunked: its length is unknown when the header goes out.
 //! A message without a body has nothing to edit and is left alone.
 
-use crate::config_types::HumanSize;
-use crate::template::{Template, TemplateScope};
+use crate::support::config_types::HumanSize;
+use crate::support::template::{Template, TemplateScope};
 use crate::{PluginState, Rejection};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};

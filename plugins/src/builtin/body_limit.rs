@@ -2,12 +2,11 @@
 //! `Content-Length` header before anything goes upstream, and while a chunked (or
 //! length-less HTTP/2) body streams, as soon as the running total passes the limit.
 
-use crate::config_types::HumanSize;
-use crate::{Flow, Phases, Plugin, PluginState, Rejection};
+use crate::support::config_types::HumanSize;
+use crate::{Flow, Phases, Plugin, PluginState, Rejection, RequestView};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
-use pingora::proxy::Session;
 use serde::Deserialize;
 
 /// The configuration name.
@@ -55,13 +54,9 @@ impl Plugin for BodyLimit {
         Phases::REQUEST.and(Phases::REQUEST_BODY)
     }
 
-    async fn on_request(
-        &self,
-        session: &mut Session,
-        _state: &mut PluginState,
-    ) -> pingora::Result<Flow> {
-        let declared = session
-            .req_header()
+    async fn on_request(&self, request: &mut RequestView<'_>) -> pingora::Result<Flow> {
+        let declared = request
+            .header
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())

@@ -16,13 +16,12 @@
 //! reaches a log.
 
 use arc_swap::ArcSwapOption;
-use prometheus::IntCounter;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, ScriptInvocation, Value};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long the store stays marked down after [`TRIP_AFTER`] failures in a row.
@@ -36,16 +35,14 @@ pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// `gantry_redis_errors_total`: Redis operations that failed, timed out or were skipped
 /// because Redis was down.
-static REDIS_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
-    let counter = IntCounter::new(
-        "gantry_redis_errors_total",
-        "Redis operations that failed, timed out or were skipped because Redis was down",
-    )
-    .expect("a valid metric name");
-    // Registered once per process; a second registration cannot happen.
-    let _ = prometheus::register(Box::new(counter.clone()));
-    counter
-});
+/// Redis operations that failed, timed out or were skipped because Redis was down
+/// (`gantry_redis_errors_total`).
+static REDIS_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// Redis operations that failed so far.
+pub fn errors_total() -> u64 {
+    REDIS_ERRORS.load(Ordering::Relaxed)
+}
 static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
@@ -183,7 +180,6 @@ impl RedisStore {
     /// Checks the URLs and prepares the pool; nothing connects until first use.
     pub fn new(settings: RedisSettings) -> Result<Self, String> {
         // Registers the error counter at load time, so /metrics shows it from the start.
-        LazyLock::force(&REDIS_ERRORS);
         let mut infos = Vec::with_capacity(settings.urls.len());
         for url in &settings.urls {
             let info = url
@@ -241,7 +237,7 @@ impl RedisStore {
         script: &ScriptInvocation<'_>,
     ) -> Result<T, StoreUnavailable> {
         if self.outage.millis() < self.outage.down_until.load(Ordering::Relaxed) {
-            REDIS_ERRORS.inc();
+            REDIS_ERRORS.fetch_add(1, Ordering::Relaxed);
             return Err(StoreUnavailable);
         }
         let slot = &self.pool[THREAD_SLOT.with(|slot| *slot) % self.pool.len()];
@@ -302,7 +298,7 @@ impl RedisStore {
     }
 
     fn failed(&self, error: &dyn std::fmt::Display) -> StoreUnavailable {
-        REDIS_ERRORS.inc();
+        REDIS_ERRORS.fetch_add(1, Ordering::Relaxed);
         let outage = &self.outage;
         let now = outage.millis();
         // One slow answer fails only its own request; a run of failures marks Redis down, so
@@ -371,7 +367,7 @@ mod tests {
         let store =
             RedisStore::new(settings(&[&format!("redis://127.0.0.1:{port}")], false)).expect("ok");
         let script = redis::Script::new("return 1");
-        let before = REDIS_ERRORS.get();
+        let before = errors_total();
         for attempt in 1..=TRIP_AFTER {
             let started = Instant::now();
             assert_eq!(
@@ -387,6 +383,6 @@ mod tests {
             store.run::<i64>(&script.prepare_invoke()).await,
             Err(StoreUnavailable)
         );
-        assert!(REDIS_ERRORS.get() > before + u64::from(TRIP_AFTER));
+        assert!(errors_total() > before + u64::from(TRIP_AFTER));
     }
 }

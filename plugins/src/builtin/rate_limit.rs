@@ -30,14 +30,14 @@
 //! and updated by one Lua script in one round trip, with Redis's clock, so every gateway
 //! sharing the Redis enforces one combined limit.
 
-use crate::config_types::HumanDuration;
-use crate::limit_key::{KeySpec, LimitKey};
-use crate::redis_store::{RedisStore, RedisUnavailable, StoreUnavailable};
-use crate::{Flow, Phases, Plugin, PluginState, Rejection};
+use crate::registry::PluginScope;
+use crate::support::config_types::HumanDuration;
+use crate::support::limit_key::{KeySpec, LimitKey};
+use crate::support::redis_store::{RedisStore, RedisUnavailable, StoreUnavailable};
+use crate::{Flow, Phases, Plugin, PluginState, Rejection, RequestView, Slot};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::Session;
 use pingora_limits::rate::{Rate, RateComponents};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -350,6 +350,8 @@ pub struct RateLimit {
     max_delay: Duration,
     windows: Vec<Window>,
     group_windows: Vec<(String, Vec<Window>)>,
+    /// The request's tightest limit, for the response headers.
+    status: Slot<RateLimitStatus>,
 }
 
 /// The tightest limit's numbers, for the response headers.
@@ -368,7 +370,7 @@ impl RateLimit {
     /// is the `[redis]` store, or why there is none.
     pub fn new(
         config: Config,
-        scope: &str,
+        scope: &mut PluginScope,
         redis: Result<&Arc<RedisStore>, RedisUnavailable>,
     ) -> Result<Self, String> {
         let store = match (config.policy, redis) {
@@ -384,7 +386,7 @@ impl RateLimit {
             (Policy::Redis, Ok(store)) => Store::Redis {
                 store: Arc::clone(store),
                 on_error: config.on_store_error.unwrap_or_default(),
-                scope: scope.to_owned(),
+                scope: scope.name.clone(),
             },
         };
         let local = matches!(store, Store::Local);
@@ -412,6 +414,7 @@ impl RateLimit {
                 .iter()
                 .map(|(group, list)| windows(list).map(|w| (group.clone(), w)))
                 .collect::<Result<_, _>>()?,
+            status: scope.slots.claim(),
         })
     }
 
@@ -508,12 +511,12 @@ impl RateLimit {
         store: &RedisStore,
         scope: &str,
         (set, windows): (Option<&str>, &[Window]),
-        session: &Session,
-        state: &PluginState,
+        request: &RequestView<'_>,
     ) -> Vec<String> {
         let mut base = String::with_capacity(96);
         let _ = write!(base, "{}:rl:{{{scope}|", store.key_prefix());
-        self.key.write_text(session.req_header(), state, &mut base);
+        self.key
+            .write_text(request.header, request.state, &mut base);
         base.push('}');
         if let Some(group) = set {
             let _ = write!(base, ":group={group}");
@@ -566,15 +569,11 @@ impl Plugin for RateLimit {
         Phases::REQUEST.and(Phases::RESPONSE)
     }
 
-    async fn on_request(
-        &self,
-        session: &mut Session,
-        state: &mut PluginState,
-    ) -> pingora::Result<Flow> {
-        let (set, windows) = self.windows_for(state);
+    async fn on_request(&self, request: &mut RequestView<'_>) -> pingora::Result<Flow> {
+        let (set, windows) = self.windows_for(request.state);
         let decision = match &self.store {
             Store::Local => {
-                let key = self.key.hash(session.req_header(), state);
+                let key = self.key.hash(request.header, request.state);
                 self.take_local(windows, key)
             }
             Store::Redis {
@@ -582,7 +581,7 @@ impl Plugin for RateLimit {
                 scope,
                 on_error,
             } => {
-                let keys = self.redis_keys(store, scope, (set, windows), session, state);
+                let keys = self.redis_keys(store, scope, (set, windows), request);
                 match self.take_redis(store, windows, &keys).await {
                     Ok(decision) => decision,
                     Err(StoreUnavailable) if *on_error == OnStoreError::Deny => {
@@ -592,14 +591,16 @@ impl Plugin for RateLimit {
                 }
             }
         };
-        match decision {
-            Decision::Allow(status) => state.rate_limit = Some(status),
+        let status = match decision {
+            Decision::Allow(status) => status,
             Decision::Delay(status, wait) => {
                 tokio::time::sleep(wait).await;
-                state.rate_limit = Some(status);
+                status
             }
             Decision::Refuse(limit, wait) => return Ok(rejection(limit, wait)),
-        }
+        };
+        request.state.slots.set(self.status, status);
+        request.state.rate_limit_counted = true;
         Ok(Flow::Continue)
     }
 
@@ -610,7 +611,7 @@ impl Plugin for RateLimit {
         state: &mut PluginState,
     ) -> pingora::Result<()> {
         // Static names: Pingora keeps them as written (the draft's case) without copying.
-        if let Some(s) = state.rate_limit {
+        if let Some(s) = state.slots.get(self.status) {
             response.insert_header("RateLimit-Limit", HeaderValue::from(s.limit))?;
             response.insert_header("RateLimit-Remaining", HeaderValue::from(s.remaining))?;
             response.insert_header("RateLimit-Reset", HeaderValue::from(s.reset))?;
@@ -622,6 +623,14 @@ impl Plugin for RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scope() -> PluginScope {
+        PluginScope {
+            name: "r".into(),
+            templates: Default::default(),
+            slots: crate::SlotAllocator::default(),
+        }
+    }
 
     fn limit(requests: u64, per_ms: u64) -> LimitConfig {
         LimitConfig {
@@ -643,7 +652,12 @@ mod tests {
     }
 
     fn plugin(limits: Vec<LimitConfig>) -> RateLimit {
-        RateLimit::new(config(limits), "r", Err(RedisUnavailable::NotConfigured)).expect("valid")
+        RateLimit::new(
+            config(limits),
+            &mut scope(),
+            Err(RedisUnavailable::NotConfigured),
+        )
+        .expect("valid")
     }
 
     fn allowed(d: &Decision) -> Option<RateLimitStatus> {
@@ -809,7 +823,7 @@ mod tests {
     #[test]
     fn bad_configs_are_errors() {
         let error = |c: Config| {
-            RateLimit::new(c, "r", Err(RedisUnavailable::NotConfigured))
+            RateLimit::new(c, &mut scope(), Err(RedisUnavailable::NotConfigured))
                 .err()
                 .unwrap_or_default()
         };

@@ -1,19 +1,18 @@
 //! `request-transform`: reshapes the request sent upstream: headers set, added, removed and
 //! renamed, query parameters set and removed, the path rewritten by a regex, a JSON body
-//! edited ([`crate::json_body`]; a body that cannot be edited is refused). Values are
-//! [templates](crate::template) parsed at load; they read the request as it goes upstream,
+//! edited ([`crate::support::json_body`]; a body that cannot be edited is refused). Values are
+//! [templates](crate::support::template) parsed at load; they read the request as it goes upstream,
 //! before this plugin's own changes.
 
-use crate::header_edits::HeaderEdits;
-use crate::json_body::{JsonBodyConfig, JsonEdits};
-use crate::template::{header_name, Template, TemplateScope};
-use crate::{Flow, Phases, Plugin, PluginState, Rejection};
+use crate::support::header_edits::HeaderEdits;
+use crate::support::json_body::{JsonBodyConfig, JsonBuffer, JsonEdits};
+use crate::support::template::{header_name, Template, TemplateScope};
+use crate::{Flow, Phases, Plugin, PluginState, Rejection, RequestView, Slot, SlotAllocator};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderName, HeaderValue, Uri};
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
 use regex::Regex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -68,11 +67,17 @@ pub struct RequestTransform {
     drop_query: Vec<String>,
     rewrite: Option<(Regex, String)>,
     json: Option<JsonEdits>,
+    /// The request's JSON body while it is buffered for editing.
+    body: Slot<JsonBuffer>,
 }
 
 impl RequestTransform {
     /// Compiles `config`; templates may use what `scope` offers.
-    pub fn new(config: Config, scope: &TemplateScope) -> Result<Self, String> {
+    pub fn new(
+        config: Config,
+        scope: &TemplateScope,
+        slots: &mut SlotAllocator,
+    ) -> Result<Self, String> {
         let query_name = |name: &String| {
             if name.is_empty() || name.contains(['&', '=', '#', ' ']) {
                 Err(format!("`{name}` is not a query parameter name"))
@@ -121,6 +126,7 @@ impl RequestTransform {
                 .json_body
                 .map(|c| JsonEdits::new(c, scope))
                 .transpose()?,
+            body: slots.claim(),
         })
     }
 
@@ -200,21 +206,17 @@ impl Plugin for RequestTransform {
 
     /// Decides, before any body arrives, whether the JSON body can be edited: a body that
     /// cannot (encoded, not JSON, declared too large) is refused before it goes upstream.
-    async fn on_request(
-        &self,
-        session: &mut Session,
-        state: &mut PluginState,
-    ) -> pingora::Result<Flow> {
+    async fn on_request(&self, request: &mut RequestView<'_>) -> pingora::Result<Flow> {
         let Some(json) = &self.json else {
             return Ok(Flow::Continue);
         };
-        if session.is_body_empty() {
+        if !request.has_body {
             return Ok(Flow::Continue);
         }
-        let req = session.req_header();
-        Ok(match json.start(&req.headers, req, state) {
+        let req = request.header;
+        Ok(match json.start(&req.headers, req, request.state) {
             Ok(buffer) => {
-                state.request_json = Some(buffer);
+                request.state.slots.set(self.body, buffer);
                 Flow::Continue
             }
             Err(why) => Flow::Reject(why.rejection()),
@@ -227,7 +229,7 @@ impl Plugin for RequestTransform {
         end_of_stream: bool,
         state: &mut PluginState,
     ) -> Option<Rejection> {
-        let (json, buffer) = (self.json.as_ref()?, state.request_json.as_mut()?);
+        let (json, buffer) = (self.json.as_ref()?, state.slots.get_mut(self.body)?);
         json.on_chunk(buffer, body, end_of_stream)
             .err()
             .map(|why| why.rejection())
@@ -253,7 +255,10 @@ impl Plugin for RequestTransform {
             }
         }
         headers.apply(upstream)?;
-        if state.request_json.is_some() {
+        if let Some(buffer) = state.slots.get_mut(self.body) {
+            // Each attempt (a retry resends the body through the body filters) buffers the
+            // body afresh.
+            buffer.restart();
             // The edited body's length is known only at its end: without Content-Length,
             // Pingora frames an HTTP/1.1 upstream request as chunked (HTTP/2 needs nothing).
             upstream.remove_header(&CONTENT_LENGTH);
@@ -277,7 +282,11 @@ mod tests {
     #[test]
     fn config_mistakes_are_errors() {
         let scope = TemplateScope::default();
-        let bad = |c: Config| RequestTransform::new(c, &scope).err().unwrap_or_default();
+        let bad = |c: Config| {
+            RequestTransform::new(c, &scope, &mut SlotAllocator::default())
+                .err()
+                .unwrap_or_default()
+        };
         let mut c = Config::default();
         c.set_headers.insert("bad header".into(), "x".into());
         assert!(bad(c).contains("not a valid header name"));

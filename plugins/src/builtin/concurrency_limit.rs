@@ -5,12 +5,11 @@
 //! so a slot can never leak. Counting uses `pingora-limits`' fixed-memory estimator: with very
 //! many distinct keys, collisions can only over-count.
 
-use crate::limit_key::{KeySpec, LimitKey};
-use crate::{Flow, Phases, Plugin, PluginState, Rejection};
+use crate::support::limit_key::{KeySpec, LimitKey};
+use crate::{Flow, Phases, Plugin, Rejection, RequestView, Slot, SlotAllocator};
 use async_trait::async_trait;
 use http::HeaderValue;
-use pingora::proxy::Session;
-use pingora_limits::inflight::Inflight;
+use pingora_limits::inflight::{Guard, Inflight};
 use serde::Deserialize;
 
 /// The configuration name.
@@ -36,11 +35,13 @@ pub struct ConcurrencyLimit {
     max: isize,
     key: LimitKey,
     inflight: Inflight,
+    /// The request's place, given back when the request's state is dropped.
+    held: Slot<Guard>,
 }
 
 impl ConcurrencyLimit {
     /// Compiles `config`.
-    pub fn new(config: Config) -> Result<Self, String> {
+    pub fn new(config: Config, slots: &mut SlotAllocator) -> Result<Self, String> {
         if config.max_inflight == 0 {
             return Err("`max_inflight` must be at least 1".into());
         }
@@ -48,6 +49,7 @@ impl ConcurrencyLimit {
             max: config.max_inflight as isize,
             key: LimitKey::new(&config.key)?,
             inflight: Inflight::new(),
+            held: slots.claim(),
         })
     }
 }
@@ -62,12 +64,8 @@ impl Plugin for ConcurrencyLimit {
         Phases::REQUEST
     }
 
-    async fn on_request(
-        &self,
-        session: &mut Session,
-        state: &mut PluginState,
-    ) -> pingora::Result<Flow> {
-        let key = self.key.hash(session.req_header(), state);
+    async fn on_request(&self, request: &mut RequestView<'_>) -> pingora::Result<Flow> {
+        let key = self.key.hash(request.header, request.state);
         let (slot, in_flight) = self.inflight.incr(key, 1);
         if in_flight > self.max {
             // Dropping `slot` gives the place back at once.
@@ -79,7 +77,7 @@ impl Plugin for ConcurrencyLimit {
                 headers: vec![(http::header::RETRY_AFTER, HeaderValue::from_static("1"))],
             }));
         }
-        state.slots.push(slot);
+        request.state.slots.set(self.held, slot);
         Ok(Flow::Continue)
     }
 }
@@ -91,10 +89,13 @@ mod tests {
     #[test]
     fn config_mistakes_are_errors() {
         let bad = |max, key: &str| {
-            ConcurrencyLimit::new(Config {
-                max_inflight: max,
-                key: KeySpec::One(key.into()),
-            })
+            ConcurrencyLimit::new(
+                Config {
+                    max_inflight: max,
+                    key: KeySpec::One(key.into()),
+                },
+                &mut SlotAllocator::default(),
+            )
             .is_err()
         };
         assert!(bad(0, "route"));

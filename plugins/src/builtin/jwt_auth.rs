@@ -5,18 +5,17 @@
 //! cached, keyed by the SHA-256 of the whole token and expiring with the token (at most
 //! [`CACHE_TTL`]): a client that reuses its token pays for the signature once.
 
-use crate::config_types::HumanDuration;
-use crate::consumer::{Consumer, Consumers};
-use crate::credentials::{self, Kinds, Located, Source};
-use crate::failure_limit::{FailureLimit, MaxFailures};
-use crate::jwks::{KeySet, RemoteJwks};
-use crate::{Flow, Phases, Plugin, PluginState, Rejection};
+use crate::support::config_types::HumanDuration;
+use crate::support::consumer::{Consumer, Consumers};
+use crate::support::credentials::{self, Kinds, Located, Source};
+use crate::support::failure_limit::{FailureLimit, MaxFailures};
+use crate::support::jwks::{KeySet, RemoteJwks};
+use crate::{Flow, Phases, Plugin, PluginState, Rejection, RequestView};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
 use pingora_memory_cache::MemoryCache;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -251,7 +250,7 @@ impl JwtAuth {
         let failure = refusal.is_failure();
         let rejection = refusal.into_rejection(&self.required_scopes);
         if failure {
-            self.failures.failed(state.client_ip, rejection)
+            self.failures.failed(state.client.ip, rejection)
         } else {
             Flow::Reject(rejection)
         }
@@ -445,15 +444,11 @@ impl Plugin for JwtAuth {
         Phases::REQUEST.and(Phases::UPSTREAM_REQUEST)
     }
 
-    async fn on_request(
-        &self,
-        session: &mut Session,
-        state: &mut PluginState,
-    ) -> pingora::Result<Flow> {
-        if let Some(refusal) = self.failures.check(state.client_ip) {
+    async fn on_request(&self, request: &mut RequestView<'_>) -> pingora::Result<Flow> {
+        if let Some(refusal) = self.failures.check(request.client_ip()) {
             return Ok(Flow::Reject(refusal));
         }
-        let token = match credentials::locate(&self.sources, session.req_header()) {
+        let token = match credentials::locate(&self.sources, request.header) {
             Located::Found(token) => token,
             Located::Missing if self.anonymous => return Ok(Flow::Continue),
             Located::Missing => {
@@ -466,13 +461,13 @@ impl Plugin for JwtAuth {
             Located::Ambiguous => {
                 return Ok(self
                     .failures
-                    .failed(state.client_ip, credentials::ambiguous()))
+                    .failed(request.client_ip(), credentials::ambiguous()))
             }
         };
         let Ok(token) = std::str::from_utf8(token) else {
             let refusal =
                 Refusal::invalid("the token is malformed or its algorithm is not supported");
-            return Ok(self.refuse(state, refusal));
+            return Ok(self.refuse(request.state, refusal));
         };
         let fingerprint: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let cached = self
@@ -493,14 +488,14 @@ impl Plugin for JwtAuth {
                             .put(&fingerprint, Arc::clone(&v), Some(left.min(CACHE_TTL)));
                         v
                     }
-                    Err(refusal) => return Ok(self.refuse(state, refusal)),
+                    Err(refusal) => return Ok(self.refuse(request.state, refusal)),
                 }
             }
         };
         if verified.consumer.is_some() {
-            state.consumer = verified.consumer.clone();
+            request.state.consumer = verified.consumer.clone();
         }
-        state.jwt_claims = Some(Arc::clone(&verified.claims));
+        request.state.jwt_claims = Some(Arc::clone(&verified.claims));
         Ok(Flow::Continue)
     }
 
@@ -513,7 +508,7 @@ impl Plugin for JwtAuth {
             credentials::remove_all(&self.sources, upstream)?;
         }
         for (header, claim) in &self.forward_claims {
-            crate::remove_headers_and_aliases(upstream, &[header]);
+            crate::support::header_aliases::remove_headers_and_aliases(upstream, &[header]);
             let value = state
                 .jwt_claims
                 .as_ref()

@@ -13,7 +13,7 @@
 //! exact per client (no shared buckets: one client's failures never lock out another), and
 //! threads racing on a client's first failure may lose a count or two.
 
-use crate::config_types::HumanDuration;
+use crate::support::config_types::HumanDuration;
 use crate::{Flow, Rejection};
 use http::HeaderValue;
 use pingora_memory_cache::MemoryCache;

@@ -3,12 +3,12 @@
 //! They run in `make test` with proptest's case count (256 by default); `make fuzz` runs the
 //! same properties with `PROPTEST_CASES` raised. Results are recorded in docs/testing.md.
 
+use crate::builtin::cache::{Cache, CachePolicy, Config as CacheConfig, KeyQuery};
+use crate::support::config_types::HumanSize;
+use crate::support::json_body::{JsonBodyConfig, JsonEdits, Unusable};
+use crate::support::template::{Template, TemplateScope};
+use crate::{Plugin, PluginState};
 use bytes::Bytes;
-use gantry_plugins::cache::{Cache, Config as CacheConfig, KeyQuery};
-use gantry_plugins::config_types::HumanSize;
-use gantry_plugins::json_body::{JsonBodyConfig, JsonEdits, Unusable};
-use gantry_plugins::template::{Template, TemplateScope};
-use gantry_plugins::{Plugin, PluginState};
 use http::{HeaderMap, HeaderValue};
 use pingora::http::RequestHeader;
 use proptest::prelude::*;
@@ -183,7 +183,7 @@ proptest! {
 }
 
 /// The cache policy of a route with `key_query`.
-fn policy(key_query: KeyQuery) -> std::sync::Arc<gantry_plugins::cache::CachePolicy> {
+fn policy(key_query: KeyQuery) -> std::sync::Arc<CachePolicy> {
     let config: CacheConfig = serde_json::from_value(serde_json::json!({})).expect("defaults");
     let cache = Cache::new(CacheConfig {
         key_query,
@@ -195,10 +195,12 @@ fn policy(key_query: KeyQuery) -> std::sync::Arc<gantry_plugins::cache::CachePol
 
 /// The host as the key means it: lower-case, with the scheme's port when it names none.
 fn canonical_host(host: &str) -> String {
-    let lower = host.to_ascii_lowercase();
+    // `a.com:` names the default port, like `a.com`.
+    let lower = host.strip_suffix(':').unwrap_or(host).to_ascii_lowercase();
     let has_port = lower
         .rsplit_once(':')
-        .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && !lower.ends_with(']');
     if has_port {
         lower
     } else {

@@ -11,7 +11,7 @@
 //! so the queue and the per-client table are bounded. Many clients flooding at once share the
 //! slots equally; that is a capacity limit, which `max_failures` and `rate-limit` address.
 
-use crate::failure_limit::client_key;
+use crate::support::failure_limit::client_key;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -1,10 +1,9 @@
 //! `acl`: lets only some consumers or groups through, after an authentication plugin.
 
-use crate::consumer::Consumer;
-use crate::{Flow, Phases, Plugin, PluginState, Rejection};
+use crate::support::consumer::Consumer;
+use crate::{Flow, Phases, Plugin, Rejection, RequestView};
 use async_trait::async_trait;
 use http::HeaderValue;
-use pingora::proxy::Session;
 use serde::Deserialize;
 
 /// The configuration name.
@@ -81,12 +80,8 @@ impl Plugin for Acl {
         Phases::REQUEST
     }
 
-    async fn on_request(
-        &self,
-        _session: &mut Session,
-        state: &mut PluginState,
-    ) -> pingora::Result<Flow> {
-        let Some(consumer) = &state.consumer else {
+    async fn on_request(&self, request: &mut RequestView<'_>) -> pingora::Result<Flow> {
+        let Some(consumer) = &request.state.consumer else {
             return Ok(Flow::Reject(Rejection::unauthorized(
                 "missing-credentials",
                 "this route needs an authenticated consumer",
@@ -103,5 +98,82 @@ impl Plugin for Acl {
             detail: "this consumer is not allowed on this route".into(),
             headers: Vec::new(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{consumers, on_request, request, state};
+
+    fn acl(allow_groups: &[&str], deny_consumers: &[&str]) -> Acl {
+        let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        Acl::new(Config {
+            allow_groups: list(allow_groups),
+            deny_groups: Vec::new(),
+            allow_consumers: Vec::new(),
+            deny_consumers: list(deny_consumers),
+        })
+        .expect("valid acl")
+    }
+
+    fn status(flow: Flow) -> Option<(u16, &'static str)> {
+        match flow {
+            Flow::Reject(r) => Some((r.status, r.slug)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_anonymous_request_is_unauthorized_with_a_challenge() {
+        let req = request("GET", "/", &[]);
+        let flow = on_request(&acl(&["staff"], &[]), &req, &mut state("r", "10.0.0.1"));
+        let Flow::Reject(rejection) = flow else {
+            panic!("passed without a consumer");
+        };
+        assert_eq!(
+            (rejection.status, rejection.slug),
+            (401, "missing-credentials")
+        );
+        assert!(rejection
+            .headers
+            .iter()
+            .any(|(name, _)| name == http::header::WWW_AUTHENTICATE));
+    }
+
+    #[test]
+    fn groups_allow_and_a_named_deny_wins() {
+        let known = consumers(&[
+            ("alice", &["staff"], &["alice-key-0123456789"]),
+            ("bob", &["guests"], &["bob-key-0123456789ab"]),
+            ("mallory", &["staff"], &["mallory-key-01234567"]),
+        ]);
+        let plugin = acl(&["staff"], &["mallory"]);
+        let req = request("GET", "/", &[]);
+        let verdict = |key: &str| {
+            let mut s = state("r", "10.0.0.1");
+            s.consumer = known.by_key(key.as_bytes()).cloned();
+            status(on_request(&plugin, &req, &mut s))
+        };
+        assert_eq!(verdict("alice-key-0123456789"), None);
+        assert_eq!(
+            verdict("bob-key-0123456789ab"),
+            Some((403, "consumer-forbidden"))
+        );
+        assert_eq!(
+            verdict("mallory-key-01234567"),
+            Some((403, "consumer-forbidden"))
+        );
+    }
+
+    #[test]
+    fn an_acl_without_lists_is_a_config_error() {
+        assert!(Acl::new(Config {
+            allow_groups: Vec::new(),
+            deny_groups: Vec::new(),
+            allow_consumers: Vec::new(),
+            deny_consumers: Vec::new(),
+        })
+        .is_err());
     }
 }

@@ -9,7 +9,7 @@
 //! of the route captures, is a configuration error. A variable without a value (no consumer,
 //! no such header) renders empty.
 
-use crate::query;
+use crate::support::query;
 use crate::PluginState;
 use http::HeaderName;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -211,7 +211,7 @@ impl Template {
     fn render_var(&self, var: &Var, req: &RequestHeader, state: &PluginState, out: &mut String) {
         match var {
             Var::ClientIp => {
-                if let Some(ip) = state.client_ip {
+                if let Some(ip) = state.client.ip {
                     let _ = write!(out, "{ip}");
                 }
             }
@@ -324,7 +324,10 @@ mod tests {
         claims.insert("level".into(), 3.into());
         let state = PluginState {
             route: "users".into(),
-            client_ip: Some("10.1.2.3".parse().expect("ip")),
+            client: crate::ClientFacts {
+                ip: Some("10.1.2.3".parse().expect("ip")),
+                ..Default::default()
+            },
             request_id: http::HeaderValue::from_static("req-1"),
             jwt_claims: Some(Arc::new(claims)),
             ..PluginState::default()

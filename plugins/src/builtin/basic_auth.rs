@@ -3,21 +3,20 @@
 //!
 //! argon2 is deliberately slow (tens of milliseconds), so a verification never runs on the
 //! proxy's threads: it runs on the blocking pool, shared fairly between clients
-//! ([`password_checks`](crate::password_checks)), and a successful one is cached for
+//! ([`password_checks`](crate::support::password_checks)), and a successful one is cached for
 //! [`CACHE_TTL`] keyed by a SHA-256 of the user and password, so a client that reuses its
 //! credentials pays the hash once.
 
-use crate::consumer::{Consumer, Consumers};
-use crate::credentials::{self, Located, Source};
-use crate::failure_limit::{FailureLimit, MaxFailures};
-use crate::password_checks::{PasswordChecks, Refused};
-use crate::{Flow, Phases, Plugin, PluginState, Rejection};
+use crate::support::consumer::{Consumer, Consumers};
+use crate::support::credentials::{self, Located, Source};
+use crate::support::failure_limit::{FailureLimit, MaxFailures};
+use crate::support::password_checks::{PasswordChecks, Refused};
+use crate::{Flow, Phases, Plugin, PluginState, Rejection, RequestView};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use async_trait::async_trait;
 use base64::Engine;
 use http::HeaderValue;
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
 use pingora_memory_cache::MemoryCache;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -130,7 +129,7 @@ impl BasicAuth {
         if let Some(check) = self.remembered(&fingerprint, account) {
             return check;
         }
-        let slot = match self.checks.slot(state.client_ip).await {
+        let slot = match self.checks.slot(state.client.ip).await {
             Ok(slot) => slot,
             Err(refused) => return Check::NotRun(refused),
         };
@@ -211,15 +210,11 @@ impl Plugin for BasicAuth {
         Phases::REQUEST.and(Phases::UPSTREAM_REQUEST)
     }
 
-    async fn on_request(
-        &self,
-        session: &mut Session,
-        state: &mut PluginState,
-    ) -> pingora::Result<Flow> {
-        if let Some(refusal) = self.failures.check(state.client_ip) {
+    async fn on_request(&self, request: &mut RequestView<'_>) -> pingora::Result<Flow> {
+        if let Some(refusal) = self.failures.check(request.client_ip()) {
             return Ok(Flow::Reject(refusal));
         }
-        let header = match credentials::locate(SOURCE, session.req_header()) {
+        let header = match credentials::locate(SOURCE, request.header) {
             Located::Found(header) => header,
             Located::Missing => {
                 return Ok(Flow::Reject(
@@ -229,25 +224,25 @@ impl Plugin for BasicAuth {
             Located::Ambiguous => {
                 return Ok(self
                     .failures
-                    .failed(state.client_ip, credentials::ambiguous()))
+                    .failed(request.client_ip(), credentials::ambiguous()))
             }
         };
         let Some((user, password)) = credentials(header) else {
             return Ok(self.failures.failed(
-                state.client_ip,
+                request.client_ip(),
                 self.reject(
                     "invalid-credentials",
                     "the Authorization header is not valid Basic credentials",
                 ),
             ));
         };
-        match self.authenticate(state, &user, &password).await {
+        match self.authenticate(request.state, &user, &password).await {
             Check::Passed(consumer) => {
-                state.consumer = Some(consumer);
+                request.state.consumer = Some(consumer);
                 Ok(Flow::Continue)
             }
             Check::Failed => Ok(self.failures.failed(
-                state.client_ip,
+                request.client_ip(),
                 self.reject("invalid-credentials", "the user name or password is wrong"),
             )),
             Check::NotRun(refused) => Ok(Flow::Reject(not_run(refused))),

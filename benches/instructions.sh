@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# CPU instructions per proxied request: Gantry's plain route against nginx as a reverse proxy,
+# counted by valgrind's callgrind, so the figure does not depend on the machine's speed or load.
+#
+#   benches/instructions.sh                         # target/release/gantry (built if missing)
+#   benches/instructions.sh /path/to/other/gantry   # e.g. the binary of an older commit
+#   REQUESTS=50000 CONNS=10 benches/instructions.sh
+#
+# Upstream: nginx (not under valgrind), one worker, answering "ok" on an ephemeral loopback port.
+# Each proxy runs under callgrind twice, serving REQUESTS (N, default 20000) and then 2N requests
+# sent by h2load over HTTP/1.1 keep-alive (CONNS connections, default 10), and is stopped
+# gracefully (Gantry SIGTERM, nginx SIGQUIT). Instructions per request are
+# (Ir(2N) - Ir(N)) / N, in which start-up, the readiness probe and shutdown cancel out.
+#
+# Gantry: one thread, one cluster, one route paths = ["/"], no access log, no health check.
+# nginx: daemon off, master_process off, one worker, no access log, upstream keepalive, and the
+# headers Gantry adds by default (X-Forwarded-For/-Proto/-Host, X-Request-Id up and down).
+# Needs valgrind, h2load (nghttp2-client), nginx, curl and python3.
+set -euo pipefail
+
+REQUESTS=${REQUESTS:-20000}
+CONNS=${CONNS:-10}
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+if [ $# -gt 0 ]; then
+  GANTRY=$(realpath -e "$1")
+  cd "$(dirname "$0")/.."
+else
+  cd "$(dirname "$0")/.."
+  [ -x target/release/gantry ] || cargo build --release
+  GANTRY=$PWD/target/release/gantry
+fi
+[ -x "$GANTRY" ] || { echo "not an executable: $GANTRY" >&2; exit 1; }
+for tool in valgrind h2load curl python3 "$NGINX"; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "missing: $tool" >&2; exit 1; }
+done
+[ "$REQUESTS" -ge "$CONNS" ] || { echo "REQUESTS must be at least CONNS" >&2; exit 1; }
+
+work=$(mktemp -d -t gantry-instructions.XXXXXX)
+pids=()   # started and not yet reaped
+forget() { local p keep=(); for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}"); }
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); GW=$(free_port); PX=$(free_port)
+
+# running PID: the process exists and is not a zombie waiting to be reaped.
+running() { [ -e "/proc/$1" ] && [ "$(sed 's/.*) //; s/ .*//' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+
+# wait_ready PORT PID LOG: poll until PORT answers 200, for at most 120 s.
+wait_ready() {
+  local deadline=$((SECONDS + 120))
+  until curl -fs -o /dev/null --max-time 10 "http://127.0.0.1:$1/"; do
+    if ! running "$2" || [ "$SECONDS" -ge "$deadline" ]; then
+      echo "nothing serving on port $1; its log:" >&2; cat "$3" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+}
+
+# stop PID SIGNAL LOG: send SIGNAL and wait (at most 120 s) for the process to exit.
+stop() {
+  local deadline=$((SECONDS + 120))
+  kill -"$2" "$1"
+  while running "$1"; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "process $1 did not exit on SIG$2; its log:" >&2; cat "$3" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+  local status=0
+  wait "$1" || status=$?
+  forget "$1"
+  [ "$status" -eq 0 ] || { echo "process $1 exited with status $status; its log:" >&2; cat "$3" >&2; exit 1; }
+}
+
+mkdir "$work/upstream" "$work/nginx" "$work/gantry"
+# nginx's temporary files inside DIR, not in the paths compiled into the Debian package.
+temp_paths() { for t in client_body proxy fastcgi uwsgi scgi; do echo "  ${t}_temp_path $1/${t}_temp;"; done; }
+cat > "$work/upstream/nginx.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $work/upstream/nginx.pid;
+error_log $work/upstream/error.log warn;
+events { worker_connections 1024; }
+http {
+$(temp_paths "$work/upstream")
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UP;
+    location / { return 200 "ok\n"; }
+  }
+}
+CONF
+
+cat > "$work/nginx/nginx.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+$(temp_paths "$work/nginx")
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$UP; keepalive 32; }
+  server {
+    listen 127.0.0.1:$PX;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header X-Request-Id \$request_id;
+      add_header X-Request-Id \$request_id;
+    }
+  }
+}
+CONF
+
+cat > "$work/gantry/gantry.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$GW"]
+threads = 1
+grace_period = "0s"
+pid_file = "$work/gantry/gantry.pid"
+upgrade_sock = "$work/gantry/upgrade.sock"
+
+[log]
+access = "off"
+
+[clusters.upstream]
+backends = ["127.0.0.1:$UP"]
+
+[routes.plain]
+paths = ["/"]
+cluster = "upstream"
+CONF
+"$GANTRY" -t -c "$work/gantry/gantry.toml" >/dev/null
+
+"$NGINX" -p "$work/upstream/" -e "$work/upstream/error.log" -c "$work/upstream/nginx.conf" \
+  >"$work/upstream/out.log" 2>&1 &
+upstream_pid=$!; pids+=("$upstream_pid")
+wait_ready "$UP" "$upstream_pid" "$work/upstream/error.log"
+
+# measure NAME PORT REQUESTS STOP_SIGNAL COMMAND...: run COMMAND under callgrind, send REQUESTS
+# once it answers, stop it with STOP_SIGNAL; sets total to its instruction count (Ir).
+measure() {
+  local name=$1 port=$2 n=$3 sig=$4; shift 4
+  local out="$work/$name.$n.callgrind" log="$work/$name.$n.log" pid client result
+  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$log" 2>&1 &
+  pid=$!; pids+=("$pid")
+  wait_ready "$port" "$pid" "$log"
+  # In the background, so that a signal to this script interrupts the wait.
+  h2load --h1 -n "$n" -c "$CONNS" -t 1 "http://127.0.0.1:$port/" >"$work/h2load.out" 2>&1 &
+  client=$!; pids+=("$client")
+  wait "$client" || true
+  forget "$client"
+  result=$(<"$work/h2load.out")
+  if [ "$(awk '/^requests:/ {print $8}' <<<"$result")" != "$n" ] ||
+     [ "$(awk '/^status codes:/ {print $3}' <<<"$result")" != "$n" ]; then
+    echo "$name: not all $n requests got a 2xx:" >&2; echo "$result" >&2; exit 1
+  fi
+  stop "$pid" "$sig" "$log"
+  total=$(awk '/^summary:/ {print $2}' "$out")
+  [ -n "$total" ] || { echo "$name: no callgrind summary in $out" >&2; exit 1; }
+}
+
+declare -A ir1 ir2 per
+for name in gantry nginx; do
+  for n in "$REQUESTS" $((2 * REQUESTS)); do
+    case $name in
+      gantry) measure gantry "$GW" "$n" TERM "$GANTRY" -c "$work/gantry/gantry.toml" ;;
+      nginx) measure nginx "$PX" "$n" QUIT "$NGINX" -p "$work/nginx/" \
+               -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" ;;
+    esac
+    if [ "$n" -eq "$REQUESTS" ]; then ir1[$name]=$total; else ir2[$name]=$total; fi
+  done
+  per[$name]=$(( (ir2[$name] - ir1[$name]) / REQUESTS ))
+done
+
+echo "gantry: $GANTRY"
+echo "nginx:  $NGINX ($("$NGINX" -v 2>&1 | sed 's/.*\///'))"
+echo "h2load --h1 -c $CONNS; N = $REQUESTS requests, 2N = $((2 * REQUESTS))"
+printf "%-8s %9s %16s %16s %12s %10s\n" binary requests "Ir(N)" "Ir(2N)" "instr/req" "vs nginx"
+for name in gantry nginx; do
+  printf "%-8s %9s %16s %16s %12s %10s\n" "$name" "$REQUESTS" "${ir1[$name]}" "${ir2[$name]}" \
+    "${per[$name]}" "$(awk -v a="${per[$name]}" -v b="${per[nginx]}" 'BEGIN {printf "%.2fx", a / b}')"
+done
