@@ -24,18 +24,18 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
-pub mod admin;
-pub mod aggregate;
-pub mod cache;
-pub mod compression;
+pub(crate) mod admin;
+pub(crate) mod aggregate;
+pub(crate) mod cache;
+pub(crate) mod compression;
 pub mod config;
-pub mod connection;
+pub(crate) mod connection;
 pub(crate) mod forwarded;
 pub mod metrics;
-pub mod proxy;
-pub mod reload;
+pub(crate) mod proxy;
+pub(crate) mod reload;
 pub mod router;
-pub mod runtime_dir;
+pub(crate) mod runtime_dir;
 pub mod server;
-pub mod tls;
-pub mod upstream;
+pub(crate) mod tls;
+pub(crate) mod upstream;

@@ -76,11 +76,6 @@ impl Admission {
             ip: tracked,
         })
     }
-
-    /// Connections admitted and not yet closed.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
 }
 
 impl Drop for Permit {
@@ -149,11 +144,11 @@ mod tests {
             a.admit(Some(other), 3, Some(2)).unwrap_err(),
             Refused::MaxConnections
         );
-        assert_eq!(a.open(), 3);
+        assert_eq!(a.open.load(Ordering::Acquire), 3);
         drop(p1);
         let _p4 = a.admit(Some(ip), 3, Some(2)).unwrap();
         drop((p2, p3));
-        assert_eq!(a.open(), 1);
+        assert_eq!(a.open.load(Ordering::Acquire), 1);
         assert_eq!(
             a.per_ip.lock().len(),
             1,

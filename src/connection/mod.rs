@@ -16,7 +16,7 @@ mod admission;
 mod h2;
 pub mod head;
 
-pub use admission::{default_max_connections, raise_fd_limit, Admission, Refused};
+pub use admission::{default_max_connections, raise_fd_limit, Admission};
 
 use crate::metrics::{self, ConnectionGuard};
 use crate::proxy::{Problem, ProblemKind};
