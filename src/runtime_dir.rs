@@ -42,33 +42,84 @@ pub fn default_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/gantry-{uid}"))
 }
 
+/// Why the runtime directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeDirError {
+    /// It could not be created.
+    #[error("cannot create {}: {source}", dir.display())]
+    Create {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It exists but could not be inspected.
+    #[error("cannot inspect {}: {source}", dir.display())]
+    Inspect {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Something other than a directory (a file, a symbolic link) is there.
+    #[error("{} exists and is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// Another user owns it.
+    #[error(
+        "{} belongs to uid {owner}, not to this user ({uid}): another user could plant the pid \
+         file or the upgrade socket; remove it or set server.pid_file and server.upgrade_sock",
+        dir.display()
+    )]
+    NotOwned {
+        /// The directory.
+        dir: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// This process's effective user.
+        uid: u32,
+    },
+    /// Other users may write into it.
+    #[error("{} is writable by other users (mode {mode:o}); chmod 700 it", dir.display())]
+    WritableByOthers {
+        /// The directory.
+        dir: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
 /// Creates `dir` (mode 0700) or checks that the existing one is safe.
-pub fn ensure(dir: &Path) -> Result<(), String> {
+pub fn ensure(dir: &Path) -> Result<(), RuntimeDirError> {
     match DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+        Err(source) => {
+            return Err(RuntimeDirError::Create {
+                dir: dir.into(),
+                source,
+            })
+        }
     }
-    let meta = std::fs::symlink_metadata(dir)
-        .map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| RuntimeDirError::Inspect {
+        dir: dir.into(),
+        source,
+    })?;
     let uid = rustix::process::geteuid().as_raw();
     if !meta.file_type().is_dir() {
-        return Err(format!("{} exists and is not a directory", dir.display()));
+        return Err(RuntimeDirError::NotADirectory(dir.into()));
     }
     if meta.uid() != uid {
-        return Err(format!(
-            "{} belongs to uid {}, not to this user ({uid}): another user could plant the pid \
-             file or the upgrade socket; remove it or set server.pid_file and server.upgrade_sock",
-            dir.display(),
-            meta.uid()
-        ));
+        return Err(RuntimeDirError::NotOwned {
+            dir: dir.into(),
+            owner: meta.uid(),
+            uid,
+        });
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{} is writable by other users (mode {:o}); chmod 700 it",
-            dir.display(),
-            meta.mode() & 0o777
-        ));
+        return Err(RuntimeDirError::WritableByOthers {
+            dir: dir.into(),
+            mode: meta.mode() & 0o777,
+        });
     }
     Ok(())
 }
@@ -94,14 +145,21 @@ mod tests {
         let open = parent.path().join("open");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(ensure(&open)
-            .unwrap_err()
-            .contains("writable by other users"));
+        assert!(matches!(
+            ensure(&open),
+            Err(RuntimeDirError::WritableByOthers { mode: 0o777, .. })
+        ));
         let link = parent.path().join("link");
         std::os::unix::fs::symlink(parent.path(), &link).unwrap();
-        assert!(ensure(&link).unwrap_err().contains("not a directory"));
+        assert!(matches!(
+            ensure(&link),
+            Err(RuntimeDirError::NotADirectory(_))
+        ));
         let file = parent.path().join("file");
         std::fs::write(&file, "").unwrap();
-        assert!(ensure(&file).unwrap_err().contains("not a directory"));
+        let refused = ensure(&file).unwrap_err();
+        assert!(refused
+            .to_string()
+            .ends_with("exists and is not a directory"));
     }
 }

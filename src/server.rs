@@ -24,11 +24,33 @@ pub struct RunOptions {
     pub upgrade: bool,
 }
 
+/// Why the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The access log file could not be opened.
+    #[error("cannot open the access log {sink:?}: {source}")]
+    AccessLog {
+        /// Where the log goes.
+        sink: crate::access_log::Sink,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The runtime directory is unusable.
+    #[error(transparent)]
+    RuntimeDir(#[from] crate::runtime_dir::RuntimeDirError),
+}
+
 /// Builds the Pingora server for `config`, read from `path` (which reloads re-read);
-/// `run_forever` on the result serves it. Fails when the access log cannot be opened.
-pub fn build(config: Config, path: PathBuf, opts: RunOptions) -> Result<Server, String> {
-    let (access_log, log_writer) = AccessLog::open(&config.log.access, config.log.format)
-        .map_err(|e| format!("cannot open the access log {:?}: {e}", config.log.access))?;
+/// `run_forever` on the result serves it. Fails when the access log cannot be opened or the
+/// runtime directory is unsafe.
+pub fn build(config: Config, path: PathBuf, opts: RunOptions) -> Result<Server, StartupError> {
+    let (access_log, log_writer) =
+        AccessLog::open(&config.log.access, config.log.format).map_err(|source| {
+            StartupError::AccessLog {
+                sink: config.log.access.clone(),
+                source,
+            }
+        })?;
     let settings = config.server.clone();
     if let Some(dir) = &settings.runtime_dir {
         crate::runtime_dir::ensure(dir)?;

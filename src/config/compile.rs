@@ -1006,17 +1006,17 @@ impl<'e, 'a> Compiler<'e, 'a> {
         out
     }
 
-    fn parse_list<T>(
+    fn parse_list<T, E: std::fmt::Display>(
         &mut self,
         items: &[Spanned<String>],
         key: &str,
-        parse: impl Fn(&str) -> Result<T, String>,
+        parse: impl Fn(&str) -> Result<T, E>,
     ) -> Vec<T> {
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
             match parse(item.get_ref()) {
                 Ok(v) => out.push(v),
-                Err(e) => self.error(item, &format!("{key}[{i}]"), e, None),
+                Err(e) => self.error(item, &format!("{key}[{i}]"), e.to_string(), None),
             }
         }
         out

@@ -1,5 +1,7 @@
 //! Host patterns and request host normalization.
 
+use super::PatternError;
+
 /// A compiled `hosts` entry.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum HostPattern {
@@ -10,24 +12,20 @@ pub enum HostPattern {
 }
 
 impl HostPattern {
-    /// Parses a `hosts` entry; the error says what is wrong.
-    pub fn parse(text: &str) -> Result<HostPattern, String> {
+    /// Parses a `hosts` entry.
+    pub fn parse(text: &str) -> Result<HostPattern, PatternError> {
         let lower = text.to_ascii_lowercase();
         if let Some(rest) = lower.strip_prefix("*.") {
             if rest.is_empty() || rest.contains('*') {
-                return Err(format!("invalid wildcard host `{text}`"));
+                return Err(PatternError::Wildcard(text.into()));
             }
             return Ok(HostPattern::Wildcard(format!(".{rest}")));
         }
         if lower.is_empty() || lower.contains('*') {
-            return Err(format!(
-                "invalid host `{text}`: only a leading `*.` wildcard is supported"
-            ));
+            return Err(PatternError::Host(text.into()));
         }
         if lower.contains(':') && !lower.starts_with('[') {
-            return Err(format!(
-                "host `{text}` has a port: hosts are matched without the port"
-            ));
+            return Err(PatternError::HostPort(text.into()));
         }
         Ok(HostPattern::Exact(lower))
     }
@@ -65,10 +63,20 @@ mod tests {
     #[test]
     fn host_patterns_parse() {
         assert_eq!(
-            HostPattern::parse("*.Example.com"),
-            Ok(HostPattern::Wildcard(".example.com".into()))
+            HostPattern::parse("*.Example.com").ok(),
+            Some(HostPattern::Wildcard(".example.com".into()))
         );
-        assert!(HostPattern::parse("a.*.com").is_err());
-        assert!(HostPattern::parse("a.com:80").is_err());
+        assert!(matches!(
+            HostPattern::parse("a.*.com"),
+            Err(PatternError::Host(_))
+        ));
+        assert!(matches!(
+            HostPattern::parse("a.com:80"),
+            Err(PatternError::HostPort(_))
+        ));
+        assert!(matches!(
+            HostPattern::parse("*.a*.com"),
+            Err(PatternError::Wildcard(_))
+        ));
     }
 }

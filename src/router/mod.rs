@@ -13,6 +13,31 @@ mod path;
 pub use host::{normalize_host, HostPattern};
 pub use path::PathPattern;
 
+/// A `hosts` or `paths` entry that is not a pattern.
+#[derive(Debug, thiserror::Error)]
+pub enum PatternError {
+    /// `*.` followed by nothing or by another `*`.
+    #[error("invalid wildcard host `{0}`")]
+    Wildcard(String),
+    /// Empty, or a `*` anywhere but a leading `*.`.
+    #[error("invalid host `{0}`: only a leading `*.` wildcard is supported")]
+    Host(String),
+    /// A host with a port.
+    #[error("host `{0}` has a port: hosts are matched without the port")]
+    HostPort(String),
+    /// A path that does not start with `/`.
+    #[error("path `{0}` must start with `/` (or `=/` for exact, `~` for a regex)")]
+    Path(String),
+    /// A `~` path whose regex does not compile.
+    #[error("invalid regex `{pattern}`: {source}")]
+    Regex {
+        /// The regex as written.
+        pattern: String,
+        /// Why it does not compile.
+        source: regex::Error,
+    },
+}
+
 use crate::upstream::Cluster;
 use ahash::AHashMap;
 use bytes::Bytes;

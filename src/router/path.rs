@@ -1,5 +1,6 @@
 //! Path patterns and the per-host path index.
 
+use super::PatternError;
 use super::Route;
 use ahash::AHashMap;
 use regex::{Regex, RegexSet};
@@ -18,21 +19,22 @@ pub enum PathPattern {
 }
 
 impl PathPattern {
-    /// Parses a `paths` entry; the error says what is wrong.
-    pub fn parse(text: &str) -> Result<PathPattern, String> {
+    /// Parses a `paths` entry.
+    pub fn parse(text: &str) -> Result<PathPattern, PatternError> {
         if let Some(re) = text.strip_prefix('~') {
             return Regex::new(re)
                 .map(PathPattern::Regex)
-                .map_err(|e| format!("invalid regex `{re}`: {e}"));
+                .map_err(|source| PatternError::Regex {
+                    pattern: re.into(),
+                    source,
+                });
         }
         let (exact, path) = match text.strip_prefix('=') {
             Some(p) => (true, p),
             None => (false, text),
         };
         if !path.starts_with('/') {
-            return Err(format!(
-                "path `{text}` must start with `/` (or `=/` for exact, `~` for a regex)"
-            ));
+            return Err(PatternError::Path(text.into()));
         }
         Ok(if exact {
             PathPattern::Exact(path.to_string())
