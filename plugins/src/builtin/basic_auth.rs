@@ -8,7 +8,7 @@
 //! credentials pays the hash once.
 
 use crate::support::consumer::{Consumer, Consumers};
-use crate::support::credentials::{self, Located, Source};
+use crate::support::credentials::{self, Source};
 use crate::support::failure_limit::{FailureLimit, MaxFailures};
 use crate::support::password_checks::{PasswordChecks, Refused};
 use crate::{Flow, Phases, Plugin, PluginState, Rejection, RequestView};
@@ -211,21 +211,14 @@ impl Plugin for BasicAuth {
     }
 
     async fn on_request(&self, request: &mut RequestView<'_>) -> pingora::Result<Flow> {
-        if let Some(refusal) = self.failures.check(request.client_ip()) {
-            return Ok(Flow::Reject(refusal));
-        }
-        let header = match credentials::locate(SOURCE, request.header) {
-            Located::Found(header) => header,
-            Located::Missing => {
+        let header = match credentials::take_one(SOURCE, request, &self.failures) {
+            Ok(Some(header)) => header,
+            Ok(None) => {
                 return Ok(Flow::Reject(
                     self.reject("missing-credentials", "basic credentials are required"),
                 ))
             }
-            Located::Ambiguous => {
-                return Ok(self
-                    .failures
-                    .failed(request.client_ip(), credentials::ambiguous()))
-            }
+            Err(refused) => return Ok(refused),
         };
         let Some((user, password)) = credentials(header) else {
             return Ok(self.failures.failed(

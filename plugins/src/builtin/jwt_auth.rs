@@ -7,7 +7,7 @@
 
 use crate::support::config_types::HumanDuration;
 use crate::support::consumer::{Consumer, Consumers};
-use crate::support::credentials::{self, Kinds, Located, Source};
+use crate::support::credentials::{self, Kinds, Source};
 use crate::support::failure_limit::{FailureLimit, MaxFailures};
 use crate::support::jwks::{KeySet, RemoteJwks};
 use crate::{Flow, Phases, Plugin, PluginState, Rejection, RequestView};
@@ -445,24 +445,17 @@ impl Plugin for JwtAuth {
     }
 
     async fn on_request(&self, request: &mut RequestView<'_>) -> pingora::Result<Flow> {
-        if let Some(refusal) = self.failures.check(request.client_ip()) {
-            return Ok(Flow::Reject(refusal));
-        }
-        let token = match credentials::locate(&self.sources, request.header) {
-            Located::Found(token) => token,
-            Located::Missing if self.anonymous => return Ok(Flow::Continue),
-            Located::Missing => {
+        let token = match credentials::take_one(&self.sources, request, &self.failures) {
+            Ok(Some(token)) => token,
+            Ok(None) if self.anonymous => return Ok(Flow::Continue),
+            Ok(None) => {
                 return Ok(Flow::Reject(Rejection::unauthorized(
                     "missing-credentials",
                     "a bearer token is required",
                     &HeaderValue::from_static("Bearer realm=\"gantry\""),
                 )))
             }
-            Located::Ambiguous => {
-                return Ok(self
-                    .failures
-                    .failed(request.client_ip(), credentials::ambiguous()))
-            }
+            Err(refused) => return Ok(refused),
         };
         let Ok(token) = std::str::from_utf8(token) else {
             let refusal =

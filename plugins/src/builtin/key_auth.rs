@@ -4,7 +4,7 @@
 //! (see [`credentials`]).
 
 use crate::support::consumer::Consumers;
-use crate::support::credentials::{self, Kinds, Located, Source};
+use crate::support::credentials::{self, Kinds, Source};
 use crate::support::failure_limit::{FailureLimit, MaxFailures};
 use crate::{Flow, Phases, Plugin, PluginState, Rejection, RequestView};
 use async_trait::async_trait;
@@ -71,23 +71,16 @@ impl Plugin for KeyAuth {
     }
 
     async fn on_request(&self, request: &mut RequestView<'_>) -> pingora::Result<Flow> {
-        if let Some(refusal) = self.failures.check(request.client_ip()) {
-            return Ok(Flow::Reject(refusal));
-        }
-        let key = match credentials::locate(&self.sources, request.header) {
-            Located::Found(key) => key,
-            Located::Missing => {
+        let key = match credentials::take_one(&self.sources, request, &self.failures) {
+            Ok(Some(key)) => key,
+            Ok(None) => {
                 return Ok(Flow::Reject(Rejection::unauthorized(
                     "missing-credentials",
                     "an API key is required",
                     &self.challenge,
                 )))
             }
-            Located::Ambiguous => {
-                return Ok(self
-                    .failures
-                    .failed(request.client_ip(), credentials::ambiguous()))
-            }
+            Err(refused) => return Ok(refused),
         };
         match self.consumers.by_key(key) {
             Some(consumer) => {

@@ -8,8 +8,9 @@
 //! [`ambiguous`] (400). The gateway would verify one copy while a backend may read another, so
 //! a forged second copy would ride on a valid first one.
 
+use crate::support::failure_limit::FailureLimit;
 use crate::support::query;
-use crate::Rejection;
+use crate::{Flow, Rejection, RequestView};
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 
@@ -158,6 +159,24 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
         .map(|_| value[BEARER.len()..].trim_ascii())
 }
 
+/// The credential of an authentication plugin's request phase: `Ok(Some)` the one copy in
+/// `sources`, `Ok(None)` none at all, `Err` the answer when the client is past its failed
+/// attempts (429) or sent the credential twice (400, counted as a failed attempt).
+pub fn take_one<'r>(
+    sources: &[Source],
+    request: &RequestView<'r>,
+    failures: &FailureLimit,
+) -> Result<Option<&'r [u8]>, Flow> {
+    if let Some(refusal) = failures.check(request.client_ip()) {
+        return Err(Flow::Reject(refusal));
+    }
+    match locate(sources, request.header) {
+        Located::Found(credential) => Ok(Some(credential)),
+        Located::Missing => Ok(None),
+        Located::Ambiguous => Err(failures.failed(request.client_ip(), ambiguous())),
+    }
+}
+
 /// Finds the credential in `sources`: missing, ambiguous, or exactly one copy.
 pub fn locate<'r>(sources: &[Source], req: &'r RequestHeader) -> Located<'r> {
     let mut found = None;
@@ -195,11 +214,7 @@ mod tests {
     use super::*;
 
     fn request(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
-        let mut req = RequestHeader::build("GET", uri.as_bytes(), None).expect("request");
-        for (k, v) in headers {
-            req.append_header(k.to_string(), *v).expect("header");
-        }
-        req
+        crate::testing::request("GET", uri, headers)
     }
 
     fn sources(texts: &[&str], kinds: Kinds) -> Vec<Source> {
