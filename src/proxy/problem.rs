@@ -7,7 +7,6 @@ use gantry_plugins::gateway::NOT_EDITABLE;
 use gantry_plugins::Rejection;
 use http::{header, HeaderName, HeaderValue, Method};
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 /// Error type raised by `upstream_peer` when no backend of the cluster is healthy.
@@ -220,28 +219,6 @@ impl<'a> Problem<'a> {
             resp.insert_header(name.clone(), value.clone())?;
         }
         Ok((resp, body))
-    }
-
-    /// Writes `resp` and `body` (from [`Problem::response`]).
-    pub async fn write(
-        &self,
-        session: &mut Session,
-        resp: ResponseHeader,
-        body: String,
-    ) -> Result<()> {
-        if self.close {
-            session.set_keepalive(None);
-        }
-        let head_only = session.req_header().method == Method::HEAD;
-        session
-            .write_response_header(Box::new(resp), head_only)
-            .await?;
-        if !head_only {
-            session
-                .write_response_body(Some(bytes::Bytes::from(body)), true)
-                .await?;
-        }
-        Ok(())
     }
 }
 

@@ -34,37 +34,17 @@ impl Gateway {
         };
         match aggregate.run(&self.connector, &client).await {
             Outcome::Merged(body, partial) => {
-                let mut body = Some(bytes::Bytes::from(body.to_string()));
+                let body = bytes::Bytes::from(body.to_string());
                 let mut resp = ResponseHeader::build(200, Some(5))?;
                 resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-                resp.insert_header(header::CONTENT_LENGTH, body.as_ref().map_or(0, |b| b.len()))?;
-                resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
+                resp.insert_header(header::CONTENT_LENGTH, body.len())?;
                 if !partial.is_empty() {
                     resp.insert_header("Gantry-Partial", partial.join(", "))?;
                 }
                 // The merged body is the upstreams' content: response plugins edit it as they
                 // would a proxied one.
-                ctx.state.response_from_upstream = true;
-                let req = session.req_header();
-                run_response_plugins(Some(route), req, &mut resp, &mut ctx.state).await?;
-                let head_only = req.method == Method::HEAD;
-                if !head_only {
-                    // The whole body is here: it is edited before the header goes out, so a
-                    // body that cannot be edited is still a 502, and its length is known.
-                    run_response_body_plugins(Some(route), &mut body, true, &mut ctx.state)?;
-                    resp.remove_header(&header::TRANSFER_ENCODING);
-                    resp.insert_header(
-                        header::CONTENT_LENGTH,
-                        body.as_ref().map_or(0, |b| b.len()),
-                    )?;
-                }
-                session
-                    .write_response_header(Box::new(resp), head_only)
-                    .await?;
-                if !head_only {
-                    session.write_response_body(body, true).await?;
-                }
-                Ok(())
+                let content = Content::Upstream(body);
+                write_response(session, Some(route), ctx, resp, content).await
             }
             Outcome::RequiredFailed(name, failure) => {
                 let detail = format!("the required call `{name}` failed: {}", failure.detail);
@@ -108,15 +88,8 @@ impl Gateway {
                 if answer.status != 204 {
                     resp.insert_header(header::CONTENT_LENGTH, 0)?;
                 }
-                resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
-                run_response_plugins(
-                    route.as_deref(),
-                    session.req_header(),
-                    &mut resp,
-                    &mut ctx.state,
-                )
-                .await?;
-                session.write_response_header(Box::new(resp), true).await
+                let content = Content::Gateway(bytes::Bytes::new());
+                write_response(session, route.as_deref(), ctx, resp, content).await
             }
         }
     }
@@ -131,11 +104,59 @@ pub(super) async fn write_problem(
     failure: Failure,
 ) -> Result<()> {
     ctx.error = Some(failure);
-    // The gateway's own response: no upstream body for response plugins to edit.
-    ctx.state.response_from_upstream = false;
-    let (mut resp, body) = problem.response(&ctx.state.request_id)?;
-    run_response_plugins(route, session.req_header(), &mut resp, &mut ctx.state).await?;
-    problem.write(session, resp, body).await
+    if problem.close {
+        session.set_keepalive(None);
+    }
+    let (resp, body) = problem.response(&ctx.state.request_id)?;
+    let content = Content::Gateway(bytes::Bytes::from(body));
+    write_response(session, route, ctx, resp, content).await
+}
+
+/// The body of a response the gateway writes.
+pub(super) enum Content {
+    /// The gateway's own (a problem, a direct response, a plugin's answer): response-body
+    /// plugins leave it alone.
+    Gateway(bytes::Bytes),
+    /// Upstream content (an `aggregate` route's merged calls): response-body plugins edit it
+    /// as they would a proxied body.
+    Upstream(bytes::Bytes),
+}
+
+/// The one writer of every response the gateway makes: it adds the request id, runs the
+/// route's response plugins on the header (and, on upstream content, the body plugins on the
+/// whole body before the header goes out, so a body that cannot be edited is still a 502 and
+/// its length is known), and leaves the body out for `HEAD`.
+pub(super) async fn write_response(
+    session: &mut Session,
+    route: Option<&Route>,
+    ctx: &mut RequestCtx,
+    mut resp: ResponseHeader,
+    content: Content,
+) -> Result<()> {
+    resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
+    let (body, from_upstream) = match content {
+        Content::Gateway(body) => (body, false),
+        Content::Upstream(body) => (body, true),
+    };
+    ctx.state.response_from_upstream = from_upstream;
+    let req = session.req_header();
+    run_response_plugins(route, req, &mut resp, &mut ctx.state).await?;
+    let mut body = (req.method != Method::HEAD).then_some(body);
+    if let (true, Some(route)) = (from_upstream && body.is_some(), route) {
+        route
+            .plugins
+            .run_response_body(&mut body, true, &mut ctx.state)?;
+        resp.remove_header(&header::TRANSFER_ENCODING);
+        resp.insert_header(header::CONTENT_LENGTH, body.as_ref().map_or(0, |b| b.len()))?;
+    }
+    let body = body.filter(|b| !b.is_empty());
+    session
+        .write_response_header(Box::new(resp), body.is_none())
+        .await?;
+    if body.is_some() {
+        session.write_response_body(body, true).await?;
+    }
+    Ok(())
 }
 
 /// True once a final (non-1xx) response header went to the client: an upstream's
@@ -186,18 +207,8 @@ pub(super) async fn write_direct_response(
         resp.insert_header(name.clone(), value.clone())?;
     }
     resp.insert_header(header::CONTENT_LENGTH, direct.body.len())?;
-    resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
-    run_response_plugins(Some(route), session.req_header(), &mut resp, &mut ctx.state).await?;
-    let no_body = direct.body.is_empty() || session.req_header().method == Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), no_body)
-        .await?;
-    if !no_body {
-        session
-            .write_response_body(Some(direct.body.clone()), true)
-            .await?;
-    }
-    Ok(())
+    let content = Content::Gateway(direct.body.clone());
+    write_response(session, Some(route), ctx, resp, content).await
 }
 
 impl Gateway {
