@@ -226,6 +226,13 @@ impl Drop for ConnectionGuard {
 /// Appends the request metrics to `out` in the Prometheus text format. `health` lists every
 /// backend of the running configuration: cluster, backend address, healthy.
 pub fn render(out: &mut String, health: &[(String, String, bool)]) {
+    render_routes_and_clusters(out);
+    render_health(out, health);
+    render_process(out);
+}
+
+/// The per-route and per-cluster families.
+fn render_routes_and_clusters(out: &mut String) {
     let registry = REGISTRY.lock();
     out.push_str("# HELP gantry_requests_total Requests by route, method and status sent\n");
     out.push_str("# TYPE gantry_requests_total counter\n");
@@ -285,7 +292,10 @@ pub fn render(out: &mut String, health: &[(String, String, bool)]) {
             .iter()
             .map(|(name, m)| (name, &m.upstream_duration)),
     );
-    drop(registry);
+}
+
+/// `gantry_upstream_health` from the running clusters' health.
+fn render_health(out: &mut String, health: &[(String, String, bool)]) {
     out.push_str("# HELP gantry_upstream_health Backend health: 1 healthy, 0 not\n");
     out.push_str("# TYPE gantry_upstream_health gauge\n");
     for (cluster, backend, healthy) in health {
@@ -296,6 +306,10 @@ pub fn render(out: &mut String, health: &[(String, String, bool)]) {
             u8::from(*healthy)
         );
     }
+}
+
+/// The process-wide families: connections, refusals, reloads, the access log, Redis, the cache.
+fn render_process(out: &mut String) {
     out.push_str("# HELP gantry_connections_active Downstream connections being served\n");
     out.push_str("# TYPE gantry_connections_active gauge\n");
     let _ = writeln!(

@@ -8,6 +8,7 @@ use crate::forwarded;
 use crate::router::{self, normalize_host, Lookup, RouteAction};
 use gantry_plugins::{ClientFacts, Flow, RequestView, Scheme};
 use http::{header, Method};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::compression::Algorithm;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -62,6 +63,21 @@ pub(super) fn decide(session: &mut Session, ctx: &mut RequestCtx, config: &Confi
     if session.get_keepalive().is_some() {
         session.set_keepalive(Some(settings.keepalive_timeout.as_secs().max(1)));
     }
+    let target = identify(session, ctx, settings);
+    let req = session.req_header();
+    match check_head(req, target, settings) {
+        Err(why) => Decision::Problem(why.0, why.1, Vec::new()),
+        Ok(()) => route(req, ctx, config),
+    }
+}
+
+/// Trust of the direct peer, the settled target, untrusted headers stripped, the request id
+/// and the client's facts. Returns how the target settled.
+fn identify(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    settings: &crate::config::ServerSettings,
+) -> Result<(), &'static str> {
     let peer = peer_ip(session);
     ctx.peer_trusted = peer.is_some_and(|ip| settings.is_trusted(ip));
     let target = target::settle(session.req_header_mut());
@@ -80,77 +96,87 @@ pub(super) fn decide(session: &mut Session, ctx: &mut RequestCtx, config: &Confi
         },
         tls,
     };
+    target
+}
 
-    let path = req.uri.path();
+/// The head's size, target, path and host, before routing.
+fn check_head(
+    req: &RequestHeader,
+    target: Result<(), &'static str>,
+    settings: &crate::config::ServerSettings,
+) -> Result<(), (ProblemKind, String)> {
+    let malformed = |why: &str| (ProblemKind::MalformedRequest, why.to_string());
     if header_size(req) > settings.max_request_header_size {
-        Decision::Problem(
+        return Err((
             ProblemKind::HeaderTooLarge,
             format!(
                 "the request line and headers exceed {} bytes",
                 settings.max_request_header_size
             ),
-            Vec::new(),
-        )
-    } else if let Err(why) = target {
-        Decision::Problem(ProblemKind::MalformedRequest, why.into(), Vec::new())
-    } else if let Err(why) = forwarded::check_path(path) {
-        Decision::Problem(ProblemKind::MalformedRequest, why.into(), Vec::new())
-    } else if let Err(why) = valid_host(request_host(req)) {
-        Decision::Problem(ProblemKind::MalformedRequest, why.into(), Vec::new())
-    } else {
-        let host = normalize_host(request_host(req));
-        let view = router::RequestView {
-            host: &host,
-            path,
-            method: &req.method,
-            headers: &req.headers,
+        ));
+    }
+    target.map_err(malformed)?;
+    forwarded::check_path(req.uri.path()).map_err(malformed)?;
+    valid_host(request_host(req)).map_err(malformed)
+}
+
+/// The routing decision: the route (a CORS preflight takes the route of the method it asks
+/// about), or 404/405, or 415 for gRPC-Web text.
+fn route(req: &RequestHeader, ctx: &mut RequestCtx, config: &Config) -> Decision {
+    let host = normalize_host(request_host(req));
+    let view = router::RequestView {
+        host: &host,
+        path: req.uri.path(),
+        method: &req.method,
+        headers: &req.headers,
+    };
+    let mut lookup = config.router.lookup(&view);
+    // A CORS preflight belongs to the route of the method it asks about, when that route
+    // answers preflights, even if the route does not list OPTIONS.
+    if let (Lookup::MethodNotAllowed(_), Some(requested)) = (&lookup, preflight_method(req)) {
+        let asked = router::RequestView {
+            method: &requested,
+            ..view
         };
-        let mut lookup = config.router.lookup(&view);
-        // A CORS preflight belongs to the route of the method it asks about, when that
-        // route answers preflights, even if the route does not list OPTIONS.
-        if let (Lookup::MethodNotAllowed(_), Some(requested)) = (&lookup, preflight_method(req)) {
-            let asked = router::RequestView {
-                method: &requested,
-                ..view
-            };
-            if let Lookup::Found(m) = config.router.lookup(&asked) {
-                if m.route.plugins.answers_preflights {
-                    lookup = Lookup::Found(m);
-                }
+        if let Lookup::Found(m) = config.router.lookup(&asked) {
+            if m.route.plugins.answers_preflights {
+                lookup = Lookup::Found(m);
             }
         }
-        match lookup {
-            Lookup::Found(m) => {
-                ctx.prefix_len = m.prefix_len;
-                ctx.route = Some(Arc::clone(m.route));
-                ctx.state.route = Arc::clone(&m.route.name);
-                match m.route.action {
-                        RouteAction::Proxy(_)
-                            if m.route.grpc_web
-                                && grpc_web_kind(req) == Some(GrpcWebKind::Text) =>
-                        {
-                            Decision::Problem(
-                                ProblemKind::UnsupportedMediaType,
-                                "gRPC-Web text (base64) is not supported: send application/grpc-web+proto".into(),
-                                Vec::new(),
-                            )
-                        }
-                        RouteAction::Proxy(_) => Decision::Proxy,
-                        RouteAction::Respond(_) | RouteAction::Aggregate(_) => {
-                            Decision::Respond(Arc::clone(m.route))
-                        }
-                    }
-            }
-            Lookup::MethodNotAllowed(allowed) => Decision::Problem(
+    }
+    let m = match lookup {
+        Lookup::Found(m) => m,
+        Lookup::MethodNotAllowed(allowed) => {
+            return Decision::Problem(
                 ProblemKind::MethodNotAllowed,
                 format!("{} is not allowed here", req.method),
                 allowed,
-            ),
-            Lookup::NotFound => Decision::Problem(
+            )
+        }
+        Lookup::NotFound => {
+            return Decision::Problem(
                 ProblemKind::NoRoute,
                 "no route matches this host and path".into(),
                 Vec::new(),
-            ),
+            )
+        }
+    };
+    ctx.prefix_len = m.prefix_len;
+    ctx.route = Some(Arc::clone(m.route));
+    ctx.state.route = Arc::clone(&m.route.name);
+    match m.route.action {
+        RouteAction::Proxy(_)
+            if m.route.grpc_web && grpc_web_kind(req) == Some(GrpcWebKind::Text) =>
+        {
+            Decision::Problem(
+                ProblemKind::UnsupportedMediaType,
+                "gRPC-Web text (base64) is not supported: send application/grpc-web+proto".into(),
+                Vec::new(),
+            )
+        }
+        RouteAction::Proxy(_) => Decision::Proxy,
+        RouteAction::Respond(_) | RouteAction::Aggregate(_) => {
+            Decision::Respond(Arc::clone(m.route))
         }
     }
 }

@@ -124,69 +124,7 @@ impl JwtAuth {
     /// Compiles `config`: reads key files, checks that the algorithms fit the key source.
     pub fn new(config: Config, consumers: Arc<Consumers>) -> Result<Self, String> {
         let algorithms = parse_algorithms(&config.algorithms)?;
-        let sources_set = [
-            config.jwks_url.is_some(),
-            config.jwks_file.is_some(),
-            config.public_key_file.is_some(),
-            config.secret.is_some(),
-        ];
-        if sources_set.iter().filter(|s| **s).count() != 1 {
-            return Err("set exactly one of jwks_url, jwks_file, public_key_file, secret".into());
-        }
-        if config.any_audience && !config.audiences.is_empty() {
-            return Err("set either `audiences` or `any_audience = true`, not both".into());
-        }
-        if config.jwks_url.is_some() && config.audiences.is_empty() && !config.any_audience {
-            return Err(
-                "`jwks_url` needs `audiences`: an identity provider signs tokens for all its \
-                 applications with the same keys, so without an audience check tokens issued \
-                 for other applications are accepted (write `any_audience = true` if that is \
-                 intended)"
-                    .into(),
-            );
-        }
-        let symmetric = algorithms
-            .iter()
-            .all(|a| a.family() == AlgorithmFamily::Hmac);
-        let asymmetric = algorithms
-            .iter()
-            .all(|a| a.family() != AlgorithmFamily::Hmac);
-        if config.secret.is_some() && !symmetric {
-            return Err(
-                "a `secret` only verifies HS256, HS384 or HS512: list only those in `algorithms`"
-                    .into(),
-            );
-        }
-        if config.secret.is_none() && !asymmetric {
-            return Err(
-                "HS* algorithms need `secret`; public keys verify RS*, PS*, ES* and EdDSA only"
-                    .into(),
-            );
-        }
-        let keys = if let Some(secret) = &config.secret {
-            if secret.len() < 32 {
-                return Err("`secret` must be at least 32 bytes".into());
-            }
-            Keys::Static(KeySet::single(DecodingKey::from_secret(secret.as_bytes())))
-        } else if let Some(path) = &config.public_key_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read public_key_file `{path}`: {e}"))?;
-            let key = DecodingKey::from_rsa_pem(&pem)
-                .or_else(|_| DecodingKey::from_ec_pem(&pem))
-                .or_else(|_| DecodingKey::from_ed_pem(&pem))
-                .map_err(|_| format!("`{path}` is not an RSA, EC or Ed25519 public key in PEM"))?;
-            Keys::Static(KeySet::single(key))
-        } else if let Some(path) = &config.jwks_file {
-            let json =
-                std::fs::read(path).map_err(|e| format!("cannot read jwks_file `{path}`: {e}"))?;
-            Keys::Static(KeySet::from_jwks(&json).map_err(|e| format!("`{path}`: {e}"))?)
-        } else {
-            let url = config.jwks_url.as_deref().unwrap_or_default();
-            let refresh = config
-                .jwks_refresh
-                .map_or(Duration::from_secs(300), |d| d.0);
-            Keys::Remote(Arc::new(RemoteJwks::new(url, refresh)?))
-        };
+        check_key_source(&config, &algorithms)?;
         let leeway = config.leeway.map_or(0, |d| d.0.as_secs());
         if leeway > MAX_LEEWAY.as_secs() {
             return Err(format!(
@@ -194,31 +132,6 @@ impl JwtAuth {
                 MAX_LEEWAY.as_secs()
             ));
         }
-        let validations = algorithms
-            .iter()
-            .map(|alg| {
-                let mut validation = Validation::new(*alg);
-                validation.leeway = leeway;
-                validation.validate_nbf = true;
-                let mut required = vec!["exp"];
-                if config.issuer.is_some() {
-                    required.push("iss");
-                }
-                if !config.audiences.is_empty() {
-                    required.push("aud");
-                }
-                validation.set_required_spec_claims(&required);
-                if let Some(issuer) = &config.issuer {
-                    validation.set_issuer(&[issuer]);
-                }
-                if config.audiences.is_empty() {
-                    validation.validate_aud = false;
-                } else {
-                    validation.set_audience(&config.audiences);
-                }
-                (*alg, validation)
-            })
-            .collect();
         let forward_claims = config
             .forward_claims
             .iter()
@@ -229,18 +142,18 @@ impl JwtAuth {
             })
             .collect::<Result<_, _>>()?;
         Ok(JwtAuth {
-            keys,
-            validations,
+            keys: keys(&config)?,
+            validations: validations(&config, &algorithms, leeway),
             leeway,
+            forward_claims,
+            sources: Source::parse_all(&config.token_sources, "token_sources", Kinds::Token)?,
+            failures: FailureLimit::new(config.max_failures)?,
             required_scopes: config.required_scopes,
             required_claims: config.required_claims.into_iter().collect(),
             consumer_claim: config.consumer_claim,
             consumers,
             anonymous: config.anonymous,
-            forward_claims,
-            sources: Source::parse_all(&config.token_sources, "token_sources", Kinds::Token)?,
             hide_credentials: config.hide_credentials,
-            failures: FailureLimit::new(config.max_failures)?,
             cache: MemoryCache::new(CACHE_ENTRIES),
         })
     }
@@ -392,6 +305,105 @@ impl Refusal {
             },
         }
     }
+}
+
+/// Exactly one key source, an audience rule for remote keys, and algorithms that fit the key.
+fn check_key_source(config: &Config, algorithms: &[Algorithm]) -> Result<(), String> {
+    let sources_set = [
+        config.jwks_url.is_some(),
+        config.jwks_file.is_some(),
+        config.public_key_file.is_some(),
+        config.secret.is_some(),
+    ];
+    if sources_set.iter().filter(|s| **s).count() != 1 {
+        return Err("set exactly one of jwks_url, jwks_file, public_key_file, secret".into());
+    }
+    if config.any_audience && !config.audiences.is_empty() {
+        return Err("set either `audiences` or `any_audience = true`, not both".into());
+    }
+    if config.jwks_url.is_some() && config.audiences.is_empty() && !config.any_audience {
+        return Err(
+            "`jwks_url` needs `audiences`: an identity provider signs tokens for all its \
+             applications with the same keys, so without an audience check tokens issued \
+             for other applications are accepted (write `any_audience = true` if that is \
+             intended)"
+                .into(),
+        );
+    }
+    let hmac = |a: &Algorithm| a.family() == AlgorithmFamily::Hmac;
+    if config.secret.is_some() && !algorithms.iter().all(hmac) {
+        return Err(
+            "a `secret` only verifies HS256, HS384 or HS512: list only those in `algorithms`"
+                .into(),
+        );
+    }
+    if config.secret.is_none() && algorithms.iter().any(hmac) {
+        return Err(
+            "HS* algorithms need `secret`; public keys verify RS*, PS*, ES* and EdDSA only".into(),
+        );
+    }
+    Ok(())
+}
+
+/// The verification keys from the one configured source.
+fn keys(config: &Config) -> Result<Keys, String> {
+    Ok(if let Some(secret) = &config.secret {
+        if secret.len() < 32 {
+            return Err("`secret` must be at least 32 bytes".into());
+        }
+        Keys::Static(KeySet::single(DecodingKey::from_secret(secret.as_bytes())))
+    } else if let Some(path) = &config.public_key_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read public_key_file `{path}`: {e}"))?;
+        let key = DecodingKey::from_rsa_pem(&pem)
+            .or_else(|_| DecodingKey::from_ec_pem(&pem))
+            .or_else(|_| DecodingKey::from_ed_pem(&pem))
+            .map_err(|_| format!("`{path}` is not an RSA, EC or Ed25519 public key in PEM"))?;
+        Keys::Static(KeySet::single(key))
+    } else if let Some(path) = &config.jwks_file {
+        let json =
+            std::fs::read(path).map_err(|e| format!("cannot read jwks_file `{path}`: {e}"))?;
+        Keys::Static(KeySet::from_jwks(&json).map_err(|e| format!("`{path}`: {e}"))?)
+    } else {
+        let url = config.jwks_url.as_deref().unwrap_or_default();
+        let refresh = config
+            .jwks_refresh
+            .map_or(Duration::from_secs(300), |d| d.0);
+        Keys::Remote(Arc::new(RemoteJwks::new(url, refresh)?))
+    })
+}
+
+/// One `Validation` per allowed algorithm: `exp` always, `nbf`, issuer and audiences as set.
+fn validations(
+    config: &Config,
+    algorithms: &[Algorithm],
+    leeway: u64,
+) -> Vec<(Algorithm, Validation)> {
+    algorithms
+        .iter()
+        .map(|alg| {
+            let mut validation = Validation::new(*alg);
+            validation.leeway = leeway;
+            validation.validate_nbf = true;
+            let mut required = vec!["exp"];
+            if config.issuer.is_some() {
+                required.push("iss");
+            }
+            if !config.audiences.is_empty() {
+                required.push("aud");
+            }
+            validation.set_required_spec_claims(&required);
+            if let Some(issuer) = &config.issuer {
+                validation.set_issuer(&[issuer]);
+            }
+            if config.audiences.is_empty() {
+                validation.validate_aud = false;
+            } else {
+                validation.set_audience(&config.audiences);
+            }
+            (*alg, validation)
+        })
+        .collect()
 }
 
 fn has_scope(claims: &Claims, scope: &str) -> bool {
