@@ -12,10 +12,13 @@ mod redis;
 
 pub use error::{ConfigError, ConfigErrors};
 
+use error::KeyPath;
+
 use crate::router::{RouteAction, Router};
 use crate::upstream::Cluster;
 use compile::Compiler;
 use document::Document;
+use gantry_plugins::gateway::CACHE_PLUGIN;
 use gantry_plugins::registry::BuildContext;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -226,37 +229,42 @@ fn compile_source(
     let server = match server {
         Some(v) => {
             let span = v.span();
-            doc.deserialize::<model::ServerSection>("server", v)
+            doc.deserialize::<model::ServerSection>(&KeyPath::root("server"), v)
                 .map(|s| (span, s))
         }
         None => Some((0..0, model::ServerSection::default())),
     };
-    let admin = admin.and_then(|v| doc.deserialize::<model::AdminSection>("admin", v));
-    let cache = cache.and_then(|v| doc.deserialize::<model::CacheSection>("cache", v));
-    let log = log.and_then(|v| doc.deserialize::<model::LogSection>("log", v));
+    let admin =
+        admin.and_then(|v| doc.deserialize::<model::AdminSection>(&KeyPath::root("admin"), v));
+    let cache =
+        cache.and_then(|v| doc.deserialize::<model::CacheSection>(&KeyPath::root("cache"), v));
+    let log = log.and_then(|v| doc.deserialize::<model::LogSection>(&KeyPath::root("log"), v));
     let cluster_sections = doc.deserialize_entries::<model::ClusterSection>("clusters", clusters);
     let build_ctx = BuildContext {
         consumers: plugins::consumers(&mut doc, consumers),
         redis: redis::store(&mut doc, redis),
     };
     let (global_plugins, global_slots) = plugins::global(&mut doc, global_plugins, &build_ctx);
-    let route_entries = routes.map(|v| doc.entries("routes", v)).unwrap_or_default();
+    let routes_key = KeyPath::root("routes");
+    let route_entries = routes
+        .map(|v| doc.entries(&routes_key, v))
+        .unwrap_or_default();
     let route_sections: Vec<_> = route_entries
         .into_iter()
         .map(|mut e| {
-            let key = format!("routes.{}", e.name);
+            let key = routes_key.child(&e.name);
             let span = e.value.span();
             let path_regexes = plugins::regex_paths(&e.value);
             let overrides = Document::take_child(&mut e.value, "plugins")
                 .map(|p| {
                     let slots = global_slots.clone();
-                    plugins::route(&mut doc, &key, p, path_regexes, slots, &build_ctx)
+                    plugins::route(&mut doc, &e.name, p, path_regexes, slots, &build_ctx)
                 })
                 .unwrap_or_default();
             let section = doc.deserialize::<model::RouteSection>(&key, e.value);
             let own_cache = overrides
                 .iter()
-                .any(|(name, p)| name == gantry_plugins::gateway::CACHE_PLUGIN && p.is_some());
+                .any(|(name, p)| name == CACHE_PLUGIN && p.is_some());
             (
                 e.name,
                 span,
@@ -267,8 +275,7 @@ fn compile_source(
         })
         .collect();
 
-    let mut errors = doc.errors;
-    let mut compiler = Compiler::new(&mut errors);
+    let mut compiler = Compiler::new(&mut doc);
     let server = server.map(|(span, s)| {
         compiler.at_entry(span);
         compiler.server(s)
@@ -291,8 +298,10 @@ fn compile_source(
         compiler.at_entry(span);
         if let Some(spec) = section.and_then(|s| compiler.route(&name, s, &clusters, chain)) {
             if own_cache && !matches!(spec.route.action, RouteAction::Proxy(_)) {
-                compiler.entry_error(
-                    &format!("routes.{name}.plugins.cache"),
+                let key = routes_key.child(&name).child("plugins").child(CACHE_PLUGIN);
+                compiler.report(
+                    None,
+                    &key,
                     "the cache stores upstream responses: it applies to routes with `cluster`",
                     Some("remove the plugin from this route".into()),
                 );
@@ -311,7 +320,7 @@ fn compile_source(
     let cache = compiler.cache(cache);
     let log = compiler.log(log);
     match server {
-        Some(server) if errors.is_empty() => Ok(Config {
+        Some(server) if doc.error_count() == 0 => Ok(Config {
             admin,
             source_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(src.as_bytes())),
             source: src.to_string(),
@@ -327,7 +336,7 @@ fn compile_source(
                 .filter_map(|(k, v)| v.map(|c| (k, c)))
                 .collect(),
         }),
-        _ => Err(errors.into_errors()),
+        _ => Err(doc.into_errors()),
     }
 }
 

@@ -2,7 +2,7 @@
 //! built through the explicit registry of `gantry-plugins` and compiled into per-route chains.
 
 use super::document::Document;
-use super::error::did_you_mean;
+use super::error::{did_you_mean, KeyPath};
 use super::model::ConsumerSection;
 use gantry_plugins::gateway::TemplateScope;
 use gantry_plugins::gateway::{ConsumerSpec, Consumers};
@@ -22,7 +22,7 @@ pub type GlobalPlugins = Vec<(String, Arc<dyn Plugin>)>;
 /// Feeds one plugin table to the registry, reporting problems through the document.
 struct TableSource<'d, 'a> {
     doc: &'d mut Document<'a>,
-    key: &'d str,
+    key: &'d KeyPath,
     value: Option<Spanned<DeValue<'a>>>,
 }
 
@@ -48,11 +48,12 @@ pub fn global<'a>(
     let Some(section) = section else {
         return (Vec::new(), scope.slots);
     };
+    let section_key = KeyPath::root("plugins");
     let plugins = doc
-        .entries("plugins", section)
+        .entries(&section_key, section)
         .into_iter()
         .filter_map(|e| {
-            let key = format!("plugins.{}", e.name);
+            let key = section_key.child(&e.name);
             build(doc, &key, &mut scope, &e.name, e.value, ctx).map(|p| (e.name, p))
         })
         .collect();
@@ -84,22 +85,22 @@ pub fn regex_paths(route: &Spanned<DeValue<'_>>) -> Vec<regex::Regex> {
 /// `path_regexes` are the route's regex paths; `slots` continues from the global plugins'.
 pub fn route<'a>(
     doc: &mut Document<'a>,
-    route_key: &str,
+    route_name: &str,
     section: Spanned<DeValue<'a>>,
     path_regexes: Vec<regex::Regex>,
     slots: SlotAllocator,
     ctx: &BuildContext,
 ) -> Vec<Override> {
-    let section_key = format!("{route_key}.plugins");
+    let section_key = KeyPath::root("routes").child(route_name).child("plugins");
     let mut scope = PluginScope {
-        name: route_key.replacen("routes.", "route:", 1),
+        name: format!("route:{route_name}"),
         templates: TemplateScope { path_regexes },
         slots,
     };
     doc.entries(&section_key, section)
         .into_iter()
         .filter_map(|mut e| {
-            let key = format!("{section_key}.{}", e.name);
+            let key = section_key.child(&e.name);
             let span = e.value.span();
             match Document::take_child(&mut e.value, "enabled").map(Spanned::into_inner) {
                 None | Some(DeValue::Boolean(true)) => {
@@ -113,9 +114,9 @@ pub fn route<'a>(
                     Some((e.name, None))
                 }
                 Some(_) => {
-                    doc.errors.push(
+                    doc.report(
                         Some(span),
-                        &format!("{key}.enabled"),
+                        &key.child("enabled"),
                         "`enabled` must be true or false",
                         None,
                     );
@@ -140,7 +141,7 @@ pub fn chain(global: &GlobalPlugins, overrides: &[Override]) -> PluginChain {
 
 fn build<'a>(
     doc: &mut Document<'a>,
-    key: &str,
+    key: &KeyPath,
     scope: &mut PluginScope,
     name: &str,
     value: Spanned<DeValue<'a>>,
@@ -156,7 +157,7 @@ fn build<'a>(
         Build::Ready(plugin) => Some(plugin),
         Build::Invalid => None,
         Build::Failed(message) => {
-            doc.errors.push(Some(span), key, message, None);
+            doc.report(Some(span), key, message, None);
             None
         }
         Build::Unknown => {
@@ -166,12 +167,11 @@ fn build<'a>(
     }
 }
 
-fn unknown(doc: &mut Document<'_>, span: std::ops::Range<usize>, key: &str, name: &str) {
+fn unknown(doc: &mut Document<'_>, span: std::ops::Range<usize>, key: &KeyPath, name: &str) {
     let names: Vec<&str> = registry::names().collect();
     let hint = did_you_mean(name, names.iter().copied())
         .or_else(|| Some(format!("built-in plugins: {}", names.join(", "))));
-    doc.errors
-        .push(Some(span), key, format!("unknown plugin `{name}`"), hint);
+    doc.report(Some(span), key, format!("unknown plugin `{name}`"), hint);
 }
 
 /// `[consumers.*]`, indexed for the authentication plugins.
@@ -199,8 +199,8 @@ pub fn consumers<'a>(
                     .iter()
                     .find(|(name, _, _)| name.as_str() == problem.consumer())
                     .map(|(_, span, _)| span.clone());
-                doc.errors
-                    .push_redacted(span, &problem.key_path(), problem.to_string());
+                let key = KeyPath::from(problem.key_path());
+                doc.report_redacted(span, &key, problem.to_string());
             }
             Arc::new(Consumers::default())
         }
