@@ -49,6 +49,15 @@ const MAX_WEIGHT: usize = 1000;
 /// the 24-byte HTTP/2 preface) could not be read.
 const MIN_REQUEST_HEADER_SIZE: usize = 1024;
 
+/// Addresses that another kind of listener has, for [`Compiler::listen_addr`].
+struct InUse<'u> {
+    addrs: &'u [SocketAddr],
+    /// Who has them, after "is also".
+    by: &'static str,
+    /// The fix.
+    hint: &'static str,
+}
+
 /// Compiles sections that deserialized cleanly; problems are reported to the document.
 pub struct Compiler<'d, 'a> {
     doc: &'d mut Document<'a>,
@@ -87,6 +96,30 @@ impl<'d, 'a> Compiler<'d, 'a> {
         self.doc.report(span, key, message, hint);
     }
 
+    /// A listener's `IP:port` (`hint` says how to write one), which must not be `in_use`.
+    fn listen_addr(
+        &mut self,
+        listen: &Spanned<String>,
+        key: &KeyPath,
+        hint: &str,
+        in_use: Option<InUse>,
+    ) -> Option<SocketAddr> {
+        let text = listen.get_ref();
+        let Ok(addr) = text.parse::<SocketAddr>() else {
+            let msg = format!("`{text}` is not an IP:port address");
+            self.report(span_of(listen), key, msg, Some(hint.into()));
+            return None;
+        };
+        match in_use {
+            Some(other) if other.addrs.contains(&addr) => {
+                let msg = format!("`{addr}` is also {}", other.by);
+                self.report(span_of(listen), key, msg, Some(other.hint.into()));
+                None
+            }
+            _ => Some(addr),
+        }
+    }
+
     /// `[[server.tls]]` number `i`.
     fn tls_listener(
         &mut self,
@@ -95,27 +128,16 @@ impl<'d, 'a> Compiler<'d, 'a> {
         plain: &[SocketAddr],
     ) -> Option<TlsListener> {
         let key = KeyPath::root("server").child("tls").index(i);
-        let addr = match t.listen.get_ref().parse::<SocketAddr>() {
-            Ok(addr) if plain.contains(&addr) => {
-                self.report(
-                    span_of(&t.listen),
-                    &key.child("listen"),
-                    format!("`{addr}` is also a plain listener in server.listen"),
-                    Some("give the TLS listener its own port".into()),
-                );
-                None
-            }
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                self.report(
-                    span_of(&t.listen),
-                    &key.child("listen"),
-                    format!("`{}` is not an IP:port address", t.listen.get_ref()),
-                    Some("write it like \"0.0.0.0:8443\"".into()),
-                );
-                None
-            }
-        };
+        let addr = self.listen_addr(
+            &t.listen,
+            &key.child("listen"),
+            "write it like \"0.0.0.0:8443\"",
+            Some(InUse {
+                addrs: plain,
+                by: "a plain listener in server.listen",
+                hint: "give the TLS listener its own port",
+            }),
+        );
         if t.certificates.is_empty() {
             let hint = "add certificates = [{ cert = \"conf/certs/site.pem\", key = \"conf/certs/site.key\" }]";
             self.report(
@@ -153,27 +175,16 @@ impl<'d, 'a> Compiler<'d, 'a> {
             }
         }
         let token = a.token.map(Spanned::into_inner);
-        let addr = match a.listen.get_ref().parse::<SocketAddr>() {
-            Ok(addr) if proxy.contains(&addr) => {
-                self.report(
-                    span_of(&a.listen),
-                    &key.child("listen"),
-                    format!("`{addr}` is also a proxy listener (server.listen or server.tls)"),
-                    Some("give the admin listener its own port".into()),
-                );
-                None
-            }
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                self.report(
-                    span_of(&a.listen),
-                    &key.child("listen"),
-                    format!("`{}` is not an IP:port address", a.listen.get_ref()),
-                    Some("write it like \"127.0.0.1:9901\" (keep it off public interfaces)".into()),
-                );
-                None
-            }
-        };
+        let addr = self.listen_addr(
+            &a.listen,
+            &key.child("listen"),
+            "write it like \"127.0.0.1:9901\" (keep it off public interfaces)",
+            Some(InUse {
+                addrs: proxy,
+                by: "a proxy listener (server.listen or server.tls)",
+                hint: "give the admin listener its own port",
+            }),
+        );
         Some(AdminSettings { addr: addr?, token })
     }
 
@@ -274,7 +285,6 @@ impl<'d, 'a> Compiler<'d, 'a> {
     /// `[server]`.
     pub fn server(&mut self, s: ServerSection) -> ServerSettings {
         let key = KeyPath::root("server");
-        let mut listen = Vec::new();
         if s.listen.is_empty() {
             self.report(
                 None,
@@ -283,17 +293,15 @@ impl<'d, 'a> Compiler<'d, 'a> {
                 Some("add listen = [\"127.0.0.1:8080\"]".into()),
             );
         }
-        for (i, addr) in s.listen.iter().enumerate() {
-            match addr.get_ref().parse::<SocketAddr>() {
-                Ok(a) => listen.push(a),
-                Err(_) => self.report(
-                    span_of(addr),
-                    &key.child("listen").index(i),
-                    format!("`{}` is not an IP:port address", addr.get_ref()),
-                    Some("write it like \"127.0.0.1:8080\" or \"[::]:8080\"".into()),
-                ),
-            }
-        }
+        let listen: Vec<SocketAddr> = s
+            .listen
+            .iter()
+            .enumerate()
+            .filter_map(|(i, addr)| {
+                let hint = "write it like \"127.0.0.1:8080\" or \"[::]:8080\"";
+                self.listen_addr(addr, &key.child("listen").index(i), hint, None)
+            })
+            .collect();
         let mut trusted = Vec::new();
         for (i, net) in s.trusted_proxies.iter().enumerate() {
             let text = net.get_ref();
