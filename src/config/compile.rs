@@ -6,9 +6,9 @@
 use super::document::Document;
 use super::error::{did_you_mean, KeyPath};
 use super::model::{
-    AdminSection, AggregateSection, BalancerKind, CacheSection, ClusterSection, HealthCheckKind,
-    HealthCheckSection, HumanSize, LogSection, ProtocolKind, RespondSection, RouteSection,
-    ServerSection, TlsSection,
+    self, AdminSection, AggregateSection, BalancerKind, CacheSection, ClusterSection,
+    HealthCheckKind, HealthCheckSection, HumanSize, LogSection, ProtocolKind, RespondSection,
+    RouteSection, ServerSection, TlsSection,
 };
 use super::{AdminSettings, CacheSettings, LogSettings, ServerSettings, TlsListener};
 use crate::access_log::{Format, Sink};
@@ -44,6 +44,15 @@ const FRAMING_HEADERS: &[&str] = &[
 
 /// The largest backend weight: the balancers expand weights into lists and hash rings.
 const MAX_WEIGHT: usize = 1000;
+
+/// The most `retries` of a cluster.
+const MAX_RETRIES: u32 = 15;
+
+/// The smallest `cache.max_size`: 1 MiB.
+const MIN_CACHE_SIZE: usize = 1 << 20;
+
+/// The shortest admin token.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// The smallest `server.max_request_header_size`: below it even an ordinary request head (or
 /// the 24-byte HTTP/2 preface) could not be read.
@@ -166,11 +175,11 @@ impl<'d, 'a> Compiler<'d, 'a> {
     pub fn admin(&mut self, a: AdminSection, proxy: &[SocketAddr]) -> Option<AdminSettings> {
         let key = KeyPath::root("admin");
         if let Some(token) = &a.token {
-            if token.get_ref().len() < 16 {
+            if token.get_ref().len() < MIN_ADMIN_TOKEN_LEN {
                 self.doc.report_redacted(
                     span_of(token),
                     &key.child("token"),
-                    "the admin token must be at least 16 characters",
+                    format!("the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
                 );
             }
         }
@@ -257,7 +266,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
         // The default object bound never exceeds a smaller max_size.
         let max_object_size = size(&c.max_object_size, defaults.max_object_size.min(max_size));
         if let Some(s) = &c.max_size {
-            if max_size < 1 << 20 {
+            if max_size < MIN_CACHE_SIZE {
                 self.report(
                     span_of(s),
                     &key.child("max_size"),
@@ -290,7 +299,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
                 None,
                 &key.child("listen"),
                 "no listener configured",
-                Some("add listen = [\"127.0.0.1:8080\"]".into()),
+                Some(format!("add listen = [\"{}\"]", model::DEFAULT_LISTEN)),
             );
         }
         let listen: Vec<SocketAddr> = s
@@ -348,7 +357,9 @@ impl<'d, 'a> Compiler<'d, 'a> {
             }
         }
         let strip_untrusted_headers = self.stripped_headers(s.strip_untrusted_headers);
-        let header_timeout = s.header_timeout.map_or(Duration::from_secs(10), |d| d.0);
+        let header_timeout = s
+            .header_timeout
+            .map_or(model::DEFAULT_HEADER_TIMEOUT, |d| d.0);
         if header_timeout.is_zero() {
             self.report(
                 None,
@@ -368,7 +379,9 @@ impl<'d, 'a> Compiler<'d, 'a> {
         }
         let max_request_header_size = s
             .max_request_header_size
-            .map_or(64 * 1024, |b| usize::try_from(b.0).unwrap_or(usize::MAX));
+            .map_or(model::DEFAULT_MAX_REQUEST_HEADER_SIZE, |b| {
+                usize::try_from(b.0).unwrap_or(usize::MAX)
+            });
         if max_request_header_size < MIN_REQUEST_HEADER_SIZE {
             self.report(
                 None,
@@ -386,19 +399,25 @@ impl<'d, 'a> Compiler<'d, 'a> {
             trusted_proxies: trusted,
             h2c: s.h2c,
             work_stealing: s.work_stealing,
-            grace_period: s.grace_period.map_or(Duration::from_secs(5), |d| d.0),
-            keepalive_timeout: s.keepalive_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            grace_period: s.grace_period.map_or(model::DEFAULT_GRACE_PERIOD, |d| d.0),
+            keepalive_timeout: s
+                .keepalive_timeout
+                .map_or(model::DEFAULT_KEEPALIVE_TIMEOUT, |d| d.0),
             header_timeout,
             max_connections: s.max_connections,
             max_connections_per_ip: s.max_connections_per_ip,
             max_request_header_size,
-            upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(128),
+            upstream_keepalive_pool_size: s
+                .upstream_keepalive_pool_size
+                .unwrap_or(model::DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE),
             runtime_dir: (s.pid_file.is_none() || s.upgrade_sock.is_none())
                 .then(crate::runtime_dir::default_dir),
-            pid_file: s.pid_file.unwrap_or_else(|| in_runtime_dir("gantry.pid")),
+            pid_file: s
+                .pid_file
+                .unwrap_or_else(|| in_runtime_dir(model::DEFAULT_PID_FILE)),
             upgrade_sock: s
                 .upgrade_sock
-                .unwrap_or_else(|| in_runtime_dir("upgrade.sock")),
+                .unwrap_or_else(|| in_runtime_dir(model::DEFAULT_UPGRADE_SOCK)),
             error_log: s.error_log,
         }
     }
@@ -406,7 +425,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
     /// `server.strip_untrusted_headers`: header names, the default list when absent.
     fn stripped_headers(&mut self, names: Option<Vec<Spanned<String>>>) -> Vec<http::HeaderName> {
         let Some(names) = names else {
-            return crate::config::model::DEFAULT_STRIPPED
+            return model::DEFAULT_STRIPPED
                 .iter()
                 .map(|n| http::HeaderName::from_static(n))
                 .collect();
@@ -503,30 +522,30 @@ impl<'d, 'a> Compiler<'d, 'a> {
         let timeouts = Timeouts {
             connect: self.positive(
                 c.connect_timeout.map(|d| d.0),
-                Duration::from_secs(5),
+                model::DEFAULT_CONNECT_TIMEOUT,
                 &key,
                 "connect_timeout",
             ),
             read: self.positive(
                 c.read_timeout.map(|d| d.0),
-                Duration::from_secs(60),
+                model::DEFAULT_READ_TIMEOUT,
                 &key,
                 "read_timeout",
             ),
             write: self.positive(
                 c.write_timeout.map(|d| d.0),
-                Duration::from_secs(60),
+                model::DEFAULT_WRITE_TIMEOUT,
                 &key,
                 "write_timeout",
             ),
-            idle: c.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            idle: c.idle_timeout.map_or(model::DEFAULT_IDLE_TIMEOUT, |d| d.0),
         };
-        let retries = c.retries.unwrap_or(2);
-        if retries > 15 {
+        let retries = c.retries.unwrap_or(model::DEFAULT_RETRIES);
+        if retries > MAX_RETRIES {
             self.report(
                 None,
                 &key.child("retries"),
-                "retries must be at most 15",
+                format!("retries must be at most {MAX_RETRIES}"),
                 None,
             );
         }
@@ -605,18 +624,22 @@ impl<'d, 'a> Compiler<'d, 'a> {
         let key = cluster_key.child("health_check");
         let interval = self.positive(
             h.interval.map(|d| d.0),
-            Duration::from_secs(5),
+            model::DEFAULT_HEALTH_CHECK_INTERVAL,
             &key,
             "interval",
         );
         let timeout = self.positive(
             h.timeout.map(|d| d.0),
-            Duration::from_secs(1),
+            model::DEFAULT_HEALTH_CHECK_TIMEOUT,
             &key,
             "timeout",
         );
-        let healthy_threshold = h.healthy_threshold.unwrap_or(2);
-        let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(2);
+        let healthy_threshold = h
+            .healthy_threshold
+            .unwrap_or(model::DEFAULT_HEALTHY_THRESHOLD);
+        let unhealthy_threshold = h
+            .unhealthy_threshold
+            .unwrap_or(model::DEFAULT_UNHEALTHY_THRESHOLD);
         for (n, field) in [
             (healthy_threshold, "healthy_threshold"),
             (unhealthy_threshold, "unhealthy_threshold"),
@@ -630,7 +653,9 @@ impl<'d, 'a> Compiler<'d, 'a> {
                 );
             }
         }
-        let expected_statuses = h.expected_statuses.unwrap_or_else(|| vec![200]);
+        let expected_statuses = h
+            .expected_statuses
+            .unwrap_or_else(|| model::DEFAULT_EXPECTED_STATUSES.to_vec());
         if expected_statuses.is_empty()
             || expected_statuses.iter().any(|s| !(100..=599).contains(s))
         {
@@ -656,11 +681,14 @@ impl<'d, 'a> Compiler<'d, 'a> {
                 None
             }
             HealthCheckKind::Http => {
-                let path = h.path.as_ref().map_or("/", |p| p.get_ref().as_str());
+                let path = h
+                    .path
+                    .as_ref()
+                    .map_or(model::DEFAULT_HEALTH_CHECK_PATH, |p| p.get_ref().as_str());
                 let host = h
                     .host
                     .as_ref()
-                    .map_or("localhost", |p| p.get_ref().as_str());
+                    .map_or(model::DEFAULT_HEALTH_CHECK_HOST, |p| p.get_ref().as_str());
                 let req = RequestHeader::build("GET", path.as_bytes(), None).and_then(|mut r| {
                     r.insert_header(http::header::HOST, host)?;
                     Ok(r)
@@ -869,7 +897,9 @@ impl<'d, 'a> Compiler<'d, 'a> {
         let key = route_key.child("aggregate");
         let span = section.span();
         let section = section.into_inner();
-        let timeout = section.timeout.map_or(Duration::from_secs(1), |d| d.0);
+        let timeout = section
+            .timeout
+            .map_or(model::DEFAULT_AGGREGATE_TIMEOUT, |d| d.0);
         if timeout.is_zero() {
             let msg = "timeout must be greater than zero";
             self.report(Some(span.clone()), &key.child("timeout"), msg, None);
@@ -996,7 +1026,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
             ),
             (_, true) => {}
             (ct, false) => {
-                let ct = ct.as_deref().unwrap_or("text/plain; charset=utf-8");
+                let ct = ct.as_deref().unwrap_or(model::DEFAULT_CONTENT_TYPE);
                 match HeaderValue::from_str(ct) {
                     Ok(v) => headers.push((http::header::CONTENT_TYPE, v)),
                     Err(_) => self.report(

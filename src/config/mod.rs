@@ -112,8 +112,8 @@ pub struct CacheSettings {
 impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
-            max_size: 256 << 20,
-            max_object_size: 8 << 20,
+            max_size: model::DEFAULT_CACHE_MAX_SIZE,
+            max_object_size: model::DEFAULT_CACHE_MAX_OBJECT_SIZE,
         }
     }
 }

@@ -3,7 +3,9 @@
 
 use super::document::Document;
 use super::error::KeyPath;
-use super::model::RedisSection;
+use super::model::{
+    RedisSection, DEFAULT_REDIS_KEY_PREFIX, DEFAULT_REDIS_POOL_SIZE, DEFAULT_REDIS_TIMEOUT,
+};
 use gantry_plugins::gateway::{check_redis_url, RedisSettings, RedisStore, RedisUnavailable};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +14,9 @@ use toml::Spanned;
 
 /// The longest `timeout` accepted: it bounds the time a request waits for Redis.
 const MAX_TIMEOUT: Duration = Duration::from_secs(5);
+/// The shortest `timeout` accepted.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// The largest `pool_size` accepted.
 const MAX_POOL_SIZE: usize = 1024;
 
 /// Builds the store from `[redis]`, reporting problems (without quoting lines: they may hold a
@@ -73,8 +78,8 @@ fn build<'a>(doc: &mut Document<'a>, section: Spanned<DeValue<'a>>) -> Option<Ar
             doc.report_redacted(Some(url.span()), &url_key, e);
         }
     }
-    let timeout = s.timeout.map_or(Duration::from_millis(50), |d| d.0);
-    if timeout < Duration::from_millis(1) || timeout > MAX_TIMEOUT {
+    let timeout = s.timeout.map_or(DEFAULT_REDIS_TIMEOUT, |d| d.0);
+    if timeout < MIN_TIMEOUT || timeout > MAX_TIMEOUT {
         doc.report(
             Some(span.clone()),
             &key.child("timeout"),
@@ -82,7 +87,7 @@ fn build<'a>(doc: &mut Document<'a>, section: Spanned<DeValue<'a>>) -> Option<Ar
             Some("requests wait at most this long for Redis; 50ms suits a local network".into()),
         );
     }
-    let pool_size = s.pool_size.unwrap_or(16);
+    let pool_size = s.pool_size.unwrap_or(DEFAULT_REDIS_POOL_SIZE);
     if pool_size == 0 || pool_size > MAX_POOL_SIZE {
         doc.report(
             Some(span.clone()),
@@ -91,7 +96,9 @@ fn build<'a>(doc: &mut Document<'a>, section: Spanned<DeValue<'a>>) -> Option<Ar
             None,
         );
     }
-    let key_prefix = s.key_prefix.unwrap_or_else(|| "gantry".into());
+    let key_prefix = s
+        .key_prefix
+        .unwrap_or_else(|| DEFAULT_REDIS_KEY_PREFIX.into());
     if key_prefix.is_empty() || key_prefix.contains(['{', '}']) {
         doc.report(
             Some(span.clone()),
