@@ -10,6 +10,7 @@ use super::model::{
     HealthCheckKind, HealthCheckSection, HumanSize, LogSection, ProtocolKind, RespondSection,
     RouteSection, ServerSection, TlsSection,
 };
+use super::plugins::Plugins;
 use super::{AdminSettings, CacheSettings, LogSettings, ServerSettings, TlsListener};
 use crate::access_log::{Format, Sink};
 use crate::aggregate::{Aggregate, Call};
@@ -17,7 +18,7 @@ use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction
 use crate::upstream::{
     BackendAddr, Cluster, HashOn, HealthCheckSpec, Protocol, Timeouts, Transport,
 };
-use gantry_plugins::gateway::{Template, TemplateScope};
+use gantry_plugins::gateway::{Template, TemplateScope, CACHE_PLUGIN};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
@@ -27,6 +28,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
+use toml::de::DeValue;
 use toml::Spanned;
 
 /// Headers about a message's own framing or connection, never copied to another request.
@@ -717,13 +719,15 @@ impl<'d, 'a> Compiler<'d, 'a> {
         })
     }
 
-    /// `[routes.NAME]`; `None` when it has errors.
+    /// `[routes.NAME]` with its plugins (`plugin_section`, its `[routes.NAME.plugins.*]`, built
+    /// after the paths are compiled); `None` when it has errors.
     pub fn route(
         &mut self,
         name: &str,
         r: RouteSection,
         clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
-        plugins: gantry_plugins::PluginChain,
+        plugins: &Plugins,
+        plugin_section: Option<Spanned<DeValue<'a>>>,
     ) -> Option<RouteSpec> {
         let before = self.error_count();
         let key = KeyPath::root("routes").child(name);
@@ -737,6 +741,20 @@ impl<'d, 'a> Compiler<'d, 'a> {
             );
         }
         let paths = self.parse_list(&r.paths, &key.child("paths"), PathPattern::parse);
+        // `$path.NAME` in the route's templates: its regex paths, compiled once, above.
+        let templates = TemplateScope {
+            path_regexes: paths
+                .iter()
+                .filter_map(|p| match p {
+                    PathPattern::Regex(re) => Some(re.clone()),
+                    _ => None,
+                })
+                .collect(),
+        };
+        let plugins_start = self.error_count();
+        let plugins = plugins.route(self.doc, name, plugin_section, templates.clone());
+        // The plugins' problems fail the load, but the route's own checks go on.
+        let before = before + (self.error_count() - plugins_start);
         if r.strip_prefix && paths.iter().any(|p| matches!(p, PathPattern::Regex(_))) {
             self.report(
                 None,
@@ -779,15 +797,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
                     self.respond(&key, resp).map(RouteAction::Respond)
                 } else {
                     let aggregate = r.aggregate?;
-                    let scope = TemplateScope {
-                        path_regexes: r
-                            .paths
-                            .iter()
-                            .filter_map(|p| p.get_ref().strip_prefix('~'))
-                            .filter_map(|re| regex::Regex::new(re).ok())
-                            .collect(),
-                    };
-                    self.aggregate(&key, aggregate, clusters, &scope)?
+                    self.aggregate(&key, aggregate, clusters, &templates)?
                         .map(|a| RouteAction::Aggregate(Arc::new(a)))
                 }
             }
@@ -817,6 +827,15 @@ impl<'d, 'a> Compiler<'d, 'a> {
         if self.error_count() != before {
             return None;
         }
+        let action = action?;
+        if plugins.own_cache && !matches!(action, RouteAction::Proxy(_)) {
+            self.report(
+                None,
+                &key.child("plugins").child(CACHE_PLUGIN),
+                "the cache stores upstream responses: it applies to routes with `cluster`",
+                Some("remove the plugin from this route".into()),
+            );
+        }
         let route = Route {
             name: name.into(),
             methods,
@@ -824,8 +843,8 @@ impl<'d, 'a> Compiler<'d, 'a> {
             priority: r.priority,
             strip_prefix: r.strip_prefix,
             grpc_web: r.grpc_web,
-            plugins,
-            action: action?,
+            plugins: plugins.chain,
+            action,
             metrics: crate::metrics::route(name),
             compress,
         };

@@ -170,8 +170,18 @@ impl<'a> Document<'a> {
     pub fn deserialize<T: DeserializeOwned>(
         &mut self,
         key: &KeyPath,
-        mut value: Spanned<DeValue<'a>>,
+        value: Spanned<DeValue<'a>>,
     ) -> Option<T> {
+        self.try_deserialize(key, value).ok()
+    }
+
+    /// Like [`Document::deserialize`], but when the entry cannot be deserialized (a required
+    /// key is missing) it gives back what is left of the value, without the keys reported.
+    pub fn try_deserialize<T: DeserializeOwned>(
+        &mut self,
+        key: &KeyPath,
+        mut value: Spanned<DeValue<'a>>,
+    ) -> Result<T, Spanned<DeValue<'a>>> {
         let mut removed: Vec<KeyPath> = Vec::new();
         // Each failed attempt removes one key, so this ends after at most one pass per key.
         loop {
@@ -179,7 +189,7 @@ impl<'a> Document<'a> {
                 serde_path_to_error::deserialize::<_, T>(ValueDeserializer::from(value.clone()));
             let err = match attempt {
                 // Keys removed above were reported already; the rest is still checked.
-                Ok(parsed) => return Some(parsed),
+                Ok(parsed) => return Ok(parsed),
                 Err(err) => err,
             };
             // `Spanned<T>` reads its value through a hidden key; it is not part of the user's path.
@@ -202,7 +212,7 @@ impl<'a> Document<'a> {
                         Some(format!("add `{field} = …` here")),
                     );
                 }
-                return None;
+                return Err(value);
             }
 
             let (text, hint) = if let Some(field) = quoted(&message, "unknown field `") {
@@ -229,7 +239,7 @@ impl<'a> Document<'a> {
             self.report(inner.span(), &full, text, hint);
             removed.push(full);
             if path.is_empty() || !remove_path(&mut value, &path) {
-                return None;
+                return Err(value);
             }
         }
     }

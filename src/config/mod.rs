@@ -14,11 +14,10 @@ pub use error::{ConfigError, ConfigErrors};
 
 use error::KeyPath;
 
-use crate::router::{RouteAction, Router};
+use crate::router::Router;
 use crate::upstream::Cluster;
 use compile::Compiler;
 use document::Document;
-use gantry_plugins::gateway::CACHE_PLUGIN;
 use gantry_plugins::registry::BuildContext;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -244,34 +243,29 @@ fn compile_source(
         consumers: plugins::consumers(&mut doc, consumers),
         redis: redis::store(&mut doc, redis),
     };
-    let (global_plugins, global_slots) = plugins::global(&mut doc, global_plugins, &build_ctx);
+    // Global plugins first: they claim their state slots before any route's plugins.
+    let plugins = plugins::global(&mut doc, global_plugins, build_ctx);
     let routes_key = KeyPath::root("routes");
     let route_entries = routes
         .map(|v| doc.entries(&routes_key, v))
         .unwrap_or_default();
     let route_sections: Vec<_> = route_entries
         .into_iter()
-        .map(|mut e| {
-            let key = routes_key.child(&e.name);
+        .filter_map(|mut e| {
             let span = e.value.span();
-            let path_regexes = plugins::regex_paths(&e.value);
-            let overrides = Document::take_child(&mut e.value, "plugins")
-                .map(|p| {
-                    let slots = global_slots.clone();
-                    plugins::route(&mut doc, &e.name, p, path_regexes, slots, &build_ctx)
-                })
-                .unwrap_or_default();
-            let section = doc.deserialize::<model::RouteSection>(&key, e.value);
-            let own_cache = overrides
-                .iter()
-                .any(|(name, p)| name == CACHE_PLUGIN && p.is_some());
-            (
-                e.name,
-                span,
-                section,
-                plugins::chain(&global_plugins, &overrides),
-                own_cache,
-            )
+            let plugin_section = Document::take_child(&mut e.value, "plugins");
+            let key = routes_key.child(&e.name);
+            match doc.try_deserialize::<model::RouteSection>(&key, e.value) {
+                Ok(section) => Some((e.name, span, section, plugin_section)),
+                Err(rest) => {
+                    // Not compiled (a required key is missing), but its plugins are checked.
+                    if plugin_section.is_some() {
+                        let templates = plugins::unparsed_route_templates(rest);
+                        plugins.route(&mut doc, &e.name, plugin_section, templates);
+                    }
+                    None
+                }
+            }
         })
         .collect();
 
@@ -294,20 +288,9 @@ fn compile_source(
         clusters.insert(name, cluster);
     }
     let mut specs = Vec::new();
-    for (name, span, section, chain, own_cache) in route_sections {
+    for (name, span, section, plugin_section) in route_sections {
         compiler.at_entry(span);
-        if let Some(spec) = section.and_then(|s| compiler.route(&name, s, &clusters, chain)) {
-            if own_cache && !matches!(spec.route.action, RouteAction::Proxy(_)) {
-                let key = routes_key.child(&name).child("plugins").child(CACHE_PLUGIN);
-                compiler.report(
-                    None,
-                    &key,
-                    "the cache stores upstream responses: it applies to routes with `cluster`",
-                    Some("remove the plugin from this route".into()),
-                );
-            }
-            specs.push(spec);
-        }
+        specs.extend(compiler.route(&name, section, &clusters, &plugins, plugin_section));
     }
     let proxy_listeners: Vec<SocketAddr> = server
         .iter()
@@ -517,6 +500,51 @@ respond = { status = 99 }
             &format!("[redis]\nurl = \"redis://127.0.0.1:6379/2\"\n{limited}")
         )
         .is_ok());
+    }
+
+    #[test]
+    fn route_plugins_are_checked_against_the_compiled_paths() {
+        let transform = "[routes.r.plugins.request-transform]\n\
+                         set_headers = { x-id = \"$path.id\" }\n";
+        let paths = "[routes.r]\npaths = [\"~^/u/(?<id>[0-9]+)$\"]\n";
+        let route = format!("{paths}respond = {{ body = \"x\" }}\n");
+        assert!(load_str("t.toml", &format!("{route}{transform}")).is_ok());
+        let e = errors(&format!(
+            "[routes.r]\npaths = [\"/u\"]\nrespond = {{ body = \"x\" }}\n{transform}"
+        ));
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("routes.r.plugins.request-transform in template")),
+            "{e:#?}"
+        );
+        // A route that stops early (its cluster is not defined) still has its plugins checked.
+        let e =
+            errors("[routes.r]\npaths = [\"/\"]\ncluster = \"nope\"\n[routes.r.plugins.nosuch]\n");
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("routes.r.plugins.nosuch unknown plugin")),
+            "{e:#?}"
+        );
+        // So does one that cannot be deserialized, against the regex paths it has.
+        let e = errors(&format!(
+            "{paths}[routes.r.aggregate.calls.a]\npath = \"/\"\n{transform}[routes.r.plugins.nosuch]\n"
+        ));
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("routes.r.aggregate.calls.a.cluster missing")),
+            "{e:#?}"
+        );
+        // A plugin's problem does not hide the route's own.
+        let e = errors(&format!(
+            "{route}[routes.r.plugins.cache]\n[routes.r.plugins.nosuch]\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("routes.r.plugins.cache the cache stores")),
+            "{e:#?}"
+        );
     }
 
     #[test]
