@@ -3,12 +3,14 @@
 //! Name references become `Arc`s, addresses are resolved, regexes, header names and direct
 //! responses are built here once, so nothing is parsed on the request path.
 
-use super::error::{did_you_mean, ErrorSink};
+use super::document::Document;
+use super::error::{did_you_mean, KeyPath};
 use super::model::{
-    AdminSection, AggregateSection, BalancerKind, CacheSection, ClusterSection, HealthCheckKind,
-    HealthCheckSection, HumanSize, LogSection, ProtocolKind, RespondSection, RouteSection,
-    ServerSection, TlsSection,
+    self, AdminSection, AggregateSection, BalancerKind, CacheSection, ClusterSection,
+    HealthCheckKind, HealthCheckSection, HumanSize, LogSection, ProtocolKind, RespondSection,
+    RouteSection, ServerSection, TlsSection,
 };
+use super::plugins::Plugins;
 use super::{AdminSettings, CacheSettings, LogSettings, ServerSettings, TlsListener};
 use crate::access_log::{Format, Sink};
 use crate::aggregate::{Aggregate, Call};
@@ -16,7 +18,7 @@ use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction
 use crate::upstream::{
     BackendAddr, Cluster, HashOn, HealthCheckSpec, Protocol, Timeouts, Transport,
 };
-use gantry_plugins::gateway::{Template, TemplateScope};
+use gantry_plugins::gateway::{Template, TemplateScope, CACHE_PLUGIN};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
@@ -26,6 +28,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
+use toml::de::DeValue;
 use toml::Spanned;
 
 /// Headers about a message's own framing or connection, never copied to another request.
@@ -44,24 +47,46 @@ const FRAMING_HEADERS: &[&str] = &[
 /// The largest backend weight: the balancers expand weights into lists and hash rings.
 const MAX_WEIGHT: usize = 1000;
 
+/// The most `retries` of a cluster.
+const MAX_RETRIES: u32 = 15;
+
+/// The smallest `cache.max_size`: 1 MiB.
+const MIN_CACHE_SIZE: usize = 1 << 20;
+
+/// The shortest admin token.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
 /// The smallest `server.max_request_header_size`: below it even an ordinary request head (or
 /// the 24-byte HTTP/2 preface) could not be read.
 const MIN_REQUEST_HEADER_SIZE: usize = 1024;
 
-/// Compiles sections that deserialized cleanly; problems go to `errors`.
-pub struct Compiler<'e, 'a> {
-    errors: &'e mut ErrorSink<'a>,
+/// Addresses that another kind of listener has, for [`Compiler::listen_addr`].
+struct InUse<'u> {
+    addrs: &'u [SocketAddr],
+    /// Who has them, after "is also".
+    by: &'static str,
+    /// The fix.
+    hint: &'static str,
+}
+
+/// Compiles sections that deserialized cleanly; problems are reported to the document.
+pub struct Compiler<'d, 'a> {
+    doc: &'d mut Document<'a>,
     /// The span of the entry being compiled, for problems that have no narrower position.
     entry: Option<Range<usize>>,
 }
 
-impl<'e, 'a> Compiler<'e, 'a> {
-    /// A compiler recording into `errors`.
-    pub fn new(errors: &'e mut ErrorSink<'a>) -> Self {
-        Compiler {
-            errors,
-            entry: None,
-        }
+/// Where a value is in the source, for [`Compiler::report`]; `None` for a value that is not
+/// in the file (a default), so its problem points at the entry.
+fn span_of<T>(value: &Spanned<T>) -> Option<Range<usize>> {
+    let span = value.span();
+    (span.end > 0).then_some(span)
+}
+
+impl<'d, 'a> Compiler<'d, 'a> {
+    /// A compiler reporting into `doc`.
+    pub fn new(doc: &'d mut Document<'a>) -> Self {
+        Compiler { doc, entry: None }
     }
 
     /// Sets the entry that following problems without a narrower position point at.
@@ -69,20 +94,41 @@ impl<'e, 'a> Compiler<'e, 'a> {
         self.entry = Some(span);
     }
 
-    pub fn entry_error(&mut self, key: &str, msg: impl Into<String>, hint: Option<String>) {
-        self.errors.push(self.entry.clone(), key, msg, hint);
-    }
-
-    fn error<T>(
+    /// Records a problem for `key` at `span` (a byte range of the source); `None`: the entry
+    /// being compiled, for problems that have no narrower position.
+    pub fn report(
         &mut self,
-        spanned: &Spanned<T>,
-        key: &str,
-        msg: impl Into<String>,
+        span: Option<Range<usize>>,
+        key: &KeyPath,
+        message: impl Into<String>,
         hint: Option<String>,
     ) {
-        let span = spanned.span();
-        let span = (span.end > 0).then_some(span);
-        self.errors.push(span, key, msg, hint);
+        let span = span.or_else(|| self.entry.clone());
+        self.doc.report(span, key, message, hint);
+    }
+
+    /// A listener's `IP:port` (`hint` says how to write one), which must not be `in_use`.
+    fn listen_addr(
+        &mut self,
+        listen: &Spanned<String>,
+        key: &KeyPath,
+        hint: &str,
+        in_use: Option<InUse>,
+    ) -> Option<SocketAddr> {
+        let text = listen.get_ref();
+        let Ok(addr) = text.parse::<SocketAddr>() else {
+            let msg = format!("`{text}` is not an IP:port address");
+            self.report(span_of(listen), key, msg, Some(hint.into()));
+            return None;
+        };
+        match in_use {
+            Some(other) if other.addrs.contains(&addr) => {
+                let msg = format!("`{addr}` is also {}", other.by);
+                self.report(span_of(listen), key, msg, Some(other.hint.into()));
+                None
+            }
+            _ => Some(addr),
+        }
     }
 
     /// `[[server.tls]]` number `i`.
@@ -92,33 +138,22 @@ impl<'e, 'a> Compiler<'e, 'a> {
         t: TlsSection,
         plain: &[SocketAddr],
     ) -> Option<TlsListener> {
-        let key = format!("server.tls[{i}]");
-        let addr = match t.listen.get_ref().parse::<SocketAddr>() {
-            Ok(addr) if plain.contains(&addr) => {
-                self.error(
-                    &t.listen,
-                    &format!("{key}.listen"),
-                    format!("`{addr}` is also a plain listener in server.listen"),
-                    Some("give the TLS listener its own port".into()),
-                );
-                None
-            }
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                self.error(
-                    &t.listen,
-                    &format!("{key}.listen"),
-                    format!("`{}` is not an IP:port address", t.listen.get_ref()),
-                    Some("write it like \"0.0.0.0:8443\"".into()),
-                );
-                None
-            }
-        };
+        let key = KeyPath::root("server").child("tls").index(i);
+        let addr = self.listen_addr(
+            &t.listen,
+            &key.child("listen"),
+            "write it like \"0.0.0.0:8443\"",
+            Some(InUse {
+                addrs: plain,
+                by: "a plain listener in server.listen",
+                hint: "give the TLS listener its own port",
+            }),
+        );
         if t.certificates.is_empty() {
             let hint = "add certificates = [{ cert = \"conf/certs/site.pem\", key = \"conf/certs/site.key\" }]";
-            self.error(
-                &t.listen,
-                &format!("{key}.certificates"),
+            self.report(
+                span_of(&t.listen),
+                &key.child("certificates"),
                 "a TLS listener needs at least one certificate",
                 Some(hint.into()),
             );
@@ -127,7 +162,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
         for (j, c) in t.certificates.iter().enumerate() {
             match crate::tls::load_certificate(&c.get_ref().cert, &c.get_ref().key) {
                 Ok(cert) => loaded.push(cert),
-                Err(e) => self.error(c, &format!("{key}.certificates[{j}]"), e, None),
+                Err(e) => self.report(span_of(c), &key.child("certificates").index(j), e, None),
             }
         }
         let certificates = crate::tls::CertStore::new(loaded)?;
@@ -140,43 +175,33 @@ impl<'e, 'a> Compiler<'e, 'a> {
 
     /// `[admin]`.
     pub fn admin(&mut self, a: AdminSection, proxy: &[SocketAddr]) -> Option<AdminSettings> {
+        let key = KeyPath::root("admin");
         if let Some(token) = &a.token {
-            if token.get_ref().len() < 16 {
-                let span = token.span();
-                self.errors.push_redacted(
-                    (span.end > 0).then_some(span),
-                    "admin.token",
-                    "the admin token must be at least 16 characters",
+            if token.get_ref().len() < MIN_ADMIN_TOKEN_LEN {
+                self.doc.report_redacted(
+                    span_of(token),
+                    &key.child("token"),
+                    format!("the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
                 );
             }
         }
         let token = a.token.map(Spanned::into_inner);
-        let addr = match a.listen.get_ref().parse::<SocketAddr>() {
-            Ok(addr) if proxy.contains(&addr) => {
-                self.error(
-                    &a.listen,
-                    "admin.listen",
-                    format!("`{addr}` is also a proxy listener (server.listen or server.tls)"),
-                    Some("give the admin listener its own port".into()),
-                );
-                None
-            }
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                self.error(
-                    &a.listen,
-                    "admin.listen",
-                    format!("`{}` is not an IP:port address", a.listen.get_ref()),
-                    Some("write it like \"127.0.0.1:9901\" (keep it off public interfaces)".into()),
-                );
-                None
-            }
-        };
+        let addr = self.listen_addr(
+            &a.listen,
+            &key.child("listen"),
+            "write it like \"127.0.0.1:9901\" (keep it off public interfaces)",
+            Some(InUse {
+                addrs: proxy,
+                by: "a proxy listener (server.listen or server.tls)",
+                hint: "give the admin listener its own port",
+            }),
+        );
         Some(AdminSettings { addr: addr?, token })
     }
 
     /// `[log]`: where the access log goes and how it looks.
     pub fn log(&mut self, l: Option<LogSection>) -> LogSettings {
+        let key = KeyPath::root("log");
         let mut settings = LogSettings::default();
         let Some(l) = l else {
             return settings;
@@ -186,9 +211,9 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 "stdout" => Sink::Stdout,
                 "off" => Sink::Off,
                 "" => {
-                    self.error(
-                        access,
-                        "log.access",
+                    self.report(
+                        span_of(access),
+                        &key.child("access"),
                         "the access log needs a destination",
                         Some("write \"stdout\", \"off\" or a file path".into()),
                     );
@@ -198,9 +223,9 @@ impl<'e, 'a> Compiler<'e, 'a> {
                     let path = std::path::PathBuf::from(path);
                     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
                     if dir.is_some_and(|d| !d.is_dir()) {
-                        self.error(
-                            access,
-                            "log.access",
+                        self.report(
+                            span_of(access),
+                            &key.child("access"),
                             format!("the directory of `{}` does not exist", path.display()),
                             Some("create it, or log to \"stdout\"".into()),
                         );
@@ -214,9 +239,9 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 "json" => Format::Json,
                 "combined" => Format::Combined,
                 other => {
-                    self.error(
-                        format,
-                        "log.format",
+                    self.report(
+                        span_of(format),
+                        &key.child("format"),
                         format!("unknown format `{other}`"),
                         Some("use \"json\" or \"combined\"".into()),
                     );
@@ -229,6 +254,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
 
     /// `[cache]`: the storage bounds (defaults when the section is absent).
     pub fn cache(&mut self, c: Option<CacheSection>) -> CacheSettings {
+        let key = KeyPath::root("cache");
         let defaults = CacheSettings::default();
         let Some(c) = c else {
             return defaults;
@@ -242,10 +268,10 @@ impl<'e, 'a> Compiler<'e, 'a> {
         // The default object bound never exceeds a smaller max_size.
         let max_object_size = size(&c.max_object_size, defaults.max_object_size.min(max_size));
         if let Some(s) = &c.max_size {
-            if max_size < 1 << 20 {
-                self.error(
-                    s,
-                    "cache.max_size",
+            if max_size < MIN_CACHE_SIZE {
+                self.report(
+                    span_of(s),
+                    &key.child("max_size"),
                     format!("{max_size} bytes is too small for a cache"),
                     Some("give it at least \"1MiB\"".into()),
                 );
@@ -253,9 +279,9 @@ impl<'e, 'a> Compiler<'e, 'a> {
         }
         if let Some(s) = &c.max_object_size {
             if max_object_size == 0 || max_object_size > max_size {
-                self.error(
-                    s,
-                    "cache.max_object_size",
+                self.report(
+                    span_of(s),
+                    &key.child("max_object_size"),
                     format!("must be between 1 byte and max_size ({max_size} bytes)"),
                     Some("larger responses are streamed without being stored".into()),
                 );
@@ -269,25 +295,24 @@ impl<'e, 'a> Compiler<'e, 'a> {
 
     /// `[server]`.
     pub fn server(&mut self, s: ServerSection) -> ServerSettings {
-        let mut listen = Vec::new();
+        let key = KeyPath::root("server");
         if s.listen.is_empty() {
-            self.entry_error(
-                "server.listen",
+            self.report(
+                None,
+                &key.child("listen"),
                 "no listener configured",
-                Some("add listen = [\"127.0.0.1:8080\"]".into()),
+                Some(format!("add listen = [\"{}\"]", model::DEFAULT_LISTEN)),
             );
         }
-        for (i, addr) in s.listen.iter().enumerate() {
-            match addr.get_ref().parse::<SocketAddr>() {
-                Ok(a) => listen.push(a),
-                Err(_) => self.error(
-                    addr,
-                    &format!("server.listen[{i}]"),
-                    format!("`{}` is not an IP:port address", addr.get_ref()),
-                    Some("write it like \"127.0.0.1:8080\" or \"[::]:8080\"".into()),
-                ),
-            }
-        }
+        let listen: Vec<SocketAddr> = s
+            .listen
+            .iter()
+            .enumerate()
+            .filter_map(|(i, addr)| {
+                let hint = "write it like \"127.0.0.1:8080\" or \"[::]:8080\"";
+                self.listen_addr(addr, &key.child("listen").index(i), hint, None)
+            })
+            .collect();
         let mut trusted = Vec::new();
         for (i, net) in s.trusted_proxies.iter().enumerate() {
             let text = net.get_ref();
@@ -296,9 +321,9 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
             {
                 Ok(n) => trusted.push(n),
-                Err(_) => self.error(
-                    net,
-                    &format!("server.trusted_proxies[{i}]"),
+                Err(_) => self.report(
+                    span_of(net),
+                    &key.child("trusted_proxies").index(i),
                     format!("`{text}` is not an IP address or CIDR block"),
                     Some("write it like \"10.0.0.0/8\" or \"192.168.1.10\"".into()),
                 ),
@@ -306,7 +331,12 @@ impl<'e, 'a> Compiler<'e, 'a> {
         }
         let threads = match s.threads {
             Some(0) => {
-                self.entry_error("server.threads", "threads must be at least 1", None);
+                self.report(
+                    None,
+                    &key.child("threads"),
+                    "threads must be at least 1",
+                    None,
+                );
                 1
             }
             Some(n) => n,
@@ -320,36 +350,44 @@ impl<'e, 'a> Compiler<'e, 'a> {
             .collect::<Vec<TlsListener>>();
         for (i, t) in tls.iter().enumerate() {
             if tls[..i].iter().any(|other| other.addr == t.addr) {
-                self.entry_error(
-                    &format!("server.tls[{i}].listen"),
+                self.report(
+                    None,
+                    &key.child("tls").index(i).child("listen"),
                     format!("`{}` is already another TLS listener", t.addr),
                     Some("give each [[server.tls]] its own address".into()),
                 );
             }
         }
         let strip_untrusted_headers = self.stripped_headers(s.strip_untrusted_headers);
-        let header_timeout = s.header_timeout.map_or(Duration::from_secs(10), |d| d.0);
+        let header_timeout = s
+            .header_timeout
+            .map_or(model::DEFAULT_HEADER_TIMEOUT, |d| d.0);
         if header_timeout.is_zero() {
-            self.entry_error(
-                "server.header_timeout",
+            self.report(
+                None,
+                &key.child("header_timeout"),
                 "header_timeout must be longer than zero",
                 Some("write a duration like \"10s\"".into()),
             );
         }
-        for (key, value) in [
-            ("server.max_connections", s.max_connections),
-            ("server.max_connections_per_ip", s.max_connections_per_ip),
+        for (field, value) in [
+            ("max_connections", s.max_connections),
+            ("max_connections_per_ip", s.max_connections_per_ip),
         ] {
             if value == Some(0) {
-                self.entry_error(key, "the limit must be at least 1", None);
+                let msg = "the limit must be at least 1";
+                self.report(None, &key.child(field), msg, None);
             }
         }
         let max_request_header_size = s
             .max_request_header_size
-            .map_or(64 * 1024, |b| usize::try_from(b.0).unwrap_or(usize::MAX));
+            .map_or(model::DEFAULT_MAX_REQUEST_HEADER_SIZE, |b| {
+                usize::try_from(b.0).unwrap_or(usize::MAX)
+            });
         if max_request_header_size < MIN_REQUEST_HEADER_SIZE {
-            self.entry_error(
-                "server.max_request_header_size",
+            self.report(
+                None,
+                &key.child("max_request_header_size"),
                 "max_request_header_size must be at least 1 KiB (a browser's request head \
                  is rarely under 500 bytes)",
                 Some("write a size like \"64KiB\"".into()),
@@ -363,19 +401,25 @@ impl<'e, 'a> Compiler<'e, 'a> {
             trusted_proxies: trusted,
             h2c: s.h2c,
             work_stealing: s.work_stealing,
-            grace_period: s.grace_period.map_or(Duration::from_secs(5), |d| d.0),
-            keepalive_timeout: s.keepalive_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            grace_period: s.grace_period.map_or(model::DEFAULT_GRACE_PERIOD, |d| d.0),
+            keepalive_timeout: s
+                .keepalive_timeout
+                .map_or(model::DEFAULT_KEEPALIVE_TIMEOUT, |d| d.0),
             header_timeout,
             max_connections: s.max_connections,
             max_connections_per_ip: s.max_connections_per_ip,
             max_request_header_size,
-            upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(128),
+            upstream_keepalive_pool_size: s
+                .upstream_keepalive_pool_size
+                .unwrap_or(model::DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE),
             runtime_dir: (s.pid_file.is_none() || s.upgrade_sock.is_none())
                 .then(crate::runtime_dir::default_dir),
-            pid_file: s.pid_file.unwrap_or_else(|| in_runtime_dir("gantry.pid")),
+            pid_file: s
+                .pid_file
+                .unwrap_or_else(|| in_runtime_dir(model::DEFAULT_PID_FILE)),
             upgrade_sock: s
                 .upgrade_sock
-                .unwrap_or_else(|| in_runtime_dir("upgrade.sock")),
+                .unwrap_or_else(|| in_runtime_dir(model::DEFAULT_UPGRADE_SOCK)),
             error_log: s.error_log,
         }
     }
@@ -383,18 +427,19 @@ impl<'e, 'a> Compiler<'e, 'a> {
     /// `server.strip_untrusted_headers`: header names, the default list when absent.
     fn stripped_headers(&mut self, names: Option<Vec<Spanned<String>>>) -> Vec<http::HeaderName> {
         let Some(names) = names else {
-            return crate::config::model::DEFAULT_STRIPPED
+            return model::DEFAULT_STRIPPED
                 .iter()
                 .map(|n| http::HeaderName::from_static(n))
                 .collect();
         };
+        let key = KeyPath::root("server").child("strip_untrusted_headers");
         let mut out = Vec::new();
         for (i, name) in names.iter().enumerate() {
             match http::HeaderName::from_bytes(name.get_ref().as_bytes()) {
                 Ok(n) => out.push(n),
-                Err(_) => self.error(
-                    name,
-                    &format!("server.strip_untrusted_headers[{i}]"),
+                Err(_) => self.report(
+                    span_of(name),
+                    &key.index(i),
                     format!("`{}` is not a header name", name.get_ref()),
                     Some("write a name like \"x-http-method-override\"".into()),
                 ),
@@ -406,21 +451,22 @@ impl<'e, 'a> Compiler<'e, 'a> {
     /// `[clusters.NAME]`; `None` when it has errors.
     pub fn cluster(&mut self, name: &str, c: ClusterSection) -> Option<Cluster> {
         let before = self.error_count();
-        let key = format!("clusters.{name}");
+        let key = KeyPath::root("clusters").child(name);
         if c.backends.is_empty() {
-            self.entry_error(
-                &format!("{key}.backends"),
+            self.report(
+                None,
+                &key.child("backends"),
                 "a cluster needs at least one backend",
                 Some("add backends = [\"127.0.0.1:9000\"]".into()),
             );
         }
         let mut backends: Vec<BackendAddr> = Vec::new();
         for (i, spec) in c.backends.iter().enumerate() {
-            let bkey = format!("{key}.backends[{i}]");
+            let bkey = key.child("backends").index(i);
             let b = spec.get_ref();
             if b.weight == 0 || b.weight > MAX_WEIGHT {
-                self.error(
-                    spec,
+                self.report(
+                    span_of(spec),
                     &bkey,
                     format!("weight must be between 1 and {MAX_WEIGHT}"),
                     Some(
@@ -431,8 +477,8 @@ impl<'e, 'a> Compiler<'e, 'a> {
             }
             match resolve(&b.addr) {
                 Ok(addrs) if addrs.iter().any(|a| backends.iter().any(|x| x.addr == *a)) => self
-                    .error(
-                        spec,
+                    .report(
+                        span_of(spec),
                         &bkey,
                         format!("backend `{}` is listed twice", b.addr),
                         Some(
@@ -447,8 +493,8 @@ impl<'e, 'a> Compiler<'e, 'a> {
                         host: host.clone(),
                     }))
                 }
-                Err(e) => self.error(
-                    spec,
+                Err(e) => self.report(
+                    span_of(spec),
                     &bkey,
                     e,
                     Some("write it like \"127.0.0.1:9000\" or \"backend.internal:9000\"".into()),
@@ -457,9 +503,9 @@ impl<'e, 'a> Compiler<'e, 'a> {
         }
         let hash_on = match (c.balancer, &c.hash_on) {
             (BalancerKind::RoundRobin, Some(h)) => {
-                self.error(
-                    h,
-                    &format!("{key}.hash_on"),
+                self.report(
+                    span_of(h),
+                    &key.child("hash_on"),
                     "hash_on only applies to balancer = \"consistent_hash\"",
                     Some("remove hash_on or set balancer = \"consistent_hash\"".into()),
                 );
@@ -470,7 +516,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
             (BalancerKind::ConsistentHash, Some(h)) => match HashOn::parse(h.get_ref()) {
                 Ok(k) => Some(k),
                 Err(e) => {
-                    self.error(h, &format!("{key}.hash_on"), e, None);
+                    self.report(span_of(h), &key.child("hash_on"), e, None);
                     None
                 }
             },
@@ -478,29 +524,30 @@ impl<'e, 'a> Compiler<'e, 'a> {
         let timeouts = Timeouts {
             connect: self.positive(
                 c.connect_timeout.map(|d| d.0),
-                Duration::from_secs(5),
+                model::DEFAULT_CONNECT_TIMEOUT,
                 &key,
                 "connect_timeout",
             ),
             read: self.positive(
                 c.read_timeout.map(|d| d.0),
-                Duration::from_secs(60),
+                model::DEFAULT_READ_TIMEOUT,
                 &key,
                 "read_timeout",
             ),
             write: self.positive(
                 c.write_timeout.map(|d| d.0),
-                Duration::from_secs(60),
+                model::DEFAULT_WRITE_TIMEOUT,
                 &key,
                 "write_timeout",
             ),
-            idle: c.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            idle: c.idle_timeout.map_or(model::DEFAULT_IDLE_TIMEOUT, |d| d.0),
         };
-        let retries = c.retries.unwrap_or(2);
-        if retries > 15 {
-            self.entry_error(
-                &format!("{key}.retries"),
-                "retries must be at most 15",
+        let retries = c.retries.unwrap_or(model::DEFAULT_RETRIES);
+        if retries > MAX_RETRIES {
+            self.report(
+                None,
+                &key.child("retries"),
+                format!("retries must be at most {MAX_RETRIES}"),
                 None,
             );
         }
@@ -516,7 +563,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
     /// `protocol`, `tls`, `sni` and `verify` of a cluster.
     fn transport(
         &mut self,
-        key: &str,
+        key: &KeyPath,
         protocol: &ProtocolKind,
         tls: bool,
         sni: Option<String>,
@@ -528,16 +575,18 @@ impl<'e, 'a> Compiler<'e, 'a> {
             (ProtocolKind::H2, true) => Protocol::H2,
             (ProtocolKind::H2c, false) => Protocol::H2c,
             (ProtocolKind::H2, false) => {
-                self.entry_error(
-                    &format!("{key}.protocol"),
+                self.report(
+                    None,
+                    &key.child("protocol"),
                     "protocol = \"h2\" is HTTP/2 over TLS and needs tls = true",
                     Some("set tls = true, or use protocol = \"h2c\" for cleartext HTTP/2".into()),
                 );
                 Protocol::H2
             }
             (ProtocolKind::H2c, true) => {
-                self.entry_error(
-                    &format!("{key}.protocol"),
+                self.report(
+                    None,
+                    &key.child("protocol"),
                     "protocol = \"h2c\" is cleartext HTTP/2 and cannot use tls = true",
                     Some("use protocol = \"h2\" with tls = true".into()),
                 );
@@ -545,16 +594,18 @@ impl<'e, 'a> Compiler<'e, 'a> {
             }
         };
         if !tls && (sni.is_some() || verify.is_some()) {
-            self.entry_error(
-                &format!("{key}.tls"),
+            self.report(
+                None,
+                &key.child("tls"),
                 "`sni` and `verify` only apply with tls = true",
                 Some("set tls = true or remove them".into()),
             );
         }
         let verify = verify.unwrap_or(true);
         if tls && verify && sni.is_none() && backends.iter().any(|b| b.host.is_empty()) {
-            self.entry_error(
-                &format!("{key}.sni"),
+            self.report(
+                None,
+                &key.child("sni"),
                 "verifying TLS needs a server name, and a backend is an IP address",
                 Some("set sni = \"backend.example.com\" (the name in its certificate)".into()),
             );
@@ -569,42 +620,50 @@ impl<'e, 'a> Compiler<'e, 'a> {
 
     fn health_check(
         &mut self,
-        cluster_key: &str,
+        cluster_key: &KeyPath,
         h: HealthCheckSection,
     ) -> Option<HealthCheckSpec> {
-        let key = format!("{cluster_key}.health_check");
+        let key = cluster_key.child("health_check");
         let interval = self.positive(
             h.interval.map(|d| d.0),
-            Duration::from_secs(5),
+            model::DEFAULT_HEALTH_CHECK_INTERVAL,
             &key,
             "interval",
         );
         let timeout = self.positive(
             h.timeout.map(|d| d.0),
-            Duration::from_secs(1),
+            model::DEFAULT_HEALTH_CHECK_TIMEOUT,
             &key,
             "timeout",
         );
-        let healthy_threshold = h.healthy_threshold.unwrap_or(2);
-        let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(2);
+        let healthy_threshold = h
+            .healthy_threshold
+            .unwrap_or(model::DEFAULT_HEALTHY_THRESHOLD);
+        let unhealthy_threshold = h
+            .unhealthy_threshold
+            .unwrap_or(model::DEFAULT_UNHEALTHY_THRESHOLD);
         for (n, field) in [
             (healthy_threshold, "healthy_threshold"),
             (unhealthy_threshold, "unhealthy_threshold"),
         ] {
             if n == 0 {
-                self.entry_error(
-                    &format!("{key}.{field}"),
+                self.report(
+                    None,
+                    &key.child(field),
                     format!("{field} must be at least 1"),
                     None,
                 );
             }
         }
-        let expected_statuses = h.expected_statuses.unwrap_or_else(|| vec![200]);
+        let expected_statuses = h
+            .expected_statuses
+            .unwrap_or_else(|| model::DEFAULT_EXPECTED_STATUSES.to_vec());
         if expected_statuses.is_empty()
             || expected_statuses.iter().any(|s| !(100..=599).contains(s))
         {
-            self.entry_error(
-                &format!("{key}.expected_statuses"),
+            self.report(
+                None,
+                &key.child("expected_statuses"),
                 "expected_statuses must list status codes between 100 and 599",
                 None,
             );
@@ -613,8 +672,9 @@ impl<'e, 'a> Compiler<'e, 'a> {
             HealthCheckKind::Tcp => {
                 for (field, set) in [("path", h.path.is_some()), ("host", h.host.is_some())] {
                     if set {
-                        self.entry_error(
-                            &format!("{key}.{field}"),
+                        self.report(
+                            None,
+                            &key.child(field),
                             format!("`{field}` only applies to type = \"http\" checks"),
                             None,
                         );
@@ -623,11 +683,14 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 None
             }
             HealthCheckKind::Http => {
-                let path = h.path.as_ref().map_or("/", |p| p.get_ref().as_str());
+                let path = h
+                    .path
+                    .as_ref()
+                    .map_or(model::DEFAULT_HEALTH_CHECK_PATH, |p| p.get_ref().as_str());
                 let host = h
                     .host
                     .as_ref()
-                    .map_or("localhost", |p| p.get_ref().as_str());
+                    .map_or(model::DEFAULT_HEALTH_CHECK_HOST, |p| p.get_ref().as_str());
                 let req = RequestHeader::build("GET", path.as_bytes(), None).and_then(|mut r| {
                     r.insert_header(http::header::HOST, host)?;
                     Ok(r)
@@ -635,8 +698,9 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 match (path.starts_with('/'), req) {
                     (true, Ok(r)) => Some(r),
                     _ => {
-                        self.entry_error(
-                            &format!("{key}.path"),
+                        self.report(
+                            None,
+                            &key.child("path"),
                             format!("invalid health check path `{path}` or host `{host}`"),
                             Some("the path must start with `/`".into()),
                         );
@@ -655,33 +719,51 @@ impl<'e, 'a> Compiler<'e, 'a> {
         })
     }
 
-    /// `[routes.NAME]`; `None` when it has errors.
+    /// `[routes.NAME]` with its plugins (`plugin_section`, its `[routes.NAME.plugins.*]`, built
+    /// after the paths are compiled); `None` when it has errors.
     pub fn route(
         &mut self,
         name: &str,
         r: RouteSection,
         clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
-        plugins: gantry_plugins::PluginChain,
+        plugins: &Plugins,
+        plugin_section: Option<Spanned<DeValue<'a>>>,
     ) -> Option<RouteSpec> {
         let before = self.error_count();
-        let key = format!("routes.{name}");
-        let hosts = self.parse_list(&r.hosts, &format!("{key}.hosts"), HostPattern::parse);
+        let key = KeyPath::root("routes").child(name);
+        let hosts = self.parse_list(&r.hosts, &key.child("hosts"), HostPattern::parse);
         if r.paths.is_empty() {
-            self.entry_error(
-                &format!("{key}.paths"),
+            self.report(
+                None,
+                &key.child("paths"),
                 "a route needs at least one path",
                 Some("add paths = [\"/\"] to match everything".into()),
             );
         }
-        let paths = self.parse_list(&r.paths, &format!("{key}.paths"), PathPattern::parse);
+        let paths = self.parse_list(&r.paths, &key.child("paths"), PathPattern::parse);
+        // `$path.NAME` in the route's templates: its regex paths, compiled once, above.
+        let templates = TemplateScope {
+            path_regexes: paths
+                .iter()
+                .filter_map(|p| match p {
+                    PathPattern::Regex(re) => Some(re.clone()),
+                    _ => None,
+                })
+                .collect(),
+        };
+        let plugins_start = self.error_count();
+        let plugins = plugins.route(self.doc, name, plugin_section, templates.clone());
+        // The plugins' problems fail the load, but the route's own checks go on.
+        let before = before + (self.error_count() - plugins_start);
         if r.strip_prefix && paths.iter().any(|p| matches!(p, PathPattern::Regex(_))) {
-            self.entry_error(
-                &format!("{key}.strip_prefix"),
+            self.report(
+                None,
+                &key.child("strip_prefix"),
                 "strip_prefix needs prefix or exact paths; a regex has no prefix to strip",
                 None,
             );
         }
-        let methods = self.parse_list(&r.methods, &format!("{key}.methods"), |m| {
+        let methods = self.parse_list(&r.methods, &key.child("methods"), |m| {
             if m.bytes().any(|b| b.is_ascii_lowercase()) {
                 return Err(format!(
                     "method `{m}` must be upper case (`{}`)",
@@ -690,7 +772,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
             }
             Method::from_bytes(m.as_bytes()).map_err(|_| format!("invalid method `{m}`"))
         });
-        let headers = self.headers(&r.headers, &format!("{key}.headers"));
+        let headers = self.headers(&r.headers, &key.child("headers"));
         let actions = [
             r.cluster.is_some(),
             r.respond.is_some(),
@@ -698,7 +780,8 @@ impl<'e, 'a> Compiler<'e, 'a> {
         ];
         let action = match actions.iter().filter(|set| **set).count() {
             0 => {
-                self.entry_error(
+                self.report(
+                    None,
                     &key,
                     "a route needs `cluster` (to proxy), `respond` (to answer directly) or \
                      `aggregate` (to compose several calls)",
@@ -708,26 +791,19 @@ impl<'e, 'a> Compiler<'e, 'a> {
             }
             1 => {
                 if let Some(c) = &r.cluster {
-                    self.cluster_ref(c, &format!("{key}.cluster"), clusters)?
+                    self.cluster_ref(c, &key.child("cluster"), clusters)?
                         .map(RouteAction::Proxy)
                 } else if let Some(resp) = r.respond {
                     self.respond(&key, resp).map(RouteAction::Respond)
                 } else {
                     let aggregate = r.aggregate?;
-                    let scope = TemplateScope {
-                        path_regexes: r
-                            .paths
-                            .iter()
-                            .filter_map(|p| p.get_ref().strip_prefix('~'))
-                            .filter_map(|re| regex::Regex::new(re).ok())
-                            .collect(),
-                    };
-                    self.aggregate(&key, aggregate, clusters, &scope)?
+                    self.aggregate(&key, aggregate, clusters, &templates)?
                         .map(|a| RouteAction::Aggregate(Arc::new(a)))
                 }
             }
             _ => {
-                self.entry_error(
+                self.report(
+                    None,
                     &key,
                     "a route has one of `cluster`, `respond` and `aggregate`, not several",
                     None,
@@ -740,8 +816,9 @@ impl<'e, 'a> Compiler<'e, 'a> {
             Some(RouteAction::Proxy(c)) if c.protocol != Protocol::Http1
         );
         if r.grpc_web && !http2_cluster {
-            self.entry_error(
-                &format!("{key}.grpc_web"),
+            self.report(
+                None,
+                &key.child("grpc_web"),
                 "grpc_web bridges to a gRPC upstream: it needs `cluster` with protocol = \"h2c\" or \"h2\"",
                 None,
             );
@@ -750,6 +827,15 @@ impl<'e, 'a> Compiler<'e, 'a> {
         if self.error_count() != before {
             return None;
         }
+        let action = action?;
+        if plugins.own_cache && !matches!(action, RouteAction::Proxy(_)) {
+            self.report(
+                None,
+                &key.child("plugins").child(CACHE_PLUGIN),
+                "the cache stores upstream responses: it applies to routes with `cluster`",
+                Some("remove the plugin from this route".into()),
+            );
+        }
         let route = Route {
             name: name.into(),
             methods,
@@ -757,8 +843,8 @@ impl<'e, 'a> Compiler<'e, 'a> {
             priority: r.priority,
             strip_prefix: r.strip_prefix,
             grpc_web: r.grpc_web,
-            plugins,
-            action: action?,
+            plugins: plugins.chain,
+            action,
             metrics: crate::metrics::route(name),
             compress,
         };
@@ -770,7 +856,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
     }
 
     /// A route's `compress` list.
-    fn compress(&mut self, key: &str, names: &[Spanned<String>]) -> Vec<Algorithm> {
+    fn compress(&mut self, key: &KeyPath, names: &[Spanned<String>]) -> Vec<Algorithm> {
         let mut algorithms = Vec::new();
         for name in names {
             let algorithm = match name.get_ref().as_str() {
@@ -778,9 +864,9 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 "gzip" => Algorithm::Gzip,
                 "zstd" => Algorithm::Zstd,
                 other => {
-                    self.error(
-                        name,
-                        &format!("{key}.compress"),
+                    self.report(
+                        span_of(name),
+                        &key.child("compress"),
                         format!("unknown compression `{other}`"),
                         Some("use \"br\", \"gzip\" or \"zstd\"".into()),
                     );
@@ -799,7 +885,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
     fn cluster_ref(
         &mut self,
         name: &Spanned<String>,
-        key: &str,
+        key: &KeyPath,
         clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
     ) -> Option<Option<Arc<Cluster>>> {
         if let Some(cluster) = clusters.get(name.get_ref()) {
@@ -807,13 +893,11 @@ impl<'e, 'a> Compiler<'e, 'a> {
         }
         let hint =
             did_you_mean(name.get_ref(), clusters.keys().map(String::as_str)).or_else(|| {
-                Some(format!(
-                    "define [clusters.{}] or fix the name",
-                    name.get_ref()
-                ))
+                let missing = KeyPath::root("clusters").child(name.get_ref());
+                Some(format!("define [{missing}] or fix the name"))
             });
-        self.error(
-            name,
+        self.report(
+            span_of(name),
             key,
             format!("cluster `{}` is not defined", name.get_ref()),
             hint,
@@ -824,36 +908,40 @@ impl<'e, 'a> Compiler<'e, 'a> {
     /// `[routes.R.aggregate]`; `Some(None)` when a cluster it names failed to compile.
     fn aggregate(
         &mut self,
-        route_key: &str,
+        route_key: &KeyPath,
         section: Spanned<AggregateSection>,
         clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
         scope: &TemplateScope,
     ) -> Option<Option<Aggregate>> {
-        let key = format!("{route_key}.aggregate");
+        let key = route_key.child("aggregate");
         let span = section.span();
         let section = section.into_inner();
-        let timeout = section.timeout.map_or(Duration::from_secs(1), |d| d.0);
+        let timeout = section
+            .timeout
+            .map_or(model::DEFAULT_AGGREGATE_TIMEOUT, |d| d.0);
         if timeout.is_zero() {
             let msg = "timeout must be greater than zero";
-            self.errors
-                .push(Some(span.clone()), &format!("{key}.timeout"), msg, None);
+            self.report(Some(span.clone()), &key.child("timeout"), msg, None);
         }
         if section.calls.is_empty() {
-            self.errors.push(
+            self.report(
                 Some(span),
-                &format!("{key}.calls"),
+                &key.child("calls"),
                 "an aggregate needs at least one call",
-                Some(format!("add [{key}.calls.NAME] with cluster and path")),
+                Some(format!(
+                    "add [{}] with cluster and path",
+                    key.child("calls").child("NAME")
+                )),
             );
             return None;
         }
         let mut calls = Vec::new();
         let mut broken_cluster = false;
         for (name, call) in section.calls {
-            let call_key = format!("{key}.calls.{name}");
+            let call_key = key.child("calls").child(&name);
             let at = Some(call.cluster.span());
             if name == "errors" {
-                self.errors.push(
+                self.report(
                     at,
                     &call_key,
                     "`errors` is the member that lists failed calls; name the call otherwise",
@@ -861,7 +949,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 );
                 continue;
             }
-            let cluster_key = format!("{call_key}.cluster");
+            let cluster_key = call_key.child("cluster");
             let cluster = match self.cluster_ref(&call.cluster, &cluster_key, clusters) {
                 Some(Some(cluster)) => Some(cluster),
                 Some(None) => {
@@ -870,33 +958,32 @@ impl<'e, 'a> Compiler<'e, 'a> {
                 }
                 None => None,
             };
-            let path_key = format!("{call_key}.path");
+            let path_key = call_key.child("path");
             let path = match Template::parse(&call.path, scope) {
                 Ok(_) if !call.path.starts_with('/') => {
                     let hint = Some("write it like \"/users/$path.user\"".into());
-                    self.errors
-                        .push(at.clone(), &path_key, "path must start with `/`", hint);
+                    self.report(at.clone(), &path_key, "path must start with `/`", hint);
                     None
                 }
                 Ok(path) => Some(path),
                 Err(e) => {
-                    self.errors.push(at.clone(), &path_key, e, None);
+                    self.report(at.clone(), &path_key, e, None);
                     None
                 }
             };
             let mut forward_headers = Vec::new();
             for h in &call.forward_headers {
                 match HeaderName::from_bytes(h.as_bytes()) {
-                    Ok(name) if FRAMING_HEADERS.contains(&name.as_str()) => self.errors.push(
+                    Ok(name) if FRAMING_HEADERS.contains(&name.as_str()) => self.report(
                         at.clone(),
-                        &format!("{call_key}.forward_headers"),
+                        &call_key.child("forward_headers"),
                         format!("`{h}` describes the client's own connection or body and cannot be forwarded"),
                         None,
                     ),
                     Ok(name) => forward_headers.push(name),
-                    Err(_) => self.errors.push(
+                    Err(_) => self.report(
                         at.clone(),
-                        &format!("{call_key}.forward_headers"),
+                        &call_key.child("forward_headers"),
                         format!("`{h}` is not a valid header name"),
                         None,
                     ),
@@ -904,9 +991,9 @@ impl<'e, 'a> Compiler<'e, 'a> {
             }
             let call_timeout = call.timeout.map(|d| d.0);
             if call_timeout.is_some_and(|t| t.is_zero()) {
-                self.errors.push(
+                self.report(
                     at,
-                    &format!("{call_key}.timeout"),
+                    &call_key.child("timeout"),
                     "timeout must be greater than zero",
                     None,
                 );
@@ -930,40 +1017,40 @@ impl<'e, 'a> Compiler<'e, 'a> {
 
     fn respond(
         &mut self,
-        route_key: &str,
+        route_key: &KeyPath,
         resp: Spanned<RespondSection>,
     ) -> Option<DirectResponse> {
-        let key = format!("{route_key}.respond");
+        let key = route_key.child("respond");
         let span = resp.span();
         let resp = resp.into_inner();
         let status = StatusCode::from_u16(resp.status)
             .ok()
             .filter(|_| (200..=599).contains(&resp.status));
         if status.is_none() {
-            self.errors.push(
+            self.report(
                 Some(span.clone()),
-                &format!("{key}.status"),
+                &key.child("status"),
                 format!("status {} is not between 200 and 599", resp.status),
                 None,
             );
         }
-        let mut headers = self.headers(&resp.headers, &format!("{key}.headers"));
+        let mut headers = self.headers(&resp.headers, &key.child("headers"));
         let has_type = headers.iter().any(|(n, _)| n == http::header::CONTENT_TYPE);
         match (&resp.content_type, has_type) {
-            (Some(_), true) => self.errors.push(
+            (Some(_), true) => self.report(
                 Some(span.clone()),
-                &format!("{key}.content_type"),
+                &key.child("content_type"),
                 "Content-Type is set both by `content_type` and in `headers`",
                 Some("keep one of them".into()),
             ),
             (_, true) => {}
             (ct, false) => {
-                let ct = ct.as_deref().unwrap_or("text/plain; charset=utf-8");
+                let ct = ct.as_deref().unwrap_or(model::DEFAULT_CONTENT_TYPE);
                 match HeaderValue::from_str(ct) {
                     Ok(v) => headers.push((http::header::CONTENT_TYPE, v)),
-                    Err(_) => self.errors.push(
+                    Err(_) => self.report(
                         Some(span.clone()),
-                        &format!("{key}.content_type"),
+                        &key.child("content_type"),
                         format!("`{ct}` is not a valid header value"),
                         None,
                     ),
@@ -981,7 +1068,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
     fn headers(
         &mut self,
         map: &BTreeMap<String, Spanned<String>>,
-        key: &str,
+        key: &KeyPath,
     ) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::new();
         for (name, value) in map {
@@ -989,15 +1076,15 @@ impl<'e, 'a> Compiler<'e, 'a> {
             let hvalue = HeaderValue::from_str(value.get_ref());
             match (hname, hvalue) {
                 (Ok(n), Ok(v)) => out.push((n, v)),
-                (Err(_), _) => self.error(
-                    value,
-                    &format!("{key}.{name}"),
+                (Err(_), _) => self.report(
+                    span_of(value),
+                    &key.child(name),
                     format!("`{name}` is not a valid header name"),
                     None,
                 ),
-                (_, Err(_)) => self.error(
-                    value,
-                    &format!("{key}.{name}"),
+                (_, Err(_)) => self.report(
+                    span_of(value),
+                    &key.child(name),
                     "not a valid header value (control characters are not allowed)",
                     None,
                 ),
@@ -1009,14 +1096,14 @@ impl<'e, 'a> Compiler<'e, 'a> {
     fn parse_list<T, E: std::fmt::Display>(
         &mut self,
         items: &[Spanned<String>],
-        key: &str,
+        key: &KeyPath,
         parse: impl Fn(&str) -> Result<T, E>,
     ) -> Vec<T> {
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
             match parse(item.get_ref()) {
                 Ok(v) => out.push(v),
-                Err(e) => self.error(item, &format!("{key}[{i}]"), e.to_string(), None),
+                Err(e) => self.report(span_of(item), &key.index(i), e.to_string(), None),
             }
         }
         out
@@ -1026,13 +1113,14 @@ impl<'e, 'a> Compiler<'e, 'a> {
         &mut self,
         value: Option<Duration>,
         default: Duration,
-        key: &str,
+        key: &KeyPath,
         field: &str,
     ) -> Duration {
         match value {
             Some(d) if d.is_zero() => {
-                self.entry_error(
-                    &format!("{key}.{field}"),
+                self.report(
+                    None,
+                    &key.child(field),
                     format!("{field} must be greater than zero"),
                     None,
                 );
@@ -1044,7 +1132,7 @@ impl<'e, 'a> Compiler<'e, 'a> {
     }
 
     fn error_count(&self) -> usize {
-        self.errors.len()
+        self.doc.error_count()
     }
 }
 

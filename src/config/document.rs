@@ -6,7 +6,7 @@
 //! offending key is removed and the entry is tried again, so one pass reports every unknown key
 //! and every bad value with its line and column.
 
-use super::error::{did_you_mean, without_string_values, ConfigErrors, ErrorSink};
+use super::error::{did_you_mean, without_string_values, ConfigErrors, ErrorSink, KeyPath};
 use serde::de::DeserializeOwned;
 use serde_path_to_error::Segment;
 use std::ops::Range;
@@ -17,7 +17,7 @@ use toml::Spanned;
 pub struct Document<'a> {
     root: DeTable<'a>,
     /// Errors found so far.
-    pub errors: ErrorSink<'a>,
+    errors: ErrorSink<'a>,
 }
 
 /// A named entry of a map section (`routes.users`).
@@ -37,7 +37,7 @@ impl<'a> Document<'a> {
             for e in syntax_errors {
                 errors.push(
                     e.span(),
-                    "",
+                    &KeyPath::default(),
                     format!("TOML syntax: {}", e.message().trim()),
                     None,
                 );
@@ -48,6 +48,44 @@ impl<'a> Document<'a> {
             root: root.into_inner(),
             errors,
         })
+    }
+
+    /// Records a problem at `span` (a byte range of the source; `None`: no position) for `key`.
+    pub fn report(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: &KeyPath,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.errors.push(span, key, message, hint);
+    }
+
+    /// Like [`Document::report`] but without quoting the source line, for problems in values
+    /// that may hold secrets.
+    pub fn report_redacted(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: &KeyPath,
+        message: impl Into<String>,
+    ) {
+        self.errors.push_redacted(span, key, message);
+    }
+
+    /// Drops the quoted source lines of the problems reported after the first `from`, for
+    /// sections whose values may hold secrets.
+    pub fn redact_since(&mut self, from: usize) {
+        self.errors.redact_since(from);
+    }
+
+    /// Number of problems reported so far.
+    pub fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// Every problem reported, sorted by position.
+    pub fn into_errors(self) -> ConfigErrors {
+        self.errors.into_errors()
     }
 
     /// Removes the top-level key `name` and returns its value.
@@ -72,9 +110,9 @@ impl<'a> Document<'a> {
         for key in leftovers {
             let hint = did_you_mean(key.get_ref(), known.iter().copied())
                 .or_else(|| Some(format!("top-level sections are: {}", known.join(", "))));
-            self.errors.push(
+            self.report(
                 Some(key.span()),
-                key.get_ref(),
+                &KeyPath::root(key.get_ref()),
                 format!("unknown section `{}`", key.get_ref()),
                 hint,
             );
@@ -82,7 +120,7 @@ impl<'a> Document<'a> {
     }
 
     /// Splits a map section (`[routes]`) into its named entries.
-    pub fn entries(&mut self, section: &str, value: Spanned<DeValue<'a>>) -> Vec<Entry<'a>> {
+    pub fn entries(&mut self, section: &KeyPath, value: Spanned<DeValue<'a>>) -> Vec<Entry<'a>> {
         let span = value.span();
         match value.into_inner() {
             DeValue::Table(table) => table
@@ -93,14 +131,14 @@ impl<'a> Document<'a> {
                 })
                 .collect(),
             other => {
-                self.errors.push(
+                self.report(
                     Some(span),
                     section,
                     format!(
                         "expected a table of named entries, found {}",
                         other.type_str()
                     ),
-                    Some(format!("write entries as [{section}.NAME]")),
+                    Some(format!("write entries as [{}]", section.child("NAME"))),
                 );
                 Vec::new()
             }
@@ -116,11 +154,12 @@ impl<'a> Document<'a> {
         let Some(value) = value else {
             return Vec::new();
         };
-        self.entries(section, value)
+        let section = KeyPath::root(section);
+        self.entries(&section, value)
             .into_iter()
             .map(|e| {
                 let span = e.value.span();
-                let parsed = self.deserialize(&format!("{section}.{}", e.name), e.value);
+                let parsed = self.deserialize(&section.child(&e.name), e.value);
                 (e.name, span, parsed)
             })
             .collect()
@@ -130,17 +169,27 @@ impl<'a> Document<'a> {
     /// and the rest is returned for semantic checks; `None` when a required key is missing.
     pub fn deserialize<T: DeserializeOwned>(
         &mut self,
-        key: &str,
-        mut value: Spanned<DeValue<'a>>,
+        key: &KeyPath,
+        value: Spanned<DeValue<'a>>,
     ) -> Option<T> {
-        let mut removed: Vec<String> = Vec::new();
+        self.try_deserialize(key, value).ok()
+    }
+
+    /// Like [`Document::deserialize`], but when the entry cannot be deserialized (a required
+    /// key is missing) it gives back what is left of the value, without the keys reported.
+    pub fn try_deserialize<T: DeserializeOwned>(
+        &mut self,
+        key: &KeyPath,
+        mut value: Spanned<DeValue<'a>>,
+    ) -> Result<T, Spanned<DeValue<'a>>> {
+        let mut removed: Vec<KeyPath> = Vec::new();
         // Each failed attempt removes one key, so this ends after at most one pass per key.
         loop {
             let attempt =
                 serde_path_to_error::deserialize::<_, T>(ValueDeserializer::from(value.clone()));
             let err = match attempt {
                 // Keys removed above were reported already; the rest is still checked.
-                Ok(parsed) => return Some(parsed),
+                Ok(parsed) => return Ok(parsed),
                 Err(err) => err,
             };
             // `Spanned<T>` reads its value through a hidden key; it is not part of the user's path.
@@ -154,16 +203,16 @@ impl<'a> Document<'a> {
             let message = inner.message().trim().to_string();
 
             if let Some(field) = quoted(&message, "missing field `") {
-                if !removed.iter().any(|r| r.ends_with(&format!(".{field}"))) {
-                    let full = join_key(key, &path, Some(field));
-                    self.errors.push(
+                if !removed.iter().any(|r| r.ends_with(field)) {
+                    let full = join_key(key, &path).child(field);
+                    self.report(
                         inner.span(),
                         &full,
                         format!("missing required key `{field}`"),
                         Some(format!("add `{field} = …` here")),
                     );
                 }
-                return None;
+                return Err(value);
             }
 
             let (text, hint) = if let Some(field) = quoted(&message, "unknown field `") {
@@ -186,11 +235,11 @@ impl<'a> Document<'a> {
             } else {
                 (without_string_values(&message), None)
             };
-            let full = join_key(key, &path, None);
-            self.errors.push(inner.span(), &full, text, hint);
+            let full = join_key(key, &path);
+            self.report(inner.span(), &full, text, hint);
             removed.push(full);
             if path.is_empty() || !remove_path(&mut value, &path) {
-                return None;
+                return Err(value);
             }
         }
     }
@@ -238,27 +287,13 @@ fn remove_path(value: &mut Spanned<DeValue<'_>>, path: &[Segment]) -> bool {
 }
 
 /// `routes.users` + `[health_check, interval]` -> `routes.users.health_check.interval`.
-fn join_key(base: &str, path: &[Segment], extra: Option<&str>) -> String {
-    let mut out = base.to_string();
-    for seg in path {
-        match seg {
-            Segment::Map { key } => {
-                out.push('.');
-                out.push_str(key);
-            }
-            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Enum { variant } => {
-                out.push('.');
-                out.push_str(variant);
-            }
-            Segment::Unknown => {}
-        }
-    }
-    if let Some(extra) = extra {
-        out.push('.');
-        out.push_str(extra);
-    }
-    out
+fn join_key(base: &KeyPath, path: &[Segment]) -> KeyPath {
+    path.iter().fold(base.clone(), |key, seg| match seg {
+        Segment::Map { key: name } => key.child(name),
+        Segment::Seq { index } => key.index(*index),
+        Segment::Enum { variant } => key.child(variant),
+        Segment::Unknown => key,
+    })
 }
 
 /// The text between `prefix` and the next backtick.

@@ -1,7 +1,57 @@
 //! Configuration errors: each names the file, line, column, key path, the problem and the fix.
 
-use std::fmt;
+use std::fmt::{self, Write};
 use std::ops::Range;
+
+/// Where a problem is in the file, as the operator writes it: `routes.users.paths[0]`. Built
+/// one segment at a time (`KeyPath::root("routes").child("users").child("paths").index(0)`),
+/// shown by `Display`. Empty for whole-file problems.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPath(String);
+
+impl KeyPath {
+    /// A top-level key: `routes`.
+    pub fn root(key: impl fmt::Display) -> Self {
+        KeyPath::default().child(key)
+    }
+
+    /// The key `key` inside this one: `routes.users`.
+    pub fn child(&self, key: impl fmt::Display) -> Self {
+        let mut path = self.clone();
+        if !path.0.is_empty() {
+            path.0.push('.');
+        }
+        let _ = write!(path.0, "{key}");
+        path
+    }
+
+    /// Item `index` of the array at this key: `routes.users.paths[0]`.
+    pub fn index(&self, index: usize) -> Self {
+        let mut path = self.clone();
+        let _ = write!(path.0, "[{index}]");
+        path
+    }
+
+    /// True when the last key is `key` (and has a parent): `routes.r.paths` ends with `paths`.
+    pub fn ends_with(&self, key: &str) -> bool {
+        self.0
+            .strip_suffix(key)
+            .is_some_and(|parent| parent.ends_with('.'))
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A key path rendered elsewhere (the consumer problems of `gantry-plugins`).
+impl From<String> for KeyPath {
+    fn from(path: String) -> Self {
+        KeyPath(path)
+    }
+}
 
 /// One problem found in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,11 +134,11 @@ impl<'a> ErrorSink<'a> {
         }
     }
 
-    /// Records a problem at `span` (a byte range of the source) for `key`.
+    /// Records a problem at `span` (a byte range of the source; `None`: no position) for `key`.
     pub fn push(
         &mut self,
         span: Option<Range<usize>>,
-        key: &str,
+        key: &KeyPath,
         message: impl Into<String>,
         hint: Option<String>,
     ) {
@@ -100,7 +150,7 @@ impl<'a> ErrorSink<'a> {
             file: self.file.to_string(),
             line,
             column,
-            key: key.to_string(),
+            key: key.0.clone(),
             message: message.into(),
             hint,
             source_line,
@@ -112,7 +162,7 @@ impl<'a> ErrorSink<'a> {
     pub fn push_redacted(
         &mut self,
         span: Option<Range<usize>>,
-        key: &str,
+        key: &KeyPath,
         message: impl Into<String>,
     ) {
         self.push(span, key, message, None);
@@ -132,11 +182,6 @@ impl<'a> ErrorSink<'a> {
     /// Number of errors recorded so far.
     pub fn len(&self) -> usize {
         self.errors.len()
-    }
-
-    /// True when no error was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.errors.is_empty()
     }
 
     /// The recorded errors, sorted by position.
@@ -280,12 +325,27 @@ mod tests {
     }
 
     #[test]
+    fn key_paths_render_as_written_in_toml() {
+        let routes = KeyPath::root("routes");
+        assert_eq!(routes.to_string(), "routes");
+        let path = routes.child("r").child("paths").index(0);
+        assert_eq!(path.to_string(), "routes.r.paths[0]");
+        assert_eq!(path.child("x").to_string(), "routes.r.paths[0].x");
+        assert_eq!(KeyPath::default().to_string(), "");
+        assert_eq!(KeyPath::default().index(2).to_string(), "[2]");
+        assert!(path.child("cluster").ends_with("cluster"));
+        assert!(!KeyPath::root("cluster").ends_with("cluster"));
+        assert!(!routes.child("xcluster").ends_with("cluster"));
+    }
+
+    #[test]
     fn a_quoted_source_line_never_shows_a_secret() {
         let src = "[routes.r.plugins.request-transform]\nset_headers = { authorization = 7 }\n\
                    x = { token = \"tok-123\" }\n";
         let mut sink = ErrorSink::new("g.toml", src);
-        sink.push(Some(40..41), "k", "bad", None);
-        sink.push(Some(src.find("x =").unwrap()..src.len()), "x", "bad", None);
+        sink.push(Some(40..41), &KeyPath::root("k"), "bad", None);
+        let x = src.find("x =").unwrap()..src.len();
+        sink.push(Some(x), &KeyPath::root("x"), "bad", None);
         let shown = ConfigErrors(sink.errors).to_string();
         assert!(!shown.contains("tok-123"), "{shown}");
         assert!(shown.contains("x = { token = \"*******\" }"), "{shown}");

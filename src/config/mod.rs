@@ -12,7 +12,9 @@ mod redis;
 
 pub use error::{ConfigError, ConfigErrors};
 
-use crate::router::{RouteAction, Router};
+use error::KeyPath;
+
+use crate::router::Router;
 use crate::upstream::Cluster;
 use compile::Compiler;
 use document::Document;
@@ -109,8 +111,8 @@ pub struct CacheSettings {
 impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
-            max_size: 256 << 20,
-            max_object_size: 8 << 20,
+            max_size: model::DEFAULT_CACHE_MAX_SIZE,
+            max_object_size: model::DEFAULT_CACHE_MAX_OBJECT_SIZE,
         }
     }
 }
@@ -226,49 +228,48 @@ fn compile_source(
     let server = match server {
         Some(v) => {
             let span = v.span();
-            doc.deserialize::<model::ServerSection>("server", v)
+            doc.deserialize::<model::ServerSection>(&KeyPath::root("server"), v)
                 .map(|s| (span, s))
         }
         None => Some((0..0, model::ServerSection::default())),
     };
-    let admin = admin.and_then(|v| doc.deserialize::<model::AdminSection>("admin", v));
-    let cache = cache.and_then(|v| doc.deserialize::<model::CacheSection>("cache", v));
-    let log = log.and_then(|v| doc.deserialize::<model::LogSection>("log", v));
+    let admin =
+        admin.and_then(|v| doc.deserialize::<model::AdminSection>(&KeyPath::root("admin"), v));
+    let cache =
+        cache.and_then(|v| doc.deserialize::<model::CacheSection>(&KeyPath::root("cache"), v));
+    let log = log.and_then(|v| doc.deserialize::<model::LogSection>(&KeyPath::root("log"), v));
     let cluster_sections = doc.deserialize_entries::<model::ClusterSection>("clusters", clusters);
     let build_ctx = BuildContext {
         consumers: plugins::consumers(&mut doc, consumers),
         redis: redis::store(&mut doc, redis),
     };
-    let (global_plugins, global_slots) = plugins::global(&mut doc, global_plugins, &build_ctx);
-    let route_entries = routes.map(|v| doc.entries("routes", v)).unwrap_or_default();
+    // Global plugins first: they claim their state slots before any route's plugins.
+    let plugins = plugins::global(&mut doc, global_plugins, build_ctx);
+    let routes_key = KeyPath::root("routes");
+    let route_entries = routes
+        .map(|v| doc.entries(&routes_key, v))
+        .unwrap_or_default();
     let route_sections: Vec<_> = route_entries
         .into_iter()
-        .map(|mut e| {
-            let key = format!("routes.{}", e.name);
+        .filter_map(|mut e| {
             let span = e.value.span();
-            let path_regexes = plugins::regex_paths(&e.value);
-            let overrides = Document::take_child(&mut e.value, "plugins")
-                .map(|p| {
-                    let slots = global_slots.clone();
-                    plugins::route(&mut doc, &key, p, path_regexes, slots, &build_ctx)
-                })
-                .unwrap_or_default();
-            let section = doc.deserialize::<model::RouteSection>(&key, e.value);
-            let own_cache = overrides
-                .iter()
-                .any(|(name, p)| name == gantry_plugins::gateway::CACHE_PLUGIN && p.is_some());
-            (
-                e.name,
-                span,
-                section,
-                plugins::chain(&global_plugins, &overrides),
-                own_cache,
-            )
+            let plugin_section = Document::take_child(&mut e.value, "plugins");
+            let key = routes_key.child(&e.name);
+            match doc.try_deserialize::<model::RouteSection>(&key, e.value) {
+                Ok(section) => Some((e.name, span, section, plugin_section)),
+                Err(rest) => {
+                    // Not compiled (a required key is missing), but its plugins are checked.
+                    if plugin_section.is_some() {
+                        let templates = plugins::unparsed_route_templates(rest);
+                        plugins.route(&mut doc, &e.name, plugin_section, templates);
+                    }
+                    None
+                }
+            }
         })
         .collect();
 
-    let mut errors = doc.errors;
-    let mut compiler = Compiler::new(&mut errors);
+    let mut compiler = Compiler::new(&mut doc);
     let server = server.map(|(span, s)| {
         compiler.at_entry(span);
         compiler.server(s)
@@ -287,18 +288,9 @@ fn compile_source(
         clusters.insert(name, cluster);
     }
     let mut specs = Vec::new();
-    for (name, span, section, chain, own_cache) in route_sections {
+    for (name, span, section, plugin_section) in route_sections {
         compiler.at_entry(span);
-        if let Some(spec) = section.and_then(|s| compiler.route(&name, s, &clusters, chain)) {
-            if own_cache && !matches!(spec.route.action, RouteAction::Proxy(_)) {
-                compiler.entry_error(
-                    &format!("routes.{name}.plugins.cache"),
-                    "the cache stores upstream responses: it applies to routes with `cluster`",
-                    Some("remove the plugin from this route".into()),
-                );
-            }
-            specs.push(spec);
-        }
+        specs.extend(compiler.route(&name, section, &clusters, &plugins, plugin_section));
     }
     let proxy_listeners: Vec<SocketAddr> = server
         .iter()
@@ -311,7 +303,7 @@ fn compile_source(
     let cache = compiler.cache(cache);
     let log = compiler.log(log);
     match server {
-        Some(server) if errors.is_empty() => Ok(Config {
+        Some(server) if doc.error_count() == 0 => Ok(Config {
             admin,
             source_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(src.as_bytes())),
             source: src.to_string(),
@@ -327,7 +319,7 @@ fn compile_source(
                 .filter_map(|(k, v)| v.map(|c| (k, c)))
                 .collect(),
         }),
-        _ => Err(errors.into_errors()),
+        _ => Err(doc.into_errors()),
     }
 }
 
@@ -508,6 +500,51 @@ respond = { status = 99 }
             &format!("[redis]\nurl = \"redis://127.0.0.1:6379/2\"\n{limited}")
         )
         .is_ok());
+    }
+
+    #[test]
+    fn route_plugins_are_checked_against_the_compiled_paths() {
+        let transform = "[routes.r.plugins.request-transform]\n\
+                         set_headers = { x-id = \"$path.id\" }\n";
+        let paths = "[routes.r]\npaths = [\"~^/u/(?<id>[0-9]+)$\"]\n";
+        let route = format!("{paths}respond = {{ body = \"x\" }}\n");
+        assert!(load_str("t.toml", &format!("{route}{transform}")).is_ok());
+        let e = errors(&format!(
+            "[routes.r]\npaths = [\"/u\"]\nrespond = {{ body = \"x\" }}\n{transform}"
+        ));
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("routes.r.plugins.request-transform in template")),
+            "{e:#?}"
+        );
+        // A route that stops early (its cluster is not defined) still has its plugins checked.
+        let e =
+            errors("[routes.r]\npaths = [\"/\"]\ncluster = \"nope\"\n[routes.r.plugins.nosuch]\n");
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("routes.r.plugins.nosuch unknown plugin")),
+            "{e:#?}"
+        );
+        // So does one that cannot be deserialized, against the regex paths it has.
+        let e = errors(&format!(
+            "{paths}[routes.r.aggregate.calls.a]\npath = \"/\"\n{transform}[routes.r.plugins.nosuch]\n"
+        ));
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("routes.r.aggregate.calls.a.cluster missing")),
+            "{e:#?}"
+        );
+        // A plugin's problem does not hide the route's own.
+        let e = errors(&format!(
+            "{route}[routes.r.plugins.cache]\n[routes.r.plugins.nosuch]\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("routes.r.plugins.cache the cache stores")),
+            "{e:#?}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 use toml::Spanned;
 
 pub use gantry_plugins::gateway::{HumanDuration, HumanSize};
@@ -29,6 +30,23 @@ pub const DEFAULT_STRIPPED: &[&str] = &[
     "x-host",
 ];
 
+/// `server.listen`'s default: loopback only, so a fresh install is not open to the network.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// `server.grace_period`'s default.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+/// `server.header_timeout`'s default.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `server.keepalive_timeout`'s default.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `server.max_request_header_size`'s default, in bytes (64 KiB).
+pub const DEFAULT_MAX_REQUEST_HEADER_SIZE: usize = 64 * 1024;
+/// `server.upstream_keepalive_pool_size`'s default.
+pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 128;
+/// `server.pid_file`'s default name, in the runtime directory.
+pub const DEFAULT_PID_FILE: &str = "gantry.pid";
+/// `server.upgrade_sock`'s default name, in the runtime directory.
+pub const DEFAULT_UPGRADE_SOCK: &str = "upgrade.sock";
+
 /// `[server]`: listeners and process-wide settings.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,7 +55,8 @@ pub struct ServerSection {
     /// keeps the connections it accepted (nginx's model), which measured faster.
     #[serde(default)]
     pub work_stealing: bool,
-    /// Plain-text listeners (HTTP/1.1 and h2c on the same port). Default `["127.0.0.1:8080"]`.
+    /// Plain-text listeners (HTTP/1.1 and h2c on the same port). Default `["127.0.0.1:8080"]`
+    /// ([`DEFAULT_LISTEN`]).
     #[serde(default = "default_listen")]
     pub listen: Vec<Spanned<String>>,
     /// Worker threads. Default: the number of CPUs.
@@ -48,30 +67,34 @@ pub struct ServerSection {
     /// Accept HTTP/2 prior-knowledge (h2c) on the plain listeners. Default `true`.
     #[serde(default = "default_true")]
     pub h2c: bool,
-    /// How long SIGTERM waits for in-flight requests before exiting. Default `"5s"`.
+    /// How long SIGTERM waits for in-flight requests before exiting. Default `"5s"`
+    /// ([`DEFAULT_GRACE_PERIOD`]).
     pub grace_period: Option<HumanDuration>,
     /// How long a request head may take: from accept on a new connection, from its first byte
-    /// on a kept-alive one. Default `"10s"`.
+    /// on a kept-alive one. Default `"10s"` ([`DEFAULT_HEADER_TIMEOUT`]).
     pub header_timeout: Option<HumanDuration>,
     /// Most client connections open at once. Default: half the file-descriptor limit less 64.
     pub max_connections: Option<usize>,
     /// Most client connections open at once from one IP address. Default: no limit.
     pub max_connections_per_ip: Option<usize>,
-    /// How long an idle client keep-alive connection is kept open. Default `"60s"`.
+    /// How long an idle client keep-alive connection is kept open. Default `"60s"`
+    /// ([`DEFAULT_KEEPALIVE_TIMEOUT`]).
     pub keepalive_timeout: Option<HumanDuration>,
-    /// Largest accepted request line plus headers; larger requests get a 431. Default `"64KiB"`.
+    /// Largest accepted request line plus headers; larger requests get a 431. Default `"64KiB"`
+    /// ([`DEFAULT_MAX_REQUEST_HEADER_SIZE`]).
     pub max_request_header_size: Option<HumanSize>,
-    /// Idle upstream connections kept per worker thread. Default `128`.
+    /// Idle upstream connections kept per worker thread. Default `128`
+    /// ([`DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE`]).
     pub upstream_keepalive_pool_size: Option<usize>,
     /// Headers removed from requests of peers outside `trusted_proxies` (backends believe
     /// them). Default: the method overrides and forwarding variants listed in
     /// `docs/configuration.md`; `[]` keeps every header.
     pub strip_untrusted_headers: Option<Vec<Spanned<String>>>,
-    /// The pid file (used with `--daemon`). Default `gantry.pid` in the runtime directory
-    /// (see `crate::runtime_dir`).
+    /// The pid file (used with `--daemon`). Default `gantry.pid` ([`DEFAULT_PID_FILE`]) in the
+    /// runtime directory (see `crate::runtime_dir`).
     pub pid_file: Option<String>,
-    /// The Unix socket that hands listeners over on `--upgrade`. Default `upgrade.sock` in the
-    /// runtime directory.
+    /// The Unix socket that hands listeners over on `--upgrade`. Default `upgrade.sock`
+    /// ([`DEFAULT_UPGRADE_SOCK`]) in the runtime directory.
     pub upgrade_sock: Option<String>,
     /// Where logs go when running with `--daemon`. Default: stderr.
     pub error_log: Option<String>,
@@ -128,7 +151,7 @@ impl Default for ServerSection {
 }
 
 fn default_listen() -> Vec<Spanned<String>> {
-    vec![Spanned::new(0..0, "127.0.0.1:8080".to_string())]
+    vec![Spanned::new(0..0, DEFAULT_LISTEN.to_string())]
 }
 
 fn default_true() -> bool {
@@ -146,6 +169,17 @@ pub enum BalancerKind {
     ConsistentHash,
 }
 
+/// `clusters.*.connect_timeout`'s default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `clusters.*.read_timeout`'s default.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// `clusters.*.write_timeout`'s default.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `clusters.*.idle_timeout`'s default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `clusters.*.retries`'s default.
+pub const DEFAULT_RETRIES: u32 = 2;
+
 /// `[clusters.NAME]`: a named group of upstream backends.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,15 +191,17 @@ pub struct ClusterSection {
     pub hash_on: Option<Spanned<String>>,
     /// `"host:port"` strings or `{ addr, weight }` tables. Required, at least one.
     pub backends: Vec<Spanned<BackendSpec>>,
-    /// TCP connect timeout. Default `"5s"`.
+    /// TCP connect timeout. Default `"5s"` ([`DEFAULT_CONNECT_TIMEOUT`]).
     pub connect_timeout: Option<HumanDuration>,
-    /// Timeout for each read from the upstream (response header and every body chunk). Default `"60s"`.
+    /// Timeout for each read from the upstream (response header and every body chunk).
+    /// Default `"60s"` ([`DEFAULT_READ_TIMEOUT`]).
     pub read_timeout: Option<HumanDuration>,
-    /// Timeout for each write to the upstream. Default `"60s"`.
+    /// Timeout for each write to the upstream. Default `"60s"` ([`DEFAULT_WRITE_TIMEOUT`]).
     pub write_timeout: Option<HumanDuration>,
-    /// How long an idle pooled upstream connection is kept. Default `"60s"`.
+    /// How long an idle pooled upstream connection is kept. Default `"60s"`
+    /// ([`DEFAULT_IDLE_TIMEOUT`]).
     pub idle_timeout: Option<HumanDuration>,
-    /// Connection failures retried on another backend. Default `2`.
+    /// Connection failures retried on another backend. Default `2` ([`DEFAULT_RETRIES`]).
     pub retries: Option<u32>,
     /// Active health checking. Default: none (every backend is considered up).
     pub health_check: Option<HealthCheckSection>,
@@ -194,12 +230,15 @@ pub enum ProtocolKind {
     H2c,
 }
 
+/// `clusters.*.backends[*].weight`'s default.
+pub const DEFAULT_WEIGHT: usize = 1;
+
 /// One entry of `backends`.
 #[derive(Debug, Clone)]
 pub struct BackendSpec {
     /// `host:port`; hostnames are resolved when the config is loaded.
     pub addr: String,
-    /// Relative weight for round robin. Default `1`.
+    /// Relative weight for round robin. Default `1` ([`DEFAULT_WEIGHT`]).
     pub weight: usize,
 }
 
@@ -212,7 +251,7 @@ struct BackendTable {
 }
 
 fn default_weight() -> usize {
-    1
+    DEFAULT_WEIGHT
 }
 
 impl<'de> Deserialize<'de> for BackendSpec {
@@ -226,7 +265,7 @@ impl<'de> Deserialize<'de> for BackendSpec {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<BackendSpec, E> {
                 Ok(BackendSpec {
                     addr: v.to_string(),
-                    weight: 1,
+                    weight: DEFAULT_WEIGHT,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<BackendSpec, A::Error> {
@@ -252,6 +291,21 @@ pub enum HealthCheckKind {
     Tcp,
 }
 
+/// `clusters.*.health_check.path`'s default.
+pub const DEFAULT_HEALTH_CHECK_PATH: &str = "/";
+/// `clusters.*.health_check.host`'s default.
+pub const DEFAULT_HEALTH_CHECK_HOST: &str = "localhost";
+/// `clusters.*.health_check.interval`'s default.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// `clusters.*.health_check.timeout`'s default.
+pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// `clusters.*.health_check.healthy_threshold`'s default.
+pub const DEFAULT_HEALTHY_THRESHOLD: usize = 2;
+/// `clusters.*.health_check.unhealthy_threshold`'s default.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: usize = 2;
+/// `clusters.*.health_check.expected_statuses`'s default.
+pub const DEFAULT_EXPECTED_STATUSES: &[u16] = &[200];
+
 /// `[clusters.NAME.health_check]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -259,19 +313,21 @@ pub struct HealthCheckSection {
     /// `http` or `tcp`. Default `http`.
     #[serde(default, rename = "type")]
     pub kind: HealthCheckKind,
-    /// Path probed by HTTP checks. Default `"/"`.
+    /// Path probed by HTTP checks. Default `"/"` ([`DEFAULT_HEALTH_CHECK_PATH`]).
     pub path: Option<Spanned<String>>,
-    /// `Host` header sent by HTTP checks. Default `"localhost"`.
+    /// `Host` header sent by HTTP checks. Default `"localhost"` ([`DEFAULT_HEALTH_CHECK_HOST`]).
     pub host: Option<Spanned<String>>,
-    /// Time between checks. Default `"5s"`.
+    /// Time between checks. Default `"5s"` ([`DEFAULT_HEALTH_CHECK_INTERVAL`]).
     pub interval: Option<HumanDuration>,
-    /// Connect and read timeout of one check. Default `"1s"`.
+    /// Connect and read timeout of one check. Default `"1s"` ([`DEFAULT_HEALTH_CHECK_TIMEOUT`]).
     pub timeout: Option<HumanDuration>,
-    /// Consecutive successes that mark a backend up. Default `2`.
+    /// Consecutive successes that mark a backend up. Default `2` ([`DEFAULT_HEALTHY_THRESHOLD`]).
     pub healthy_threshold: Option<usize>,
-    /// Consecutive failures that mark a backend down. Default `2`.
+    /// Consecutive failures that mark a backend down. Default `2`
+    /// ([`DEFAULT_UNHEALTHY_THRESHOLD`]).
     pub unhealthy_threshold: Option<usize>,
-    /// Statuses counted as healthy for HTTP checks. Default `[200]`.
+    /// Statuses counted as healthy for HTTP checks. Default `[200]`
+    /// ([`DEFAULT_EXPECTED_STATUSES`]).
     pub expected_statuses: Option<Vec<u16>>,
 }
 
@@ -312,17 +368,23 @@ pub struct RouteSection {
     pub compress: Vec<Spanned<String>>,
 }
 
+/// `routes.*.respond.status`'s default.
+pub const DEFAULT_STATUS: u16 = 200;
+/// `routes.*.respond.content_type`'s default.
+pub const DEFAULT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
 /// `respond = { … }` of a route.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RespondSection {
-    /// Status code. Default `200`.
+    /// Status code. Default `200` ([`DEFAULT_STATUS`]).
     #[serde(default = "default_status")]
     pub status: u16,
     /// Body text. Default: empty.
     #[serde(default)]
     pub body: String,
-    /// `Content-Type` of the body. Default `"text/plain; charset=utf-8"`.
+    /// `Content-Type` of the body. Default `"text/plain; charset=utf-8"`
+    /// ([`DEFAULT_CONTENT_TYPE`]).
     pub content_type: Option<String>,
     /// Extra response headers. Default: none.
     #[serde(default)]
@@ -330,14 +392,17 @@ pub struct RespondSection {
 }
 
 fn default_status() -> u16 {
-    200
+    DEFAULT_STATUS
 }
+
+/// `routes.*.aggregate.timeout`'s default.
+pub const DEFAULT_AGGREGATE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `[routes.R.aggregate]`: service composition.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateSection {
-    /// The whole fan-out's budget. Default `"1s"`.
+    /// The whole fan-out's budget. Default `"1s"` ([`DEFAULT_AGGREGATE_TIMEOUT`]).
     pub timeout: Option<HumanDuration>,
     /// The calls, by name. Required, at least one.
     #[serde(default)]
@@ -383,15 +448,28 @@ pub struct LogSection {
     pub format: Option<Spanned<String>>,
 }
 
+/// `cache.max_size`'s default, in bytes (256 MiB).
+pub const DEFAULT_CACHE_MAX_SIZE: usize = 256 << 20;
+/// `cache.max_object_size`'s default, in bytes (8 MiB; never above `max_size`).
+pub const DEFAULT_CACHE_MAX_OBJECT_SIZE: usize = 8 << 20;
+
 /// `[cache]`: the node's response cache storage, shared by every route's `cache` plugin.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSection {
-    /// Hard bound on stored bytes; least-recently-used entries are evicted. Default 256MiB.
+    /// Hard bound on stored bytes; least-recently-used entries are evicted. Default 256MiB
+    /// ([`DEFAULT_CACHE_MAX_SIZE`]).
     pub max_size: Option<Spanned<HumanSize>>,
-    /// Larger responses are streamed, not stored. Default 8MiB.
+    /// Larger responses are streamed, not stored. Default 8MiB ([`DEFAULT_CACHE_MAX_OBJECT_SIZE`]).
     pub max_object_size: Option<Spanned<HumanSize>>,
 }
+
+/// `redis.timeout`'s default: enough for a local network.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+/// `redis.pool_size`'s default.
+pub const DEFAULT_REDIS_POOL_SIZE: usize = 16;
+/// `redis.key_prefix`'s default.
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "gantry";
 
 /// `[redis]`: the store for cluster-wide plugin state.
 #[derive(Debug, Deserialize)]
@@ -405,11 +483,13 @@ pub struct RedisSection {
     /// Talk the Redis Cluster protocol. Default `false`.
     #[serde(default)]
     pub cluster: bool,
-    /// The longest one command may take; the request path never waits longer. Default `"50ms"`.
+    /// The longest one command may take; the request path never waits longer. Default `"50ms"`
+    /// ([`DEFAULT_REDIS_TIMEOUT`]).
     pub timeout: Option<HumanDuration>,
-    /// Connections kept open (each carries many requests at once). Default `16`.
+    /// Connections kept open (each carries many requests at once). Default `16`
+    /// ([`DEFAULT_REDIS_POOL_SIZE`]).
     pub pool_size: Option<usize>,
-    /// Prepended to every key. Default `"gantry"`.
+    /// Prepended to every key. Default `"gantry"` ([`DEFAULT_REDIS_KEY_PREFIX`]).
     pub key_prefix: Option<String>,
 }
 

@@ -1,16 +1,21 @@
 //! Plugin configuration: `[plugins.NAME]` (global) and `[routes.R.plugins.NAME]` (per route),
 //! built through the explicit registry of `gantry-plugins` and compiled into per-route chains.
+//!
+//! The global plugins are built first and claim their state slots; each route's plugins are
+//! built while the route is compiled ([`super::compile::Compiler::route`]), after its paths, so
+//! `$path.NAME` in their templates is checked against the route's compiled regexes.
 
 use super::document::Document;
-use super::error::did_you_mean;
+use super::error::{did_you_mean, KeyPath};
 use super::model::ConsumerSection;
-use gantry_plugins::gateway::TemplateScope;
-use gantry_plugins::gateway::{ConsumerSpec, Consumers};
+use crate::router::PathPattern;
+use gantry_plugins::gateway::{ConsumerSpec, Consumers, TemplateScope, CACHE_PLUGIN};
 use gantry_plugins::registry::{self, Build, BuildContext, ConfigSource, PluginScope};
 use gantry_plugins::{Plugin, PluginChain, SlotAllocator};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use std::sync::Arc;
-use toml::de::DeValue;
+use toml::de::{DeValue, ValueDeserializer};
 use toml::Spanned;
 
 /// A route's plugin entry: a configured instance, or `None` for `enabled = false`.
@@ -22,7 +27,7 @@ pub type GlobalPlugins = Vec<(String, Arc<dyn Plugin>)>;
 /// Feeds one plugin table to the registry, reporting problems through the document.
 struct TableSource<'d, 'a> {
     doc: &'d mut Document<'a>,
-    key: &'d str,
+    key: &'d KeyPath,
     value: Option<Spanned<DeValue<'a>>>,
 }
 
@@ -33,101 +38,143 @@ impl ConfigSource for TableSource<'_, '_> {
     }
 }
 
-/// `[plugins.*]`: the plugins applied to every route, and the slot allocator the routes'
-/// own plugins continue from.
+/// The `[plugins.*]` instances, and what every route's own plugins are built with.
+pub struct Plugins {
+    global: GlobalPlugins,
+    /// The state slots after the global plugins claimed theirs: each route's plugins continue
+    /// from a copy.
+    slots: SlotAllocator,
+    ctx: BuildContext,
+}
+
+/// A route's plugins.
+pub struct RoutePlugins {
+    /// Global plugins not overridden, plus the route's own, grouped by phase.
+    pub chain: PluginChain,
+    /// The route configures the `cache` plugin itself (and it built).
+    pub own_cache: bool,
+}
+
+/// `[plugins.*]`: the plugins applied to every route, built first so they claim their slots
+/// before any route's plugins.
 pub fn global<'a>(
     doc: &mut Document<'a>,
     section: Option<Spanned<DeValue<'a>>>,
-    ctx: &BuildContext,
-) -> (GlobalPlugins, SlotAllocator) {
+    ctx: BuildContext,
+) -> Plugins {
     let mut scope = PluginScope {
         name: "global".into(),
         templates: TemplateScope::default(),
         slots: SlotAllocator::default(),
     };
-    let Some(section) = section else {
-        return (Vec::new(), scope.slots);
-    };
-    let plugins = doc
-        .entries("plugins", section)
-        .into_iter()
-        .filter_map(|e| {
-            let key = format!("plugins.{}", e.name);
-            build(doc, &key, &mut scope, &e.name, e.value, ctx).map(|p| (e.name, p))
-        })
-        .collect();
-    (plugins, scope.slots)
+    let section_key = KeyPath::root("plugins");
+    let global = section.map_or_else(Vec::new, |section| {
+        doc.entries(&section_key, section)
+            .into_iter()
+            .filter_map(|e| {
+                let key = section_key.child(&e.name);
+                build(doc, &key, &mut scope, &e.name, e.value, &ctx).map(|p| (e.name, p))
+            })
+            .collect()
+    });
+    Plugins {
+        global,
+        slots: scope.slots,
+        ctx,
+    }
 }
 
-/// The regexes of a route's `~` paths, for `$path.NAME` in its plugins' templates. Invalid
-/// ones are left out here; the route's own checks report them.
-pub fn regex_paths(route: &Spanned<DeValue<'_>>) -> Vec<regex::Regex> {
-    let DeValue::Table(table) = route.get_ref() else {
-        return Vec::new();
-    };
-    let Some(paths) = table.iter().find(|(k, _)| k.get_ref() == "paths") else {
-        return Vec::new();
-    };
-    let DeValue::Array(paths) = paths.1.get_ref() else {
-        return Vec::new();
-    };
-    paths
-        .iter()
-        .filter_map(|p| match p.get_ref() {
-            DeValue::String(s) => s.strip_prefix('~').and_then(|r| regex::Regex::new(r).ok()),
-            _ => None,
-        })
-        .collect()
-}
+impl Plugins {
+    /// The plugins of route `route_name`: `section` is its `[routes.R.plugins.*]` (the
+    /// replacements and `enabled = false` switches), `templates` its compiled regex paths.
+    pub fn route<'a>(
+        &self,
+        doc: &mut Document<'a>,
+        route_name: &str,
+        section: Option<Spanned<DeValue<'a>>>,
+        templates: TemplateScope,
+    ) -> RoutePlugins {
+        let overrides = section
+            .map(|section| self.overrides(doc, route_name, section, templates))
+            .unwrap_or_default();
+        RoutePlugins {
+            own_cache: overrides
+                .iter()
+                .any(|(name, p)| name == CACHE_PLUGIN && p.is_some()),
+            chain: chain(&self.global, &overrides),
+        }
+    }
 
-/// `[routes.R.plugins.*]`: the route's replacements and `enabled = false` switches.
-/// `path_regexes` are the route's regex paths; `slots` continues from the global plugins'.
-pub fn route<'a>(
-    doc: &mut Document<'a>,
-    route_key: &str,
-    section: Spanned<DeValue<'a>>,
-    path_regexes: Vec<regex::Regex>,
-    slots: SlotAllocator,
-    ctx: &BuildContext,
-) -> Vec<Override> {
-    let section_key = format!("{route_key}.plugins");
-    let mut scope = PluginScope {
-        name: route_key.replacen("routes.", "route:", 1),
-        templates: TemplateScope { path_regexes },
-        slots,
-    };
-    doc.entries(&section_key, section)
-        .into_iter()
-        .filter_map(|mut e| {
-            let key = format!("{section_key}.{}", e.name);
-            let span = e.value.span();
-            match Document::take_child(&mut e.value, "enabled").map(Spanned::into_inner) {
-                None | Some(DeValue::Boolean(true)) => {
-                    build(doc, &key, &mut scope, &e.name, e.value, ctx).map(|p| (e.name, Some(p)))
-                }
-                Some(DeValue::Boolean(false)) => {
-                    if !registry::names().any(|n| n == e.name) {
-                        unknown(doc, span, &key, &e.name);
-                        return None;
+    fn overrides<'a>(
+        &self,
+        doc: &mut Document<'a>,
+        route_name: &str,
+        section: Spanned<DeValue<'a>>,
+        templates: TemplateScope,
+    ) -> Vec<Override> {
+        let ctx = &self.ctx;
+        let section_key = KeyPath::root("routes").child(route_name).child("plugins");
+        let mut scope = PluginScope {
+            name: format!("route:{route_name}"),
+            templates,
+            slots: self.slots.clone(),
+        };
+        doc.entries(&section_key, section)
+            .into_iter()
+            .filter_map(|mut e| {
+                let key = section_key.child(&e.name);
+                let span = e.value.span();
+                match Document::take_child(&mut e.value, "enabled").map(Spanned::into_inner) {
+                    None | Some(DeValue::Boolean(true)) => {
+                        build(doc, &key, &mut scope, &e.name, e.value, ctx)
+                            .map(|p| (e.name, Some(p)))
                     }
-                    Some((e.name, None))
+                    Some(DeValue::Boolean(false)) => {
+                        if !registry::names().any(|n| n == e.name) {
+                            unknown(doc, span, &key, &e.name);
+                            return None;
+                        }
+                        Some((e.name, None))
+                    }
+                    Some(_) => {
+                        doc.report(
+                            Some(span),
+                            &key.child("enabled"),
+                            "`enabled` must be true or false",
+                            None,
+                        );
+                        None
+                    }
                 }
-                Some(_) => {
-                    doc.errors.push(
-                        Some(span),
-                        &format!("{key}.enabled"),
-                        "`enabled` must be true or false",
-                        None,
-                    );
-                    None
-                }
-            }
-        })
-        .collect()
+            })
+            .collect()
+    }
+}
+
+/// The template scope of a route whose section did not deserialize (a required key is
+/// missing), from what is left of it: its valid regex paths, so its plugins are checked as
+/// they would be with the compiled route. Nothing is reported here; the route's problems are.
+pub fn unparsed_route_templates(route: Spanned<DeValue<'_>>) -> TemplateScope {
+    #[derive(Deserialize)]
+    struct Paths {
+        #[serde(default)]
+        paths: Vec<String>,
+    }
+    let paths =
+        Paths::deserialize(ValueDeserializer::from(route)).map_or_else(|_| Vec::new(), |p| p.paths);
+    TemplateScope {
+        path_regexes: paths
+            .iter()
+            .filter_map(|p| match PathPattern::parse(p) {
+                Ok(PathPattern::Regex(re)) => Some(re),
+                _ => None,
+            })
+            .collect(),
+    }
 }
 
 /// The route's chain: global plugins not overridden, plus the route's own, grouped by phase.
-pub fn chain(global: &GlobalPlugins, overrides: &[Override]) -> PluginChain {
+fn chain(global: &GlobalPlugins, overrides: &[Override]) -> PluginChain {
     PluginChain::new(
         global
             .iter()
@@ -140,7 +187,7 @@ pub fn chain(global: &GlobalPlugins, overrides: &[Override]) -> PluginChain {
 
 fn build<'a>(
     doc: &mut Document<'a>,
-    key: &str,
+    key: &KeyPath,
     scope: &mut PluginScope,
     name: &str,
     value: Spanned<DeValue<'a>>,
@@ -156,7 +203,7 @@ fn build<'a>(
         Build::Ready(plugin) => Some(plugin),
         Build::Invalid => None,
         Build::Failed(message) => {
-            doc.errors.push(Some(span), key, message, None);
+            doc.report(Some(span), key, message, None);
             None
         }
         Build::Unknown => {
@@ -166,12 +213,11 @@ fn build<'a>(
     }
 }
 
-fn unknown(doc: &mut Document<'_>, span: std::ops::Range<usize>, key: &str, name: &str) {
+fn unknown(doc: &mut Document<'_>, span: std::ops::Range<usize>, key: &KeyPath, name: &str) {
     let names: Vec<&str> = registry::names().collect();
     let hint = did_you_mean(name, names.iter().copied())
         .or_else(|| Some(format!("built-in plugins: {}", names.join(", "))));
-    doc.errors
-        .push(Some(span), key, format!("unknown plugin `{name}`"), hint);
+    doc.report(Some(span), key, format!("unknown plugin `{name}`"), hint);
 }
 
 /// `[consumers.*]`, indexed for the authentication plugins.
@@ -199,8 +245,8 @@ pub fn consumers<'a>(
                     .iter()
                     .find(|(name, _, _)| name.as_str() == problem.consumer())
                     .map(|(_, span, _)| span.clone());
-                doc.errors
-                    .push_redacted(span, &problem.key_path(), problem.to_string());
+                let key = KeyPath::from(problem.key_path());
+                doc.report_redacted(span, &key, problem.to_string());
             }
             Arc::new(Consumers::default())
         }

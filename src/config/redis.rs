@@ -2,7 +2,10 @@
 //! `policy = "redis"`). Checked here, connected lazily on first use.
 
 use super::document::Document;
-use super::model::RedisSection;
+use super::error::KeyPath;
+use super::model::{
+    RedisSection, DEFAULT_REDIS_KEY_PREFIX, DEFAULT_REDIS_POOL_SIZE, DEFAULT_REDIS_TIMEOUT,
+};
 use gantry_plugins::gateway::{check_redis_url, RedisSettings, RedisStore, RedisUnavailable};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +14,9 @@ use toml::Spanned;
 
 /// The longest `timeout` accepted: it bounds the time a request waits for Redis.
 const MAX_TIMEOUT: Duration = Duration::from_secs(5);
+/// The shortest `timeout` accepted.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// The largest `pool_size` accepted.
 const MAX_POOL_SIZE: usize = 1024;
 
 /// Builds the store from `[redis]`, reporting problems (without quoting lines: they may hold a
@@ -25,28 +31,29 @@ pub fn store<'a>(
 
 fn build<'a>(doc: &mut Document<'a>, section: Spanned<DeValue<'a>>) -> Option<Arc<RedisStore>> {
     let span = section.span();
-    let errors_before = doc.errors.len();
-    let parsed: Option<RedisSection> = doc.deserialize("redis", section);
+    let key = KeyPath::root("redis");
+    let errors_before = doc.error_count();
+    let parsed: Option<RedisSection> = doc.deserialize(&key, section);
     // Any problem in this section may quote a URL with its password: never echo the line.
-    doc.errors.redact_since(errors_before);
+    doc.redact_since(errors_before);
     let s = parsed?;
     let from_list = !s.urls.is_empty();
     let urls: Vec<Spanned<String>> = match (s.url, from_list) {
         (Some(url), false) => vec![url],
         (None, true) => s.urls,
         (Some(url), true) => {
-            doc.errors.push(
+            doc.report(
                 Some(url.span()),
-                "redis.url",
+                &key.child("url"),
                 "`url` and `urls` are both set",
                 Some("use `url` for one server, or `urls` with cluster = true".into()),
             );
             Vec::new()
         }
         (None, false) => {
-            doc.errors.push(
+            doc.report(
                 Some(span.clone()),
-                "redis",
+                &key,
                 "[redis] needs `url`",
                 Some("add url = \"redis://127.0.0.1:6379\"".into()),
             );
@@ -54,51 +61,53 @@ fn build<'a>(doc: &mut Document<'a>, section: Spanned<DeValue<'a>>) -> Option<Ar
         }
     };
     if urls.len() > 1 && !s.cluster {
-        doc.errors.push(
+        doc.report(
             Some(span.clone()),
-            "redis.urls",
+            &key.child("urls"),
             "several `urls` need cluster = true",
             Some("set cluster = true for Redis Cluster, or use `url` for one server".into()),
         );
     }
     for (i, url) in urls.iter().enumerate() {
         if let Err(e) = check_redis_url(url.get_ref()) {
-            let key = if from_list {
-                format!("redis.urls[{i}]")
+            let url_key = if from_list {
+                key.child("urls").index(i)
             } else {
-                "redis.url".to_string()
+                key.child("url")
             };
-            doc.errors.push_redacted(Some(url.span()), &key, e);
+            doc.report_redacted(Some(url.span()), &url_key, e);
         }
     }
-    let timeout = s.timeout.map_or(Duration::from_millis(50), |d| d.0);
-    if timeout < Duration::from_millis(1) || timeout > MAX_TIMEOUT {
-        doc.errors.push(
+    let timeout = s.timeout.map_or(DEFAULT_REDIS_TIMEOUT, |d| d.0);
+    if timeout < MIN_TIMEOUT || timeout > MAX_TIMEOUT {
+        doc.report(
             Some(span.clone()),
-            "redis.timeout",
+            &key.child("timeout"),
             format!("timeout must be between 1ms and {}s", MAX_TIMEOUT.as_secs()),
             Some("requests wait at most this long for Redis; 50ms suits a local network".into()),
         );
     }
-    let pool_size = s.pool_size.unwrap_or(16);
+    let pool_size = s.pool_size.unwrap_or(DEFAULT_REDIS_POOL_SIZE);
     if pool_size == 0 || pool_size > MAX_POOL_SIZE {
-        doc.errors.push(
+        doc.report(
             Some(span.clone()),
-            "redis.pool_size",
+            &key.child("pool_size"),
             format!("pool_size must be between 1 and {MAX_POOL_SIZE}"),
             None,
         );
     }
-    let key_prefix = s.key_prefix.unwrap_or_else(|| "gantry".into());
+    let key_prefix = s
+        .key_prefix
+        .unwrap_or_else(|| DEFAULT_REDIS_KEY_PREFIX.into());
     if key_prefix.is_empty() || key_prefix.contains(['{', '}']) {
-        doc.errors.push(
+        doc.report(
             Some(span.clone()),
-            "redis.key_prefix",
+            &key.child("key_prefix"),
             "key_prefix must be non-empty and without `{` or `}`",
             Some("braces would change the Redis Cluster hash tag of every key".into()),
         );
     }
-    if doc.errors.len() > errors_before {
+    if doc.error_count() > errors_before {
         return None;
     }
     let settings = RedisSettings {
@@ -111,7 +120,7 @@ fn build<'a>(doc: &mut Document<'a>, section: Spanned<DeValue<'a>>) -> Option<Ar
     match RedisStore::new(settings) {
         Ok(store) => Some(Arc::new(store)),
         Err(e) => {
-            doc.errors.push_redacted(Some(span), "redis", e);
+            doc.report_redacted(Some(span), &key, e);
             None
         }
     }
