@@ -81,53 +81,44 @@ stop() {
 }
 
 mkdir "$work/upstream" "$work/nginx" "$work/gantry"
-# nginx's temporary files inside DIR, not in the paths compiled into the Debian package.
-temp_paths() { for t in client_body proxy fastcgi uwsgi scgi; do echo "  ${t}_temp_path $1/${t}_temp;"; done; }
-cat > "$work/upstream/nginx.conf" <<CONF
+# nginx_conf DIR SERVER: an nginx.conf for one worker in the foreground, with its pid, logs and
+# temporary files inside DIR, no access log, and the server block SERVER.
+nginx_conf() {
+  cat > "$1/nginx.conf" <<CONF
 daemon off;
 master_process off;
 worker_processes 1;
-pid $work/upstream/nginx.pid;
-error_log $work/upstream/error.log warn;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
 events { worker_connections 1024; }
 http {
-$(temp_paths "$work/upstream")
+$(for t in client_body proxy fastcgi uwsgi scgi; do echo "  ${t}_temp_path $1/${t}_temp;"; done)
   access_log off;
   keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$UP;
-    location / { return 200 "ok\n"; }
-  }
+$2
 }
 CONF
+}
 
-cat > "$work/nginx/nginx.conf" <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-$(temp_paths "$work/nginx")
-  access_log off;
-  keepalive_requests 1000000;
-  upstream backend { server 127.0.0.1:$UP; keepalive 32; }
+nginx_conf "$work/upstream" "  server {
+    listen 127.0.0.1:$UP;
+    location / { return 200 \"ok\\n\"; }
+  }"
+
+nginx_conf "$work/nginx" "  upstream backend { server 127.0.0.1:$UP; keepalive 32; }
   server {
     listen 127.0.0.1:$PX;
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection \"\";
       proxy_set_header X-Forwarded-For \$remote_addr;
       proxy_set_header X-Forwarded-Proto \$scheme;
       proxy_set_header X-Forwarded-Host \$host;
       proxy_set_header X-Request-Id \$request_id;
       add_header X-Request-Id \$request_id;
     }
-  }
-}
-CONF
+  }"
 
 cat > "$work/gantry/gantry.toml" <<CONF
 [server]
