@@ -313,22 +313,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
                 self.listen_addr(addr, &key.child("listen").index(i), hint, None)
             })
             .collect();
-        let mut trusted = Vec::new();
-        for (i, net) in s.trusted_proxies.iter().enumerate() {
-            let text = net.get_ref();
-            match text
-                .parse::<IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-            {
-                Ok(n) => trusted.push(n),
-                Err(_) => self.report(
-                    span_of(net),
-                    &key.child("trusted_proxies").index(i),
-                    format!("`{text}` is not an IP address or CIDR block"),
-                    Some("write it like \"10.0.0.0/8\" or \"192.168.1.10\"".into()),
-                ),
-            }
-        }
+        let trusted = self.trusted_proxies(&key, &s.trusted_proxies);
         let threads = match s.threads {
             Some(0) => {
                 self.report(
@@ -342,22 +327,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let tls = s
-            .tls
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, t)| self.tls_listener(i, t, &listen))
-            .collect::<Vec<TlsListener>>();
-        for (i, t) in tls.iter().enumerate() {
-            if tls[..i].iter().any(|other| other.addr == t.addr) {
-                self.report(
-                    None,
-                    &key.child("tls").index(i).child("listen"),
-                    format!("`{}` is already another TLS listener", t.addr),
-                    Some("give each [[server.tls]] its own address".into()),
-                );
-            }
-        }
+        let tls = self.tls_listeners(&key, s.tls, &listen);
         let strip_untrusted_headers = self.stripped_headers(s.strip_untrusted_headers);
         let header_timeout = s
             .header_timeout
@@ -422,6 +392,52 @@ impl<'d, 'a> Compiler<'d, 'a> {
                 .unwrap_or_else(|| in_runtime_dir(model::DEFAULT_UPGRADE_SOCK)),
             error_log: s.error_log,
         }
+    }
+
+    /// `server.trusted_proxies`: addresses and CIDR blocks.
+    fn trusted_proxies(&mut self, key: &KeyPath, list: &[Spanned<String>]) -> Vec<IpNet> {
+        let mut trusted = Vec::new();
+        for (i, net) in list.iter().enumerate() {
+            let text = net.get_ref();
+            match text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            {
+                Ok(n) => trusted.push(n),
+                Err(_) => self.report(
+                    span_of(net),
+                    &key.child("trusted_proxies").index(i),
+                    format!("`{text}` is not an IP address or CIDR block"),
+                    Some("write it like \"10.0.0.0/8\" or \"192.168.1.10\"".into()),
+                ),
+            }
+        }
+        trusted
+    }
+
+    /// `[[server.tls]]`: each listener, on an address of its own.
+    fn tls_listeners(
+        &mut self,
+        key: &KeyPath,
+        sections: Vec<TlsSection>,
+        listen: &[SocketAddr],
+    ) -> Vec<TlsListener> {
+        let tls = sections
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, t)| self.tls_listener(i, t, listen))
+            .collect::<Vec<TlsListener>>();
+        for (i, t) in tls.iter().enumerate() {
+            if tls[..i].iter().any(|other| other.addr == t.addr) {
+                self.report(
+                    None,
+                    &key.child("tls").index(i).child("listen"),
+                    format!("`{}` is already another TLS listener", t.addr),
+                    Some("give each [[server.tls]] its own address".into()),
+                );
+            }
+        }
+        tls
     }
 
     /// `server.strip_untrusted_headers`: header names, the default list when absent.
@@ -724,7 +740,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
     pub fn route(
         &mut self,
         name: &str,
-        r: RouteSection,
+        mut r: RouteSection,
         clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
         plugins: &Plugins,
         plugin_section: Option<Spanned<DeValue<'a>>>,
@@ -763,66 +779,9 @@ impl<'d, 'a> Compiler<'d, 'a> {
                 None,
             );
         }
-        let methods = self.parse_list(&r.methods, &key.child("methods"), |m| {
-            if m.bytes().any(|b| b.is_ascii_lowercase()) {
-                return Err(format!(
-                    "method `{m}` must be upper case (`{}`)",
-                    m.to_ascii_uppercase()
-                ));
-            }
-            Method::from_bytes(m.as_bytes()).map_err(|_| format!("invalid method `{m}`"))
-        });
+        let methods = self.parse_list(&r.methods, &key.child("methods"), parse_method);
         let headers = self.headers(&r.headers, &key.child("headers"));
-        let actions = [
-            r.cluster.is_some(),
-            r.respond.is_some(),
-            r.aggregate.is_some(),
-        ];
-        let action = match actions.iter().filter(|set| **set).count() {
-            0 => {
-                self.report(
-                    None,
-                    &key,
-                    "a route needs `cluster` (to proxy), `respond` (to answer directly) or \
-                     `aggregate` (to compose several calls)",
-                    Some("add cluster = \"NAME\"".into()),
-                );
-                None
-            }
-            1 => {
-                if let Some(c) = &r.cluster {
-                    self.cluster_ref(c, &key.child("cluster"), clusters)?
-                        .map(RouteAction::Proxy)
-                } else if let Some(resp) = r.respond {
-                    self.respond(&key, resp).map(RouteAction::Respond)
-                } else {
-                    let aggregate = r.aggregate?;
-                    self.aggregate(&key, aggregate, clusters, &templates)?
-                        .map(|a| RouteAction::Aggregate(Arc::new(a)))
-                }
-            }
-            _ => {
-                self.report(
-                    None,
-                    &key,
-                    "a route has one of `cluster`, `respond` and `aggregate`, not several",
-                    None,
-                );
-                None
-            }
-        };
-        let http2_cluster = matches!(
-            &action,
-            Some(RouteAction::Proxy(c)) if c.protocol != Protocol::Http1
-        );
-        if r.grpc_web && !http2_cluster {
-            self.report(
-                None,
-                &key.child("grpc_web"),
-                "grpc_web bridges to a gRPC upstream: it needs `cluster` with protocol = \"h2c\" or \"h2\"",
-                None,
-            );
-        }
+        let action = self.route_action(&key, &mut r, clusters, &templates);
         let compress = self.compress(&key, &r.compress);
         if self.error_count() != before {
             return None;
@@ -853,6 +812,68 @@ impl<'d, 'a> Compiler<'d, 'a> {
             hosts,
             paths,
         })
+    }
+
+    /// A route's one action (`cluster`, `respond` or `aggregate`) and the checks that depend on
+    /// it; `None` when it has errors.
+    fn route_action(
+        &mut self,
+        key: &KeyPath,
+        r: &mut RouteSection,
+        clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
+        templates: &TemplateScope,
+    ) -> Option<RouteAction> {
+        let actions = [
+            r.cluster.is_some(),
+            r.respond.is_some(),
+            r.aggregate.is_some(),
+        ];
+        let action = match actions.iter().filter(|set| **set).count() {
+            0 => {
+                self.report(
+                    None,
+                    key,
+                    "a route needs `cluster` (to proxy), `respond` (to answer directly) or \
+                     `aggregate` (to compose several calls)",
+                    Some("add cluster = \"NAME\"".into()),
+                );
+                None
+            }
+            1 => {
+                if let Some(c) = &r.cluster {
+                    self.cluster_ref(c, &key.child("cluster"), clusters)?
+                        .map(RouteAction::Proxy)
+                } else if let Some(resp) = r.respond.take() {
+                    self.respond(key, resp).map(RouteAction::Respond)
+                } else {
+                    let aggregate = r.aggregate.take()?;
+                    self.aggregate(key, aggregate, clusters, templates)?
+                        .map(|a| RouteAction::Aggregate(Arc::new(a)))
+                }
+            }
+            _ => {
+                self.report(
+                    None,
+                    key,
+                    "a route has one of `cluster`, `respond` and `aggregate`, not several",
+                    None,
+                );
+                None
+            }
+        };
+        let http2_cluster = matches!(
+            &action,
+            Some(RouteAction::Proxy(c)) if c.protocol != Protocol::Http1
+        );
+        if r.grpc_web && !http2_cluster {
+            self.report(
+                None,
+                &key.child("grpc_web"),
+                "grpc_web bridges to a gRPC upstream: it needs `cluster` with protocol = \"h2c\" or \"h2\"",
+                None,
+            );
+        }
+        action
     }
 
     /// A route's `compress` list.
@@ -1174,4 +1195,15 @@ fn in_runtime_dir(name: &str) -> String {
         .join(name)
         .to_string_lossy()
         .into_owned()
+}
+
+/// One of a route's `methods`: upper case, as HTTP methods are case-sensitive.
+fn parse_method(m: &str) -> Result<Method, String> {
+    if m.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(format!(
+            "method `{m}` must be upper case (`{}`)",
+            m.to_ascii_uppercase()
+        ));
+    }
+    Method::from_bytes(m.as_bytes()).map_err(|_| format!("invalid method `{m}`"))
 }
