@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 /// One `redis-server` process.
 pub struct RedisServer {
     pub port: u16,
-    cluster: bool,
+    /// The cluster bus port of a cluster node, picked like `port` (Redis's own default,
+    /// `port + 10000`, could be a port another test holds).
+    cluster_port: Option<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -48,7 +50,7 @@ impl RedisServer {
     fn launch(cluster: bool) -> RedisServer {
         let mut server = RedisServer {
             port: super::free_port(),
-            cluster,
+            cluster_port: cluster.then(super::free_port),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
         };
@@ -69,7 +71,7 @@ impl RedisServer {
 
     /// A `[redis]` section with this `timeout`.
     pub fn section_with_timeout(&self, timeout: &str) -> String {
-        let target = if self.cluster {
+        let target = if self.cluster_port.is_some() {
             format!("urls = [\"{}\"]\ncluster = true", self.url())
         } else {
             format!("url = \"{}\"", self.url())
@@ -95,13 +97,15 @@ impl RedisServer {
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if self.cluster {
+        if let Some(cluster_port) = self.cluster_port {
             let _ = std::fs::remove_file(self.dir.path().join("nodes.conf"));
             cmd.args([
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
+                "--cluster-port",
+                &cluster_port.to_string(),
             ]);
         }
         self.child = Some(cmd.spawn().unwrap_or_else(|e| {
