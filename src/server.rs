@@ -8,6 +8,7 @@ use crate::reload::{CertSwitch, Live, ReloadOnSighup};
 use crate::upstream::HealthChecks;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -38,6 +39,15 @@ pub enum StartupError {
     /// The runtime directory is unusable.
     #[error(transparent)]
     RuntimeDir(#[from] crate::runtime_dir::RuntimeDirError),
+}
+
+/// The socket buffers of a downstream connection. Pingora's default read buffer is 64 KiB per
+/// connection, allocated at accept and held while the connection is idle; Gantry reads each
+/// request head into a buffer of its own (`connection::head`) and Pingora reads bodies into
+/// its own buffers, so reads go straight to the socket. The write buffer keeps Pingora's
+/// default (one segment, 1,460 bytes), which coalesces the small writes of a response head.
+fn downstream_buffers() -> L4BufferSettings {
+    L4BufferSettings::default().read(0)
 }
 
 /// Builds the Pingora server for `config`, read from `path` (which reloads re-read);
@@ -110,7 +120,7 @@ pub fn build(config: Config, path: PathBuf, opts: RunOptions) -> Result<Server, 
     let edge = EdgeConnections::new(Arc::new(app), Arc::clone(&live), default_max);
     let mut proxy = Service::new("gantry".into(), edge);
     for addr in &settings.listen {
-        proxy.add_tcp(&addr.to_string());
+        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(downstream_buffers()));
     }
     for (addr, switch) in certs {
         let http2 = settings.tls.iter().any(|t| t.addr == addr && t.http2);
@@ -122,7 +132,11 @@ pub fn build(config: Config, path: PathBuf, opts: RunOptions) -> Result<Server, 
                 if http2 {
                     tls_settings.enable_h2();
                 }
-                proxy.add_tls_with_settings(&addr.to_string(), None, tls_settings);
+                proxy.add_listener(
+                    ListenerConfig::tcp(addr.to_string())
+                        .tls(tls_settings)
+                        .l4_buffer(downstream_buffers()),
+                );
             }
             Err(e) => log::error!("TLS listener {addr}: {e}"),
         }

@@ -19,8 +19,12 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Most header fields in one head (Pingora's own limit).
 const MAX_HEADERS: usize = 256;
 
-/// First allocation for a head; it grows up to the configured limit.
+/// First allocation for a head, made when its first bytes arrive; it grows up to the
+/// configured limit.
 const INITIAL_CAPACITY: usize = 4096;
+
+/// The first read of a head, into a buffer on the stack (most request heads fit).
+const FIRST_READ: usize = 1024;
 
 /// Why a head is refused; each maps to one problem type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,11 +124,25 @@ pub async fn read<S: AsyncRead + Unpin>(
         }
         let deadline = head_deadline.unwrap_or(limits.first_byte_by);
         let room = limits.max_size - buf.len();
-        if buf.capacity() == buf.len() {
-            buf.reserve(INITIAL_CAPACITY.min(room));
-        }
-        let mut limited = (&mut *stream).take(room as u64);
-        match tokio::time::timeout_at(deadline, limited.read_buf(buf)).await {
+        let read = if buf.is_empty() {
+            // Nothing of a head yet: a new or idle connection waits here, perhaps for a long
+            // time, so it waits with a small buffer on the stack, not one on the heap.
+            let mut first = [0u8; FIRST_READ];
+            let want = FIRST_READ.min(room);
+            let read = tokio::time::timeout_at(deadline, stream.read(&mut first[..want])).await;
+            if let Ok(Ok(n)) = read {
+                buf.reserve(INITIAL_CAPACITY.min(room).max(n));
+                buf.extend_from_slice(&first[..n]);
+            }
+            read
+        } else {
+            if buf.capacity() == buf.len() {
+                buf.reserve(INITIAL_CAPACITY.min(room));
+            }
+            let mut limited = (&mut *stream).take(room as u64);
+            tokio::time::timeout_at(deadline, limited.read_buf(buf)).await
+        };
+        match read {
             Ok(Ok(0)) | Ok(Err(_)) => return Read::Gone,
             Ok(Ok(_)) => {}
             Err(_) if head_deadline.is_none() => return Read::Gone,

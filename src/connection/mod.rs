@@ -137,7 +137,9 @@ where
             idle: settings.keepalive_timeout,
             max_header_list_size: settings.max_request_header_size,
         };
-        h2::serve(&self.app, h2_stream, shutdown, bounds).await;
+        // Boxed, so that the HTTP/2 state does not enlarge the future of every HTTP/1
+        // connection.
+        Box::pin(h2::serve(&self.app, h2_stream, shutdown, bounds)).await;
         None
     }
 
@@ -181,22 +183,13 @@ where
             // it read past the body).
             let request_len = len + body.bytes_of(buf.len() - len);
             let prefix = buf.split_to(request_len);
-            let mut session = ServerSession::new_http1(stream);
-            match persistent.take() {
-                Some(p) => p.apply_to_session(&mut session),
-                None => {
-                    session.set_keepalive(Some(settings.keepalive_timeout.as_secs().max(1)));
-                    session.set_keepalive_reuses_remaining(
-                        self.app
-                            .server_options()
-                            .and_then(|o| o.keepalive_request_limit),
-                    );
-                }
+            if buf.is_empty() {
+                // Let go of the head's allocation (the prefix keeps it while Pingora needs it):
+                // the wait for the next request starts without one.
+                buf = BytesMut::new();
             }
-            if *watch.borrow() {
-                session.set_keepalive(None);
-            }
-            session.set_pipelined_prefix(prefix);
+            let session =
+                self.session(stream, prefix, persistent.take(), settings, *watch.borrow());
             let Some(reused) = self.app.process_new_http(session, shutdown).await else {
                 return;
             };
@@ -216,6 +209,36 @@ where
                 read = head::read(&mut stream, &mut buf, limits) => read,
             };
         }
+    }
+    /// The Pingora session for one HTTP/1 request whose bytes so far are `prefix`: the
+    /// keep-alive settings carried over from the connection's previous request, or fresh ones.
+    /// A function of its own, not inline in [`Self::serve_http1`], so the (large) session
+    /// is not part of the future every parked connection holds.
+    fn session(
+        &self,
+        stream: Stream,
+        prefix: BytesMut,
+        persistent: Option<HttpPersistentSettings>,
+        settings: Settings,
+        shutting_down: bool,
+    ) -> ServerSession {
+        let mut session = ServerSession::new_http1(stream);
+        match persistent {
+            Some(p) => p.apply_to_session(&mut session),
+            None => {
+                session.set_keepalive(Some(settings.keepalive_timeout.as_secs().max(1)));
+                session.set_keepalive_reuses_remaining(
+                    self.app
+                        .server_options()
+                        .and_then(|o| o.keepalive_request_limit),
+                );
+            }
+        }
+        if shutting_down {
+            session.set_keepalive(None);
+        }
+        session.set_pipelined_prefix(prefix);
+        session
     }
 }
 
@@ -273,7 +296,9 @@ async fn refuse(mut stream: Stream, refusal: Refusal) {
     // Lingering close: read what the client still sends, so closing does not reset the
     // connection before it has read the answer.
     let drain = async {
-        let mut sink = [0u8; 4096];
+        // On the heap: a refusal is rare, and an array here would enlarge the future of every
+        // connection.
+        let mut sink = vec![0u8; 4096];
         let mut total = 0;
         while total < LINGER_BYTES {
             match stream.read(&mut sink).await {
