@@ -11,6 +11,7 @@
 #   CLIENTS=10000 benches/connection_memory.sh
 #
 # Gantry: release build, one thread, the shipped defaults (edge protections on), no access log.
+# pingora: benches/floor/bare_pingora.rs, the smallest ProxyHttp on Pingora's own defaults.
 # nginx: one worker, no access log, upstream keep-alive. The RSS is read once all clients are
 # in the state and the process has been quiet for a moment (two equal readings 0.5 s apart).
 set -euo pipefail
@@ -25,6 +26,8 @@ else
   [ -x target/release/gantry ] || cargo build --release
   GANTRY=$PWD/target/release/gantry
 fi
+[ -x target/release/examples/bare_pingora ] || cargo build --release --example bare_pingora
+BARE=$PWD/target/release/examples/bare_pingora
 for tool in python3 "$NGINX"; do
   command -v "$tool" >/dev/null 2>&1 || { echo "missing: $tool" >&2; exit 1; }
 done
@@ -39,7 +42,7 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); GW=$(free_port); PX=$(free_port)
+UP=$(free_port); GW=$(free_port); PX=$(free_port); BP=$(free_port)
 mkdir "$work/upstream" "$work/nginx"
 wait_port() {
   local _
@@ -105,11 +108,13 @@ start_proxies() {
   start_nginx "$work/nginx"
   RUST_LOG=warn "$GANTRY" -c "$work/gantry.toml" 2>"$work/gantry.log" &
   gantry_pid=$!
-  wait_port "$PX"; wait_port "$GW"
+  "$BARE" "127.0.0.1:$BP" "127.0.0.1:$UP" 2>"$work/bare.log" &
+  bare_pid=$!
+  wait_port "$PX"; wait_port "$GW"; wait_port "$BP"
 }
 stop_proxies() {
   kill -QUIT "$(cat "$work/nginx/nginx.pid")"
-  kill -TERM "$gantry_pid"; wait "$gantry_pid" 2>/dev/null || true
+  kill -TERM "$gantry_pid" "$bare_pid"; wait "$gantry_pid" "$bare_pid" 2>/dev/null || true
   while [ -f "$work/nginx/nginx.pid" ]; do sleep 0.1; done
 }
 nginx_pids() { echo "$(cat "$work/nginx/nginx.pid") $(pgrep -P "$(cat "$work/nginx/nginx.pid")" | tr '\n' ' ')"; }
@@ -157,8 +162,12 @@ PY
 printf "%-7s %-7s %8s %12s %12s %12s\n" state proxy clients "before KiB" "held KiB" "per conn"
 for mode in idle silent; do
   start_proxies
-  for name in gantry nginx; do
-    case $name in gantry) port=$GW; pids=$gantry_pid ;; nginx) port=$PX; pids=$(nginx_pids) ;; esac
+  for name in gantry pingora nginx; do
+    case $name in
+      gantry) port=$GW; pids=$gantry_pid ;;
+      pingora) port=$BP; pids=$bare_pid ;;
+      nginx) port=$PX; pids=$(nginx_pids) ;;
+    esac
     # One request first, so that what every connection shares (the upstream connection,
     # lazily built state) is in the "before" figure.
     curl -fs -o /dev/null "http://127.0.0.1:$port/"

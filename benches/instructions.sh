@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# CPU instructions per proxied request: Gantry's plain route against nginx as a reverse proxy,
+# CPU instructions per proxied request: Gantry's plain route against nginx as a reverse proxy
+# and against a bare Pingora proxy (benches/floor/bare_pingora.rs, the smallest ProxyHttp),
 # counted by valgrind's callgrind, so the figure does not depend on the machine's speed or load.
 #
 #   benches/instructions.sh                         # target/release/gantry (built if missing)
 #   benches/instructions.sh /path/to/other/gantry   # e.g. the binary of an older commit
 #   REQUESTS=50000 CONNS=10 benches/instructions.sh
+#   PROXIES=gantry benches/instructions.sh         # only some of: gantry pingora nginx
 #
 # Upstream: nginx (not under valgrind), one worker, answering "ok" on an ephemeral loopback port.
 # Each proxy runs under callgrind twice, serving REQUESTS (N, default 20000) and then 2N requests
@@ -30,6 +32,8 @@ else
   [ -x target/release/gantry ] || cargo build --release
   GANTRY=$PWD/target/release/gantry
 fi
+[ -x target/release/examples/bare_pingora ] || cargo build --release --example bare_pingora
+BARE=$PWD/target/release/examples/bare_pingora
 [ -x "$GANTRY" ] || { echo "not an executable: $GANTRY" >&2; exit 1; }
 for tool in valgrind h2load curl python3 "$NGINX"; do
   command -v "$tool" >/dev/null 2>&1 || { echo "missing: $tool" >&2; exit 1; }
@@ -48,7 +52,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); GW=$(free_port); PX=$(free_port)
+UP=$(free_port); GW=$(free_port); PX=$(free_port); BP=$(free_port)
 
 # running PID: the process exists and is not a zombie waiting to be reaped.
 running() { [ -e "/proc/$1" ] && [ "$(sed 's/.*) //; s/ .*//' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
@@ -169,10 +173,12 @@ measure() {
 }
 
 declare -A ir1 ir2 per
-for name in gantry nginx; do
+PROXIES=${PROXIES:-gantry pingora nginx}
+for name in $PROXIES; do
   for n in "$REQUESTS" $((2 * REQUESTS)); do
     case $name in
       gantry) measure gantry "$GW" "$n" TERM "$GANTRY" -c "$work/gantry/gantry.toml" ;;
+      pingora) measure pingora "$BP" "$n" TERM "$BARE" "127.0.0.1:$BP" "127.0.0.1:$UP" ;;
       nginx) measure nginx "$PX" "$n" QUIT "$NGINX" -p "$work/nginx/" \
                -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" ;;
     esac
@@ -185,7 +191,7 @@ echo "gantry: $GANTRY"
 echo "nginx:  $NGINX ($("$NGINX" -v 2>&1 | sed 's/.*\///'))"
 echo "h2load --h1 -c $CONNS; N = $REQUESTS requests, 2N = $((2 * REQUESTS))"
 printf "%-8s %9s %16s %16s %12s %10s\n" binary requests "Ir(N)" "Ir(2N)" "instr/req" "vs nginx"
-for name in gantry nginx; do
+for name in $PROXIES; do
   printf "%-8s %9s %16s %16s %12s %10s\n" "$name" "$REQUESTS" "${ir1[$name]}" "${ir2[$name]}" \
-    "${per[$name]}" "$(awk -v a="${per[$name]}" -v b="${per[nginx]}" 'BEGIN {printf "%.2fx", a / b}')"
+    "${per[$name]}" "$(awk -v a="${per[$name]}" -v b="${per[nginx]:-0}" 'BEGIN {if (b > 0) printf "%.2fx", a / b; else print "-"}')"
 done
