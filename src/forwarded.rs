@@ -21,6 +21,14 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
 static X_CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
 
+/// The names of the headers Gantry sets on every request, as written on the wire. Pingora's
+/// case-preserving `insert_header` keeps a `&'static str` as it is, where a `HeaderName`
+/// would be copied into a new buffer on each insert.
+pub const X_REQUEST_ID_WIRE: &str = "x-request-id";
+const X_FORWARDED_FOR_WIRE: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO_WIRE: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST_WIRE: &str = "x-forwarded-host";
+
 /// Longest client-supplied request id that is kept.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -190,17 +198,17 @@ pub fn set_forwarded_headers(
         None
     };
     match xff {
-        Some(v) => upstream.insert_header(X_FORWARDED_FOR.clone(), v)?,
+        Some(v) => upstream.insert_header(X_FORWARDED_FOR_WIRE, v)?,
         None => {
             upstream.remove_header(&X_FORWARDED_FOR);
         }
     }
     if !peer_trusted || !upstream.headers.contains_key(&X_FORWARDED_PROTO) {
-        upstream.insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme))?;
+        upstream.insert_header(X_FORWARDED_PROTO_WIRE, HeaderValue::from_static(scheme))?;
     }
     if !peer_trusted || !upstream.headers.contains_key(&X_FORWARDED_HOST) {
         match host {
-            Some(h) => upstream.insert_header(X_FORWARDED_HOST.clone(), h)?,
+            Some(h) => upstream.insert_header(X_FORWARDED_HOST_WIRE, h)?,
             None => {
                 upstream.remove_header(&X_FORWARDED_HOST);
             }

@@ -28,7 +28,7 @@ pub use problem::{Problem, ProblemKind};
 
 use crate::access_log::AccessLog;
 use crate::compression::CompressionBuilder;
-use crate::forwarded::X_REQUEST_ID;
+use crate::forwarded::X_REQUEST_ID_WIRE;
 use crate::metrics::RouteMetrics;
 use crate::reload::Live;
 use crate::router::RouteAction;
@@ -277,7 +277,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
+        upstream_response.insert_header(X_REQUEST_ID_WIRE, ctx.state.request_id.clone())?;
         ctx.state.response_from_upstream = true;
         if cache_policy(ctx).is_some() {
             ctx.state.cache_status = Some(crate::cache::status(session.cache.phase()));

@@ -210,7 +210,7 @@ impl<'a> Problem<'a> {
         resp.insert_header(header::CONTENT_TYPE, "application/problem+json")?;
         resp.insert_header(header::CONTENT_LENGTH, body.len())?;
         resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-        resp.insert_header("x-request-id", request_id.clone())?;
+        resp.insert_header(crate::forwarded::X_REQUEST_ID_WIRE, request_id.clone())?;
         if !self.allow.is_empty() {
             let allow: Vec<&str> = self.allow.iter().map(Method::as_str).collect();
             resp.insert_header(header::ALLOW, allow.join(", "))?;

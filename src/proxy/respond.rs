@@ -8,7 +8,7 @@ use super::ProblemKind;
 use super::{Gateway, Problem, RequestCtx};
 use crate::aggregate::{Aggregate, ClientRequest, Outcome};
 use crate::forwarded;
-use crate::forwarded::X_REQUEST_ID;
+use crate::forwarded::X_REQUEST_ID_WIRE;
 use crate::router::{Route, RouteAction};
 use gantry_plugins::{Flow, PluginState};
 use http::{header, Method};
@@ -133,7 +133,7 @@ pub(super) async fn write_response(
     mut resp: ResponseHeader,
     content: Content,
 ) -> Result<()> {
-    resp.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
+    resp.insert_header(X_REQUEST_ID_WIRE, ctx.state.request_id.clone())?;
     let (body, from_upstream) = match content {
         Content::Gateway(body) => (body, false),
         Content::Upstream(body) => (body, true),

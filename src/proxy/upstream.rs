@@ -7,7 +7,7 @@ use super::problem::{
 };
 use super::request::peer_ip;
 use super::{Gateway, RequestCtx};
-use crate::forwarded::{self, X_REQUEST_ID};
+use crate::forwarded::{self, X_REQUEST_ID_WIRE};
 use crate::router::RouteAction;
 use crate::upstream::hash_key::ip_key;
 use http::{header, Uri};
@@ -122,7 +122,7 @@ impl Gateway {
             ctx.state.client.scheme.as_str(),
             host,
         )?;
-        upstream.insert_header(X_REQUEST_ID.clone(), ctx.state.request_id.clone())?;
+        upstream.insert_header(X_REQUEST_ID_WIRE, ctx.state.request_id.clone())?;
         forwarded::set_consumer_headers(upstream, ctx.state.consumer.as_deref())?;
         let bridged = ctx.route.as_ref().is_some_and(|r| r.grpc_web)
             && session
