@@ -163,7 +163,11 @@ where
         shutdown: &ShutdownWatch,
     ) {
         let mut persistent: Option<HttpPersistentSettings> = None;
+        // One wait for shutdown for the whole connection, registered once, instead of a new
+        // registration on every keep-alive wait.
         let mut watch = shutdown.clone();
+        let shutting_down = watch.changed();
+        tokio::pin!(shutting_down);
         loop {
             let (len, body) = match read {
                 Read::Head { len, body } => (len, body),
@@ -189,7 +193,7 @@ where
                 buf = BytesMut::new();
             }
             let session =
-                self.session(stream, prefix, persistent.take(), settings, *watch.borrow());
+                self.session(stream, prefix, persistent.take(), settings, *shutdown.borrow());
             let Some(reused) = self.app.process_new_http(session, shutdown).await else {
                 return;
             };
@@ -205,7 +209,7 @@ where
             };
             read = tokio::select! {
                 biased;
-                _ = watch.changed() => return,
+                _ = &mut shutting_down => return,
                 read = head::read(&mut stream, &mut buf, limits) => read,
             };
         }
