@@ -8,6 +8,7 @@
 #   REDIS_UNIX=1 benches/load.sh                        # reach Redis over a Unix socket
 #   CACHE_ONLY=1 benches/load.sh                        # only the cached-hit comparison
 #   LOG_ONLY=1 ROUNDS=5 benches/load.sh                 # only the access log's cost
+#   PROXY_ONLY=1 CONNS=1000 benches/load.sh             # only Gantry against nginx
 #
 # Upstream: nginx, one worker, answering a small body. Both proxies write an access log to a
 # file (nginx combined, buffered; Gantry JSON). A second Gantry without the log measures its
@@ -34,6 +35,7 @@ PLUGINS_ONLY=${PLUGINS_ONLY:-}
 REDIS_UNIX=${REDIS_UNIX:-}
 CACHE_ONLY=${CACHE_ONLY:-}
 LOG_ONLY=${LOG_ONLY:-}
+PROXY_ONLY=${PROXY_ONLY:-}
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -291,6 +293,7 @@ log_cost() {
 
 if [ -z "$PLUGINS_ONLY$CACHE_ONLY" ]; then
   [ -z "$LOG_ONLY" ] && paired server "$PATH_UNDER_TEST" "nginx:$NGX" "gantry:$GAN" && echo
+  [ -n "$PROXY_ONLY" ] && exit 0
   log_cost
 fi
 [ -n "$LOG_ONLY" ] && exit 0
