@@ -17,20 +17,7 @@
 set -euo pipefail
 
 CLIENTS=${CLIENTS:-4000}
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-if [ $# -gt 0 ]; then
-  GANTRY=$(realpath -e "$1")
-  cd "$(dirname "$0")/.."
-else
-  cd "$(dirname "$0")/.."
-  [ -x target/release/gantry ] || cargo build --release
-  GANTRY=$PWD/target/release/gantry
-fi
-[ -x target/release/examples/bare_pingora ] || cargo build --release --example bare_pingora
-BARE=$PWD/target/release/examples/bare_pingora
-for tool in python3 "$NGINX"; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "missing: $tool" >&2; exit 1; }
-done
+. "$(dirname "$0")/binaries.sh" "$@" -- python3
 ulimit -n $((CLIENTS * 3 + 1024))
 
 work=$(mktemp -d -t gantry-connection-memory.XXXXXX)

@@ -6,7 +6,7 @@
 #   benches/instructions.sh                         # target/release/gantry (built if missing)
 #   benches/instructions.sh /path/to/other/gantry   # e.g. the binary of an older commit
 #   REQUESTS=50000 CONNS=10 benches/instructions.sh
-#   PROXIES=gantry benches/instructions.sh         # only some of: gantry pingora nginx
+#   PROXIES="gantry nginx" benches/instructions.sh  # only some of the proxies and routes below
 #
 # Upstream: nginx (not under valgrind), one worker, answering "ok" on an ephemeral loopback port.
 # Each proxy runs under callgrind twice, serving REQUESTS (N, default 20000) and then 2N requests
@@ -14,30 +14,18 @@
 # gracefully (Gantry SIGTERM, nginx SIGQUIT). Instructions per request are
 # (Ir(2N) - Ir(N)) / N, in which start-up, the readiness probe and shutdown cancel out.
 #
-# Gantry: one thread, one cluster, one route paths = ["/"], no access log, no health check.
+# Gantry: one thread, one cluster, no access log, no health check; its routes are measured one
+# by one: gantry (the plain route, paths = ["/"]), gantry-jwt (jwt-auth, RS256, one token reused
+# as clients do), gantry-key (key-auth), gantry-limited (rate-limit, local, never hit),
+# gantry-cached (the cache plugin; every measured request is a hit).
 # nginx: daemon off, master_process off, one worker, no access log, upstream keepalive, and the
 # headers Gantry adds by default (X-Forwarded-For/-Proto/-Host, X-Request-Id up and down).
-# Needs valgrind, h2load (nghttp2-client), nginx, curl and python3.
+# Needs valgrind, h2load (nghttp2-client), nginx, curl, openssl and python3.
 set -euo pipefail
 
 REQUESTS=${REQUESTS:-20000}
 CONNS=${CONNS:-10}
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
-if [ $# -gt 0 ]; then
-  GANTRY=$(realpath -e "$1")
-  cd "$(dirname "$0")/.."
-else
-  cd "$(dirname "$0")/.."
-  [ -x target/release/gantry ] || cargo build --release
-  GANTRY=$PWD/target/release/gantry
-fi
-[ -x target/release/examples/bare_pingora ] || cargo build --release --example bare_pingora
-BARE=$PWD/target/release/examples/bare_pingora
-[ -x "$GANTRY" ] || { echo "not an executable: $GANTRY" >&2; exit 1; }
-for tool in valgrind h2load curl python3 "$NGINX"; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "missing: $tool" >&2; exit 1; }
-done
+. "$(dirname "$0")/binaries.sh" "$@" -- valgrind h2load curl python3 openssl
 [ "$REQUESTS" -ge "$CONNS" ] || { echo "REQUESTS must be at least CONNS" >&2; exit 1; }
 
 work=$(mktemp -d -t gantry-instructions.XXXXXX)
@@ -141,7 +129,41 @@ backends = ["127.0.0.1:$UP"]
 [routes.plain]
 paths = ["/"]
 cluster = "upstream"
+
+[consumers.bench]
+keys = ["bench-key-0123456789"]
+
+[routes.jwt]
+paths = ["/jwt"]
+cluster = "upstream"
+[routes.jwt.plugins.jwt-auth]
+algorithms = ["RS256"]
+public_key_file = "$PWD/tests/fixtures/jwt/rsa1.pub"
+
+[routes.key]
+paths = ["/key"]
+cluster = "upstream"
+[routes.key.plugins.key-auth]
+
+[routes.limited]
+paths = ["/limited"]
+cluster = "upstream"
+[routes.limited.plugins.rate-limit]
+limits = [{ requests = 100000000, per = "1s" }]   # never hit: the cost of counting
+
+[routes.cached]
+paths = ["/cached"]
+cluster = "upstream"
+[routes.cached.plugins.cache]
+default_ttl = "60s"
 CONF
+
+# An RS256 token signed with the test-only key (tests/fixtures/jwt), valid for a day.
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+jwt_head=$(printf '{"alg":"RS256","typ":"JWT"}' | b64url)
+jwt_body=$(printf '{"sub":"bench","exp":%d}' $(( $(date +%s) + 86400 )) | b64url)
+jwt_sig=$(printf '%s.%s' "$jwt_head" "$jwt_body" | openssl dgst -sha256 -sign tests/fixtures/jwt/rsa1.key | b64url)
+TOKEN="$jwt_head.$jwt_body.$jwt_sig"
 "$GANTRY" -t -c "$work/gantry/gantry.toml" >/dev/null
 
 "$NGINX" -p "$work/upstream/" -e "$work/upstream/error.log" -c "$work/upstream/nginx.conf" \
@@ -150,7 +172,8 @@ upstream_pid=$!; pids+=("$upstream_pid")
 wait_ready "$UP" "$upstream_pid" "$work/upstream/error.log"
 
 # measure NAME PORT REQUESTS STOP_SIGNAL COMMAND...: run COMMAND under callgrind, send REQUESTS
-# once it answers, stop it with STOP_SIGNAL; sets total to its instruction count (Ir).
+# to $url_path (with the request headers in the array $client_headers) once it answers, stop
+# it with STOP_SIGNAL; sets total to its instruction count (Ir).
 measure() {
   local name=$1 port=$2 n=$3 sig=$4; shift 4
   local out="$work/$name.$n.callgrind" log="$work/$name.$n.log" pid client result
@@ -158,7 +181,8 @@ measure() {
   pid=$!; pids+=("$pid")
   wait_ready "$port" "$pid" "$log"
   # In the background, so that a signal to this script interrupts the wait.
-  h2load --h1 -n "$n" -c "$CONNS" -t 1 "http://127.0.0.1:$port/" >"$work/h2load.out" 2>&1 &
+  h2load --h1 -n "$n" -c "$CONNS" -t 1 "${client_headers[@]}" "http://127.0.0.1:$port$url_path" \
+    >"$work/h2load.out" 2>&1 &
   client=$!; pids+=("$client")
   wait "$client" || true
   forget "$client"
@@ -173,11 +197,18 @@ measure() {
 }
 
 declare -A ir1 ir2 per
-PROXIES=${PROXIES:-gantry pingora nginx}
+PROXIES=${PROXIES:-gantry gantry-jwt gantry-key gantry-limited gantry-cached pingora nginx}
 for name in $PROXIES; do
+  url_path=/; client_headers=()
+  case $name in
+    gantry-jwt) url_path=/jwt; client_headers=(-H "authorization: Bearer $TOKEN") ;;
+    gantry-key) url_path=/key; client_headers=(-H "x-api-key: bench-key-0123456789") ;;
+    gantry-limited) url_path=/limited ;;
+    gantry-cached) url_path=/cached ;;
+  esac
   for n in "$REQUESTS" $((2 * REQUESTS)); do
     case $name in
-      gantry) measure gantry "$GW" "$n" TERM "$GANTRY" -c "$work/gantry/gantry.toml" ;;
+      gantry*) measure "$name" "$GW" "$n" TERM "$GANTRY" -c "$work/gantry/gantry.toml" ;;
       pingora) measure pingora "$BP" "$n" TERM "$BARE" "127.0.0.1:$BP" "127.0.0.1:$UP" ;;
       nginx) measure nginx "$PX" "$n" QUIT "$NGINX" -p "$work/nginx/" \
                -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" ;;
@@ -190,8 +221,8 @@ done
 echo "gantry: $GANTRY"
 echo "nginx:  $NGINX ($("$NGINX" -v 2>&1 | sed 's/.*\///'))"
 echo "h2load --h1 -c $CONNS; N = $REQUESTS requests, 2N = $((2 * REQUESTS))"
-printf "%-8s %9s %16s %16s %12s %10s\n" binary requests "Ir(N)" "Ir(2N)" "instr/req" "vs nginx"
+printf "%-15s %9s %16s %16s %12s %10s\n" proxy requests "Ir(N)" "Ir(2N)" "instr/req" "vs nginx"
 for name in $PROXIES; do
-  printf "%-8s %9s %16s %16s %12s %10s\n" "$name" "$REQUESTS" "${ir1[$name]}" "${ir2[$name]}" \
+  printf "%-15s %9s %16s %16s %12s %10s\n" "$name" "$REQUESTS" "${ir1[$name]}" "${ir2[$name]}" \
     "${per[$name]}" "$(awk -v a="${per[$name]}" -v b="${per[nginx]:-0}" 'BEGIN {if (b > 0) printf "%.2fx", a / b; else print "-"}')"
 done
