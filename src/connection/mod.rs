@@ -192,8 +192,13 @@ where
                 // the wait for the next request starts without one.
                 buf = BytesMut::new();
             }
-            let session =
-                self.session(stream, prefix, persistent.take(), settings, *shutdown.borrow());
+            let session = self.session(
+                stream,
+                prefix,
+                persistent.take(),
+                settings,
+                *shutdown.borrow(),
+            );
             let Some(reused) = self.app.process_new_http(session, shutdown).await else {
                 return;
             };
