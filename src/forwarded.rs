@@ -4,7 +4,6 @@
 //! one of `server.trusted_proxies`; otherwise they are replaced, so clients cannot spoof them.
 
 use crate::config::ServerSettings;
-use gantry_plugins::gateway::remove_headers_and_aliases;
 use gantry_plugins::gateway::Consumer;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
@@ -17,9 +16,6 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
-static X_CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
 
 /// The names of the headers Gantry sets on every request, as written on the wire. Pingora's
 /// case-preserving `insert_header` keeps a `&'static str` as it is, where a `HeaderName`
@@ -28,6 +24,8 @@ pub const X_REQUEST_ID_WIRE: &str = "x-request-id";
 const X_FORWARDED_FOR_WIRE: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO_WIRE: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST_WIRE: &str = "x-forwarded-host";
+const X_CONSUMER_NAME_WIRE: &str = "x-consumer-name";
+const X_CONSUMER_GROUPS_WIRE: &str = "x-consumer-groups";
 
 /// Longest client-supplied request id that is kept.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -158,20 +156,6 @@ pub fn set_forwarded_headers(
     scheme: &'static str,
     host: Option<HeaderValue>,
 ) -> Result<()> {
-    if !peer_trusted {
-        // Other client-address headers an untrusted client could use to spoof its identity, and
-        // `_` spellings of the ones set here (CGI-style upstreams read them as the same header).
-        remove_headers_and_aliases(
-            upstream,
-            &[
-                &http::header::FORWARDED,
-                &X_REAL_IP,
-                &X_FORWARDED_FOR,
-                &X_FORWARDED_PROTO,
-                &X_FORWARDED_HOST,
-            ],
-        );
-    }
     // An IP address fits in 45 bytes; format it on the stack.
     let mut ip_buf = [0u8; 48];
     let ip_len = match peer {
@@ -217,17 +201,16 @@ pub fn set_forwarded_headers(
     Ok(())
 }
 
-/// `X-Consumer-Name` / `X-Consumer-Groups` for an authenticated consumer; client-supplied
-/// copies are always removed, whoever the peer is.
+/// `X-Consumer-Name` / `X-Consumer-Groups` for an authenticated consumer (client-supplied
+/// copies were removed from every request before routing: `config::StrippedHeaders`).
 pub fn set_consumer_headers(
     upstream: &mut RequestHeader,
     consumer: Option<&Consumer>,
 ) -> Result<()> {
-    remove_headers_and_aliases(upstream, &[&X_CONSUMER_NAME, &X_CONSUMER_GROUPS]);
     if let Some(c) = consumer {
-        upstream.insert_header(X_CONSUMER_NAME.clone(), c.name_header.clone())?;
+        upstream.insert_header(X_CONSUMER_NAME_WIRE, c.name_header.clone())?;
         if !c.groups.is_empty() {
-            upstream.insert_header(X_CONSUMER_GROUPS.clone(), c.groups_header.clone())?;
+            upstream.insert_header(X_CONSUMER_GROUPS_WIRE, c.groups_header.clone())?;
         }
     }
     Ok(())

@@ -11,7 +11,9 @@ use super::model::{
     RouteSection, ServerSection, TlsSection,
 };
 use super::plugins::Plugins;
-use super::{AdminSettings, CacheSettings, LogSettings, ServerSettings, TlsListener};
+use super::{
+    AdminSettings, CacheSettings, LogSettings, ServerSettings, StrippedHeaders, TlsListener,
+};
 use crate::access_log::{Format, Sink};
 use crate::aggregate::{Aggregate, Call};
 use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction, RouteSpec};
@@ -328,7 +330,8 @@ impl<'d, 'a> Compiler<'d, 'a> {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         let tls = self.tls_listeners(&key, s.tls, &listen);
-        let strip_untrusted_headers = self.stripped_headers(s.strip_untrusted_headers);
+        let stripped_headers =
+            StrippedHeaders::new(self.stripped_headers(s.strip_untrusted_headers));
         let header_timeout = s
             .header_timeout
             .map_or(model::DEFAULT_HEADER_TIMEOUT, |d| d.0);
@@ -365,7 +368,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
         }
         ServerSettings {
             tls,
-            strip_untrusted_headers,
+            stripped_headers,
             listen,
             threads,
             trusted_proxies: trusted,

@@ -39,6 +39,47 @@ const SECTIONS: &[&str] = &[
     "log",
 ];
 
+/// The client headers removed from a request before anything reads it, in one pass over its
+/// names (with their `_` spellings): from an untrusted peer `server.strip_untrusted_headers`,
+/// the forwarding headers Gantry sets and the consumer headers; from a trusted peer only the
+/// consumer headers (its forwarding headers are believed).
+#[derive(Debug, Clone)]
+pub struct StrippedHeaders {
+    untrusted: Vec<http::HeaderName>,
+    trusted: Vec<http::HeaderName>,
+}
+
+impl StrippedHeaders {
+    /// The lists for `configured` (`server.strip_untrusted_headers`).
+    pub fn new(configured: Vec<http::HeaderName>) -> Self {
+        let names = |list: &[&'static str]| {
+            list.iter()
+                .map(|n| http::HeaderName::from_static(n))
+                .collect::<Vec<_>>()
+        };
+        let trusted = names(model::CONSUMER_HEADERS);
+        let mut untrusted = configured;
+        for name in names(model::FORWARDING_HEADERS)
+            .into_iter()
+            .chain(trusted.clone())
+        {
+            if !untrusted.contains(&name) {
+                untrusted.push(name);
+            }
+        }
+        StrippedHeaders { untrusted, trusted }
+    }
+
+    /// The names to remove from a request of a peer that is `trusted` or not.
+    pub fn for_peer(&self, trusted: bool) -> &[http::HeaderName] {
+        if trusted {
+            &self.trusted
+        } else {
+            &self.untrusted
+        }
+    }
+}
+
 /// Compiled `[server]` settings.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -66,8 +107,8 @@ pub struct ServerSettings {
     pub max_request_header_size: usize,
     /// Idle upstream connections per thread.
     pub upstream_keepalive_pool_size: usize,
-    /// Removed from untrusted peers' requests.
-    pub strip_untrusted_headers: Vec<http::HeaderName>,
+    /// Client headers removed before anything reads the request.
+    pub stripped_headers: StrippedHeaders,
     /// The default directory of the pid file and upgrade socket, when either is defaulted:
     /// created (0700) at start.
     pub runtime_dir: Option<std::path::PathBuf>,
@@ -552,5 +593,34 @@ respond = { status = 99 }
         let e =
             errors("[clusters.c]\nbackends = []\n[routes.r]\npaths = [\"/\"]\ncluster = \"c\"\n");
         assert_eq!(e.len(), 1, "{e:#?}");
+    }
+
+    #[test]
+    fn stripped_headers_add_the_gateways_own_to_the_configured_list_once() {
+        let configured = vec![
+            http::HeaderName::from_static("x-custom"),
+            http::HeaderName::from_static("x-real-ip"),
+        ];
+        let stripped = StrippedHeaders::new(configured);
+        let untrusted: Vec<&str> = stripped
+            .for_peer(false)
+            .iter()
+            .map(|n| n.as_str())
+            .collect();
+        assert_eq!(
+            untrusted,
+            [
+                "x-custom",
+                "x-real-ip",
+                "forwarded",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-consumer-name",
+                "x-consumer-groups"
+            ]
+        );
+        let trusted: Vec<&str> = stripped.for_peer(true).iter().map(|n| n.as_str()).collect();
+        assert_eq!(trusted, ["x-consumer-name", "x-consumer-groups"]);
     }
 }

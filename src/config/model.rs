@@ -30,6 +30,20 @@ pub const DEFAULT_STRIPPED: &[&str] = &[
     "x-host",
 ];
 
+/// Headers Gantry sets from the connection (`forwarded.rs`): an untrusted peer's copies are
+/// removed along with `server.strip_untrusted_headers`.
+pub const FORWARDING_HEADERS: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// Headers only Gantry sets, for an authenticated consumer: every client's copies are removed,
+/// a trusted peer's too.
+pub const CONSUMER_HEADERS: &[&str] = &["x-consumer-name", "x-consumer-groups"];
+
 /// `server.listen`'s default: loopback only, so a fresh install is not open to the network.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// `server.grace_period`'s default.

@@ -81,9 +81,10 @@ fn identify(
     let peer = peer_ip(session);
     ctx.peer_trusted = peer.is_some_and(|ip| settings.is_trusted(ip));
     let target = target::settle(session.req_header_mut());
-    if !ctx.peer_trusted {
-        target::strip_untrusted(session.req_header_mut(), &settings.strip_untrusted_headers);
-    }
+    gantry_plugins::gateway::remove_headers_and_aliases(
+        session.req_header_mut(),
+        settings.stripped_headers.for_peer(ctx.peer_trusted),
+    );
     let req = session.req_header();
     ctx.state.request_id = forwarded::request_id(&req.headers, ctx.peer_trusted);
     let tls = session.digest().and_then(|d| d.ssl_digest.clone());

@@ -4,11 +4,10 @@
 //! section 3.2.2 says its authority replaces any `Host`. Gantry writes that authority into `Host`
 //! and turns the target into origin-form, so routing, plugins, the cache key, the log and the
 //! upstream all see one host. An HTTP/1.1 request without `Host` is refused (RFC 9112 section
-//! 3.2), and so is one with two. From untrusted peers, the headers of
-//! `server.strip_untrusted_headers` (method overrides, forwarding variants) are removed: backends
-//! believe them, and a client must not choose them.
+//! 3.2), and so is one with two. (The headers a backend believes and a client must not choose
+//! are removed before this: `config::StrippedHeaders`.)
 
-use http::{header, HeaderName, HeaderValue, Version};
+use http::{header, HeaderValue, Version};
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::http::RequestHeader;
 
@@ -63,12 +62,6 @@ pub fn settle(req: &mut RequestHeader) -> Result<(), &'static str> {
     let origin_form = req.uri.clone();
     req.set_uri(origin_form);
     Ok(())
-}
-
-/// Removes `names` from `req` (a request from an untrusted peer), with their `_` spellings
-/// (`X_Original_URL`), which CGI-style backends read as the same header.
-pub fn strip_untrusted(req: &mut RequestHeader, names: &[HeaderName]) {
-    gantry_plugins::gateway::remove_headers_and_aliases(req, names);
 }
 
 #[cfg(test)]
@@ -136,24 +129,5 @@ mod tests {
     fn userinfo_in_the_target_is_refused() {
         let mut req = request("http://user@admin.local/", Version::HTTP_11, Some("x"));
         assert!(settle(&mut req).is_err());
-    }
-
-    #[test]
-    fn untrusted_headers_are_stripped() {
-        let mut req = request("/", Version::HTTP_11, Some("a"));
-        req.append_header("x-http-method-override", "DELETE")
-            .unwrap();
-        req.append_header("x-forwarded-prefix", "/admin").unwrap();
-        req.append_header("x_original_url", "/admin").unwrap();
-        req.append_header("x-keep", "1").unwrap();
-        let names: Vec<HeaderName> = crate::config::model::DEFAULT_STRIPPED
-            .iter()
-            .map(|n| HeaderName::from_static(n))
-            .collect();
-        strip_untrusted(&mut req, &names);
-        assert!(req.headers.get("x-http-method-override").is_none());
-        assert!(req.headers.get("x-forwarded-prefix").is_none());
-        assert!(req.headers.get("x_original_url").is_none());
-        assert_eq!(req.headers["x-keep"], "1");
     }
 }

@@ -223,6 +223,13 @@ async fn headers_backends_trust_are_stripped_from_untrusted_peers() {
         "X-Host: evil",
         "X_Original_URL: /admin",
         "X_Forwarded_Prefix: /admin",
+        "Forwarded: for=10.9.9.9",
+        "X-Real-IP: 10.9.9.9",
+        "X_Real_IP: 10.9.9.9",
+        "X_Forwarded_For: 10.9.9.9",
+        "X_Forwarded_Host: evil",
+        "X-Consumer-Name: admin",
+        "X_Consumer_Groups: admins",
         "X-Custom: kept",
     ]
     .map(|h| format!("{h}\r\n"))
@@ -243,9 +250,22 @@ async fn headers_backends_trust_are_stripped_from_untrusted_peers() {
     for name in gantry::config::model::DEFAULT_STRIPPED {
         assert_eq!(headers.get(name), None, "{name} reached the upstream");
     }
-    for alias in ["x_original_url", "x_forwarded_prefix"] {
+    // What the strip list names, the forwarding headers Gantry sets itself and the consumer
+    // headers go in the same pass, `_` spellings included.
+    for alias in [
+        "x_original_url",
+        "x_forwarded_prefix",
+        "forwarded",
+        "x-real-ip",
+        "x_real_ip",
+        "x_forwarded_for",
+        "x_forwarded_host",
+        "x-consumer-name",
+        "x_consumer_groups",
+    ] {
         assert_eq!(headers.get(alias), None, "{alias} reached the upstream");
     }
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(headers["x-custom"], "kept");
 
     let custom = Gantry::start_with(
@@ -255,10 +275,22 @@ async fn headers_backends_trust_are_stripped_from_untrusted_peers() {
     let headers = seen(custom.port).await;
     assert_eq!(headers.get("x-custom"), None);
     assert_eq!(headers["x-http-method-override"], "DELETE");
+    assert_eq!(
+        headers.get("x-real-ip"),
+        None,
+        "a custom list keeps the gateway's own"
+    );
 
     let trusted = Gantry::start_with("trusted_proxies = [\"127.0.0.1/32\"]", &echo_routes(&up));
     let headers = seen(trusted.port).await;
     assert_eq!(headers["x-forwarded-prefix"], "/admin");
+    assert_eq!(headers["x-real-ip"], "10.9.9.9");
+    assert_eq!(
+        headers.get("x-consumer-name"),
+        None,
+        "only Gantry names a consumer"
+    );
+    assert_eq!(headers.get("x_consumer_groups"), None);
 }
 
 #[tokio::test]

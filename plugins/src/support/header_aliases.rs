@@ -6,31 +6,28 @@ use pingora::http::RequestHeader;
 use std::borrow::Borrow;
 
 /// Removes headers `names` and every client-sent alias of them written with `_` for `-`
-/// (`X_Consumer_Name`), which CGI-style upstreams read as the same header. One pass; nothing
-/// is allocated unless a header name contains `_`.
+/// (`X_Consumer_Name`), which CGI-style upstreams read as the same header. One pass over the
+/// request's header names (no lookups per name in `names`); nothing is allocated unless one
+/// of them is there.
 pub fn remove_headers_and_aliases<N: Borrow<HeaderName>>(req: &mut RequestHeader, names: &[N]) {
-    for name in names {
-        if req.headers.contains_key(name.borrow()) {
-            req.remove_header(name.borrow());
-        }
-    }
-    let is_alias = |k: &str| {
-        names.iter().any(|n| {
-            let n = n.borrow().as_str();
-            k.len() == n.len()
-                && k.bytes()
-                    .zip(n.bytes())
-                    .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
-        })
+    let spelled_as = |k: &str, n: &str| {
+        k.len() == n.len()
+            && k.bytes()
+                .zip(n.bytes())
+                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
     };
-    let aliases: Vec<HeaderName> = req
+    let found: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|k| k.as_str().contains('_') && is_alias(k.as_str()))
+        .filter(|k| {
+            names
+                .iter()
+                .any(|n| spelled_as(k.as_str(), n.borrow().as_str()))
+        })
         .cloned()
         .collect();
-    for alias in aliases {
-        req.remove_header(&alias);
+    for name in found {
+        req.remove_header(&name);
     }
 }
 
