@@ -54,8 +54,11 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// `server.max_request_header_size`'s default, in bytes (64 KiB).
 pub const DEFAULT_MAX_REQUEST_HEADER_SIZE: usize = 64 * 1024;
-/// `server.upstream_keepalive_pool_size`'s default.
-pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 128;
+/// `server.upstream_keepalive_pool_size`'s default. Above the concurrency a busy thread sees:
+/// with 1,000 clients on one thread a cap of 128 made two of three requests open a new upstream
+/// connection (the ones beyond the cap were closed on release), which halved throughput
+/// (BENCHMARKS.md, issue 15). Idle ones still close after the cluster's `idle_timeout`.
+pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 1024;
 /// `server.pid_file`'s default name, in the runtime directory.
 pub const DEFAULT_PID_FILE: &str = "gantry.pid";
 /// `server.upgrade_sock`'s default name, in the runtime directory.
