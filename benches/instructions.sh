@@ -7,6 +7,7 @@
 #   benches/instructions.sh /path/to/other/gantry   # e.g. the binary of an older commit
 #   REQUESTS=50000 CONNS=10 benches/instructions.sh
 #   PROXIES="gantry nginx" benches/instructions.sh  # only some of the proxies and routes below
+#   KEEP=/tmp/profiles benches/instructions.sh      # keep the callgrind files (callgrind_annotate)
 #
 # Upstream: nginx (not under valgrind), one worker, answering "ok" on an ephemeral loopback port.
 # Each proxy runs under callgrind twice, serving REQUESTS (N, default 20000) and then 2N requests
@@ -17,15 +18,17 @@
 # Gantry: one thread, one cluster, no access log, no health check; its routes are measured one
 # by one: gantry (the plain route, paths = ["/"]), gantry-jwt (jwt-auth, RS256, one token reused
 # as clients do), gantry-key (key-auth), gantry-limited (rate-limit, local, never hit),
-# gantry-cached (the cache plugin; every measured request is a hit).
+# gantry-redis (rate-limit, policy = "redis", never hit; a redis-server on a loopback port,
+# started by the script and not under valgrind), gantry-cached (the cache plugin; every measured
+# request is a hit).
 # nginx: daemon off, master_process off, one worker, no access log, upstream keepalive, and the
 # headers Gantry adds by default (X-Forwarded-For/-Proto/-Host, X-Request-Id up and down).
-# Needs valgrind, h2load (nghttp2-client), nginx, curl, openssl and python3.
+# Needs valgrind, h2load (nghttp2-client), nginx, redis-server, curl, openssl and python3.
 set -euo pipefail
 
 REQUESTS=${REQUESTS:-20000}
 CONNS=${CONNS:-10}
-. "$(dirname "$0")/binaries.sh" "$@" -- valgrind h2load curl python3 openssl
+. "$(dirname "$0")/binaries.sh" "$@" -- valgrind h2load curl python3 openssl redis-server redis-cli
 [ "$REQUESTS" -ge "$CONNS" ] || { echo "REQUESTS must be at least CONNS" >&2; exit 1; }
 
 work=$(mktemp -d -t gantry-instructions.XXXXXX)
@@ -40,7 +43,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); GW=$(free_port); PX=$(free_port); BP=$(free_port)
+UP=$(free_port); GW=$(free_port); PX=$(free_port); BP=$(free_port); RD=$(free_port)
 
 # running PID: the process exists and is not a zombie waiting to be reaped.
 running() { [ -e "/proc/$1" ] && [ "$(sed 's/.*) //; s/ .*//' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
@@ -123,6 +126,10 @@ upgrade_sock = "$work/gantry/upgrade.sock"
 [log]
 access = "off"
 
+[redis]
+url = "redis://127.0.0.1:$RD"
+timeout = "1s"   # valgrind slows Gantry fifty-fold: no command may time out
+
 [clusters.upstream]
 backends = ["127.0.0.1:$UP"]
 
@@ -151,6 +158,14 @@ cluster = "upstream"
 [routes.limited.plugins.rate-limit]
 limits = [{ requests = 100000000, per = "1s" }]   # never hit: the cost of counting
 
+[routes.redis]
+paths = ["/redis"]
+cluster = "upstream"
+[routes.redis.plugins.rate-limit]
+limits = [{ requests = 100000000, per = "1s" }]
+policy = "redis"
+on_store_error = "deny"   # a Redis failure is a 503, which the count of 2xx catches
+
 [routes.cached]
 paths = ["/cached"]
 cluster = "upstream"
@@ -170,6 +185,10 @@ TOKEN="$jwt_head.$jwt_body.$jwt_sig"
   >"$work/upstream/out.log" 2>&1 &
 upstream_pid=$!; pids+=("$upstream_pid")
 wait_ready "$UP" "$upstream_pid" "$work/upstream/error.log"
+redis-server --port "$RD" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+  >"$work/redis.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 300); do redis-cli -p "$RD" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
 
 # measure NAME PORT REQUESTS STOP_SIGNAL COMMAND...: run COMMAND under callgrind, send REQUESTS
 # to $url_path (with the request headers in the array $client_headers) once it answers, stop
@@ -193,17 +212,19 @@ measure() {
   fi
   stop "$pid" "$sig" "$log"
   total=$(awk '/^summary:/ {print $2}' "$out")
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/"; fi
   [ -n "$total" ] || { echo "$name: no callgrind summary in $out" >&2; exit 1; }
 }
 
 declare -A ir1 ir2 per
-PROXIES=${PROXIES:-gantry gantry-jwt gantry-key gantry-limited gantry-cached pingora nginx}
+PROXIES=${PROXIES:-gantry gantry-jwt gantry-key gantry-limited gantry-redis gantry-cached pingora nginx}
 for name in $PROXIES; do
   url_path=/; client_headers=()
   case $name in
     gantry-jwt) url_path=/jwt; client_headers=(-H "authorization: Bearer $TOKEN") ;;
     gantry-key) url_path=/key; client_headers=(-H "x-api-key: bench-key-0123456789") ;;
     gantry-limited) url_path=/limited ;;
+    gantry-redis) url_path=/redis ;;
     gantry-cached) url_path=/cached ;;
   esac
   for n in "$REQUESTS" $((2 * REQUESTS)); do
