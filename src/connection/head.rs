@@ -10,7 +10,10 @@
 use bytes::BytesMut;
 use http::header;
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::time::Instant;
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
@@ -23,8 +26,8 @@ const MAX_HEADERS: usize = 256;
 /// configured limit.
 const INITIAL_CAPACITY: usize = 4096;
 
-/// The first read of a head, into a buffer on the stack (most request heads fit).
-const FIRST_READ: usize = 1024;
+/// The first read of a head, into a buffer on the stack of one poll (most request heads fit).
+const FIRST_READ: usize = 4096;
 
 /// Why a head is refused; each maps to one problem type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,15 +129,14 @@ pub async fn read<S: AsyncRead + Unpin>(
         let room = limits.max_size - buf.len();
         let read = if buf.is_empty() {
             // Nothing of a head yet: a new or idle connection waits here, perhaps for a long
-            // time, so it waits with a small buffer on the stack, not one on the heap.
-            let mut first = [0u8; FIRST_READ];
-            let want = FIRST_READ.min(room);
-            let read = tokio::time::timeout_at(deadline, stream.read(&mut first[..want])).await;
-            if let Ok(Ok(n)) = read {
-                buf.reserve(INITIAL_CAPACITY.min(room).max(n));
-                buf.extend_from_slice(&first[..n]);
-            }
-            read
+            // time, so it waits holding no buffer at all (see `first_read`).
+            let first = first_read(
+                stream,
+                buf,
+                FIRST_READ.min(room),
+                INITIAL_CAPACITY.min(room),
+            );
+            tokio::time::timeout_at(deadline, first).await
         } else {
             if buf.capacity() == buf.len() {
                 buf.reserve(INITIAL_CAPACITY.min(room));
@@ -149,6 +151,28 @@ pub async fn read<S: AsyncRead + Unpin>(
             Err(_) => return Read::Refused(Refusal::TimedOut),
         }
     }
+}
+
+/// Reads the first bytes of a head (at most `want`) into `buf`, reserving `capacity` for the
+/// rest. The bytes are read into a buffer on the stack of a single poll and copied out only
+/// when they have arrived, so the future waiting for them (a silent or idle connection's whole
+/// state) holds no buffer: a read that is not ready leaves the buffer untouched
+/// (`AsyncRead::poll_read`'s contract), and nothing is lost between polls.
+fn first_read<'a, S: AsyncRead + Unpin>(
+    stream: &'a mut S,
+    buf: &'a mut BytesMut,
+    want: usize,
+    capacity: usize,
+) -> impl Future<Output = std::io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut first = [0u8; FIRST_READ];
+        let mut read = ReadBuf::new(&mut first[..want]);
+        ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        buf.reserve(capacity.max(n));
+        buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(n))
+    })
 }
 
 /// The head deadline once its first byte is in.
