@@ -4,13 +4,14 @@
 //! `cargo bench --bench allocations` (or `REQUESTS=20000 cargo bench --bench allocations`).
 //! The process starts an upstream (a blocking loopback server answering a small fixed body),
 //! the proxy under test (Gantry from a config with one cluster and one route, `threads = 1`,
-//! no access log, no health check; or the bare `ProxyHttp` of `benches/floor/bare_pingora.rs`)
+//! no access log, no health check; or the bare `ProxyHttp` of `benches/floor/bare.rs`)
 //! and one keep-alive client. The client and the upstream allocate nothing per request (fixed
 //! buffers), so after a warm-up every allocation counted while the client sends REQUESTS
 //! requests is the proxy's. Prints allocations and bytes allocated per request for both.
 
-use async_trait::async_trait;
-use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+#[path = "floor/bare.rs"]
+mod bare;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -128,43 +129,8 @@ fn connect(addr: SocketAddr) -> TcpStream {
     }
 }
 
-/// The bare proxy of `benches/floor/bare_pingora.rs`.
-struct Bare {
-    upstream: String,
-}
-
-#[async_trait]
-impl ProxyHttp for Bare {
-    type CTX = ();
-
-    fn new_ctx(&self) {}
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut (),
-    ) -> pingora::Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(
-            self.upstream.as_str(),
-            false,
-            String::new(),
-        )))
-    }
-}
-
 fn start_bare(listen: SocketAddr, upstream: SocketAddr) {
-    use pingora::server::{configuration::ServerConf, Server};
-    let conf = ServerConf {
-        threads: 1,
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    let bare = Bare {
-        upstream: upstream.to_string(),
-    };
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, bare);
-    proxy.add_tcp(&listen.to_string());
-    server.add_service(proxy);
+    let server = bare::server(&listen.to_string(), &upstream.to_string());
     std::thread::spawn(move || server.run_forever());
 }
 

@@ -36,40 +36,24 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); GW=$(free_port); PX=$(free_port); BP=$(free_port)
 GW_TLS=$(free_port); PX_TLS=$(free_port); PX_H2C=$(free_port)
 mkdir "$work/upstream" "$work/nginx"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj /CN=bench -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-wait_port() {
-  local _
-  for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done
-  echo "nothing listens on $1" >&2; exit 1
-}
 
-# nginx_conf DIR SERVER: one nginx worker with its files inside DIR and the server block SERVER.
-nginx_conf() {
-  cat > "$1/nginx.conf" <<CONF
-worker_processes 1;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-worker_rlimit_nofile $(ulimit -n);
-events { worker_connections $((CLIENTS * 2 + 1024)); }
-http {
-$(for t in client_body proxy fastcgi uwsgi scgi; do echo "  ${t}_temp_path $1/${t}_temp;"; done)
-  access_log off;
-  keepalive_timeout 300s;
+# nginx_conf with room for every client and nothing timed out while they wait.
+nginx_conf_held() {
+  nginx_conf "$1" "  keepalive_timeout 300s;
   client_header_timeout 300s;
-$2
-}
-CONF
+$2" "worker_rlimit_nofile $(ulimit -n);
+events { worker_connections $((CLIENTS * 2 + 1024)); }"
 }
 start_nginx() { "$NGINX" -p "$1/" -e "$1/error.log" -c "$1/nginx.conf"; }
-nginx_conf "$work/upstream" "  server { listen 127.0.0.1:$UP; location / { return 200 \"ok\\n\"; } }"
+nginx_conf_held "$work/upstream" "  server { listen 127.0.0.1:$UP; location / { return 200 \"ok\\n\"; } }"
 start_nginx "$work/upstream"
 wait_port "$UP"
-nginx_conf "$work/nginx" "  upstream backend { server 127.0.0.1:$UP; keepalive 32; }
+nginx_conf_held "$work/nginx" "  upstream backend { server 127.0.0.1:$UP; keepalive 32; }
   ssl_certificate $work/cert.pem;
   ssl_certificate_key $work/key.pem;
   server {
@@ -84,31 +68,8 @@ nginx_conf "$work/nginx" "  upstream backend { server 127.0.0.1:$UP; keepalive 3
     }
   }"
 
-cat > "$work/gantry.toml" <<CONF
-[server]
-listen = ["127.0.0.1:$GW"]
-threads = 1
-pid_file = "$work/gantry.pid"
-upgrade_sock = "$work/upgrade.sock"
-keepalive_timeout = "300s"
-grace_period = "0s"
-max_connections = $((CLIENTS * 2))
-
-[[server.tls]]
-listen = "127.0.0.1:$GW_TLS"
-certificates = [{ cert = "$work/cert.pem", key = "$work/key.pem" }]
-http2 = true
-
-[log]
-access = "off"
-
-[clusters.upstream]
-backends = ["127.0.0.1:$UP"]
-
-[routes.plain]
-paths = ["/"]
-cluster = "upstream"
-CONF
+gantry_conf "$work/gantry.toml" "$GW" "$GW_TLS" "127.0.0.1:$UP" "keepalive_timeout = \"300s\"
+max_connections = $((CLIENTS * 2))"
 # start_proxies: a fresh Gantry and nginx proxy (so no state freed by an earlier measurement
 # is reused by the next one), both answering.
 start_proxies() {

@@ -37,12 +37,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  local _
-  for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done
-  echo "nothing listens on $1" >&2; cat "$work"/*.log "$work"/*/error.log >&2 2>/dev/null; exit 1
-}
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj /CN=bench -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
@@ -57,22 +51,6 @@ for p in nginx haproxy gantry; do TLS[$p]=$(free_port); done
 for p in nginx haproxy; do H2C[$p]=$(free_port); done
 H2C[gantry]=${HTTP[gantry]}   # Gantry's plain listener recognises the h2c preface
 
-# nginx_conf DIR BODY: one nginx worker with its files inside DIR.
-nginx_conf() {
-  mkdir -p "$1"
-  cat > "$1/nginx.conf" <<CONF
-worker_processes 1;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 8192; }
-http {
-$(for t in client_body proxy fastcgi uwsgi scgi; do echo "  ${t}_temp_path $1/${t}_temp;"; done)
-  access_log off;
-  keepalive_requests 1000000;
-$2
-}
-CONF
-}
 nginx_conf "$work/upstream" "  server {
     listen 127.0.0.1:$UP;
     location = /large { root $work; sendfile on; }
@@ -117,29 +95,7 @@ backend upstream
   http-reuse always
   server up 127.0.0.1:$UP
 CONF
-cat > "$work/gantry.toml" <<CONF
-[server]
-listen = ["127.0.0.1:${HTTP[gantry]}"]
-threads = 1
-pid_file = "$work/gantry.pid"
-upgrade_sock = "$work/upgrade.sock"
-grace_period = "0s"
-
-[[server.tls]]
-listen = "127.0.0.1:${TLS[gantry]}"
-certificates = [{ cert = "$work/cert.pem", key = "$work/key.pem" }]
-http2 = true
-
-[log]
-access = "off"
-
-[clusters.upstream]
-backends = ["127.0.0.1:$UP"]
-
-[routes.plain]
-paths = ["/"]
-cluster = "upstream"
-CONF
+gantry_conf "$work/gantry.toml" "${HTTP[gantry]}" "${TLS[gantry]}" "127.0.0.1:$UP"
 
 "$NGINX" -p "$work/upstream/" -e "$work/upstream/error.log" -c "$work/upstream/nginx.conf"
 taskset -pc 1 "$(cat "$work/upstream/nginx.pid")" >/dev/null

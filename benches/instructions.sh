@@ -42,7 +42,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); GW=$(free_port); PX=$(free_port); BP=$(free_port); RD=$(free_port)
 
 # running PID: the process exists and is not a zombie waiting to be reaped.
@@ -76,31 +75,19 @@ stop() {
 }
 
 mkdir "$work/upstream" "$work/nginx" "$work/gantry"
-# nginx_conf DIR SERVER: an nginx.conf for one worker in the foreground, with its pid, logs and
-# temporary files inside DIR, no access log, and the server block SERVER.
-nginx_conf() {
-  cat > "$1/nginx.conf" <<CONF
-daemon off;
+# nginx_conf for a worker in the foreground (valgrind follows its one process).
+nginx_conf_foreground() {
+  nginx_conf "$1" "$2" "daemon off;
 master_process off;
-worker_processes 1;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 1024; }
-http {
-$(for t in client_body proxy fastcgi uwsgi scgi; do echo "  ${t}_temp_path $1/${t}_temp;"; done)
-  access_log off;
-  keepalive_requests 1000000;
-$2
-}
-CONF
+events { worker_connections 1024; }"
 }
 
-nginx_conf "$work/upstream" "  server {
+nginx_conf_foreground "$work/upstream" "  server {
     listen 127.0.0.1:$UP;
     location / { return 200 \"ok\\n\"; }
   }"
 
-nginx_conf "$work/nginx" "  upstream backend { server 127.0.0.1:$UP; keepalive 32; }
+nginx_conf_foreground "$work/nginx" "  upstream backend { server 127.0.0.1:$UP; keepalive 32; }
   server {
     listen 127.0.0.1:$PX;
     location / {
@@ -115,27 +102,12 @@ nginx_conf "$work/nginx" "  upstream backend { server 127.0.0.1:$UP; keepalive 3
     }
   }"
 
-cat > "$work/gantry/gantry.toml" <<CONF
-[server]
-listen = ["127.0.0.1:$GW"]
-threads = 1
-grace_period = "0s"
-pid_file = "$work/gantry/gantry.pid"
-upgrade_sock = "$work/gantry/upgrade.sock"
-
-[log]
-access = "off"
+gantry_conf "$work/gantry/gantry.toml" "$GW" "" "127.0.0.1:$UP"
+cat >> "$work/gantry/gantry.toml" <<CONF
 
 [redis]
 url = "redis://127.0.0.1:$RD"
 timeout = "1s"   # valgrind slows Gantry fifty-fold: no command may time out
-
-[clusters.upstream]
-backends = ["127.0.0.1:$UP"]
-
-[routes.plain]
-paths = ["/"]
-cluster = "upstream"
 
 [consumers.bench]
 keys = ["bench-key-0123456789"]
@@ -173,12 +145,7 @@ cluster = "upstream"
 default_ttl = "60s"
 CONF
 
-# An RS256 token signed with the test-only key (tests/fixtures/jwt), valid for a day.
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-jwt_head=$(printf '{"alg":"RS256","typ":"JWT"}' | b64url)
-jwt_body=$(printf '{"sub":"bench","exp":%d}' $(( $(date +%s) + 86400 )) | b64url)
-jwt_sig=$(printf '%s.%s' "$jwt_head" "$jwt_body" | openssl dgst -sha256 -sign tests/fixtures/jwt/rsa1.key | b64url)
-TOKEN="$jwt_head.$jwt_body.$jwt_sig"
+TOKEN=$(rs256_token)
 "$GANTRY" -t -c "$work/gantry/gantry.toml" >/dev/null
 
 "$NGINX" -p "$work/upstream/" -e "$work/upstream/error.log" -c "$work/upstream/nginx.conf" \

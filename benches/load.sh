@@ -25,6 +25,7 @@
 # plugin on /cached (the upstream is asked once; every measured request is a hit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/harness.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
@@ -66,7 +67,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); NGX=$(free_port); GAN=$(free_port); REDIS=$(free_port); NOLOG=$(free_port)
 
 cat > "$work/upstream.conf" <<CONF
@@ -185,12 +185,7 @@ policy = "redis"
 on_store_error = "deny"                             # a Redis failure shows up as non-2xx
 CONF
 
-# An RS256 token signed with the test-only key (tests/fixtures/jwt), valid for a day.
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-jwt_head=$(printf '{"alg":"RS256","typ":"JWT"}' | b64url)
-jwt_body=$(printf '{"sub":"bench","exp":%d}' $(( $(date +%s) + 86400 )) | b64url)
-jwt_sig=$(printf '%s.%s' "$jwt_head" "$jwt_body" | openssl dgst -sha256 -sign tests/fixtures/jwt/rsa1.key | b64url)
-TOKEN="$jwt_head.$jwt_body.$jwt_sig"
+TOKEN=$(rs256_token)
 
 taskset -c 1 "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
 taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --unixsocket "$work/redis.sock" --save "" --appendonly no --dir "$work" >/dev/null & pids+=($!)
