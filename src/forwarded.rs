@@ -17,9 +17,10 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The names of the headers Gantry sets on every request, as written on the wire. Pingora's
-/// case-preserving `insert_header` keeps a `&'static str` as it is, where a `HeaderName`
-/// would be copied into a new buffer on each insert.
+/// The names of the headers Gantry sets on every request, as written on the wire. With
+/// pingora-http patch 0001 (third_party/README.md) the case-preserving `insert_header` refers
+/// to a lower-case `&'static str` without copying it, where a `HeaderName` is copied into a new
+/// buffer and again when it is cloned into the case map: two allocations per header.
 pub const X_REQUEST_ID_WIRE: &str = "x-request-id";
 const X_FORWARDED_FOR_WIRE: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO_WIRE: &str = "x-forwarded-proto";
@@ -47,11 +48,13 @@ pub fn request_id(headers: &HeaderMap, peer_trusted: bool) -> HeaderValue {
     new_request_id()
 }
 
-/// A fresh UUID v4 request id.
+/// A fresh UUID v4 request id, in one shared allocation: the id is sent upstream, to the client
+/// and to the access log, and each of those copies only a reference.
 pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// The client address: the peer, or for a trusted peer the nearest untrusted address in

@@ -12,7 +12,11 @@ use pingora::http::RequestHeader;
 use pingora::protocols::tls::SslDigest;
 use serde_json::{Map, Value};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+/// The route name of a request no route matched (yet): one shared empty name, so that a new
+/// state allocates nothing.
+static NO_ROUTE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
 
 /// The claims of a verified JWT.
 pub type Claims = Map<String, Value>;
@@ -100,7 +104,7 @@ pub struct PluginState {
 impl Default for PluginState {
     fn default() -> Self {
         PluginState {
-            route: Arc::from(""),
+            route: Arc::clone(&NO_ROUTE),
             request_id: HeaderValue::from_static(""),
             client: ClientFacts::default(),
             consumer: None,
