@@ -138,7 +138,7 @@ h2load_run() {
 }
 # oha_run URL -> "req/s p50 p99" at a fixed rate
 oha_run() {
-  taskset -c 1 oha --no-tui -c 50 -q 5000 -z "$DURATION" --latency-correction -j "$1" 2>/dev/null |
+  taskset -c 1 oha --no-tui -c 50 -q 5000 -z "$DURATION" --latency-correction --output-format json "$1" 2>/dev/null |
     python3 -c 'import json,sys; d=json.load(sys.stdin); s=d["summary"]; p=d["latencyPercentiles"]; print(s["requestsPerSec"], p["p50"]*1000, p["p99"]*1000)'
 }
 url_for() { # SCENARIO PROXY -> URL, or nothing when the proxy has no listener for it
