@@ -380,10 +380,11 @@ impl Connector {
         settings.stream_window_size = peer_options.and_then(|o| o.h2_stream_window_size);
         settings.connection_window_size = peer_options.and_then(|o| o.h2_connection_window_size);
         let conn = handshake(stream, settings).await?;
-        let h2_stream = conn.spawn_stream().await?.or_err(
+        let mut h2_stream = conn.spawn_stream().await?.or_err(
             H2Error,
             "newly created connection has no free streams (server may have sent GOAWAY)",
         )?;
+        h2_stream.response_header_timeout = peer_options.and_then(|o| o.response_header_timeout);
         if conn.more_streams_allowed() {
             self.in_use_pool.insert(peer.reuse_hash(), conn);
         }
@@ -437,7 +438,12 @@ impl Connector {
                     return Ok(None);
                 }
             }
-            let h2_stream = conn.spawn_stream().await?;
+            let mut h2_stream = conn.spawn_stream().await?;
+            if let Some(h2_stream) = h2_stream.as_mut() {
+                h2_stream.response_header_timeout = peer
+                    .get_peer_options()
+                    .and_then(|o| o.response_header_timeout);
+            }
             if conn.more_streams_allowed() {
                 self.in_use_pool.insert(reuse_hash, conn);
             }
@@ -1100,5 +1106,37 @@ mod tests {
         );
         assert!(result.unwrap().is_none());
         assert!(conn.is_shutting_down());
+    }
+
+    /// New and reused h2 streams take `response_header_timeout` from the peer, which does not
+    /// keep a connection from being reused.
+    #[tokio::test]
+    async fn test_h2_session_response_header_timeout_from_peer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(stream).await.unwrap();
+            while let Some(_result) = conn.accept().await {}
+        });
+
+        let connector = Connector::new(None);
+        let mut peer = HttpPeer::new(("127.0.0.1", port), false, "".into());
+        peer.options.set_http_version(2, 2); // h2c
+        peer.options.response_header_timeout = Some(Duration::from_secs(1));
+        let h2 = match connector.new_http_session::<HttpPeer, ()>(&peer).await {
+            Ok(HttpSession::H2(h2)) => h2,
+            _ => panic!("expect h2"),
+        };
+        assert_eq!(h2.response_header_timeout, Some(Duration::from_secs(1)));
+        let id = h2.conn.id();
+        connector.release_http_session(h2, &peer, None);
+
+        peer.options.response_header_timeout = Some(Duration::from_secs(2));
+        let h2 = connector.reused_http_session(&peer).await.unwrap().unwrap();
+        assert_eq!(h2.conn.id(), id);
+        assert_eq!(h2.response_header_timeout, Some(Duration::from_secs(2)));
+
+        server.abort();
     }
 }

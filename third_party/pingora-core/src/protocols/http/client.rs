@@ -13,9 +13,12 @@
 // limitations under the License.
 
 use bytes::Bytes;
-use pingora_error::Result;
+use pingora_error::{Error, ErrorType::ReadTimedout, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_timeout::timeout;
+use std::future::Future;
 use std::time::Duration;
+use tokio::time::{timeout_at, Instant};
 
 use super::v2::client::Http2Session;
 use super::{custom::client::Session, v1::client::HttpSession as Http1Session};
@@ -231,6 +234,44 @@ impl<S: Session> HttpSession<S> {
             Self::H2(_) => None,
             Self::Custom(_) => None,
         }
+    }
+}
+
+/// The explanation of the [`ReadTimedout`] error of a response header read that ran out of
+/// `response_header_timeout` (see [`crate::upstreams::peer::PeerOptions`]).
+pub const RESPONSE_HEADER_TIMEOUT: &str = "response header timeout";
+
+/// The end of `response_header_timeout` from now, set on the first read of a response header.
+pub(crate) fn response_header_deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
+/// Await `read`, one read of a response header, within the per-read `read_timeout` (failing
+/// with `read_timeout_explain`) and the `deadline` of the whole header (failing with
+/// [`RESPONSE_HEADER_TIMEOUT`]), whichever ends first.
+pub(crate) async fn read_response_header_within<T>(
+    read: impl Future<Output = T>,
+    read_timeout: Option<Duration>,
+    deadline: Option<Instant>,
+    read_timeout_explain: &'static str,
+) -> Result<T> {
+    if let Some(deadline) = deadline {
+        let now = Instant::now();
+        // unless the per-read timeout ends first
+        if read_timeout.is_none_or(|t| now.checked_add(t).is_none_or(|end| deadline <= end)) {
+            if now >= deadline {
+                return Error::e_explain(ReadTimedout, RESPONSE_HEADER_TIMEOUT);
+            }
+            return timeout_at(deadline, read)
+                .await
+                .map_err(|_| Error::explain(ReadTimedout, RESPONSE_HEADER_TIMEOUT));
+        }
+    }
+    match read_timeout {
+        Some(t) => timeout(t, read)
+            .await
+            .map_err(|_| Error::explain(ReadTimedout, read_timeout_explain)),
+        None => Ok(read.await),
     }
 }
 

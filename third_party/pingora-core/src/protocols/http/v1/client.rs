@@ -24,9 +24,11 @@ use std::io::ErrorKind;
 use std::str;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 use super::body::{BodyReader, BodyWriter};
 use super::common::*;
+use crate::protocols::http::client::{read_response_header_within, response_header_deadline};
 use crate::protocols::http::HttpTask;
 use crate::protocols::{Digest, SocketAddr, Stream, UniqueID, UniqueIDType};
 use crate::utils::{BufRef, KVRef};
@@ -46,6 +48,10 @@ pub struct HttpSession {
     /// The timeout is reset on every read. This is not a timeout on the overall duration of the
     /// response.
     pub read_timeout: Option<Duration>,
+    /// The total time to read the response header, 1xx headers included, from the first read of
+    /// it. Each read is still bounded by `read_timeout`. The body is not bounded by it.
+    pub response_header_timeout: Option<Duration>,
+    response_header_deadline: Option<Instant>,
     /// The write timeout which will be applied to both writing request header and body.
     /// The timeout is reset on every write. This is not a timeout on the overall duration of the
     /// request.
@@ -92,6 +98,8 @@ impl HttpSession {
             response_header: None,
             request_written: None,
             read_timeout: None,
+            response_header_timeout: None,
+            response_header_deadline: None,
             write_timeout: None,
             digest,
             bytes_sent: 0,
@@ -110,6 +118,7 @@ impl HttpSession {
             session.set_allow_h1_response_invalid_content_length(
                 options.allow_h1_response_invalid_content_length,
             );
+            session.response_header_timeout = options.response_header_timeout;
         }
         session
     }
@@ -246,6 +255,9 @@ impl HttpSession {
     /// headers.
     pub async fn read_response(&mut self) -> Result<usize> {
         let mut parse_existing_buffer = true;
+        if self.response_header_deadline.is_none() {
+            self.response_header_deadline = response_header_deadline(self.response_header_timeout);
+        }
 
         if self.response_header_read_buf.is_empty() {
             // preread_body is set after a completed valid response header is read.
@@ -388,17 +400,16 @@ impl HttpSession {
             let read_fut = self
                 .underlying_stream
                 .read_buf(&mut self.response_header_read_buf);
-            let read_result = match self.read_timeout {
-                Some(t) => match timeout(t, read_fut).await {
-                    Ok(res) => res,
-                    Err(_) => {
-                        return self.fail_response_header_read(Error::explain(
-                            ReadTimedout,
-                            "while reading response headers",
-                        ));
-                    }
-                },
-                None => read_fut.await,
+            let read_result = match read_response_header_within(
+                read_fut,
+                self.read_timeout,
+                self.response_header_deadline,
+                "while reading response headers",
+            )
+            .await
+            {
+                Ok(res) => res,
+                Err(e) => return self.fail_response_header_read(e),
             };
 
             match read_result {
@@ -1224,6 +1235,119 @@ mod tests_stream {
         http_stream.read_timeout = Some(Duration::from_secs(1));
         let res = http_stream.read_response().await;
         assert_eq!(res.unwrap_err().etype(), &ErrorType::ReadTimedout);
+    }
+
+    fn assert_response_header_timeout(res: Result<usize>) {
+        let e = res.unwrap_err();
+        assert_eq!(e.etype(), &ErrorType::ReadTimedout);
+        let context = e.context.as_ref().map(|c| c.as_str());
+        assert_eq!(
+            context,
+            Some(crate::protocols::http::client::RESPONSE_HEADER_TIMEOUT)
+        );
+    }
+
+    // what the header read left unread
+    async fn read_rest(http_stream: &mut HttpSession) -> Vec<u8> {
+        let mut rest = vec![];
+        let stream = &mut http_stream.underlying_stream;
+        stream.read_to_end(&mut rest).await.unwrap();
+        rest
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_header_timeout_bounds_trickled_header() {
+        init_log();
+        let mock_io = Builder::new()
+            .wait(Duration::from_secs(2))
+            .read(b"HTTP/1.1 200 OK\r\n")
+            .wait(Duration::from_secs(2))
+            .read(b"Server: pingora\r\n")
+            .wait(Duration::from_secs(2))
+            .read(b"\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        // each piece comes within the read timeout, the whole header after 6s
+        http_stream.read_timeout = Some(Duration::from_secs(3));
+        http_stream.response_header_timeout = Some(Duration::from_secs(5));
+        let start = tokio::time::Instant::now();
+        assert_response_header_timeout(http_stream.read_response().await);
+        assert!(start.elapsed() >= Duration::from_secs(5));
+        assert!(start.elapsed() < Duration::from_secs(6));
+
+        assert_eq!(read_rest(&mut http_stream).await, b"\r\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_header_timeout_counts_informational_headers() {
+        init_log();
+        let final_header = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let mock_io = Builder::new()
+            .wait(Duration::from_secs(2))
+            .read(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .wait(Duration::from_secs(4))
+            .read(final_header)
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.response_header_timeout = Some(Duration::from_secs(5));
+        http_stream.read_response().await.unwrap();
+        assert_eq!(http_stream.get_status(), Some(StatusCode::CONTINUE));
+        // the final header would come 6s after the first read, 4s after the 100
+        assert_response_header_timeout(http_stream.read_response().await);
+
+        assert_eq!(read_rest(&mut http_stream).await, final_header);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_header_timeout_holds_across_cancelled_reads() {
+        init_log();
+        let mock_io = Builder::new()
+            .wait(Duration::from_secs(2))
+            .read(b"HTTP/1.1 200 OK\r\n\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.response_header_timeout = Some(Duration::from_secs(1));
+        let start = tokio::time::Instant::now();
+        let (res, cancel_count) = read_response_with_cancellations(&mut http_stream).await;
+        assert!(cancel_count > 0, "read_response should have been cancelled");
+        assert_response_header_timeout(res);
+        assert!(start.elapsed() < Duration::from_secs(2));
+
+        assert_eq!(
+            read_rest(&mut http_stream).await,
+            b"HTTP/1.1 200 OK\r\n\r\n"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_header_timeout_does_not_bound_body() {
+        init_log();
+        let mock_io = Builder::new()
+            .wait(Duration::from_secs(2))
+            .read(b"HTTP/1.1 200 OK\r\n")
+            .wait(Duration::from_secs(2))
+            .read(b"Content-Length: 3\r\n\r\n")
+            .wait(Duration::from_secs(2))
+            .read(b"a")
+            .wait(Duration::from_secs(2))
+            .read(b"bc")
+            .build();
+        let mut peer = crate::upstreams::peer::HttpPeer::new(("127.0.0.1", 80), false, "".into());
+        peer.options.read_timeout = Some(Duration::from_secs(3));
+        peer.options.response_header_timeout = Some(Duration::from_secs(5));
+        let mut http_stream = HttpSession::new_with_options(Box::new(mock_io), &peer);
+        assert_eq!(
+            http_stream.response_header_timeout,
+            Some(Duration::from_secs(5))
+        );
+        // as pingora-proxy does
+        http_stream.read_timeout = peer.options.read_timeout;
+        // the header within 4s, the body until 8s
+        http_stream.read_response().await.unwrap();
+        assert_eq!(http_stream.get_status(), Some(StatusCode::OK));
+        assert_eq!(http_stream.read_body_ref().await.unwrap().unwrap(), b"a");
+        assert_eq!(http_stream.read_body_ref().await.unwrap().unwrap(), b"bc");
+        assert!(http_stream.read_body_ref().await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -31,9 +31,11 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::connectors::http::v2::ConnectionRef;
 use crate::protocols::http::authority::validate_request_authority_fields;
+use crate::protocols::http::client::{read_response_header_within, response_header_deadline};
 use crate::protocols::http::v1::common::validate_content_length_without_transfer_encoding;
 use crate::protocols::{Digest, SocketAddr, UniqueIDType};
 
@@ -61,6 +63,10 @@ pub struct Http2Session {
     /// The timeout is reset on every read. This is not a timeout on the overall duration of the
     /// response.
     pub read_timeout: Option<Duration>,
+    /// The total time to read the response header, 1xx headers included, from the first read of
+    /// it. Each read is still bounded by `read_timeout`. The body is not bounded by it.
+    pub response_header_timeout: Option<Duration>,
+    response_header_deadline: Option<Instant>,
     /// The write timeout which will be applied to writing request body.
     /// The timeout is reset on every write. This is not a timeout on the overall duration of the
     /// request.
@@ -88,6 +94,8 @@ impl Http2Session {
             response_header: None,
             response_body_reader: None,
             read_timeout: None,
+            response_header_timeout: None,
+            response_header_deadline: None,
             write_timeout: None,
             conn,
             ended: false,
@@ -199,14 +207,18 @@ impl Http2Session {
             panic!("H2 response header is already read")
         }
 
-        let read_timeout = self.read_timeout;
-        let res = match read_timeout {
-            Some(t) => timeout(t, std::future::poll_fn(|cx| self.poll_response_header(cx)))
-                .await
-                .map_err(|_| Error::explain(ReadTimedout, "while reading h2 response header"))
-                .map_err(|e| self.handle_err(e))?,
-            None => std::future::poll_fn(|cx| self.poll_response_header(cx)).await,
-        };
+        if self.response_header_deadline.is_none() {
+            self.response_header_deadline = response_header_deadline(self.response_header_timeout);
+        }
+        let (read_timeout, deadline) = (self.read_timeout, self.response_header_deadline);
+        let res = read_response_header_within(
+            std::future::poll_fn(|cx| self.poll_response_header(cx)),
+            read_timeout,
+            deadline,
+            "while reading h2 response header",
+        )
+        .await
+        .map_err(|e| self.handle_err(e))?;
         let (resp, body_reader) = res.map_err(handle_read_header_error)?.into_parts();
         let response_header = ResponseHeader::from(resp);
         validate_response_header(&response_header)?;
@@ -812,6 +824,95 @@ mod tests_h2 {
         release_response.send(()).unwrap();
         h2s.read_response_header().await.unwrap();
         assert_eq!(h2s.response_header().unwrap().status, StatusCode::OK);
+
+        server_task.abort();
+        connection_task.abort();
+    }
+
+    fn assert_response_header_timeout(e: &Error) {
+        assert!(matches!(e.etype, ReadTimedout), "unexpected error: {e:?}");
+        let context = e.context.as_ref().map(|c| c.as_str());
+        assert_eq!(
+            context,
+            Some(crate::protocols::http::client::RESPONSE_HEADER_TIMEOUT)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_header_timeout_holds_across_resumed_reads() {
+        let (mut h2s, _release_response, server_task, connection_task) =
+            session_with_delayed_response().await;
+        h2s.read_timeout = Some(Duration::from_secs(3));
+        h2s.response_header_timeout = Some(Duration::from_secs(5));
+        let start = tokio::time::Instant::now();
+
+        // two reads of 2s each, cancelled from outside, do not restart the deadline
+        for _ in 0..2 {
+            let read = tokio::time::timeout(Duration::from_secs(2), h2s.read_response_header());
+            assert!(read.await.is_err());
+        }
+        let err = h2s.read_response_header().await.unwrap_err();
+        assert_response_header_timeout(&err);
+        assert!(start.elapsed() >= Duration::from_secs(5));
+        assert!(start.elapsed() < Duration::from_secs(6));
+        assert!(h2s.response_header().is_none());
+
+        // once spent, the deadline fails further reads at once
+        let err = h2s.read_response_header().await.unwrap_err();
+        assert_response_header_timeout(&err);
+
+        server_task.abort();
+        connection_task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_header_timeout_does_not_bound_body() {
+        let (client_io, server_io) = duplex(65536);
+        // the header after 2s, the body in pieces until 8s
+        let server_task = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(server_io).await.unwrap();
+            let (_req, mut send_resp) = conn.accept().await.unwrap().unwrap();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let resp = Response::builder().status(StatusCode::OK).body(()).unwrap();
+                let mut body = send_resp.send_response(resp, false).unwrap();
+                for (data, end) in [("a", false), ("b", false), ("c", true)] {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    body.send_data(Bytes::from(data), end).unwrap();
+                }
+            });
+            while let Some(_result) = conn.accept().await {}
+        });
+
+        let (send_req, connection) = h2::client::handshake(client_io).await.unwrap();
+        let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
+        let connection_task = tokio::spawn(async move {
+            let _ = connection.await;
+            let _ = closed_tx.send(true);
+        });
+        let conn_ref = crate::connectors::http::v2::ConnectionRef::new(
+            send_req.clone(),
+            closed_rx,
+            Arc::new(AtomicBool::new(false)),
+            0,
+            1,
+            Digest::default(),
+        );
+        let mut h2s = Http2Session::new(send_req, conn_ref);
+        h2s.read_timeout = Some(Duration::from_secs(3));
+        h2s.response_header_timeout = Some(Duration::from_secs(3));
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header(http::header::HOST, "example.com")
+            .unwrap();
+        h2s.write_request_header(Box::new(req), true).unwrap();
+
+        h2s.read_response_header().await.unwrap();
+        assert_eq!(h2s.response_header().unwrap().status, StatusCode::OK);
+        let mut body = vec![];
+        while let Some(chunk) = h2s.read_response_body().await.unwrap() {
+            body.extend_from_slice(&chunk);
+        }
+        assert_eq!(body, b"abc");
 
         server_task.abort();
         connection_task.abort();
