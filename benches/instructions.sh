@@ -20,7 +20,9 @@
 # as clients do), gantry-key (key-auth), gantry-limited (rate-limit, local, never hit),
 # gantry-redis (rate-limit, policy = "redis", never hit; a redis-server on a loopback port,
 # started by the script and not under valgrind), gantry-cached (the cache plugin; every measured
-# request is a hit).
+# request is a hit), gantry-least (balancer = "least_request"), gantry-ewma (balancer =
+# "peak_ewma"), gantry-resilient (round robin with a [retry] table, [outlier] detection,
+# max_requests and a route timeout, none of them triggered).
 # nginx: daemon off, master_process off, one worker, no access log, upstream keepalive, and the
 # headers Gantry adds by default (X-Forwarded-For/-Proto/-Host, X-Request-Id up and down).
 # Needs valgrind, h2load (nghttp2-client), nginx, redis-server, curl, openssl and python3.
@@ -143,6 +145,30 @@ paths = ["/cached"]
 cluster = "upstream"
 [routes.cached.plugins.cache]
 default_ttl = "60s"
+
+[clusters.least]
+balancer = "least_request"
+backends = ["127.0.0.1:$UP"]
+[routes.least]
+paths = ["/least"]
+cluster = "least"
+
+[clusters.ewma]
+balancer = "peak_ewma"
+backends = ["127.0.0.1:$UP"]
+[routes.ewma]
+paths = ["/ewma"]
+cluster = "ewma"
+
+[clusters.resilient]
+backends = ["127.0.0.1:$UP"]
+max_requests = 100000
+[clusters.resilient.retry]
+[clusters.resilient.outlier]
+[routes.resilient]
+paths = ["/resilient"]
+cluster = "resilient"
+timeout = "30s"
 CONF
 
 TOKEN=$(rs256_token)
@@ -193,6 +219,9 @@ for name in $PROXIES; do
     gantry-limited) url_path=/limited ;;
     gantry-redis) url_path=/redis ;;
     gantry-cached) url_path=/cached ;;
+    gantry-least) url_path=/least ;;
+    gantry-ewma) url_path=/ewma ;;
+    gantry-resilient) url_path=/resilient ;;
   esac
   for n in "$REQUESTS" $((2 * REQUESTS)); do
     case $name in

@@ -26,6 +26,7 @@ fn record(query: Option<Cow<'static, str>>) -> Record<'static> {
         upstream: Some(SocketAddr::from(([10, 0, 1, 7], 9001))),
         upstream_connect: Some(Duration::ZERO),
         upstream_response: Some(Duration::from_micros(2400)),
+        attempts: 1,
         route: "users",
         cluster: Some("users"),
         consumer: Some("alice"),

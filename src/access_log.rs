@@ -80,6 +80,8 @@ pub struct Record<'a> {
     pub upstream_connect: Option<Duration>,
     /// From connected to the upstream's response header.
     pub upstream_response: Option<Duration>,
+    /// Upstream attempts made (0 when none was: a direct response, a refusal, a cache hit).
+    pub attempts: u32,
     pub route: &'a str,
     pub cluster: Option<&'a str>,
     pub consumer: Option<&'a str>,
@@ -369,6 +371,9 @@ fn json(out: &mut Vec<u8>, r: &Record<'_>) {
     if let Some(response) = r.upstream_response {
         o.seconds("upstream_response", response);
     }
+    if r.attempts > 0 {
+        o.value("attempts", &r.attempts);
+    }
     o.value("route", r.route);
     o.some("cluster", r.cluster);
     o.some("consumer", r.consumer);
@@ -588,6 +593,7 @@ mod tests {
             upstream: None,
             upstream_connect: None,
             upstream_response: None,
+            attempts: 0,
             route: "r",
             cluster: None,
             consumer: Some("alice"),
@@ -678,11 +684,13 @@ mod tests {
             upstream: Some("10.0.1.7:9001".parse().unwrap()),
             upstream_connect: Some(Duration::ZERO),
             upstream_response: Some(Duration::from_millis(24)),
+            attempts: 2,
             cluster: Some("c"),
             cache: Some("HIT"),
             ..record()
         };
         let back = json_line(&full);
+        assert_eq!(back["attempts"], 2);
         assert_eq!(back["client_ip"], serde_json::Value::Null);
         assert_eq!(back["upstream"], "10.0.1.7:9001");
         assert_eq!(back["upstream_connect"], 0.0);

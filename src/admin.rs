@@ -131,9 +131,17 @@ impl AdminApp {
                     .into_iter()
                     .map(|(addr, healthy)| {
                         let (failures, last) = c.metrics.failures(addr);
+                        let state = c.state(&addr);
+                        let ejected_until = state
+                            .and_then(|s| s.ejected_until())
+                            .map(|t| humantime::format_rfc3339_seconds(t).to_string());
                         serde_json::json!({
                             "address": addr.to_string(),
                             "healthy": healthy,
+                            "ejected_until": ejected_until,
+                            "in_flight": state.map_or(0, |s| s.in_flight.load(std::sync::atomic::Ordering::Relaxed)),
+                            "consecutive_failures": state.map_or(0, |s| s.consecutive_failures()),
+                            "ewma_latency_ms": state.map(|s| s.ewma_micros(crate::upstream::now_ms()) / 1000.0),
                             "failures": failures,
                             "last_failure": last.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
                         })
@@ -141,7 +149,12 @@ impl AdminApp {
                     .collect();
                 let cluster = serde_json::json!({
                     "protocol": format!("{:?}", c.protocol).to_lowercase(),
-                    "retries": c.retries,
+                    "retry": {
+                        "on": c.resilience.retry.conditions(),
+                        "attempts": c.resilience.retry.attempts,
+                    },
+                    "outlier_detection": c.resilience.outlier.is_some(),
+                    "max_requests": c.resilience.max_requests,
                     "health_check": c.health_probe().is_some(),
                     "backends": backends,
                 });

@@ -173,7 +173,7 @@ impl Call {
     }
 
     /// One call: a backend of the cluster (another one after a connection failure, up to the
-    /// cluster's `retries`), the request, the whole body.
+    /// retry policy's `attempts`), the request, the whole body.
     async fn fetch(
         &self,
         connector: &Connector,
@@ -195,7 +195,8 @@ impl Call {
             };
             let mut session = match connector.get_http_session(peer).await {
                 Ok((session, _reused)) => session,
-                Err(_) if (tried.len() as u32) < self.cluster.retries => {
+                Err(_) if (tried.len() as u32) + 1 < self.cluster.resilience.retry.attempts => {
+                    self.cluster.record_failure(*addr);
                     tried.push(*addr);
                     continue;
                 }

@@ -145,6 +145,10 @@ impl std::fmt::Debug for RouteMetrics {
     }
 }
 
+/// The `reason` label values of `gantry_upstream_retries_total`, in the order of the upstream
+/// module's `RetryReason` (a unit test there holds them equal).
+pub const RETRY_REASONS: [&str; 4] = ["connect-failure", "reset", "timeout", "status"];
+
 /// One cluster's counters.
 #[derive(Default)]
 pub struct ClusterMetrics {
@@ -153,6 +157,12 @@ pub struct ClusterMetrics {
     /// Failed connections and exchanges per backend: how many, and the last one. Written
     /// only when a backend fails.
     failures: Mutex<HashMap<SocketAddr, (u64, SystemTime)>>,
+    /// Retries by reason, in [`RETRY_REASONS`] order.
+    retries: [AtomicU64; RETRY_REASONS.len()],
+    /// Requests refused by the circuit breaker (`max_requests`).
+    overloaded: AtomicU64,
+    /// Backends ejected by outlier detection.
+    ejections: AtomicU64,
 }
 
 impl ClusterMetrics {
@@ -164,6 +174,23 @@ impl ClusterMetrics {
             .or_insert((0, SystemTime::UNIX_EPOCH));
         entry.0 += 1;
         entry.1 = SystemTime::now();
+    }
+
+    /// A retry, for the reason at `reason` in [`RETRY_REASONS`].
+    pub fn record_retry(&self, reason: usize) {
+        if let Some(n) = self.retries.get(reason) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A request refused because `max_requests` were in flight.
+    pub fn record_overloaded(&self) {
+        self.overloaded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A backend ejected by outlier detection.
+    pub fn record_ejection(&self) {
+        self.ejections.fetch_add(1, Ordering::Relaxed);
     }
 
     /// How many times `backend` failed, and when it last did.
@@ -280,6 +307,38 @@ fn render_routes_and_clusters(out: &mut String) {
                     "gantry_cache_total{{route=\"{route}\",status=\"{label}\"}} {n}"
                 );
             }
+        }
+    }
+    out.push_str(
+        "# HELP gantry_upstream_retries_total Attempts tried again, by cluster and reason\n",
+    );
+    out.push_str("# TYPE gantry_upstream_retries_total counter\n");
+    for (cluster, m) in &registry.clusters {
+        let cluster = escape(cluster);
+        for (reason, n) in RETRY_REASONS.iter().zip(&m.retries) {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "gantry_upstream_retries_total{{cluster=\"{cluster}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    for (name, help, value) in [
+        (
+            "gantry_upstream_overloaded_total",
+            "Requests refused by the circuit breaker (max_requests), by cluster",
+            (|m: &ClusterMetrics| &m.overloaded) as fn(&ClusterMetrics) -> &AtomicU64,
+        ),
+        (
+            "gantry_upstream_ejections_total",
+            "Backends ejected by outlier detection, by cluster",
+            |m: &ClusterMetrics| &m.ejections,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (cluster, m) in &registry.clusters {
+            let n = value(m).load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {n}", escape(cluster));
         }
     }
     histograms(

@@ -184,6 +184,10 @@ pub enum BalancerKind {
     RoundRobin,
     /// Ketama consistent hashing keyed by `hash_on`.
     ConsistentHash,
+    /// Power of two random choices over requests in flight (per unit of weight).
+    LeastRequest,
+    /// Power of two random choices over peak-EWMA latency times requests in flight.
+    PeakEwma,
 }
 
 /// `clusters.*.connect_timeout`'s default.
@@ -218,8 +222,16 @@ pub struct ClusterSection {
     /// How long an idle pooled upstream connection is kept. Default `"60s"`
     /// ([`DEFAULT_IDLE_TIMEOUT`]).
     pub idle_timeout: Option<HumanDuration>,
-    /// Connection failures retried on another backend. Default `2` ([`DEFAULT_RETRIES`]).
+    /// Shorthand for `retry = { on = ["connect-failure"], attempts = retries + 1 }`; writing
+    /// both is an error. Default `2` ([`DEFAULT_RETRIES`]) when neither is written.
     pub retries: Option<u32>,
+    /// The retry policy. Default: `retries`' shorthand.
+    pub retry: Option<RetrySection>,
+    /// Passive health checking (outlier detection). Default: off.
+    pub outlier: Option<OutlierSection>,
+    /// Circuit breaker: the most requests in flight to the cluster; beyond it requests fail at
+    /// once with 503 `upstream-overloaded`. Default: no limit.
+    pub max_requests: Option<usize>,
     /// Active health checking. Default: none (every backend is considered up).
     pub health_check: Option<HealthCheckSection>,
     /// `http1`, `h2` (HTTP/2 over TLS) or `h2c` (HTTP/2 cleartext). Default `http1`.
@@ -232,6 +244,91 @@ pub struct ClusterSection {
     pub sni: Option<String>,
     /// Verify the backends' certificates and host names. Default `true` (with `tls`).
     pub verify: Option<bool>,
+}
+
+/// `clusters.*.retry.on`'s default: every condition.
+pub const DEFAULT_RETRY_ON: &[&str] = &["connect-failure", "reset", "timeout", "status"];
+/// `clusters.*.retry.statuses` and `clusters.*.outlier.statuses`' default.
+pub const DEFAULT_FAILURE_STATUSES: &[u16] = &[502, 503, 504];
+/// `clusters.*.retry.attempts`' default.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 3;
+/// `clusters.*.retry.backoff.base`'s default.
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(25);
+/// `clusters.*.retry.backoff.max`'s default.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(250);
+/// `clusters.*.retry.budget.percent`'s default.
+pub const DEFAULT_BUDGET_PERCENT: u32 = 20;
+/// `clusters.*.retry.budget.min_per_second`'s default.
+pub const DEFAULT_BUDGET_MIN_PER_SECOND: u32 = 10;
+/// `clusters.*.retry.methods`' default: the idempotent methods.
+pub const DEFAULT_RETRY_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS", "PUT", "DELETE"];
+
+/// `[clusters.NAME.retry]`: which failed attempts are tried again, and how often.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Conditions retried: `connect-failure`, `reset`, `timeout`, `status`. Default: all four
+    /// ([`DEFAULT_RETRY_ON`]).
+    pub on: Option<Vec<Spanned<String>>>,
+    /// Statuses that `status` retries. Default `[502, 503, 504]` ([`DEFAULT_FAILURE_STATUSES`]).
+    pub statuses: Option<Vec<Spanned<u16>>>,
+    /// Total tries, the first included. Default `3` ([`DEFAULT_RETRY_ATTEMPTS`]).
+    pub attempts: Option<Spanned<u32>>,
+    /// Each try's limit until the response header. Default: none (the cluster's timeouts and
+    /// the route's `timeout` bound it).
+    pub per_try_timeout: Option<HumanDuration>,
+    /// Wait before each retry. Default `{ base = "25ms", max = "250ms" }`.
+    pub backoff: Option<BackoffSection>,
+    /// How many retries the cluster may see. Default `{ percent = 20, min_per_second = 10 }`.
+    pub budget: Option<BudgetSection>,
+    /// Methods retried on conditions other than `connect-failure`. Default: the idempotent
+    /// methods ([`DEFAULT_RETRY_METHODS`]).
+    pub methods: Option<Vec<Spanned<String>>>,
+}
+
+/// `backoff = { … }` of a retry policy: exponential, with full jitter.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffSection {
+    /// The first retry waits up to this. Default `"25ms"` ([`DEFAULT_BACKOFF_BASE`]).
+    pub base: Option<HumanDuration>,
+    /// No retry waits longer. Default `"250ms"` ([`DEFAULT_BACKOFF_MAX`]).
+    pub max: Option<HumanDuration>,
+}
+
+/// `budget = { … }` of a retry policy, over a sliding 10 s window.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSection {
+    /// Retries allowed as a share of requests. Default `20` ([`DEFAULT_BUDGET_PERCENT`]).
+    pub percent: Option<Spanned<u32>>,
+    /// Retries allowed per second whatever the share. Default `10`
+    /// ([`DEFAULT_BUDGET_MIN_PER_SECOND`]).
+    pub min_per_second: Option<u32>,
+}
+
+/// `clusters.*.outlier.consecutive_failures`' default.
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+/// `clusters.*.outlier.ejection_time`'s default.
+pub const DEFAULT_EJECTION_TIME: Duration = Duration::from_secs(30);
+/// `clusters.*.outlier.max_ejected_percent`'s default.
+pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
+
+/// `[clusters.NAME.outlier]`: backends ejected by what real traffic sees.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSection {
+    /// Failures in a row that eject a backend. Default `5` ([`DEFAULT_CONSECUTIVE_FAILURES`]).
+    pub consecutive_failures: Option<Spanned<u32>>,
+    /// Statuses counted as failures, besides connect errors, resets and timeouts. Default
+    /// `[502, 503, 504]` ([`DEFAULT_FAILURE_STATUSES`]).
+    pub statuses: Option<Vec<Spanned<u16>>>,
+    /// How long the first ejection lasts; each repeated one lasts once more, up to ten times.
+    /// Default `"30s"` ([`DEFAULT_EJECTION_TIME`]).
+    pub ejection_time: Option<HumanDuration>,
+    /// The largest share of the cluster ejected at once. Default `50`
+    /// ([`DEFAULT_MAX_EJECTED_PERCENT`]).
+    pub max_ejected_percent: Option<Spanned<u32>>,
 }
 
 /// `protocol = "…"` of a cluster.
@@ -369,6 +466,9 @@ pub struct RouteSection {
     /// Remove the matched prefix before proxying. Default `false`.
     #[serde(default)]
     pub strip_prefix: bool,
+    /// Deadline until the response header, retries included; it also caps an `aggregate`
+    /// route's calls. Default: none (the cluster's timeouts apply).
+    pub timeout: Option<HumanDuration>,
     /// The cluster that serves this route (exactly one of `cluster` and `respond`).
     pub cluster: Option<Spanned<String>>,
     /// A direct response served by the gateway itself.

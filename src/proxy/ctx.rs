@@ -2,6 +2,7 @@
 
 use super::ProblemKind;
 use crate::router::Route;
+use crate::upstream::InFlight;
 use gantry_plugins::{PluginState, Rejection};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,12 +22,18 @@ pub struct RequestCtx {
     pub state: PluginState,
     /// Whether the direct peer is a trusted proxy.
     pub peer_trusted: bool,
-    /// Connection retries used so far.
-    pub retries_used: u32,
-    /// Backends that failed to connect for this request.
+    /// Upstream attempts made so far (the first included).
+    pub attempts: u32,
+    /// Backends that failed this request (connect errors, resets, timeouts, retried statuses).
     pub failed: Vec<SocketAddr>,
-    /// The backend of the current attempt.
+    /// The backend of the current (or last) attempt.
     pub backend: Option<SocketAddr>,
+    /// This request's place among the cluster's requests in flight (the circuit breaker).
+    pub cluster_slot: Option<InFlight>,
+    /// The current attempt's place among its backend's requests in flight.
+    pub backend_slot: Option<InFlight>,
+    /// The route's deadline for the response header, retries included.
+    pub deadline: Option<Instant>,
     /// A plugin's refusal of the request body, answered by `fail_to_proxy`.
     pub body_rejection: Option<Rejection>,
     /// When the request header was read.

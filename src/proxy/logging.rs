@@ -47,6 +47,7 @@ pub(super) fn access_record<'a>(
         upstream: ctx.backend,
         upstream_connect: seconds(ctx.upstream_started, ctx.upstream_connected),
         upstream_response: seconds(ctx.upstream_connected, ctx.upstream_responded),
+        attempts: ctx.attempts,
         route: ctx
             .route
             .as_ref()
@@ -106,20 +107,6 @@ impl Gateway {
         }
         if ctx.error.is_none() {
             ctx.error = e.and_then(ProblemKind::from_error).map(Failure::Gateway);
-        }
-        // A backend that failed after connecting (timeout, broken answer).
-        let upstream_failed = [
-            ProblemKind::UpstreamUnavailable,
-            ProblemKind::UpstreamTimeout,
-        ]
-        .iter()
-        .any(|k| ctx.error == Some(Failure::Gateway(*k)));
-        if let (true, Some(addr), Some(RouteAction::Proxy(cluster))) = (
-            upstream_failed,
-            ctx.backend,
-            ctx.route.as_ref().map(|r| &r.action),
-        ) {
-            cluster.metrics.record_failure(addr);
         }
         let took = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
         let rate_limited =

@@ -220,12 +220,24 @@ impl ProxyHttp for Gateway {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        self.decide_retry(ctx, e)
+        self.decide_retry(session, ctx, e, None)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let e = e.more_context(format!("Peer: {peer}"));
+        self.decide_retry(session, ctx, e, Some(client_reused))
     }
 
     async fn request_body_filter(
@@ -264,11 +276,12 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        self.observe_upstream_response(upstream_response, ctx).await
+        self.observe_upstream_response(session, upstream_response, ctx)
+            .await
     }
 
     async fn response_filter(

@@ -17,6 +17,10 @@ pub const BODY_REJECTED: ErrorType = ErrorType::Custom("request body refused");
 /// Error type raised by `upstream_request_filter` when a rewrite produced a path a client could
 /// not have sent (a 400).
 pub const REWRITTEN_PATH_REFUSED: ErrorType = ErrorType::Custom("rewritten path refused");
+/// Error type raised by `upstream_peer` when the cluster has `max_requests` in flight.
+pub const UPSTREAM_OVERLOADED: ErrorType = ErrorType::Custom("cluster overloaded");
+/// Error type raised by `upstream_response_filter` to retry a response with a retried status.
+pub const STATUS_RETRY: ErrorType = ErrorType::Custom("status retried");
 /// Error type raised when every backend tried for a request failed to connect.
 pub const ALL_BACKENDS_FAILED: ErrorType = ErrorType::Custom("every backend tried failed");
 
@@ -45,6 +49,8 @@ pub enum ProblemKind {
     ResponseNotEditable,
     /// 503: the cluster has no healthy backend.
     NoHealthyBackend,
+    /// 503: the cluster has `max_requests` in flight (circuit breaker).
+    UpstreamOverloaded,
     /// 504: the upstream did not answer in time.
     UpstreamTimeout,
 }
@@ -62,7 +68,7 @@ impl ProblemKind {
             ProblemKind::Internal => 500,
             ProblemKind::UnsupportedTransferCoding => 501,
             ProblemKind::UpstreamUnavailable | ProblemKind::ResponseNotEditable => 502,
-            ProblemKind::NoHealthyBackend => 503,
+            ProblemKind::NoHealthyBackend | ProblemKind::UpstreamOverloaded => 503,
             ProblemKind::UpstreamTimeout => 504,
         }
     }
@@ -81,6 +87,7 @@ impl ProblemKind {
             ProblemKind::UpstreamUnavailable => "upstream-unavailable",
             ProblemKind::ResponseNotEditable => "response-not-editable",
             ProblemKind::NoHealthyBackend => "no-healthy-backend",
+            ProblemKind::UpstreamOverloaded => "upstream-overloaded",
             ProblemKind::UpstreamTimeout => "upstream-timeout",
         }
     }
@@ -99,6 +106,7 @@ impl ProblemKind {
             ProblemKind::UpstreamUnavailable => "Upstream unavailable",
             ProblemKind::ResponseNotEditable => "Upstream response not editable",
             ProblemKind::NoHealthyBackend => "No healthy backend",
+            ProblemKind::UpstreamOverloaded => "Upstream overloaded",
             ProblemKind::UpstreamTimeout => "Upstream timeout",
         }
     }
@@ -108,6 +116,7 @@ impl ProblemKind {
         use ErrorType::*;
         let kind = match (e.etype(), e.esource()) {
             (t, _) if *t == NO_HEALTHY_BACKEND => ProblemKind::NoHealthyBackend,
+            (t, _) if *t == UPSTREAM_OVERLOADED => ProblemKind::UpstreamOverloaded,
             (t, _) if *t == ALL_BACKENDS_FAILED => ProblemKind::UpstreamUnavailable,
             (t, _) if *t == REWRITTEN_PATH_REFUSED => ProblemKind::MalformedRequest,
             (t, _) if *t == NOT_EDITABLE => ProblemKind::ResponseNotEditable,
@@ -143,6 +152,10 @@ pub struct Problem<'a> {
     pub close: bool,
 }
 
+/// `Retry-After` of an `upstream-overloaded` answer: the breaker opens and closes in moments.
+static RETRY_SOON: [(HeaderName, HeaderValue); 1] =
+    [(header::RETRY_AFTER, HeaderValue::from_static("1"))];
+
 impl<'a> Problem<'a> {
     /// A problem of one of the gateway's own kinds.
     pub fn new(kind: ProblemKind, detail: &'a str) -> Self {
@@ -152,7 +165,10 @@ impl<'a> Problem<'a> {
             title: kind.title(),
             detail,
             allow: &[],
-            headers: &[],
+            headers: match kind {
+                ProblemKind::UpstreamOverloaded => &RETRY_SOON,
+                _ => &[],
+            },
             close: matches!(
                 kind,
                 ProblemKind::MalformedRequest | ProblemKind::HeaderTooLarge

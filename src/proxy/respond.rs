@@ -251,6 +251,9 @@ impl Gateway {
             let detail = match kind {
                 ProblemKind::UpstreamTimeout => "the upstream did not answer in time",
                 ProblemKind::NoHealthyBackend => "no backend of the cluster is healthy",
+                ProblemKind::UpstreamOverloaded => {
+                    "the upstream has as many requests in flight as it accepts; retry shortly"
+                }
                 ProblemKind::UpstreamUnavailable => "the upstream could not be reached",
                 ProblemKind::MalformedRequest if *e.etype() == REWRITTEN_PATH_REFUSED => {
                     "the route's rewrite produced a path that is refused (dot or empty segments, \

@@ -3,21 +3,24 @@
 //! rewritten path check) and the upstream's response header.
 
 use super::problem::{
-    ALL_BACKENDS_FAILED, BODY_REJECTED, NO_HEALTHY_BACKEND, REWRITTEN_PATH_REFUSED,
+    ALL_BACKENDS_FAILED, BODY_REJECTED, NO_HEALTHY_BACKEND, REWRITTEN_PATH_REFUSED, STATUS_RETRY,
+    UPSTREAM_OVERLOADED,
 };
 use super::request::peer_ip;
 use super::{Gateway, RequestCtx};
 use crate::forwarded::{self, X_REQUEST_ID_WIRE};
 use crate::router::RouteAction;
 use crate::upstream::hash_key::ip_key;
+use crate::upstream::{Cluster, InFlight, RetryReason};
 use http::{header, Uri};
 use pingora::http::ResponseHeader;
 use pingora::modules::http::grpc_web::GrpcWebBridge;
 use pingora::protocols::http::bridge::grpc_web::GrpcWebCtx;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
-use std::time::Instant;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 impl Gateway {
     pub(super) async fn select_peer(
@@ -25,8 +28,39 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(RouteAction::Proxy(cluster)) = ctx.route.as_ref().map(|r| &r.action) else {
+        let Some(cluster) = proxied_cluster(ctx).cloned() else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a cluster");
+        };
+        if ctx.attempts == 0 {
+            let Some(slot) = cluster.admit() else {
+                cluster.metrics.record_overloaded();
+                return Error::e_explain(
+                    UPSTREAM_OVERLOADED,
+                    format!("cluster {}: max_requests in flight", cluster.name),
+                );
+            };
+            ctx.cluster_slot = Some(slot);
+            cluster.retry_budget.record_request();
+            ctx.deadline = ctx
+                .route
+                .as_ref()
+                .and_then(|r| r.timeout)
+                .map(|t| ctx.started.unwrap_or_else(Instant::now) + t);
+        } else {
+            // A retry waits its backoff, within the route's deadline.
+            let delay = cluster.resilience.retry.backoff.delay(ctx.attempts);
+            let delay = match ctx.deadline {
+                Some(deadline) => delay.min(deadline.saturating_duration_since(Instant::now())),
+                None => delay,
+            };
+            tokio::time::sleep(delay).await;
+        }
+        let remaining = match ctx.deadline {
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return deadline_passed(),
+            },
+            None => None,
         };
         let mut ip_buf = [0u8; 16];
         let client = ip_key(ctx.state.client.ip, &mut ip_buf);
@@ -37,9 +71,17 @@ impl Gateway {
         match cluster.select(key, &ctx.failed) {
             Some((addr, peer)) => {
                 ctx.backend = Some(*addr);
+                ctx.backend_slot = cluster.state(addr).map(|s| InFlight::enter(&s.in_flight));
+                ctx.attempts += 1;
                 ctx.upstream_started = Some(Instant::now());
                 ctx.upstream_connected = None;
-                Ok(Box::new(peer.clone()))
+                let mut peer = Box::new(peer.clone());
+                limit_attempt(
+                    &mut peer,
+                    cluster.resilience.retry.per_try_timeout,
+                    remaining,
+                );
+                Ok(peer)
             }
             None if ctx.failed.is_empty() => Error::e_explain(
                 NO_HEALTHY_BACKEND,
@@ -52,21 +94,82 @@ impl Gateway {
         }
     }
 
-    pub(super) fn decide_retry(&self, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
-        let Some(RouteAction::Proxy(cluster)) = ctx.route.as_ref().map(|r| &r.action) else {
+    /// After a failed connect (`connected` false) or a failed exchange: records the backend's
+    /// failure and decides whether the request is tried again.
+    pub(super) fn decide_retry(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+        connected: Option<bool>,
+    ) -> Box<Error> {
+        let Some(cluster) = proxied_cluster(ctx).cloned() else {
             return e;
         };
-        if let Some(addr) = ctx.backend.take() {
-            cluster.metrics.record_failure(addr);
-            ctx.failed.push(addr);
+        if *e.etype() == STATUS_RETRY {
+            // Decided when the response header arrived.
+            return e;
         }
-        // Retry only while attempts remain and a healthy backend has not failed yet; otherwise
-        // the client gets this connect error (a 502, or a 504 for a connect timeout).
-        if ctx.retries_used < cluster.retries && cluster.select(&[], &ctx.failed).is_some() {
-            ctx.retries_used += 1;
-            e.set_retry(true);
+        let reason = match connected {
+            None => RetryReason::ConnectFailure,
+            Some(_) if *e.esource() != ErrorSource::Upstream => {
+                e.set_retry(false);
+                return e;
+            }
+            Some(_) => match e.etype() {
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout => RetryReason::Timeout,
+                _ => RetryReason::Reset,
+            },
+        };
+        // A pooled connection the backend had already closed says nothing about the backend:
+        // it is tried again (idempotent requests) without counting against it.
+        let stale = connected == Some(true)
+            && matches!(e.retry, pingora::RetryType::ReusedOnly)
+            && reason == RetryReason::Reset;
+        if !stale {
+            if let Some(addr) = ctx.backend {
+                cluster.record_failure(addr);
+                // A failure weighs in `peak_ewma` as a latency of the time it took.
+                if let Some(started) = ctx.upstream_started {
+                    cluster.record_latency(addr, started.elapsed());
+                }
+                ctx.failed.push(addr);
+            }
         }
+        let policy = &cluster.resilience.retry;
+        let method = &session.req_header().method;
+        let wanted = if stale {
+            policy.allows(RetryReason::ConnectFailure, method) && method_idempotent(method)
+        } else {
+            policy.allows(reason, method)
+        };
+        let retry = wanted
+            && !ctx.state.response_from_upstream
+            && self.may_try_again(session, ctx, &cluster, reason);
+        if retry {
+            cluster.metrics.record_retry(reason.index());
+        }
+        e.set_retry(retry);
         e
+    }
+
+    /// Whether another attempt may follow after a failure for `reason`: attempts, the
+    /// deadline, a replayable body, a backend to send it to, and last (it takes one) the
+    /// cluster's retry budget. A connect failure is not charged to the budget: nothing reached
+    /// the backend, so retrying it adds no load there.
+    fn may_try_again(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        cluster: &Cluster,
+        reason: RetryReason,
+    ) -> bool {
+        let policy = &cluster.resilience.retry;
+        ctx.attempts < policy.attempts
+            && ctx.deadline.is_none_or(|d| Instant::now() < d)
+            && !session.as_ref().retry_buffer_truncated()
+            && cluster.select(&[], &ctx.failed).is_some()
+            && (reason == RetryReason::ConnectFailure || cluster.retry_budget.try_retry(policy))
     }
 
     pub(super) async fn filter_request_body(
@@ -149,15 +252,20 @@ impl Gateway {
 
     pub(super) async fn observe_upstream_response(
         &self,
+        session: &Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let now = Instant::now();
         ctx.upstream_responded = Some(now);
-        if let (Some(RouteAction::Proxy(cluster)), Some(started)) =
-            (ctx.route.as_ref().map(|r| &r.action), ctx.upstream_started)
-        {
-            cluster.metrics.upstream_duration.observe(now - started);
+        if let Some(cluster) = proxied_cluster(ctx).cloned() {
+            if let Some(started) = ctx.upstream_started {
+                cluster.metrics.upstream_duration.observe(now - started);
+                if let Some(addr) = ctx.backend {
+                    cluster.record_latency(addr, now - started);
+                }
+            }
+            self.judge_status(session, ctx, &cluster, upstream_response.status.as_u16())?;
         }
         if let Some(route) = &ctx.route {
             route
@@ -167,6 +275,97 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+impl Gateway {
+    /// A response header's status: a success or a failure of the backend (outlier detection),
+    /// and an error that retries the request when the policy retries this status and another
+    /// attempt may follow (otherwise the response goes to the client as it is).
+    fn judge_status(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        cluster: &Cluster,
+        status: u16,
+    ) -> Result<()> {
+        let Some(addr) = ctx.backend else {
+            return Ok(());
+        };
+        let policy = &cluster.resilience.retry;
+        let retried_status = policy.retries_status(status);
+        let failure = retried_status
+            || cluster
+                .resilience
+                .outlier
+                .as_ref()
+                .is_some_and(|o| o.is_failure(status));
+        if !failure {
+            cluster.record_success(addr);
+            return Ok(());
+        }
+        cluster.record_failure(addr);
+        ctx.failed.push(addr);
+        let method = &session.req_header().method;
+        if retried_status
+            && policy.allows(RetryReason::Status, method)
+            && self.may_try_again(session, ctx, cluster, RetryReason::Status)
+        {
+            cluster.metrics.record_retry(RetryReason::Status.index());
+            let mut e = Error::explain(STATUS_RETRY, format!("backend {addr} answered {status}"));
+            e.set_retry(true);
+            return Err(e.into_up());
+        }
+        Ok(())
+    }
+}
+
+/// The cluster a proxied request goes to.
+fn proxied_cluster(ctx: &RequestCtx) -> Option<&Arc<Cluster>> {
+    match ctx.route.as_ref().map(|r| &r.action) {
+        Some(RouteAction::Proxy(cluster)) => Some(cluster),
+        _ => None,
+    }
+}
+
+/// The methods RFC 9110 calls idempotent.
+fn method_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
+/// Bounds one attempt by the policy's `per_try_timeout` and what is left of the route's
+/// deadline: the connect, and the wait for the response header.
+fn limit_attempt(peer: &mut HttpPeer, per_try: Option<Duration>, remaining: Option<Duration>) {
+    let limit = match (per_try, remaining) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => match a.or(b) {
+            Some(limit) => limit,
+            None => return,
+        },
+    };
+    let options = &mut peer.options;
+    for timeout in [
+        &mut options.connection_timeout,
+        &mut options.total_connection_timeout,
+    ] {
+        *timeout = Some(timeout.map_or(limit, |t| t.min(limit)));
+    }
+    options.response_header_timeout = Some(limit);
+}
+
+/// The route's deadline passed before another attempt could start: a 504.
+fn deadline_passed<T>() -> Result<T> {
+    let mut e = Error::explain(ErrorType::ReadTimedout, "the route's timeout passed");
+    e.as_up();
+    Err(e)
 }
 
 /// `/users/7?x=1` with a 6-byte prefix becomes `/7?x=1`; the whole path becomes `/`.

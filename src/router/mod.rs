@@ -69,6 +69,8 @@ pub struct Route {
     pub compress: Vec<Algorithm>,
     /// The route's request counters.
     pub metrics: Arc<crate::metrics::RouteMetrics>,
+    /// The deadline until the response header, retries included.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// What a matched route does.

@@ -3,16 +3,19 @@
 //! All clusters are probed by one background service ([`HealthChecks`]) on one thread, each
 //! cluster on its own interval, rather than one Pingora service (and thread) per cluster.
 
-use super::Transport;
+use super::{BackendState, Transport};
+use ahash::AHashMap;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, RoundRobin};
+use pingora::lb::Backend;
 use pingora::lb::LoadBalancer;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::{Error, ErrorType};
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -36,8 +39,21 @@ pub struct HealthCheckSpec {
 
 impl HealthCheckSpec {
     /// The Pingora health check this spec describes, over the cluster's `transport` (HTTP
-    /// checks speak its protocol and TLS, with `sni`).
-    pub fn build(&self, transport: &Transport, sni: &str) -> Box<dyn HealthCheck + Send + Sync> {
+    /// checks speak its protocol and TLS, with `sni`). A check that passes ends the backend's
+    /// ejection, if outlier detection ejected it (`states`).
+    pub fn build(
+        &self,
+        transport: &Transport,
+        sni: &str,
+        states: AHashMap<SocketAddr, Arc<BackendState>>,
+    ) -> Box<dyn HealthCheck + Send + Sync> {
+        Box::new(UnejectOnPass {
+            check: self.probe(transport, sni),
+            states,
+        })
+    }
+
+    fn probe(&self, transport: &Transport, sni: &str) -> Box<dyn HealthCheck + Send + Sync> {
         match &self.http_request {
             Some(req) => {
                 let mut hc = HttpHealthCheck::new("localhost", transport.tls);
@@ -71,6 +87,31 @@ impl HealthCheckSpec {
                 hc
             }
         }
+    }
+}
+
+/// A health check that also ends a passing backend's ejection.
+struct UnejectOnPass {
+    check: Box<dyn HealthCheck + Send + Sync>,
+    states: AHashMap<SocketAddr, Arc<BackendState>>,
+}
+
+#[async_trait]
+impl HealthCheck for UnejectOnPass {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        self.check.check(target).await?;
+        if let Some(state) = target.addr.as_inet().and_then(|a| self.states.get(a)) {
+            state.uneject();
+        }
+        Ok(())
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.check.health_status_change(target, healthy).await
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.check.health_threshold(success)
     }
 }
 

@@ -1,4 +1,5 @@
-//! Upstream clusters: backends, balancing, peers and active health checks.
+//! Upstream clusters: backends, balancing, peers, active health checks, and what real traffic
+//! teaches (outlier detection, in-flight counts, the retry budget).
 //!
 //! A cluster wraps a `pingora-load-balancing` [`LoadBalancer`] (weighted round robin or ketama
 //! consistent hashing). Peers (address plus timeouts) are built once per backend at load, so
@@ -6,9 +7,15 @@
 
 pub mod hash_key;
 mod health;
+mod in_flight;
+mod outlier;
+mod retry;
 
 pub use hash_key::HashOn;
 pub use health::{HealthCheckSpec, HealthChecks, HealthProbe};
+pub use in_flight::InFlight;
+pub use outlier::{now_ms, BackendState, OutlierPolicy};
+pub use retry::{Backoff, RetryBudget, RetryPolicy, RetryReason};
 
 use ahash::AHashMap;
 use pingora::lb::discovery::Static;
@@ -83,10 +90,74 @@ impl Transport {
     }
 }
 
+/// How a cluster meets failure and overload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resilience {
+    /// Which failed attempts are tried again.
+    pub retry: RetryPolicy,
+    /// Passive health checking, when configured.
+    pub outlier: Option<OutlierPolicy>,
+    /// The most requests in flight to the cluster (circuit breaker).
+    pub max_requests: Option<usize>,
+}
+
+/// One backend: how to reach it and what traffic has seen of it.
+struct Member {
+    peer: HttpPeer,
+    state: Arc<BackendState>,
+}
+
+/// How a cluster picks a backend (`balancer` and `hash_on`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balancing {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Ketama consistent hashing on this key.
+    ConsistentHash(HashOn),
+    /// Power of two random choices over requests in flight per unit of weight.
+    LeastRequest,
+    /// Power of two random choices over peak-EWMA latency times requests in flight.
+    PeakEwma,
+}
+
+/// What a least-loaded balancer compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    Requests,
+    PeakEwma,
+}
+
+/// One backend as the least-loaded balancers see it.
+struct Candidate {
+    backend: Backend,
+    addr: SocketAddr,
+    weight: f64,
+    state: Arc<BackendState>,
+}
+
+impl Candidate {
+    /// The load compared by power of two choices: lower is better.
+    fn score(&self, load: Load, now: u64) -> f64 {
+        let in_flight = self
+            .state
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed) as f64;
+        let cost = match load {
+            Load::Requests => in_flight,
+            // A backend never measured costs as if it answered in 1 µs.
+            Load::PeakEwma => self.state.ewma_micros(now).max(1.0) * (in_flight + 1.0),
+        };
+        cost / self.weight
+    }
+}
+
 /// The selection algorithm and its balancer.
 enum Selector {
     RoundRobin(Arc<LoadBalancer<RoundRobin>>),
     Consistent(Arc<LoadBalancer<Consistent>>, HashOn),
+    /// Power of two choices over `candidates`; the round-robin balancer only carries the
+    /// active health checks' verdicts.
+    LeastLoaded(Arc<LoadBalancer<RoundRobin>>, Load, Vec<Candidate>),
 }
 
 /// A named group of backends.
@@ -94,9 +165,13 @@ pub struct Cluster {
     /// The cluster's name (`clusters.NAME`).
     pub name: Arc<str>,
     selector: Selector,
-    peers: AHashMap<SocketAddr, HttpPeer>,
-    /// Connection failures retried on another backend.
-    pub retries: u32,
+    members: AHashMap<SocketAddr, Member>,
+    /// Retries, outlier detection and the breaker.
+    pub resilience: Resilience,
+    /// Retries taken against `resilience.retry`'s budget.
+    pub retry_budget: RetryBudget,
+    /// Requests in flight to the cluster, for `resilience.max_requests`.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
     health: Option<HealthCheckSpec>,
     /// The HTTP version spoken to the backends.
     pub protocol: Protocol,
@@ -111,22 +186,32 @@ impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
             .field("name", &self.name)
-            .field("backends", &self.peers.keys().collect::<Vec<_>>())
+            .field("backends", &self.members.keys().collect::<Vec<_>>())
             .finish()
     }
 }
 
 impl Cluster {
-    /// Builds a cluster. `hash_on` is `Some` for consistent hashing.
+    /// Builds a cluster.
     pub fn new(
         name: &str,
         backends: &[BackendAddr],
-        hash_on: Option<HashOn>,
+        balancing: Balancing,
         timeouts: Timeouts,
         transport: &Transport,
-        retries: u32,
+        resilience: Resilience,
         health: Option<HealthCheckSpec>,
     ) -> Cluster {
+        let members: AHashMap<SocketAddr, Member> = backends
+            .iter()
+            .map(|b| {
+                let member = Member {
+                    peer: peer_for(b, &timeouts, transport),
+                    state: Arc::default(),
+                };
+                (b.addr, member)
+            })
+            .collect();
         let set: BTreeSet<Backend> = backends
             .iter()
             .map(|b| Backend {
@@ -140,22 +225,52 @@ impl Cluster {
             .clone()
             .or_else(|| backends.first().map(|b| b.host.clone()))
             .unwrap_or_default();
-        let checks = health.as_ref().map(|h| h.build(transport, &health_sni));
-        let fingerprint =
-            format!("{backends:?} {hash_on:?} {timeouts:?} {transport:?} {retries} {health:?}");
-        let selector = match hash_on {
-            None => Selector::RoundRobin(Arc::new(balancer(&set, checks))),
-            Some(key) => Selector::Consistent(Arc::new(balancer(&set, checks)), key),
-        };
-        let peers = backends
+        let states = members
             .iter()
-            .map(|b| (b.addr, peer_for(b, &timeouts, transport)))
+            .map(|(addr, m)| (*addr, Arc::clone(&m.state)))
             .collect();
+        let checks = health
+            .as_ref()
+            .map(|h| h.build(transport, &health_sni, states));
+        let fingerprint = format!(
+            "{backends:?} {balancing:?} {timeouts:?} {transport:?} {resilience:?} {health:?}"
+        );
+        let least_loaded = |load| {
+            let candidates = set
+                .iter()
+                .filter_map(|backend| {
+                    let addr = *backend.addr.as_inet()?;
+                    Some(Candidate {
+                        backend: backend.clone(),
+                        addr,
+                        weight: backend.weight as f64,
+                        state: Arc::clone(&members.get(&addr)?.state),
+                    })
+                })
+                .collect();
+            (load, candidates)
+        };
+        let selector = match balancing {
+            Balancing::RoundRobin => Selector::RoundRobin(Arc::new(balancer(&set, checks))),
+            Balancing::ConsistentHash(key) => {
+                Selector::Consistent(Arc::new(balancer(&set, checks)), key)
+            }
+            Balancing::LeastRequest | Balancing::PeakEwma => {
+                let load = match balancing {
+                    Balancing::PeakEwma => Load::PeakEwma,
+                    _ => Load::Requests,
+                };
+                let (load, candidates) = least_loaded(load);
+                Selector::LeastLoaded(Arc::new(balancer(&set, checks)), load, candidates)
+            }
+        };
         Cluster {
             name: name.into(),
             selector,
-            peers,
-            retries,
+            members,
+            resilience,
+            retry_budget: RetryBudget::default(),
+            in_flight: Arc::default(),
             health,
             protocol: transport.protocol,
             metrics: crate::metrics::cluster(name),
@@ -168,30 +283,125 @@ impl Cluster {
         self.fingerprint == other.fingerprint
     }
 
-    /// What the consistent hash is keyed on, or `None` for round robin.
+    /// What the consistent hash is keyed on, or `None` for the other balancers.
     pub fn hash_on(&self) -> Option<&HashOn> {
         match &self.selector {
-            Selector::RoundRobin(_) => None,
             Selector::Consistent(_, key) => Some(key),
+            _ => None,
         }
     }
 
-    /// Picks a healthy backend not in `tried`. `key` feeds consistent hashing.
+    /// Picks a healthy, non-ejected backend, one not in `tried` while there is one. `key`
+    /// feeds consistent hashing.
     pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<(&SocketAddr, &HttpPeer)> {
+        self.select_among(key, tried)
+            .or_else(|| (!tried.is_empty()).then(|| self.select_among(key, &[]))?)
+    }
+
+    /// Whether a backend not in `tried` could serve.
+    pub fn has_untried(&self, tried: &[SocketAddr]) -> bool {
+        self.select_among(&[], tried).is_some()
+    }
+
+    fn select_among(&self, key: &[u8], tried: &[SocketAddr]) -> Option<(&SocketAddr, &HttpPeer)> {
+        let outlier = self.resilience.outlier.is_some();
+        let now = if outlier { outlier::now_ms() } else { 0 };
         let accept = |b: &Backend, healthy: bool| {
-            healthy && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
+            healthy
+                && b.addr.as_inet().is_some_and(|a| {
+                    !tried.contains(a)
+                        && (!outlier
+                            || self
+                                .members
+                                .get(a)
+                                .is_some_and(|m| !m.state.is_ejected(now)))
+                })
         };
         let backend = match &self.selector {
             Selector::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
             Selector::Consistent(lb, _) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+            Selector::LeastLoaded(lb, load, candidates) => {
+                let backends = lb.backends();
+                let ok = |c: &Candidate| {
+                    !tried.contains(&c.addr)
+                        && (!outlier || !c.state.is_ejected(now))
+                        && backends.ready(&c.backend)
+                };
+                let now = if *load == Load::PeakEwma {
+                    outlier::now_ms()
+                } else {
+                    now
+                };
+                let chosen = two_choices(candidates, ok, |c| c.score(*load, now))?;
+                return self.member(&chosen.addr);
+            }
         }?;
-        self.peers.get_key_value(backend.addr.as_inet()?)
+        self.member(backend.addr.as_inet()?)
+    }
+
+    fn member(&self, addr: &SocketAddr) -> Option<(&SocketAddr, &HttpPeer)> {
+        let (addr, member) = self.members.get_key_value(addr)?;
+        Some((addr, &member.peer))
+    }
+
+    /// A latency seen from `backend` (to its response header, or to its failure), for
+    /// `peak_ewma`.
+    pub fn record_latency(&self, backend: SocketAddr, latency: Duration) {
+        if let Selector::LeastLoaded(_, Load::PeakEwma, _) = &self.selector {
+            if let Some(member) = self.members.get(&backend) {
+                member.state.observe_latency(latency);
+            }
+        }
+    }
+
+    /// What traffic has seen of `backend`.
+    pub fn state(&self, backend: &SocketAddr) -> Option<&Arc<BackendState>> {
+        self.members.get(backend).map(|m| &m.state)
+    }
+
+    /// Counts a request in flight to the cluster, or `None` when `max_requests` are already.
+    pub fn admit(&self) -> Option<InFlight> {
+        let guard = InFlight::enter(&self.in_flight);
+        match self.resilience.max_requests {
+            Some(max) if guard.count() > max => None,
+            _ => Some(guard),
+        }
+    }
+
+    /// A failure of `backend` seen by a request (connect error, reset, timeout or a failure
+    /// status): counted, and fed to outlier detection. True when it ejected the backend.
+    pub fn record_failure(&self, backend: SocketAddr) -> bool {
+        self.metrics.record_failure(backend);
+        let (Some(policy), Some(member)) = (&self.resilience.outlier, self.members.get(&backend))
+        else {
+            return false;
+        };
+        let all: Vec<&BackendState> = self.members.values().map(|m| &*m.state).collect();
+        let ejected = outlier::record_failure(policy, &member.state, &all);
+        if ejected {
+            self.metrics.record_ejection();
+            log::warn!(
+                "cluster {}: backend {backend} ejected after {} failures in a row",
+                self.name,
+                policy.consecutive_failures
+            );
+        }
+        ejected
+    }
+
+    /// A response from `backend` that was not a failure.
+    pub fn record_success(&self, backend: SocketAddr) {
+        if self.resilience.outlier.is_some() {
+            if let Some(member) = self.members.get(&backend) {
+                member.state.record_success();
+            }
+        }
     }
 
     /// Every backend and whether it is healthy now.
     pub fn backend_health(&self) -> Vec<(SocketAddr, bool)> {
         let backends = match &self.selector {
-            Selector::RoundRobin(lb) => lb.backends(),
+            Selector::RoundRobin(lb) | Selector::LeastLoaded(lb, ..) => lb.backends(),
             Selector::Consistent(lb, _) => lb.backends(),
         };
         backends
@@ -205,10 +415,36 @@ impl Cluster {
     pub fn health_probe(&self) -> Option<HealthProbe> {
         let spec = self.health.as_ref()?;
         Some(match &self.selector {
-            Selector::RoundRobin(lb) => HealthProbe::RoundRobin(Arc::clone(lb), spec.interval),
+            Selector::RoundRobin(lb) | Selector::LeastLoaded(lb, ..) => {
+                HealthProbe::RoundRobin(Arc::clone(lb), spec.interval)
+            }
             Selector::Consistent(lb, _) => HealthProbe::Consistent(Arc::clone(lb), spec.interval),
         })
     }
+}
+
+/// Power of two random choices: two candidates picked at random (each the next acceptable one
+/// from a random start), the one with the lower `score` wins. `None` when none is acceptable.
+fn two_choices(
+    candidates: &[Candidate],
+    ok: impl Fn(&Candidate) -> bool,
+    score: impl Fn(&Candidate) -> f64,
+) -> Option<&Candidate> {
+    let n = candidates.len();
+    if n == 0 {
+        return None;
+    }
+    let acceptable_from = |start: usize, skip: Option<usize>| {
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| Some(i) != skip && ok(&candidates[i]))
+    };
+    let first = acceptable_from(fastrand::usize(..n), None)?;
+    let Some(second) = acceptable_from(fastrand::usize(..n), Some(first)) else {
+        return Some(&candidates[first]);
+    };
+    let (a, b) = (&candidates[first], &candidates[second]);
+    Some(if score(b) < score(a) { b } else { a })
 }
 
 fn balancer<S>(

@@ -18,6 +18,7 @@ mod plugins;
 mod proxying;
 mod rate_limiting;
 mod reload;
+mod resilience;
 mod routing;
 mod tls;
 mod websocket;

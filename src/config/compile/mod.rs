@@ -18,7 +18,8 @@ use crate::access_log::{Format, Sink};
 use crate::aggregate::{Aggregate, Call};
 use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction, RouteSpec};
 use crate::upstream::{
-    BackendAddr, Cluster, HashOn, HealthCheckSpec, Protocol, Timeouts, Transport,
+    BackendAddr, Balancing, Cluster, HashOn, HealthCheckSpec, Protocol, Resilience, Timeouts,
+    Transport,
 };
 use gantry_plugins::gateway::{Template, TemplateScope, CACHE_PLUGIN};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -32,6 +33,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use toml::de::DeValue;
 use toml::Spanned;
+
+mod resilience;
 
 /// Headers about a message's own framing or connection, never copied to another request.
 const FRAMING_HEADERS: &[&str] = &[
@@ -48,9 +51,6 @@ const FRAMING_HEADERS: &[&str] = &[
 
 /// The largest backend weight: the balancers expand weights into lists and hash rings.
 const MAX_WEIGHT: usize = 1000;
-
-/// The most `retries` of a cluster.
-const MAX_RETRIES: u32 = 15;
 
 /// The smallest `cache.max_size`: 1 MiB.
 const MIN_CACHE_SIZE: usize = 1 << 20;
@@ -520,25 +520,27 @@ impl<'d, 'a> Compiler<'d, 'a> {
                 ),
             }
         }
-        let hash_on = match (c.balancer, &c.hash_on) {
-            (BalancerKind::RoundRobin, Some(h)) => {
+        let balancing = match (c.balancer, &c.hash_on) {
+            (BalancerKind::ConsistentHash, None) => Balancing::ConsistentHash(HashOn::ClientIp),
+            (BalancerKind::ConsistentHash, Some(h)) => match HashOn::parse(h.get_ref()) {
+                Ok(k) => Balancing::ConsistentHash(k),
+                Err(e) => {
+                    self.report(span_of(h), &key.child("hash_on"), e, None);
+                    Balancing::RoundRobin
+                }
+            },
+            (_, Some(h)) => {
                 self.report(
                     span_of(h),
                     &key.child("hash_on"),
                     "hash_on only applies to balancer = \"consistent_hash\"",
                     Some("remove hash_on or set balancer = \"consistent_hash\"".into()),
                 );
-                None
+                Balancing::RoundRobin
             }
-            (BalancerKind::RoundRobin, None) => None,
-            (BalancerKind::ConsistentHash, None) => Some(HashOn::ClientIp),
-            (BalancerKind::ConsistentHash, Some(h)) => match HashOn::parse(h.get_ref()) {
-                Ok(k) => Some(k),
-                Err(e) => {
-                    self.report(span_of(h), &key.child("hash_on"), e, None);
-                    None
-                }
-            },
+            (BalancerKind::RoundRobin, None) => Balancing::RoundRobin,
+            (BalancerKind::LeastRequest, None) => Balancing::LeastRequest,
+            (BalancerKind::PeakEwma, None) => Balancing::PeakEwma,
         };
         let timeouts = Timeouts {
             connect: self.positive(
@@ -561,20 +563,20 @@ impl<'d, 'a> Compiler<'d, 'a> {
             ),
             idle: c.idle_timeout.map_or(model::DEFAULT_IDLE_TIMEOUT, |d| d.0),
         };
-        let retries = c.retries.unwrap_or(model::DEFAULT_RETRIES);
-        if retries > MAX_RETRIES {
-            self.report(
-                None,
-                &key.child("retries"),
-                format!("retries must be at most {MAX_RETRIES}"),
-                None,
-            );
+        if c.max_requests == Some(0) {
+            let msg = "max_requests must be at least 1";
+            self.report(None, &key.child("max_requests"), msg, None);
         }
+        let resilience = Resilience {
+            retry: self.retry_policy(&key, c.retries, c.retry),
+            outlier: c.outlier.map(|o| self.outlier_policy(&key, o)),
+            max_requests: c.max_requests,
+        };
         let health = c.health_check.and_then(|h| self.health_check(&key, h));
         let transport = self.transport(&key, &c.protocol, c.tls, c.sni, c.verify, &backends);
         (self.error_count() == before).then(|| {
             Cluster::new(
-                name, &backends, hash_on, timeouts, &transport, retries, health,
+                name, &backends, balancing, timeouts, &transport, resilience, health,
             )
         })
     }
@@ -784,7 +786,18 @@ impl<'d, 'a> Compiler<'d, 'a> {
         }
         let methods = self.parse_list(&r.methods, &key.child("methods"), parse_method);
         let headers = self.headers(&r.headers, &key.child("headers"));
-        let action = self.route_action(&key, &mut r, clusters, &templates);
+        let timeout = r
+            .timeout
+            .map(|d| self.positive(Some(d.0), d.0, &key, "timeout"));
+        if timeout.is_some() && r.respond.is_some() {
+            self.report(
+                None,
+                &key.child("timeout"),
+                "timeout bounds the wait for an upstream: it applies to routes with `cluster` or `aggregate`",
+                Some("remove timeout from this route".into()),
+            );
+        }
+        let action = self.route_action(&key, &mut r, clusters, &templates, timeout);
         let compress = self.compress(&key, &r.compress);
         if self.error_count() != before {
             return None;
@@ -809,6 +822,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
             action,
             metrics: crate::metrics::route(name),
             compress,
+            timeout,
         };
         Some(RouteSpec {
             route: Arc::new(route),
@@ -825,6 +839,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
         r: &mut RouteSection,
         clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
         templates: &TemplateScope,
+        route_timeout: Option<Duration>,
     ) -> Option<RouteAction> {
         let actions = [
             r.cluster.is_some(),
@@ -850,7 +865,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
                     self.respond(key, resp).map(RouteAction::Respond)
                 } else {
                     let aggregate = r.aggregate.take()?;
-                    self.aggregate(key, aggregate, clusters, templates)?
+                    self.aggregate(key, aggregate, clusters, templates, route_timeout)?
                         .map(|a| RouteAction::Aggregate(Arc::new(a)))
                 }
             }
@@ -936,6 +951,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
         section: Spanned<AggregateSection>,
         clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
         scope: &TemplateScope,
+        route_timeout: Option<Duration>,
     ) -> Option<Option<Aggregate>> {
         let key = route_key.child("aggregate");
         let span = section.span();
@@ -947,6 +963,8 @@ impl<'d, 'a> Compiler<'d, 'a> {
             let msg = "timeout must be greater than zero";
             self.report(Some(span.clone()), &key.child("timeout"), msg, None);
         }
+        // The route's deadline caps the whole fan-out; each call keeps its own limit within it.
+        let timeout = route_timeout.map_or(timeout, |cap| timeout.min(cap));
         if section.calls.is_empty() {
             self.report(
                 Some(span),

@@ -280,12 +280,38 @@ pub fn check_config_file(path: PathBuf) -> (bool, String) {
 /// A real HTTP/1.1 upstream that answers with a JSON echo of the request:
 /// `{"upstream": NAME, "method", "uri", "headers": {..}, "body"}`.
 /// `GET /healthz` answers 200 while healthy, 503 otherwise; `/slow/MS` waits MS milliseconds.
+/// Faults the test injects: [`Faults::status`] answers every request with that status,
+/// [`Faults::hang`] holds every request without answering (health checks excepted).
 pub struct Upstream {
     pub addr: SocketAddr,
     /// Requests served, health checks excluded.
     pub hits: Arc<AtomicUsize>,
     pub healthy: Arc<AtomicBool>,
+    pub faults: Arc<Faults>,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// Failures an [`Upstream`] is told to show.
+#[derive(Default)]
+pub struct Faults {
+    /// Answer every request with this status (0: answer normally).
+    pub status: std::sync::atomic::AtomicU16,
+    /// Never answer (until [`PATIENCE`] has passed).
+    pub hang: AtomicBool,
+    /// Wait this many milliseconds before answering.
+    pub delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Faults {
+    /// Answers every request with `status` (0 for normal answers).
+    pub fn answer(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Starts or stops hanging.
+    pub fn hang(&self, on: bool) {
+        self.hang.store(on, Ordering::SeqCst);
+    }
 }
 
 impl Upstream {
@@ -296,8 +322,9 @@ impl Upstream {
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
+        let faults = Arc::new(Faults::default());
         let name: Arc<str> = name.into();
-        let (h, ok) = (hits.clone(), healthy.clone());
+        let (h, ok, f) = (hits.clone(), healthy.clone(), faults.clone());
         let server = tokio::spawn(async move {
             // Connection tasks live in this set, so aborting the server kills them too.
             let mut conns = JoinSet::new();
@@ -305,10 +332,17 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (name, hits, healthy) = (name.clone(), h.clone(), ok.clone());
+                let (name, hits, healthy, faults) =
+                    (name.clone(), h.clone(), ok.clone(), f.clone());
                 conns.spawn(async move {
                     let svc = service_fn(move |req| {
-                        echo(req, name.clone(), hits.clone(), healthy.clone())
+                        echo(
+                            req,
+                            name.clone(),
+                            hits.clone(),
+                            healthy.clone(),
+                            faults.clone(),
+                        )
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -321,6 +355,7 @@ impl Upstream {
             addr,
             hits,
             healthy,
+            faults,
             server,
         }
     }
@@ -382,6 +417,7 @@ async fn echo(
     name: Arc<str>,
     hits: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
+    faults: Arc<Faults>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
@@ -396,6 +432,21 @@ async fn echo(
             .expect("response"));
     }
     hits.fetch_add(1, Ordering::SeqCst);
+    if faults.hang.load(Ordering::SeqCst) {
+        tokio::time::sleep(PATIENCE).await;
+    }
+    let delay = faults.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = faults.status.load(Ordering::SeqCst);
+    if status != 0 {
+        let _ = req.into_body().collect().await?;
+        return Ok(Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from(format!("{name} fails"))))
+            .expect("response"));
+    }
     if let Some(ms) = path.strip_prefix("/slow/") {
         let ms: u64 = ms.parse().unwrap_or(1000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
