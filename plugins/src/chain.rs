@@ -53,6 +53,12 @@ impl PluginChain {
         }
     }
 
+    /// Whether a plugin holds or edits the request body (its state would not survive a
+    /// replay of the body on a retry).
+    pub fn edits_request_body(&self) -> bool {
+        !self.request_body.is_empty()
+    }
+
     /// [`Plugin::on_request`] of each plugin; the first refusal or answer ends the phase.
     pub async fn run_request(&self, request: &mut RequestView<'_>) -> pingora::Result<Flow> {
         for plugin in self.request.iter() {

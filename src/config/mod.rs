@@ -419,7 +419,7 @@ respond = { status = 99 }
             "clusters.c.health_check.path `path` only applies",
             "clusters.c.health_check.healthy_threshold healthy_threshold must be at least 1",
             "routes.r.strip_prefix strip_prefix needs prefix",
-            "routes.r a route has one of `cluster`, `respond` and `aggregate`",
+            "routes.r a route has one of `cluster`, `clusters`, `respond` and `aggregate`",
             "routes.s.headers.bad header `bad header` is not a valid header name",
             "routes.s.respond.status status 99",
         ];

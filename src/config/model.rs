@@ -469,6 +469,13 @@ pub struct RouteSection {
     /// Deadline until the response header, retries included; it also caps an `aggregate`
     /// route's calls. Default: none (the cluster's timeouts apply).
     pub timeout: Option<HumanDuration>,
+    /// Several clusters sharing the route's traffic by weight (a traffic split): one of
+    /// `cluster`, `clusters`, `respond` and `aggregate`.
+    pub clusters: Option<Vec<Spanned<SplitEntry>>>,
+    /// What a traffic split is keyed on, so the same key lands on the same cluster (`hash_on`'s
+    /// syntax: `header:x-user-id`, `cookie:NAME`, `query:NAME`, `client_ip`...). Default: none
+    /// (each request is split at random by weight).
+    pub split_key: Option<Spanned<String>>,
     /// The cluster that serves this route (exactly one of `cluster` and `respond`).
     pub cluster: Option<Spanned<String>>,
     /// A direct response served by the gateway itself.
@@ -483,6 +490,20 @@ pub struct RouteSection {
     /// Negotiated from `Accept-Encoding`, for compressible types. Default none.
     #[serde(default)]
     pub compress: Vec<Spanned<String>>,
+}
+
+/// `routes.*.clusters[*].weight`'s default.
+pub const DEFAULT_SPLIT_WEIGHT: u32 = 1;
+
+/// One entry of a route's `clusters`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitEntry {
+    /// The cluster. Required.
+    pub name: Spanned<String>,
+    /// Its share of the route's requests, relative to the others (0 drains it). Default `1`
+    /// ([`DEFAULT_SPLIT_WEIGHT`]).
+    pub weight: Option<u32>,
 }
 
 /// `routes.*.respond.status`'s default.

@@ -71,13 +71,16 @@ impl Gateway {
             _ => ctx.state.client.scheme.as_str(),
         };
         let host = forwarded("x-forwarded-host").unwrap_or_else(|| request_host(req));
-        let key = policy.primary_key(
-            &ctx.state.route,
-            scheme,
-            host,
-            req.uri.path(),
-            req.uri.query(),
-        );
+        // A traffic split's clusters may answer differently: each keeps its own entries.
+        let split = ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| matches!(r.action, crate::router::RouteAction::Split(_)));
+        let scope: std::borrow::Cow<'_, str> = match (&ctx.cluster, split) {
+            (Some(cluster), true) => format!("{}\u{0}{}", ctx.state.route, cluster.name).into(),
+            _ => (*ctx.state.route).into(),
+        };
+        let key = policy.primary_key(&scope, scheme, host, req.uri.path(), req.uri.query());
         Ok(crate::cache::key_for(key))
     }
 

@@ -2,7 +2,7 @@
 
 use super::ProblemKind;
 use crate::router::Route;
-use crate::upstream::InFlight;
+use crate::upstream::{Cluster, InFlight};
 use gantry_plugins::{PluginState, Rejection};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +22,8 @@ pub struct RequestCtx {
     pub state: PluginState,
     /// Whether the direct peer is a trusted proxy.
     pub peer_trusted: bool,
+    /// The cluster this request is proxied to (a split's choice), when it is proxied.
+    pub cluster: Option<Arc<Cluster>>,
     /// Upstream attempts made so far (the first included).
     pub attempts: u32,
     /// Backends that failed this request (connect errors, resets, timeouts, retried statuses).

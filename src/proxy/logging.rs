@@ -6,7 +6,6 @@ use super::request::request_host;
 use super::RequestCtx;
 use super::{Gateway, ProblemKind};
 use crate::access_log::Record;
-use crate::router::RouteAction;
 use gantry_plugins::gateway::CacheStatus;
 use http::header;
 use pingora::proxy::Session;
@@ -52,10 +51,7 @@ pub(super) fn access_record<'a>(
             .route
             .as_ref()
             .map_or(crate::metrics::UNMATCHED, |r| &r.name),
-        cluster: match ctx.route.as_ref().map(|r| &r.action) {
-            Some(RouteAction::Proxy(cluster)) => Some(&cluster.name),
-            _ => None,
-        },
+        cluster: ctx.cluster.as_ref().map(|c| &*c.name),
         consumer: ctx.state.consumer.as_deref().map(|c| &*c.name),
         cache: ctx.state.cache_status.map(|c| c.as_str()),
         rate_limit: match (rate_limited, ctx.state.rate_limit_counted) {

@@ -6,6 +6,7 @@ use crate::compression::Compression;
 use crate::config::Config;
 use crate::forwarded;
 use crate::router::{self, normalize_host, Lookup, RouteAction};
+use crate::upstream::hash_key::ip_key;
 use gantry_plugins::{ClientFacts, Flow, RequestView, Scheme};
 use http::{header, Method};
 use pingora::http::RequestHeader;
@@ -165,8 +166,19 @@ fn route(req: &RequestHeader, ctx: &mut RequestCtx, config: &Config) -> Decision
     ctx.prefix_len = m.prefix_len;
     ctx.route = Some(Arc::clone(m.route));
     ctx.state.route = Arc::clone(&m.route.name);
+    let proxied = match &m.route.action {
+        RouteAction::Proxy(cluster) => Some(Arc::clone(cluster)),
+        RouteAction::Split(split) => {
+            let mut ip_buf = [0u8; 16];
+            let client = ip_key(ctx.state.client.ip, &mut ip_buf);
+            let key = split.key().map(|k| k.key(req, client));
+            Some(Arc::clone(split.choose(key)))
+        }
+        RouteAction::Respond(_) | RouteAction::Aggregate(_) => None,
+    };
+    ctx.cluster = proxied;
     match m.route.action {
-        RouteAction::Proxy(_)
+        RouteAction::Proxy(_) | RouteAction::Split(_)
             if m.route.grpc_web && grpc_web_kind(req) == Some(GrpcWebKind::Text) =>
         {
             Decision::Problem(
@@ -175,7 +187,7 @@ fn route(req: &RequestHeader, ctx: &mut RequestCtx, config: &Config) -> Decision
                 Vec::new(),
             )
         }
-        RouteAction::Proxy(_) => Decision::Proxy,
+        RouteAction::Proxy(_) | RouteAction::Split(_) => Decision::Proxy,
         RouteAction::Respond(_) | RouteAction::Aggregate(_) => {
             Decision::Respond(Arc::clone(m.route))
         }

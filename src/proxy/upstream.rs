@@ -9,7 +9,6 @@ use super::problem::{
 use super::request::peer_ip;
 use super::{Gateway, RequestCtx};
 use crate::forwarded::{self, X_REQUEST_ID_WIRE};
-use crate::router::RouteAction;
 use crate::upstream::hash_key::ip_key;
 use crate::upstream::{Cluster, InFlight, RetryReason};
 use http::{header, Uri};
@@ -45,7 +44,7 @@ impl Gateway {
                 .route
                 .as_ref()
                 .and_then(|r| r.timeout)
-                .map(|t| ctx.started.unwrap_or_else(Instant::now) + t);
+                .and_then(|t| ctx.started.unwrap_or_else(Instant::now).checked_add(t));
         } else {
             // A retry waits its backoff, within the route's deadline.
             let delay = cluster.resilience.retry.backoff.delay(ctx.attempts);
@@ -121,31 +120,39 @@ impl Gateway {
                 _ => RetryReason::Reset,
             },
         };
-        // A pooled connection the backend had already closed says nothing about the backend:
-        // it is tried again (idempotent requests) without counting against it.
-        let stale = connected == Some(true)
-            && matches!(e.retry, pingora::RetryType::ReusedOnly)
-            && reason == RetryReason::Reset;
+        // What Pingora itself knows is safe to try again says nothing about the backend: a
+        // pooled connection it had already closed, an HTTP/2 stream refused or a connection
+        // going away (GOAWAY) before the request was processed. Tried again for idempotent
+        // requests, outside the policy's conditions and budget, without counting a failure.
+        let safe_by_pingora = connected.is_some()
+            && match e.retry {
+                pingora::RetryType::ReusedOnly => connected == Some(true),
+                pingora::RetryType::Decided(retry) => retry,
+            };
+        let stale = safe_by_pingora;
         if !stale {
             if let Some(addr) = ctx.backend {
                 cluster.record_failure(addr);
-                // A failure weighs in `peak_ewma` as a latency of the time it took.
-                if let Some(started) = ctx.upstream_started {
-                    cluster.record_latency(addr, started.elapsed());
-                }
+                // A failure weighs in `peak_ewma` as a slow answer, however fast it failed.
+                let took = ctx
+                    .upstream_started
+                    .map(|s| s.elapsed())
+                    .unwrap_or_default();
+                cluster.record_latency(addr, took.max(FAILURE_LATENCY));
                 ctx.failed.push(addr);
             }
         }
         let policy = &cluster.resilience.retry;
         let method = &session.req_header().method;
-        let wanted = if stale {
-            policy.allows(RetryReason::ConnectFailure, method) && method_idempotent(method)
+        let retry = if stale {
+            method_idempotent(method)
+                && !ctx.state.response_from_upstream
+                && self.may_try_again(session, ctx, &cluster, None)
         } else {
             policy.allows(reason, method)
+                && !ctx.state.response_from_upstream
+                && self.may_try_again(session, ctx, &cluster, Some(reason))
         };
-        let retry = wanted
-            && !ctx.state.response_from_upstream
-            && self.may_try_again(session, ctx, &cluster, reason);
         if retry {
             cluster.metrics.record_retry(reason.index());
         }
@@ -153,23 +160,31 @@ impl Gateway {
         e
     }
 
-    /// Whether another attempt may follow after a failure for `reason`: attempts, the
-    /// deadline, a replayable body, a backend to send it to, and last (it takes one) the
-    /// cluster's retry budget. A connect failure is not charged to the budget: nothing reached
-    /// the backend, so retrying it adds no load there.
+    /// Whether another attempt may follow after a failure for `reason` (`None`: one Pingora
+    /// knows is safe): attempts, the deadline, a replayable body (none yet through a plugin
+    /// that holds body state), a backend to send it to, and last (it takes one) the cluster's
+    /// retry budget. Connect failures and Pingora's safe retries are not charged to the budget:
+    /// they add no load on the backend.
     fn may_try_again(
         &self,
         session: &Session,
         ctx: &RequestCtx,
         cluster: &Cluster,
-        reason: RetryReason,
+        reason: Option<RetryReason>,
     ) -> bool {
         let policy = &cluster.resilience.retry;
+        let body_replayable = !session.as_ref().retry_buffer_truncated()
+            && (ctx.state.request_body_bytes == 0
+                || !ctx
+                    .route
+                    .as_ref()
+                    .is_some_and(|r| r.plugins.edits_request_body()));
+        let charged = matches!(reason, Some(r) if r != RetryReason::ConnectFailure);
         ctx.attempts < policy.attempts
             && ctx.deadline.is_none_or(|d| Instant::now() < d)
-            && !session.as_ref().retry_buffer_truncated()
+            && body_replayable
             && cluster.select(&[], &ctx.failed).is_some()
-            && (reason == RetryReason::ConnectFailure || cluster.retry_budget.try_retry(policy))
+            && (!charged || cluster.retry_budget.try_retry(policy))
     }
 
     pub(super) async fn filter_request_body(
@@ -258,7 +273,9 @@ impl Gateway {
     ) -> Result<()> {
         let now = Instant::now();
         ctx.upstream_responded = Some(now);
-        if let Some(cluster) = proxied_cluster(ctx).cloned() {
+        // A 1xx is passed on to the client (a response has started): neither timed nor judged.
+        let final_header = !upstream_response.status.is_informational();
+        if let Some(cluster) = proxied_cluster(ctx).cloned().filter(|_| final_header) {
             if let Some(started) = ctx.upstream_started {
                 cluster.metrics.upstream_duration.observe(now - started);
                 if let Some(addr) = ctx.backend {
@@ -293,22 +310,28 @@ impl Gateway {
         };
         let policy = &cluster.resilience.retry;
         let retried_status = policy.retries_status(status);
-        let failure = retried_status
-            || cluster
-                .resilience
-                .outlier
-                .as_ref()
-                .is_some_and(|o| o.is_failure(status));
-        if !failure {
+        let outlier_failure = cluster
+            .resilience
+            .outlier
+            .as_ref()
+            .is_some_and(|o| o.is_failure(status));
+        if outlier_failure {
+            cluster.record_failure(addr);
+            cluster.record_latency(addr, FAILURE_LATENCY);
+        } else {
             cluster.record_success(addr);
+        }
+        if !retried_status {
             return Ok(());
         }
-        cluster.record_failure(addr);
+        if !outlier_failure {
+            cluster.metrics.record_failure(addr);
+        }
         ctx.failed.push(addr);
         let method = &session.req_header().method;
-        if retried_status
-            && policy.allows(RetryReason::Status, method)
-            && self.may_try_again(session, ctx, cluster, RetryReason::Status)
+        if policy.allows(RetryReason::Status, method)
+            && !ctx.state.response_from_upstream
+            && self.may_try_again(session, ctx, cluster, Some(RetryReason::Status))
         {
             cluster.metrics.record_retry(RetryReason::Status.index());
             let mut e = Error::explain(STATUS_RETRY, format!("backend {addr} answered {status}"));
@@ -319,12 +342,13 @@ impl Gateway {
     }
 }
 
+/// The latency a failure counts as in `peak_ewma`: a backend that fails fast must not look
+/// fast.
+const FAILURE_LATENCY: Duration = Duration::from_secs(1);
+
 /// The cluster a proxied request goes to.
 fn proxied_cluster(ctx: &RequestCtx) -> Option<&Arc<Cluster>> {
-    match ctx.route.as_ref().map(|r| &r.action) {
-        Some(RouteAction::Proxy(cluster)) => Some(cluster),
-        _ => None,
-    }
+    ctx.cluster.as_ref()
 }
 
 /// The methods RFC 9110 calls idempotent.

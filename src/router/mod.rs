@@ -78,6 +78,8 @@ pub struct Route {
 pub enum RouteAction {
     /// Proxy to a cluster.
     Proxy(Arc<Cluster>),
+    /// Proxy to one of several clusters, by weight.
+    Split(Arc<crate::upstream::TrafficSplit>),
     /// Answer directly.
     Respond(DirectResponse),
     /// Call several clusters and merge their JSON.

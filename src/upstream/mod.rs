@@ -10,12 +10,14 @@ mod health;
 mod in_flight;
 mod outlier;
 mod retry;
+mod split;
 
 pub use hash_key::HashOn;
 pub use health::{HealthCheckSpec, HealthChecks, HealthProbe};
 pub use in_flight::InFlight;
 pub use outlier::{now_ms, BackendState, OutlierPolicy};
 pub use retry::{Backoff, RetryBudget, RetryPolicy, RetryReason};
+pub use split::TrafficSplit;
 
 use ahash::AHashMap;
 use pingora::lb::discovery::Static;
@@ -143,7 +145,8 @@ impl Candidate {
             .in_flight
             .load(std::sync::atomic::Ordering::Relaxed) as f64;
         let cost = match load {
-            Load::Requests => in_flight,
+            // One more than in flight, so weights still count when every backend is idle.
+            Load::Requests => in_flight + 1.0,
             // A backend never measured costs as if it answered in 1 µs.
             Load::PeakEwma => self.state.ewma_micros(now).max(1.0) * (in_flight + 1.0),
         };
@@ -293,18 +296,24 @@ impl Cluster {
 
     /// Picks a healthy, non-ejected backend, one not in `tried` while there is one. `key`
     /// feeds consistent hashing.
+    /// When only ejected backends are left, they serve (the least bad keep serving).
     pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<(&SocketAddr, &HttpPeer)> {
-        self.select_among(key, tried)
-            .or_else(|| (!tried.is_empty()).then(|| self.select_among(key, &[]))?)
+        let skip_ejected = self.resilience.outlier.is_some();
+        self.select_among(key, tried, skip_ejected)
+            .or_else(|| (!tried.is_empty()).then(|| self.select_among(key, &[], skip_ejected))?)
+            .or_else(|| skip_ejected.then(|| self.select_among(key, tried, false))?)
+            .or_else(|| {
+                (skip_ejected && !tried.is_empty()).then(|| self.select_among(key, &[], false))?
+            })
     }
 
-    /// Whether a backend not in `tried` could serve.
-    pub fn has_untried(&self, tried: &[SocketAddr]) -> bool {
-        self.select_among(&[], tried).is_some()
-    }
-
-    fn select_among(&self, key: &[u8], tried: &[SocketAddr]) -> Option<(&SocketAddr, &HttpPeer)> {
-        let outlier = self.resilience.outlier.is_some();
+    fn select_among(
+        &self,
+        key: &[u8],
+        tried: &[SocketAddr],
+        skip_ejected: bool,
+    ) -> Option<(&SocketAddr, &HttpPeer)> {
+        let outlier = skip_ejected;
         let now = if outlier { outlier::now_ms() } else { 0 };
         let accept = |b: &Backend, healthy: bool| {
             healthy

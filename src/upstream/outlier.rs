@@ -150,7 +150,10 @@ impl BackendState {
 }
 
 /// Records a failure of `backend`, one of `all` (the whole cluster): ejects it when it reached
-/// the threshold and the cluster's ejected share allows. True when it was ejected now.
+/// the threshold and the cluster's ejected share allows. True when it was ejected now. The
+/// count and the ejection are two steps, so failures of several backends at the same instant
+/// may eject one more than the share; selection then still falls back to ejected backends when
+/// no other is left.
 pub fn record_failure(
     policy: &OutlierPolicy,
     backend: &BackendState,
@@ -164,7 +167,13 @@ pub fn record_failure(
         return false;
     }
     let ejected = all.iter().filter(|b| b.is_ejected(now)).count();
-    let allowed = all.len() * policy.max_ejected_percent as usize / 100;
+    // As in Envoy, a non-zero share always allows one ejection, whatever the cluster's size.
+    let share = all.len() * policy.max_ejected_percent as usize / 100;
+    let allowed = if policy.max_ejected_percent > 0 {
+        share.max(1)
+    } else {
+        0
+    };
     if ejected + 1 > allowed {
         return false;
     }
@@ -214,6 +223,19 @@ mod tests {
             assert!(!record_failure(&p, &b, &all), "b stays: half is ejected");
         }
         assert!(a.is_ejected(now_ms()) && !b.is_ejected(now_ms()));
+    }
+
+    #[test]
+    fn a_single_backend_may_be_ejected() {
+        let p = policy();
+        let a = BackendState::default();
+        for _ in 0..2 {
+            assert!(!record_failure(&p, &a, &[&a]));
+        }
+        assert!(
+            record_failure(&p, &a, &[&a]),
+            "one ejection is always allowed"
+        );
     }
 
     #[test]

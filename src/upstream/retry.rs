@@ -177,9 +177,9 @@ fn now_second() -> u64 {
 /// allowed while they stay under `percent` of the requests, or while fewer than
 /// `min_per_second` were taken this second (the floor for quiet clusters, as Envoy's
 /// `min_retry_concurrency`). Extra load is at most the larger of the two, so never more than
-/// their sum. Counting is lock-free; a slot that rolls over while another
-/// thread counts in it may lose that one count, which only makes the budget approximate by a
-/// request.
+/// their sum. Counting is lock-free; concurrent retries may each see the others' taken places
+/// and overshoot the share by at most the retries decided in the same instant, and a slot
+/// that rolls over while another thread counts in it may lose that one count.
 #[derive(Default)]
 pub struct RetryBudget {
     slots: [Slot; WINDOW_SECONDS],
@@ -225,10 +225,13 @@ impl RetryBudget {
                 retries += u64::from(slot.retries.load(Ordering::Relaxed));
             }
         }
+        // Taken first and given back when over, so concurrent retries cannot all pass one
+        // check.
+        let this_second = current.retries.fetch_add(1, Ordering::AcqRel);
         let share = retries * 100 < requests * u64::from(policy.budget_percent);
-        let floor = current.retries.load(Ordering::Relaxed) < policy.budget_min_per_second;
-        if share || floor {
-            current.retries.fetch_add(1, Ordering::Relaxed);
+        let floor = this_second < policy.budget_min_per_second;
+        if !(share || floor) {
+            current.retries.fetch_sub(1, Ordering::AcqRel);
         }
         share || floor
     }

@@ -21,4 +21,5 @@ mod reload;
 mod resilience;
 mod routing;
 mod tls;
+mod traffic;
 mod websocket;

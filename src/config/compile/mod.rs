@@ -8,7 +8,7 @@ use super::error::{did_you_mean, KeyPath};
 use super::model::{
     self, AdminSection, AggregateSection, BalancerKind, CacheSection, ClusterSection,
     HealthCheckKind, HealthCheckSection, HumanSize, LogSection, ProtocolKind, RespondSection,
-    RouteSection, ServerSection, TlsSection,
+    RouteSection, ServerSection, SplitEntry, TlsSection,
 };
 use super::plugins::Plugins;
 use super::{
@@ -19,7 +19,7 @@ use crate::aggregate::{Aggregate, Call};
 use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction, RouteSpec};
 use crate::upstream::{
     BackendAddr, Balancing, Cluster, HashOn, HealthCheckSpec, Protocol, Resilience, Timeouts,
-    Transport,
+    TrafficSplit, Transport,
 };
 use gantry_plugins::gateway::{Template, TemplateScope, CACHE_PLUGIN};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -786,9 +786,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
         }
         let methods = self.parse_list(&r.methods, &key.child("methods"), parse_method);
         let headers = self.headers(&r.headers, &key.child("headers"));
-        let timeout = r
-            .timeout
-            .map(|d| self.positive(Some(d.0), d.0, &key, "timeout"));
+        let timeout = r.timeout.map(|d| self.wait(d.0, &key, "timeout"));
         if timeout.is_some() && r.respond.is_some() {
             self.report(
                 None,
@@ -803,7 +801,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
             return None;
         }
         let action = action?;
-        if plugins.own_cache && !matches!(action, RouteAction::Proxy(_)) {
+        if plugins.own_cache && !matches!(action, RouteAction::Proxy(_) | RouteAction::Split(_)) {
             self.report(
                 None,
                 &key.child("plugins").child(CACHE_PLUGIN),
@@ -843,16 +841,21 @@ impl<'d, 'a> Compiler<'d, 'a> {
     ) -> Option<RouteAction> {
         let actions = [
             r.cluster.is_some(),
+            r.clusters.is_some(),
             r.respond.is_some(),
             r.aggregate.is_some(),
         ];
+        if let (Some(k), None) = (&r.split_key, &r.clusters) {
+            let msg = "split_key applies to a traffic split: it needs `clusters`";
+            self.report(span_of(k), &key.child("split_key"), msg, None);
+        }
         let action = match actions.iter().filter(|set| **set).count() {
             0 => {
                 self.report(
                     None,
                     key,
-                    "a route needs `cluster` (to proxy), `respond` (to answer directly) or \
-                     `aggregate` (to compose several calls)",
+                    "a route needs `cluster` (to proxy), `clusters` (to split traffic), \
+                     `respond` (to answer directly) or `aggregate` (to compose several calls)",
                     Some("add cluster = \"NAME\"".into()),
                 );
                 None
@@ -861,6 +864,9 @@ impl<'d, 'a> Compiler<'d, 'a> {
                 if let Some(c) = &r.cluster {
                     self.cluster_ref(c, &key.child("cluster"), clusters)?
                         .map(RouteAction::Proxy)
+                } else if let Some(list) = &r.clusters {
+                    self.split(key, list, r.split_key.as_ref(), clusters)?
+                        .map(|s| RouteAction::Split(Arc::new(s)))
                 } else if let Some(resp) = r.respond.take() {
                     self.respond(key, resp).map(RouteAction::Respond)
                 } else {
@@ -873,16 +879,17 @@ impl<'d, 'a> Compiler<'d, 'a> {
                 self.report(
                     None,
                     key,
-                    "a route has one of `cluster`, `respond` and `aggregate`, not several",
+                    "a route has one of `cluster`, `clusters`, `respond` and `aggregate`, not several",
                     None,
                 );
                 None
             }
         };
-        let http2_cluster = matches!(
-            &action,
-            Some(RouteAction::Proxy(c)) if c.protocol != Protocol::Http1
-        );
+        let http2_cluster = match &action {
+            Some(RouteAction::Proxy(c)) => c.protocol != Protocol::Http1,
+            Some(RouteAction::Split(s)) => s.clusters().all(|(c, _)| c.protocol != Protocol::Http1),
+            _ => false,
+        };
         if r.grpc_web && !http2_cluster {
             self.report(
                 None,
@@ -917,6 +924,71 @@ impl<'d, 'a> Compiler<'d, 'a> {
             }
         }
         algorithms
+    }
+
+    /// `clusters = [{ name, weight }, …]` and `split_key` of a route; `Some(None)` when a
+    /// cluster it names failed to compile.
+    fn split(
+        &mut self,
+        route_key: &KeyPath,
+        list: &[Spanned<SplitEntry>],
+        split_key: Option<&Spanned<String>>,
+        clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
+    ) -> Option<Option<TrafficSplit>> {
+        let key = route_key.child("clusters");
+        let before = self.error_count();
+        let mut entries = Vec::new();
+        let mut broken = false;
+        for (i, entry) in list.iter().enumerate() {
+            let e = entry.get_ref();
+            let weight = e.weight.unwrap_or(model::DEFAULT_SPLIT_WEIGHT);
+            if weight > MAX_WEIGHT as u32 {
+                let msg = format!("weight must be between 0 and {MAX_WEIGHT}");
+                self.report(span_of(entry), &key.index(i), msg, None);
+            }
+            if list[..i]
+                .iter()
+                .any(|o| o.get_ref().name.get_ref() == e.name.get_ref())
+            {
+                let msg = format!("cluster `{}` is listed twice", e.name.get_ref());
+                self.report(span_of(&e.name), &key.index(i), msg, None);
+            }
+            match self.cluster_ref(&e.name, &key.index(i).child("name"), clusters) {
+                Some(Some(cluster)) => entries.push((cluster, weight)),
+                Some(None) => broken = true,
+                None => {}
+            }
+        }
+        let hash_on = split_key.and_then(|k| match HashOn::parse(k.get_ref()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                self.report(span_of(k), &route_key.child("split_key"), e, None);
+                None
+            }
+        });
+        if list.len() < 2 {
+            let hint = Some("use cluster = \"NAME\" for a single cluster".into());
+            self.report(
+                None,
+                &key,
+                "a traffic split needs at least two clusters",
+                hint,
+            );
+        }
+        if broken {
+            return Some(None);
+        }
+        if self.error_count() != before {
+            return None;
+        }
+        match TrafficSplit::new(entries, hash_on) {
+            Some(split) => Some(Some(split)),
+            None => {
+                let msg = "every weight is 0: the split has nowhere to send requests";
+                self.report(None, &key, msg, None);
+                None
+            }
+        }
     }
 
     /// A reference to a cluster: `Some(None)` when it failed to compile (already reported),

@@ -6,10 +6,14 @@ use crate::config::error::KeyPath;
 use crate::config::model::{self, OutlierSection, RetrySection};
 use crate::upstream::{Backoff, OutlierPolicy, RetryPolicy, RetryReason};
 use http::Method;
+use std::time::Duration;
 use toml::Spanned;
 
 /// The most `retries` of a cluster (the shorthand), and one less than the most `attempts`.
 const MAX_RETRIES: u32 = 15;
+
+/// The longest deadline, try limit, backoff or ejection: a day.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 impl Compiler<'_, '_> {
     /// `retries` or `[retry]` of cluster `key`; writing both is an error.
@@ -82,16 +86,20 @@ impl Compiler<'_, '_> {
             Some(a) => *a.get_ref(),
             None => model::DEFAULT_RETRY_ATTEMPTS,
         };
-        let per_try_timeout = r.per_try_timeout.map(|d| {
-            self.positive(Some(d.0), d.0, &key, "per_try_timeout");
-            d.0
-        });
+        if r.statuses.is_some() && !on.contains(&RetryReason::Status) {
+            let msg = "statuses are retried only with \"status\" in `on`";
+            let hint = Some("add \"status\" to on, or remove statuses".into());
+            self.report(None, &key.child("statuses"), msg, hint);
+        }
+        let per_try_timeout = r
+            .per_try_timeout
+            .map(|d| self.wait(d.0, &key, "per_try_timeout"));
         let backoff = match r.backoff {
             Some(b) => {
                 let bkey = key.child("backoff");
                 let backoff = Backoff {
                     base: b.base.map_or(backoff.base, |d| d.0),
-                    max: b.max.map_or(backoff.max, |d| d.0),
+                    max: b.max.map_or(backoff.max, |d| self.wait(d.0, &bkey, "max")),
                 };
                 if backoff.max < backoff.base {
                     self.report(
@@ -162,14 +170,21 @@ impl Compiler<'_, '_> {
         OutlierPolicy {
             consecutive_failures,
             statuses: self.statuses(&key.child("statuses"), o.statuses.as_deref()),
-            ejection_time: self.positive(
-                o.ejection_time.map(|d| d.0),
-                model::DEFAULT_EJECTION_TIME,
-                &key,
-                "ejection_time",
-            ),
+            ejection_time: o.ejection_time.map_or(model::DEFAULT_EJECTION_TIME, |d| {
+                self.wait(d.0, &key, "ejection_time")
+            }),
             max_ejected_percent,
         }
+    }
+
+    /// A wait written at `key.field`: above zero and at most [`MAX_WAIT`].
+    pub(super) fn wait(&mut self, d: Duration, key: &KeyPath, field: &str) -> Duration {
+        if d.is_zero() || d > MAX_WAIT {
+            let msg = format!("{field} must be greater than zero and at most 24h");
+            self.report(None, &key.child(field), msg, None);
+            return d.clamp(Duration::from_millis(1), MAX_WAIT);
+        }
+        d
     }
 
     /// A list of failure statuses (400 to 599), or the default.
