@@ -9,7 +9,7 @@
 //! the `Gantry-Partial` response header.
 
 use crate::upstream::hash_key::ip_key;
-use crate::upstream::Cluster;
+use crate::upstream::{Cluster, InFlight, RetryReason};
 use gantry_plugins::gateway::Template;
 use gantry_plugins::PluginState;
 use http::{header, HeaderName, HeaderValue};
@@ -172,100 +172,178 @@ impl Call {
         Ok(req)
     }
 
-    /// One call: a backend of the cluster (another one after a connection failure, up to the
-    /// retry policy's `attempts`), the request, the whole body.
+    /// One call through the cluster's resilience: its breaker, balancer and outlier
+    /// detection, and its retry policy (conditions, statuses, attempts, per-try timeout,
+    /// backoff and budget; a call is a GET), then the whole body.
     async fn fetch(
         &self,
         connector: &Connector,
         client: &ClientRequest<'_>,
     ) -> Result<Value, CallFailure> {
         let req = self.request(client)?;
+        let cluster = &self.cluster;
+        let Some(_slot) = cluster.admit() else {
+            cluster.metrics.record_overloaded();
+            return Err(CallFailure {
+                status: 503,
+                detail: format!("cluster `{}` has max_requests in flight", cluster.name),
+            });
+        };
+        cluster.retry_budget.record_request();
+        let policy = &cluster.resilience.retry;
         let mut ip_buf = [0u8; 16];
         let key = ip_key(client.state.client.ip, &mut ip_buf);
-        let mut tried = Vec::new();
+        let mut failed = Vec::new();
+        let mut attempts = 0;
         loop {
-            let Some((addr, peer)) = self.cluster.select(key, &tried) else {
+            if attempts > 0 {
+                tokio::time::sleep(policy.backoff.delay(attempts)).await;
+            }
+            let Some((addr, peer)) = cluster.select(key, &failed) else {
                 return Err(CallFailure {
                     status: 503,
-                    detail: format!(
-                        "cluster `{}` has no healthy backend left",
-                        self.cluster.name
-                    ),
+                    detail: format!("cluster `{}` has no healthy backend left", cluster.name),
                 });
             };
-            let mut session = match connector.get_http_session(peer).await {
-                Ok((session, _reused)) => session,
-                Err(_) if (tried.len() as u32) + 1 < self.cluster.resilience.retry.attempts => {
-                    self.cluster.record_failure(*addr);
-                    tried.push(*addr);
+            let (addr, mut peer) = (*addr, peer.clone());
+            peer.options.response_header_timeout = policy.per_try_timeout;
+            attempts += 1;
+            let _in_flight = cluster.state(&addr).map(|s| InFlight::enter(&s.in_flight));
+            let started = std::time::Instant::now();
+            let (failure, reason) = match self.attempt(connector, &peer, &req).await {
+                Ok(answer) => {
+                    cluster.record_latency(addr, started.elapsed());
+                    if !cluster.judge_status(addr, answer.status) {
+                        return answer.into_value();
+                    }
+                    failed.push(addr);
+                    let status = RetryReason::Status;
+                    if !(policy.allows(status, &http::Method::GET)
+                        && cluster.may_retry(Some(status), attempts, &failed))
+                    {
+                        return answer.into_value();
+                    }
                     continue;
                 }
-                Err(_) => {
-                    return Err(CallFailure {
-                        status: 502,
-                        detail: format!("cluster `{}` could not be reached", self.cluster.name),
-                    })
-                }
+                Err(e) => e,
             };
-            let failed = |what: &str| CallFailure {
-                status: 502,
+            cluster.record_failed_attempt(addr, started.elapsed());
+            failed.push(addr);
+            if !(policy.allows(reason, &http::Method::GET)
+                && cluster.may_retry(Some(reason), attempts, &failed))
+            {
+                return Err(failure);
+            }
+        }
+    }
+
+    /// One try on `peer`: the request and the whole answer, or why it failed.
+    async fn attempt(
+        &self,
+        connector: &Connector,
+        peer: &pingora::upstreams::peer::HttpPeer,
+        req: &RequestHeader,
+    ) -> Result<Answer, (CallFailure, RetryReason)> {
+        let failed = |what: &str, reason| {
+            let failure = CallFailure {
+                status: if reason == RetryReason::Timeout {
+                    504
+                } else {
+                    502
+                },
                 detail: format!("the upstream failed while {what}"),
             };
-            session.set_read_timeout(peer.options.read_timeout);
-            session.set_write_timeout(peer.options.write_timeout);
+            (failure, reason)
+        };
+        let reason_of = |e: &pingora::Error| match e.etype() {
+            pingora::ErrorType::ReadTimedout | pingora::ErrorType::WriteTimedout => {
+                RetryReason::Timeout
+            }
+            _ => RetryReason::Reset,
+        };
+        let mut session = match connector.get_http_session(peer).await {
+            Ok((session, _reused)) => session,
+            Err(_) => {
+                let failure = CallFailure {
+                    status: 502,
+                    detail: format!("cluster `{}` could not be reached", self.cluster.name),
+                };
+                return Err((failure, RetryReason::ConnectFailure));
+            }
+        };
+        session.set_read_timeout(peer.options.read_timeout);
+        session.set_write_timeout(peer.options.write_timeout);
+        session
+            .write_request_header(Box::new(req.clone()))
+            .await
+            .map_err(|e| failed("receiving the request", reason_of(&e)))?;
+        session
+            .finish_request_body()
+            .await
+            .map_err(|e| failed("receiving the request", reason_of(&e)))?;
+        // Skip informational answers (100, 103 Early Hints) to the final one.
+        loop {
             session
-                .write_request_header(Box::new(req.clone()))
+                .read_response_header()
                 .await
-                .map_err(|_| failed("receiving the request"))?;
-            session
-                .finish_request_body()
-                .await
-                .map_err(|_| failed("receiving the request"))?;
-            // Skip informational answers (100, 103 Early Hints) to the final one.
-            loop {
-                session
-                    .read_response_header()
-                    .await
-                    .map_err(|_| failed("answering"))?;
-                let informational = session
-                    .response_header()
-                    .is_some_and(|r| r.status.is_informational());
-                if !informational {
-                    break;
-                }
+                .map_err(|e| failed("answering", reason_of(&e)))?;
+            let informational = session
+                .response_header()
+                .is_some_and(|r| r.status.is_informational());
+            if !informational {
+                break;
             }
-            let (status, json) = match session.response_header() {
-                Some(resp) => (
-                    resp.status.as_u16(),
-                    gantry_plugins::gateway::is_json(&resp.headers),
-                ),
-                None => return Err(failed("answering")),
-            };
-            let mut body = Vec::new();
-            while let Some(chunk) = session
-                .read_response_body()
-                .await
-                .map_err(|_| failed("sending the body"))?
-            {
-                body.extend_from_slice(&chunk);
-                if body.len() > MAX_CALL_BODY {
-                    return Err(failed("sending a body over 4 MiB"));
-                }
+        }
+        let (status, json) = match session.response_header() {
+            Some(resp) => (
+                resp.status.as_u16(),
+                gantry_plugins::gateway::is_json(&resp.headers),
+            ),
+            None => return Err(failed("answering", RetryReason::Reset)),
+        };
+        let mut body = Vec::new();
+        while let Some(chunk) = session
+            .read_response_body()
+            .await
+            .map_err(|e| failed("sending the body", reason_of(&e)))?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_CALL_BODY {
+                return Err(failed("sending a body over 4 MiB", RetryReason::Reset));
             }
-            connector
-                .release_http_session(session, peer, peer.options.idle_timeout)
-                .await;
-            if !(200..300).contains(&status) {
-                return Err(CallFailure {
-                    status,
-                    detail: format!("the upstream answered {status}"),
-                });
-            }
-            return if json {
-                serde_json::from_slice(&body).map_err(|_| failed("sending invalid JSON"))
-            } else {
-                Ok(Value::String(String::from_utf8_lossy(&body).into_owned()))
-            };
+        }
+        connector
+            .release_http_session(session, peer, peer.options.idle_timeout)
+            .await;
+        Ok(Answer { status, json, body })
+    }
+}
+
+/// A call's final answer.
+struct Answer {
+    status: u16,
+    json: bool,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    /// The answer as the merged document's member: parsed JSON, or the text.
+    fn into_value(self) -> Result<Value, CallFailure> {
+        if !(200..300).contains(&self.status) {
+            return Err(CallFailure {
+                status: self.status,
+                detail: format!("the upstream answered {}", self.status),
+            });
+        }
+        if self.json {
+            serde_json::from_slice(&self.body).map_err(|_| CallFailure {
+                status: 502,
+                detail: "the upstream failed while sending invalid JSON".into(),
+            })
+        } else {
+            Ok(Value::String(
+                String::from_utf8_lossy(&self.body).into_owned(),
+            ))
         }
     }
 }

@@ -132,13 +132,11 @@ impl Gateway {
         let stale = safe_by_pingora;
         if !stale {
             if let Some(addr) = ctx.backend {
-                cluster.record_failure(addr);
-                // A failure weighs in `peak_ewma` as a slow answer, however fast it failed.
                 let took = ctx
                     .upstream_started
                     .map(|s| s.elapsed())
                     .unwrap_or_default();
-                cluster.record_latency(addr, took.max(FAILURE_LATENCY));
+                cluster.record_failed_attempt(addr, took);
                 ctx.failed.push(addr);
             }
         }
@@ -153,9 +151,6 @@ impl Gateway {
                 && !ctx.state.response_from_upstream
                 && self.may_try_again(session, ctx, &cluster, Some(reason))
         };
-        if retry {
-            cluster.metrics.record_retry(reason.index());
-        }
         e.set_retry(retry);
         e
     }
@@ -172,19 +167,15 @@ impl Gateway {
         cluster: &Cluster,
         reason: Option<RetryReason>,
     ) -> bool {
-        let policy = &cluster.resilience.retry;
         let body_replayable = !session.as_ref().retry_buffer_truncated()
             && (ctx.state.request_body_bytes == 0
                 || !ctx
                     .route
                     .as_ref()
                     .is_some_and(|r| r.plugins.edits_request_body()));
-        let charged = matches!(reason, Some(r) if r != RetryReason::ConnectFailure);
-        ctx.attempts < policy.attempts
-            && ctx.deadline.is_none_or(|d| Instant::now() < d)
+        ctx.deadline.is_none_or(|d| Instant::now() < d)
             && body_replayable
-            && cluster.select(&[], &ctx.failed).is_some()
-            && (!charged || cluster.retry_budget.try_retry(policy))
+            && cluster.may_retry(reason, ctx.attempts, &ctx.failed)
     }
 
     pub(super) async fn filter_request_body(
@@ -308,32 +299,15 @@ impl Gateway {
         let Some(addr) = ctx.backend else {
             return Ok(());
         };
-        let policy = &cluster.resilience.retry;
-        let retried_status = policy.retries_status(status);
-        let outlier_failure = cluster
-            .resilience
-            .outlier
-            .as_ref()
-            .is_some_and(|o| o.is_failure(status));
-        if outlier_failure {
-            cluster.record_failure(addr);
-            cluster.record_latency(addr, FAILURE_LATENCY);
-        } else {
-            cluster.record_success(addr);
-        }
-        if !retried_status {
+        if !cluster.judge_status(addr, status) {
             return Ok(());
-        }
-        if !outlier_failure {
-            cluster.metrics.record_failure(addr);
         }
         ctx.failed.push(addr);
         let method = &session.req_header().method;
-        if policy.allows(RetryReason::Status, method)
+        if cluster.resilience.retry.allows(RetryReason::Status, method)
             && !ctx.state.response_from_upstream
             && self.may_try_again(session, ctx, cluster, Some(RetryReason::Status))
         {
-            cluster.metrics.record_retry(RetryReason::Status.index());
             let mut e = Error::explain(STATUS_RETRY, format!("backend {addr} answered {status}"));
             e.set_retry(true);
             return Err(e.into_up());
@@ -341,10 +315,6 @@ impl Gateway {
         Ok(())
     }
 }
-
-/// The latency a failure counts as in `peak_ewma`: a backend that fails fast must not look
-/// fast.
-const FAILURE_LATENCY: Duration = Duration::from_secs(1);
 
 /// The cluster a proxied request goes to.
 fn proxied_cluster(ctx: &RequestCtx) -> Option<&Arc<Cluster>> {

@@ -29,6 +29,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The latency a failure counts as in `peak_ewma`: a backend that fails fast must not look
+/// fast.
+const FAILURE_LATENCY: Duration = Duration::from_secs(1);
+
 /// Selection walks at most this many ring/list steps looking for an acceptable backend.
 const MAX_SELECT_STEPS: usize = 256;
 
@@ -396,6 +400,58 @@ impl Cluster {
             );
         }
         ejected
+    }
+
+    /// Whether a request that made `attempts` tries and saw `failed` fail may try again after
+    /// a failure for `reason` (`None`: one Pingora knows is safe): attempts remain, a backend
+    /// can take it, and last (it takes one) the retry budget allows. Connect failures and
+    /// Pingora's safe retries are not charged to the budget: they add no load on a backend.
+    /// The caller has checked the condition, the method and the body.
+    pub fn may_retry(
+        &self,
+        reason: Option<RetryReason>,
+        attempts: u32,
+        failed: &[SocketAddr],
+    ) -> bool {
+        let policy = &self.resilience.retry;
+        let charged = matches!(reason, Some(r) if r != RetryReason::ConnectFailure);
+        let may = attempts < policy.attempts
+            && self.select(&[], failed).is_some()
+            && (!charged || self.retry_budget.try_retry(policy));
+        if may {
+            self.metrics
+                .record_retry(reason.unwrap_or(RetryReason::Reset).index());
+        }
+        may
+    }
+
+    /// Judges a final response status from `backend`: an outlier failure (recorded, and a
+    /// slow answer for `peak_ewma`) or a success. True when the status is one the retry
+    /// policy retries (also counted as the backend's failure).
+    pub fn judge_status(&self, backend: SocketAddr, status: u16) -> bool {
+        let outlier_failure = self
+            .resilience
+            .outlier
+            .as_ref()
+            .is_some_and(|o| o.is_failure(status));
+        if outlier_failure {
+            self.record_failure(backend);
+            self.record_latency(backend, FAILURE_LATENCY);
+        } else {
+            self.record_success(backend);
+        }
+        let retried = self.resilience.retry.retries_status(status);
+        if retried && !outlier_failure {
+            self.metrics.record_failure(backend);
+        }
+        retried
+    }
+
+    /// A failure of `backend` after `took` (connect error, reset, timeout): recorded, and a
+    /// slow answer for `peak_ewma` however fast it failed.
+    pub fn record_failed_attempt(&self, backend: SocketAddr, took: Duration) {
+        self.record_failure(backend);
+        self.record_latency(backend, took.max(FAILURE_LATENCY));
     }
 
     /// A response from `backend` that was not a failure.

@@ -248,3 +248,24 @@ async fn a_call_to_an_unknown_cluster_or_capture_is_a_config_error() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn calls_retry_a_failing_status_elsewhere_and_eject_its_backend() {
+    let (bad, good) = (Upstream::start("bad").await, Upstream::start("good").await);
+    bad.faults.answer(503);
+    let g = Gantry::start(&format!(
+        "[clusters.users]\nbackends = [\"{}\", \"{}\"]\n[clusters.users.retry]\n\
+         [clusters.users.outlier]\nconsecutive_failures = 2\nejection_time = \"30s\"\n\
+         [routes.page]\npaths = [\"/page\"]\n[routes.page.aggregate.calls.profile]\n\
+         cluster = \"users\"\npath = \"/users/7\"\n",
+        bad.addr, good.addr
+    ));
+    let c = crate::common::client();
+    for i in 0..20 {
+        let resp = c.get(g.url("/page")).send().await.expect("request");
+        assert_eq!(resp.status(), 200, "request {i}");
+        let v: Value = resp.json().await.expect("json");
+        assert_eq!(v["profile"]["upstream"], "good", "request {i}: {v}");
+    }
+    assert_eq!(bad.hits(), 2, "ejected after two failures in a row");
+}
