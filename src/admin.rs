@@ -132,6 +132,7 @@ impl AdminApp {
                     .map(|(addr, healthy)| {
                         let (failures, last) = c.metrics.failures(addr);
                         let state = c.state(&addr);
+                        let state = state.as_deref();
                         let ejected_until = state
                             .and_then(|s| s.ejected_until())
                             .map(|t| humantime::format_rfc3339_seconds(t).to_string());
@@ -155,7 +156,7 @@ impl AdminApp {
                     },
                     "outlier_detection": c.resilience.outlier.is_some(),
                     "max_requests": c.resilience.max_requests,
-                    "health_check": c.health_probe().is_some(),
+                    "health_check": c.has_health_check(),
                     "backends": backends,
                 });
                 (c.name.to_string(), cluster)

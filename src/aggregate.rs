@@ -199,16 +199,16 @@ impl Call {
             if attempts > 0 {
                 tokio::time::sleep(policy.backoff.delay(attempts)).await;
             }
-            let Some((addr, peer)) = cluster.select(key, &failed) else {
+            let Some(picked) = cluster.select(key, &failed) else {
                 return Err(CallFailure {
                     status: 503,
                     detail: format!("cluster `{}` has no healthy backend left", cluster.name),
                 });
             };
-            let (addr, mut peer) = (*addr, peer.clone());
+            let (addr, mut peer) = (picked.addr, picked.peer);
             peer.options.response_header_timeout = policy.per_try_timeout;
             attempts += 1;
-            let _in_flight = cluster.state(&addr).map(|s| InFlight::enter(&s.in_flight));
+            let _in_flight = InFlight::enter(&picked.state.in_flight);
             let started = std::time::Instant::now();
             let (failure, reason) = match self.attempt(connector, &peer, &req).await {
                 Ok(answer) => {

@@ -3,13 +3,13 @@
 //!
 //! Each request takes the configuration once, when it starts, and keeps that generation to its
 //! end. Clusters defined exactly as before are kept (with their backends' health); the health
-//! checks follow the new set of clusters; TLS listeners get the new certificates. What only a
+//! checks and DNS refresh follow the new set of clusters; TLS listeners get the new certificates. What only a
 //! restart can change (listeners, threads, the admin listener, the access log, the cache size)
 //! is reported as such and left as it was.
 
 use crate::config::{self, Config, ConfigErrors};
 use crate::tls::CertStore;
-use crate::upstream::HealthProbe;
+use crate::upstream::Cluster;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -45,7 +45,7 @@ pub struct Live {
     path: PathBuf,
     config: ArcSwap<Config>,
     generation: AtomicU64,
-    health: watch::Sender<Vec<HealthProbe>>,
+    cluster_tasks: watch::Sender<Vec<Arc<Cluster>>>,
     certs: Vec<(SocketAddr, Arc<CertSwitch>)>,
     /// One reload at a time.
     reloading: Mutex<()>,
@@ -63,19 +63,19 @@ pub struct Reloaded {
 }
 
 impl Live {
-    /// `config`, read from `path`, as generation 1; `health` feeds the health checks and
-    /// `certs` are the TLS listeners' certificates.
+    /// `config`, read from `path`, as generation 1; `cluster_tasks` feeds the clusters'
+    /// health checks and DNS refresh, and `certs` are the TLS listeners' certificates.
     pub fn new(
         path: PathBuf,
         config: Arc<Config>,
-        health: watch::Sender<Vec<HealthProbe>>,
+        cluster_tasks: watch::Sender<Vec<Arc<Cluster>>>,
         certs: Vec<(SocketAddr, Arc<CertSwitch>)>,
     ) -> Self {
         Live {
             path,
             config: ArcSwap::new(config),
             generation: AtomicU64::new(1),
-            health,
+            cluster_tasks,
             certs,
             reloading: Mutex::new(()),
         }
@@ -113,7 +113,7 @@ impl Live {
                 switch.0.store(Arc::clone(&tls.certificates));
             }
         }
-        self.health.send_replace(new.health_probes());
+        self.cluster_tasks.send_replace(new.cluster_list());
         self.config.store(Arc::clone(&new));
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         crate::metrics::config_reloaded(true);

@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::connection::EdgeConnections;
 use crate::proxy::Gateway;
 use crate::reload::{CertSwitch, Live, ReloadOnSighup};
-use crate::upstream::HealthChecks;
+use crate::upstream::ClusterTasks;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -89,7 +89,7 @@ pub fn build(config: Config, path: PathBuf, opts: RunOptions) -> Result<Server, 
     server.bootstrap();
 
     let config = Arc::new(config);
-    let (health_tx, health) = HealthChecks::new(config.health_probes());
+    let (tasks_tx, cluster_tasks) = ClusterTasks::new(config.cluster_list());
     let certs: Vec<_> = settings
         .tls
         .iter()
@@ -100,7 +100,7 @@ pub fn build(config: Config, path: PathBuf, opts: RunOptions) -> Result<Server, 
             )
         })
         .collect();
-    let live = Arc::new(Live::new(path, config, health_tx, certs.clone()));
+    let live = Arc::new(Live::new(path, config, tasks_tx, certs.clone()));
 
     let mut app = pingora::proxy::http_proxy(
         &server.configuration,
@@ -145,7 +145,7 @@ pub fn build(config: Config, path: PathBuf, opts: RunOptions) -> Result<Server, 
     if let Some(admin) = &admin {
         server.add_service(crate::admin::service(admin, Arc::clone(&live)));
     }
-    server.add_service(background_service("health checks", health));
+    server.add_service(background_service("cluster tasks", cluster_tasks));
     server.add_service(background_service("reload on SIGHUP", ReloadOnSighup(live)));
     if let Some(writer) = log_writer {
         server.add_service(background_service("access log", writer));

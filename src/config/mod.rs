@@ -212,12 +212,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// The health probes of every cluster that has a health check.
-    pub fn health_probes(&self) -> Vec<crate::upstream::HealthProbe> {
-        self.clusters
-            .values()
-            .filter_map(|c| c.health_probe())
-            .collect()
+    /// Every cluster, for the service that runs their background tasks.
+    pub fn cluster_list(&self) -> Vec<Arc<Cluster>> {
+        self.clusters.values().cloned().collect()
     }
 }
 

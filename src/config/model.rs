@@ -118,6 +118,10 @@ pub struct ServerSection {
     /// `[[server.tls]]`: TLS listeners. Default: none.
     #[serde(default)]
     pub tls: Vec<TlsSection>,
+    /// `"ip:port"` nameservers for backends written as host names. Default: the system's
+    /// `resolv.conf` (and hosts file).
+    #[serde(default)]
+    pub resolvers: Vec<Spanned<String>>,
 }
 
 /// `[[server.tls]]`: one TLS listener.
@@ -163,6 +167,7 @@ impl Default for ServerSection {
             upgrade_sock: None,
             error_log: None,
             tls: Vec::new(),
+            resolvers: Vec::new(),
         }
     }
 }
@@ -212,6 +217,9 @@ pub struct ClusterSection {
     pub hash_on: Option<Spanned<String>>,
     /// `"host:port"` strings or `{ addr, weight }` tables. Required, at least one.
     pub backends: Vec<Spanned<BackendSpec>>,
+    /// How often host-name backends are looked up again. Default: each record's TTL, within
+    /// 1 s and 1 h.
+    pub dns_refresh: Option<HumanDuration>,
     /// TCP connect timeout. Default `"5s"` ([`DEFAULT_CONNECT_TIMEOUT`]).
     pub connect_timeout: Option<HumanDuration>,
     /// Timeout for each read from the upstream (response header and every body chunk).
@@ -350,7 +358,7 @@ pub const DEFAULT_WEIGHT: usize = 1;
 /// One entry of `backends`.
 #[derive(Debug, Clone)]
 pub struct BackendSpec {
-    /// `host:port`; hostnames are resolved when the config is loaded.
+    /// `host:port`; host names are resolved at load and again in the background.
     pub addr: String,
     /// Relative weight for round robin. Default `1` ([`DEFAULT_WEIGHT`]).
     pub weight: usize,

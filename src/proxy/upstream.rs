@@ -68,13 +68,13 @@ impl Gateway {
             None => &[],
         };
         match cluster.select(key, &ctx.failed) {
-            Some((addr, peer)) => {
-                ctx.backend = Some(*addr);
-                ctx.backend_slot = cluster.state(addr).map(|s| InFlight::enter(&s.in_flight));
+            Some(picked) => {
+                ctx.backend = Some(picked.addr);
+                ctx.backend_slot = Some(InFlight::enter(&picked.state.in_flight));
                 ctx.attempts += 1;
                 ctx.upstream_started = Some(Instant::now());
                 ctx.upstream_connected = None;
-                let mut peer = Box::new(peer.clone());
+                let mut peer = Box::new(picked.peer);
                 limit_attempt(
                     &mut peer,
                     cluster.resilience.retry.per_try_timeout,

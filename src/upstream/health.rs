@@ -1,24 +1,17 @@
-//! Active health checks: HTTP or TCP probes that mark backends up and down.
-//!
-//! All clusters are probed by one background service ([`HealthChecks`]) on one thread, each
-//! cluster on its own interval, rather than one Pingora service (and thread) per cluster.
+//! Active health checks: HTTP or TCP probes that mark backends up and down. They run in the
+//! cluster tasks service (`background.rs`), each cluster on its own interval.
 
-use super::{BackendState, Transport};
-use ahash::AHashMap;
+use super::{Membership, Transport};
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::Backend;
 use pingora::lb::LoadBalancer;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use pingora::{Error, ErrorType};
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// A compiled `[clusters.NAME.health_check]`.
 #[derive(Debug, Clone)]
@@ -40,16 +33,16 @@ pub struct HealthCheckSpec {
 impl HealthCheckSpec {
     /// The Pingora health check this spec describes, over the cluster's `transport` (HTTP
     /// checks speak its protocol and TLS, with `sni`). A check that passes ends the backend's
-    /// ejection, if outlier detection ejected it (`states`).
-    pub fn build(
+    /// ejection, if outlier detection ejected it (found in `membership`).
+    pub(super) fn build(
         &self,
         transport: &Transport,
         sni: &str,
-        states: AHashMap<SocketAddr, Arc<BackendState>>,
+        membership: Arc<ArcSwap<Membership>>,
     ) -> Box<dyn HealthCheck + Send + Sync> {
         Box::new(UnejectOnPass {
             check: self.probe(transport, sni),
-            states,
+            membership,
         })
     }
 
@@ -93,15 +86,17 @@ impl HealthCheckSpec {
 /// A health check that also ends a passing backend's ejection.
 struct UnejectOnPass {
     check: Box<dyn HealthCheck + Send + Sync>,
-    states: AHashMap<SocketAddr, Arc<BackendState>>,
+    membership: Arc<ArcSwap<Membership>>,
 }
 
 #[async_trait]
 impl HealthCheck for UnejectOnPass {
     async fn check(&self, target: &Backend) -> pingora::Result<()> {
         self.check.check(target).await?;
-        if let Some(state) = target.addr.as_inet().and_then(|a| self.states.get(a)) {
-            state.uneject();
+        if let Some(addr) = target.addr.as_inet() {
+            if let Some(member) = self.membership.load().members.get(addr) {
+                member.state.uneject();
+            }
         }
         Ok(())
     }
@@ -117,20 +112,12 @@ impl HealthCheck for UnejectOnPass {
 
 /// One cluster's balancer to probe and how often.
 #[derive(Clone)]
-pub enum HealthProbe {
+pub(super) enum HealthProbe {
     RoundRobin(Arc<LoadBalancer<RoundRobin>>, Duration),
     Consistent(Arc<LoadBalancer<Consistent>>, Duration),
 }
 
 impl HealthProbe {
-    /// Identifies the cluster probed: a reload that keeps a cluster keeps its probe running.
-    fn id(&self) -> usize {
-        match self {
-            HealthProbe::RoundRobin(lb, _) => Arc::as_ptr(lb) as usize,
-            HealthProbe::Consistent(lb, _) => Arc::as_ptr(lb) as usize,
-        }
-    }
-
     async fn run_once(&self) -> Duration {
         match self {
             HealthProbe::RoundRobin(lb, every) => {
@@ -145,56 +132,10 @@ impl HealthProbe {
     }
 
     /// Probes on the cluster's interval until aborted.
-    async fn run(self) {
+    pub(super) async fn run(self) {
         loop {
             let every = self.run_once().await;
             tokio::time::sleep(every).await;
-        }
-    }
-}
-
-/// The background service that probes every cluster with a health check. The set of probes
-/// follows the running configuration: after a reload, kept clusters keep their probe (and
-/// its counts), new ones start and removed ones stop.
-pub struct HealthChecks {
-    probes: watch::Receiver<Vec<HealthProbe>>,
-}
-
-impl HealthChecks {
-    /// The service, and the sender that gives it new probes.
-    pub fn new(probes: Vec<HealthProbe>) -> (watch::Sender<Vec<HealthProbe>>, HealthChecks) {
-        let (tx, rx) = watch::channel(probes);
-        (tx, HealthChecks { probes: rx })
-    }
-}
-
-#[async_trait]
-impl BackgroundService for HealthChecks {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut probes = self.probes.clone();
-        let mut running: HashMap<usize, tokio::task::JoinHandle<()>> = HashMap::new();
-        loop {
-            let current = probes.borrow_and_update().clone();
-            let wanted: HashSet<usize> = current.iter().map(HealthProbe::id).collect();
-            running.retain(|id, task| {
-                let keep = wanted.contains(id);
-                if !keep {
-                    task.abort();
-                }
-                keep
-            });
-            for probe in current {
-                running
-                    .entry(probe.id())
-                    .or_insert_with(|| tokio::spawn(probe.run()));
-            }
-            tokio::select! {
-                changed = probes.changed() => if changed.is_err() { break },
-                _ = shutdown.changed() => break,
-            }
-        }
-        for task in running.values() {
-            task.abort();
         }
     }
 }

@@ -10,6 +10,7 @@ mod common;
 mod compression;
 mod conformance;
 mod credentials;
+mod dns;
 mod docs;
 mod errors;
 mod jwt;

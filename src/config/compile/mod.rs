@@ -1,6 +1,6 @@
 //! Compiles the file model into the runtime model, reporting every semantic problem.
 //!
-//! Name references become `Arc`s, addresses are resolved, regexes, header names and direct
+//! Name references become `Arc`s, backend names are resolved, regexes, header names and direct
 //! responses are built here once, so nothing is parsed on the request path.
 
 use super::document::Document;
@@ -27,13 +27,14 @@ use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::compression::Algorithm;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 use toml::de::DeValue;
 use toml::Spanned;
 
+mod backends;
 mod resilience;
 
 /// Headers about a message's own framing or connection, never copied to another request.
@@ -76,6 +77,8 @@ pub struct Compiler<'d, 'a> {
     doc: &'d mut Document<'a>,
     /// The span of the entry being compiled, for problems that have no narrower position.
     entry: Option<Range<usize>>,
+    /// Where clusters' host names are looked up (`server.resolvers`).
+    nameservers: crate::upstream::dns::Nameservers,
 }
 
 /// Where a value is in the source, for [`Compiler::report`]; `None` for a value that is not
@@ -88,7 +91,11 @@ fn span_of<T>(value: &Spanned<T>) -> Option<Range<usize>> {
 impl<'d, 'a> Compiler<'d, 'a> {
     /// A compiler reporting into `doc`.
     pub fn new(doc: &'d mut Document<'a>) -> Self {
-        Compiler { doc, entry: None }
+        Compiler {
+            doc,
+            entry: None,
+            nameservers: Default::default(),
+        }
     }
 
     /// Sets the entry that following problems without a narrower position point at.
@@ -298,6 +305,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
     /// `[server]`.
     pub fn server(&mut self, s: ServerSection) -> ServerSettings {
         let key = KeyPath::root("server");
+        self.nameservers = self.resolvers(&key, &s.resolvers);
         if s.listen.is_empty() {
             self.report(
                 None,
@@ -479,47 +487,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
                 Some("add backends = [\"127.0.0.1:9000\"]".into()),
             );
         }
-        let mut backends: Vec<BackendAddr> = Vec::new();
-        for (i, spec) in c.backends.iter().enumerate() {
-            let bkey = key.child("backends").index(i);
-            let b = spec.get_ref();
-            if b.weight == 0 || b.weight > MAX_WEIGHT {
-                self.report(
-                    span_of(spec),
-                    &bkey,
-                    format!("weight must be between 1 and {MAX_WEIGHT}"),
-                    Some(
-                        "weights are relative: 1 and 3 send the second three times as much".into(),
-                    ),
-                );
-                continue;
-            }
-            match resolve(&b.addr) {
-                Ok(addrs) if addrs.iter().any(|a| backends.iter().any(|x| x.addr == *a)) => self
-                    .report(
-                        span_of(spec),
-                        &bkey,
-                        format!("backend `{}` is listed twice", b.addr),
-                        Some(
-                            "list each backend once and use weight to send it more traffic".into(),
-                        ),
-                    ),
-                Ok(addrs) => {
-                    let host = backend_host(&b.addr);
-                    backends.extend(addrs.into_iter().map(|addr| BackendAddr {
-                        addr,
-                        weight: b.weight,
-                        host: host.clone(),
-                    }))
-                }
-                Err(e) => self.report(
-                    span_of(spec),
-                    &bkey,
-                    e,
-                    Some("write it like \"127.0.0.1:9000\" or \"backend.internal:9000\"".into()),
-                ),
-            }
-        }
+        let (backends, dns) = self.backends(&key, &c.backends, c.dns_refresh);
         let balancing = match (c.balancer, &c.hash_on) {
             (BalancerKind::ConsistentHash, None) => Balancing::ConsistentHash(HashOn::ClientIp),
             (BalancerKind::ConsistentHash, Some(h)) => match HashOn::parse(h.get_ref()) {
@@ -576,7 +544,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
         let transport = self.transport(&key, &c.protocol, c.tls, c.sni, c.verify, &backends);
         (self.error_count() == before).then(|| {
             Cluster::new(
-                name, &backends, balancing, timeouts, &transport, resilience, health,
+                name, &backends, balancing, timeouts, &transport, resilience, health, dns,
             )
         })
     }
@@ -1247,38 +1215,6 @@ impl<'d, 'a> Compiler<'d, 'a> {
 
     fn error_count(&self) -> usize {
         self.doc.error_count()
-    }
-}
-
-/// Resolves `host:port` once, at load (never on the request path). Like nginx, a name that
-/// resolves to several addresses becomes one backend per address.
-fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
-    if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(vec![a]);
-    }
-    if !addr.contains(':') {
-        return Err(format!("backend `{addr}` has no port"));
-    }
-    let mut addrs: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve backend `{addr}`: {e}"))?
-        .collect();
-    addrs.sort_unstable();
-    addrs.dedup();
-    if addrs.is_empty() {
-        return Err(format!("backend `{addr}` resolved to no address"));
-    }
-    Ok(addrs)
-}
-
-/// The host part of a backend written as `host:port`, empty when it is an IP address.
-fn backend_host(addr: &str) -> String {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.parse::<IpAddr>().is_ok() {
-        String::new()
-    } else {
-        host.to_string()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Test harness: the real `gantry` binary as a child process and real upstream servers, all
 //! on ephemeral loopback ports.
 
+pub mod dns_server;
 pub mod protocol_upstream;
 pub mod raw_http;
 pub mod redis_server;
@@ -316,9 +317,12 @@ impl Faults {
 
 impl Upstream {
     pub async fn start(name: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        Upstream::start_on(name, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// An upstream listening on `addr` (any loopback address, port 0 for any port).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Upstream {
+        let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
