@@ -195,6 +195,9 @@ impl Refresher {
     /// Looks every name up; returns the new backend list when it changed, and when to look
     /// again.
     async fn round(&mut self, resolver: &TokioResolver) -> (Option<Vec<BackendAddr>>, Duration) {
+        // Ask the nameservers, not the resolver's cache: `dns_refresh` may be shorter than a
+        // record's TTL.
+        resolver.clear_cache();
         let mut changed = false;
         let mut next = MAX_REFRESH;
         for (name, state) in self.dns.named.iter().zip(&mut self.names) {
