@@ -5,6 +5,7 @@
 //! consistent hashing). Peers (address plus timeouts) are built once per backend at load, so
 //! picking an upstream costs a selection and a clone, nothing else.
 
+pub mod exchange;
 pub mod hash_key;
 mod health;
 mod in_flight;
