@@ -13,6 +13,7 @@ mod credentials;
 mod docs;
 mod errors;
 mod jwt;
+mod mirror;
 mod observability;
 mod plugins;
 mod proxying;
