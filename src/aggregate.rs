@@ -8,6 +8,7 @@
 //! call); a failed optional call becomes `null`, is described under `errors`, and is named in
 //! the `Gantry-Partial` response header.
 
+use crate::upstream::exchange::{exchange, ExchangeError, Stage};
 use crate::upstream::hash_key::ip_key;
 use crate::upstream::{Cluster, InFlight, RetryReason};
 use gantry_plugins::gateway::Template;
@@ -244,78 +245,43 @@ impl Call {
         peer: &pingora::upstreams::peer::HttpPeer,
         req: &RequestHeader,
     ) -> Result<Answer, (CallFailure, RetryReason)> {
-        let failed = |what: &str, reason| {
-            let failure = CallFailure {
-                status: if reason == RetryReason::Timeout {
-                    504
-                } else {
-                    502
-                },
-                detail: format!("the upstream failed while {what}"),
-            };
-            (failure, reason)
+        let mut body = Vec::new();
+        let sink = |chunk: bytes::Bytes| {
+            body.extend_from_slice(&chunk);
+            body.len() <= MAX_CALL_BODY
         };
-        let reason_of = |e: &pingora::Error| match e.etype() {
-            pingora::ErrorType::ReadTimedout | pingora::ErrorType::WriteTimedout => {
-                RetryReason::Timeout
-            }
-            _ => RetryReason::Reset,
-        };
-        let mut session = match connector.get_http_session(peer).await {
-            Ok((session, _reused)) => session,
-            Err(_) => {
-                let failure = CallFailure {
+        let resp = exchange(connector, peer, req.clone(), None, sink)
+            .await
+            .map_err(|e| (self.failure(e), e.reason))?;
+        Ok(Answer {
+            status: resp.status.as_u16(),
+            json: gantry_plugins::gateway::is_json(&resp.headers),
+            body,
+        })
+    }
+
+    /// What a failed exchange with the cluster means for the call.
+    fn failure(&self, e: ExchangeError) -> CallFailure {
+        let what = match e.stage {
+            Stage::Connect => {
+                return CallFailure {
                     status: 502,
                     detail: format!("cluster `{}` could not be reached", self.cluster.name),
-                };
-                return Err((failure, RetryReason::ConnectFailure));
+                }
             }
+            Stage::Request => "receiving the request",
+            Stage::Answer => "answering",
+            Stage::Body => "sending the body",
+            Stage::BodyRefused => "sending a body over 4 MiB",
         };
-        session.set_read_timeout(peer.options.read_timeout);
-        session.set_write_timeout(peer.options.write_timeout);
-        session
-            .write_request_header(Box::new(req.clone()))
-            .await
-            .map_err(|e| failed("receiving the request", reason_of(&e)))?;
-        session
-            .finish_request_body()
-            .await
-            .map_err(|e| failed("receiving the request", reason_of(&e)))?;
-        // Skip informational answers (100, 103 Early Hints) to the final one.
-        loop {
-            session
-                .read_response_header()
-                .await
-                .map_err(|e| failed("answering", reason_of(&e)))?;
-            let informational = session
-                .response_header()
-                .is_some_and(|r| r.status.is_informational());
-            if !informational {
-                break;
-            }
+        CallFailure {
+            status: if e.reason == RetryReason::Timeout {
+                504
+            } else {
+                502
+            },
+            detail: format!("the upstream failed while {what}"),
         }
-        let (status, json) = match session.response_header() {
-            Some(resp) => (
-                resp.status.as_u16(),
-                gantry_plugins::gateway::is_json(&resp.headers),
-            ),
-            None => return Err(failed("answering", RetryReason::Reset)),
-        };
-        let mut body = Vec::new();
-        while let Some(chunk) = session
-            .read_response_body()
-            .await
-            .map_err(|e| failed("sending the body", reason_of(&e)))?
-        {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_CALL_BODY {
-                return Err(failed("sending a body over 4 MiB", RetryReason::Reset));
-            }
-        }
-        connector
-            .release_http_session(session, peer, peer.options.idle_timeout)
-            .await;
-        Ok(Answer { status, json, body })
     }
 }
 

@@ -16,6 +16,7 @@
 //! router  (host index -> exact / prefix trie / regex path index)
 //! upstream (pingora-load-balancing clusters, peers with timeouts, active health checks)
 //! aggregate (service composition: concurrent calls to clusters merged into one JSON)
+//! mirror  (request mirroring: a share of a route's requests copied to another cluster)
 //! cache   (response cache: bounded in-memory storage, eviction, cache lock)
 //! access_log, metrics (one record and a few atomic counters per request)
 //! admin   (its own listener: /metrics, /health, /status, /cache/purge)
@@ -32,6 +33,7 @@ pub mod config;
 pub(crate) mod connection;
 pub(crate) mod forwarded;
 pub mod metrics;
+pub(crate) mod mirror;
 pub(crate) mod proxy;
 pub(crate) mod reload;
 pub mod router;

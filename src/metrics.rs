@@ -202,11 +202,70 @@ impl ClusterMetrics {
     }
 }
 
+/// What became of a request chosen for mirroring: the `outcome` label of
+/// `gantry_mirror_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorOutcome {
+    /// The mirror's backend answered with a status below 500.
+    Sent,
+    /// No backend, a connect error, a reset, a timeout or a 5xx answer.
+    Failed,
+    /// The request body went over `max_body`: nothing was sent.
+    DroppedBodyTooLarge,
+    /// Every mirror place in flight was taken: nothing was sent.
+    DroppedQueueFull,
+    /// The mirror cluster's circuit breaker (`max_requests`) refused it: nothing was sent.
+    DroppedOverloaded,
+}
+
+impl MirrorOutcome {
+    /// Every outcome, in label order.
+    const ALL: [MirrorOutcome; 5] = [
+        MirrorOutcome::Sent,
+        MirrorOutcome::Failed,
+        MirrorOutcome::DroppedBodyTooLarge,
+        MirrorOutcome::DroppedQueueFull,
+        MirrorOutcome::DroppedOverloaded,
+    ];
+
+    /// The label value.
+    fn label(self) -> &'static str {
+        match self {
+            MirrorOutcome::Sent => "sent",
+            MirrorOutcome::Failed => "failed",
+            MirrorOutcome::DroppedBodyTooLarge => "dropped_body_too_large",
+            MirrorOutcome::DroppedQueueFull => "dropped_queue_full",
+            MirrorOutcome::DroppedOverloaded => "dropped_overloaded",
+        }
+    }
+}
+
+/// One route's mirroring to one cluster: requests by outcome.
+#[derive(Default)]
+pub struct MirrorMetrics {
+    outcomes: [AtomicU64; MirrorOutcome::ALL.len()],
+}
+
+impl MirrorMetrics {
+    /// Counts a mirrored request's outcome.
+    pub fn record(&self, outcome: MirrorOutcome) {
+        self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for MirrorMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MirrorMetrics")
+    }
+}
+
 /// Every route's and cluster's counters, by name, for the life of the process.
 #[derive(Default)]
 struct Registry {
     routes: BTreeMap<String, Arc<RouteMetrics>>,
     clusters: BTreeMap<String, Arc<ClusterMetrics>>,
+    /// By route, then mirror cluster.
+    mirrors: BTreeMap<(String, String), Arc<MirrorMetrics>>,
 }
 
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
@@ -229,6 +288,17 @@ pub fn cluster(name: &str) -> Arc<ClusterMetrics> {
             .lock()
             .clusters
             .entry(name.to_string())
+            .or_default(),
+    )
+}
+
+/// The mirroring counters of route `route` to cluster `cluster`.
+pub fn mirror(route: &str, cluster: &str) -> Arc<MirrorMetrics> {
+    Arc::clone(
+        REGISTRY
+            .lock()
+            .mirrors
+            .entry((route.to_string(), cluster.to_string()))
             .or_default(),
     )
 }
@@ -339,6 +409,21 @@ fn render_routes_and_clusters(out: &mut String) {
         for (cluster, m) in &registry.clusters {
             let n = value(m).load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {n}", escape(cluster));
+        }
+    }
+    out.push_str(
+        "# HELP gantry_mirror_requests_total Requests chosen for mirroring, by route, mirror cluster and outcome\n",
+    );
+    out.push_str("# TYPE gantry_mirror_requests_total counter\n");
+    for ((route, cluster), m) in &registry.mirrors {
+        let (route, cluster) = (escape(route), escape(cluster));
+        for (outcome, n) in MirrorOutcome::ALL.iter().zip(&m.outcomes) {
+            let n = n.load(Ordering::Relaxed);
+            let outcome = outcome.label();
+            let _ = writeln!(
+                out,
+                "gantry_mirror_requests_total{{route=\"{route}\",cluster=\"{cluster}\",outcome=\"{outcome}\"}} {n}"
+            );
         }
     }
     histograms(
@@ -570,6 +655,13 @@ mod tests {
             "OTHER"
         );
         assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
+    }
+
+    #[test]
+    fn mirror_outcomes_count_in_label_order() {
+        for (i, outcome) in MirrorOutcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i, "{}", outcome.label());
+        }
     }
 
     #[test]

@@ -484,6 +484,9 @@ pub struct RouteSection {
     /// syntax: `header:x-user-id`, `cookie:NAME`, `query:NAME`, `client_ip`...). Default: none
     /// (each request is split at random by weight).
     pub split_key: Option<Spanned<String>>,
+    /// A copy of a share of the route's requests, as sent upstream, to another cluster (fire
+    /// and forget). Only on routes with `cluster` or `clusters`. Default: none.
+    pub mirror: Option<Spanned<MirrorSection>>,
     /// The cluster that serves this route (exactly one of `cluster` and `respond`).
     pub cluster: Option<Spanned<String>>,
     /// A direct response served by the gateway itself.
@@ -512,6 +515,25 @@ pub struct SplitEntry {
     /// Its share of the route's requests, relative to the others (0 drains it). Default `1`
     /// ([`DEFAULT_SPLIT_WEIGHT`]).
     pub weight: Option<u32>,
+}
+
+/// `routes.*.mirror.percent`'s default: every request.
+pub const DEFAULT_MIRROR_PERCENT: u32 = 100;
+/// `routes.*.mirror.max_body`'s default: 64 KiB.
+pub const DEFAULT_MIRROR_MAX_BODY: u64 = 64 * 1024;
+
+/// `mirror = { cluster, percent, max_body }` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSection {
+    /// The cluster the copies go to. Required.
+    pub cluster: Spanned<String>,
+    /// The share of the route's requests mirrored, 0 to 100. Default `100`
+    /// ([`DEFAULT_MIRROR_PERCENT`]).
+    pub percent: Option<Spanned<u32>>,
+    /// The largest request body copied; a request with a larger one is not mirrored. Default
+    /// `"64KiB"` ([`DEFAULT_MIRROR_MAX_BODY`]).
+    pub max_body: Option<Spanned<HumanSize>>,
 }
 
 /// `routes.*.respond.status`'s default.

@@ -48,6 +48,8 @@ pub struct RequestCtx {
     pub upstream_responded: Option<Instant>,
     /// Why the gateway answered the request itself, if it did.
     pub error: Option<Failure>,
+    /// The copy of the request for the route's mirror, across attempts.
+    pub mirroring: crate::mirror::Mirroring,
 }
 
 /// Why the gateway answered a request itself: logged as its problem `type` slug, and matched

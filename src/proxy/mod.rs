@@ -10,7 +10,8 @@
 //!   access-log record.
 //!
 //! `upstream_peer` picks a backend (again on each retry), `fail_to_connect` decides retries,
-//! `upstream_request_filter` strips the prefix and sets the forwarding headers, and
+//! `upstream_request_filter` strips the prefix and sets the forwarding headers (and the request
+//! as sent upstream, with its body in `request_body_filter`, is copied for the route's mirror), and
 //! `fail_to_proxy` turns any error into problem+json.
 
 mod cache_hooks;
@@ -59,8 +60,8 @@ pub struct Gateway {
     grpc_web_module: bool,
     /// The compression module was loaded (a route of the first configuration compresses).
     compression_module: bool,
-    /// Pooled upstream connections for `aggregate` calls.
-    connector: Connector,
+    /// Pooled upstream connections for `aggregate` calls and mirrored requests.
+    connector: Arc<Connector>,
     /// Where each request's record goes.
     access_log: Arc<AccessLog>,
     /// The counters of requests no route matched.
@@ -78,7 +79,7 @@ impl Gateway {
             live,
             grpc_web_module,
             compression_module,
-            connector: Connector::new(None),
+            connector: Arc::new(Connector::new(None)),
             access_log,
             unmatched: crate::metrics::route(crate::metrics::UNMATCHED),
         }

@@ -1,6 +1,6 @@
 //! The upstream phase: choosing a backend (again on each retry), deciding retries, the request
 //! body plugins, the request sent upstream (prefix, forwarding headers, gRPC-Web, plugins, the
-//! rewritten path check) and the upstream's response header.
+//! rewritten path check, the mirror's copy) and the upstream's response header.
 
 use super::problem::{
     ALL_BACKENDS_FAILED, BODY_REJECTED, NO_HEALTHY_BACKEND, REWRITTEN_PATH_REFUSED, STATUS_RETRY,
@@ -200,6 +200,8 @@ impl Gateway {
             ctx.body_rejection = Some(rejection);
             return Error::e_explain(BODY_REJECTED, "a plugin refused the request body");
         }
+        ctx.mirroring
+            .body_sent(body.as_ref(), end_of_stream, &self.connector);
         Ok(())
     }
 
@@ -252,6 +254,12 @@ impl Gateway {
         // A rewritten path is held to the rules of a client's.
         if let Err(why) = forwarded::check_path(upstream.uri.path()) {
             return Error::e_explain(REWRITTEN_PATH_REFUSED, why);
+        }
+        // An upgrade's frames are not a request to copy.
+        let mirror = ctx.route.as_ref().and_then(|r| r.mirror.as_ref());
+        if let Some(mirror) = mirror.filter(|_| !session.is_upgrade_req()) {
+            ctx.mirroring
+                .header_sent(mirror, upstream, ctx.state.client.ip);
         }
         Ok(())
     }

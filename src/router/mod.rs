@@ -71,6 +71,8 @@ pub struct Route {
     pub metrics: Arc<crate::metrics::RouteMetrics>,
     /// The deadline until the response header, retries included.
     pub timeout: Option<std::time::Duration>,
+    /// Where a share of the route's requests is copied to.
+    pub mirror: Option<Arc<crate::mirror::Mirror>>,
 }
 
 /// What a matched route does.

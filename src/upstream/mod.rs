@@ -11,6 +11,7 @@
 
 mod background;
 pub mod dns;
+pub mod exchange;
 pub mod hash_key;
 mod health;
 mod in_flight;

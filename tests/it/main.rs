@@ -14,6 +14,7 @@ mod dns;
 mod docs;
 mod errors;
 mod jwt;
+mod mirror;
 mod observability;
 mod plugins;
 mod proxying;

@@ -7,8 +7,8 @@ use super::document::Document;
 use super::error::{did_you_mean, KeyPath};
 use super::model::{
     self, AdminSection, AggregateSection, BalancerKind, CacheSection, ClusterSection,
-    HealthCheckKind, HealthCheckSection, HumanSize, LogSection, ProtocolKind, RespondSection,
-    RouteSection, ServerSection, SplitEntry, TlsSection,
+    HealthCheckKind, HealthCheckSection, HumanSize, LogSection, MirrorSection, ProtocolKind,
+    RespondSection, RouteSection, ServerSection, SplitEntry, TlsSection,
 };
 use super::plugins::Plugins;
 use super::{
@@ -16,6 +16,7 @@ use super::{
 };
 use crate::access_log::{Format, Sink};
 use crate::aggregate::{Aggregate, Call};
+use crate::mirror::Mirror;
 use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction, RouteSpec};
 use crate::upstream::{
     BackendAddr, Balancing, Cluster, HashOn, HealthCheckSpec, Protocol, Resilience, Timeouts,
@@ -55,6 +56,9 @@ const MAX_WEIGHT: usize = 1000;
 
 /// The smallest `cache.max_size`: 1 MiB.
 const MIN_CACHE_SIZE: usize = 1 << 20;
+
+/// The largest `routes.*.mirror.max_body`: each mirrored request holds its body until sent.
+const MAX_MIRROR_BODY: u64 = 16 << 20;
 
 /// The shortest admin token.
 const MIN_ADMIN_TOKEN_LEN: usize = 16;
@@ -764,6 +768,12 @@ impl<'d, 'a> Compiler<'d, 'a> {
             );
         }
         let action = self.route_action(&key, &mut r, clusters, &templates, timeout);
+        let mirror = r.mirror.as_ref().and_then(|m| {
+            let proxied = action
+                .as_ref()
+                .is_none_or(|a| matches!(a, RouteAction::Proxy(_) | RouteAction::Split(_)));
+            self.mirror(name, &key.child("mirror"), m, proxied, clusters)
+        });
         let compress = self.compress(&key, &r.compress);
         if self.error_count() != before {
             return None;
@@ -789,6 +799,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
             metrics: crate::metrics::route(name),
             compress,
             timeout,
+            mirror,
         };
         Some(RouteSpec {
             route: Arc::new(route),
@@ -957,6 +968,57 @@ impl<'d, 'a> Compiler<'d, 'a> {
                 None
             }
         }
+    }
+
+    /// Route `route`'s `mirror` (`proxied`: the route proxies, or its action failed to
+    /// compile); `None` when it has errors or its cluster failed to compile.
+    fn mirror(
+        &mut self,
+        route: &str,
+        key: &KeyPath,
+        m: &Spanned<MirrorSection>,
+        proxied: bool,
+        clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
+    ) -> Option<Arc<Mirror>> {
+        let before = self.error_count();
+        let section = m.get_ref();
+        if !proxied {
+            self.report(
+                span_of(m),
+                key,
+                "mirror copies proxied requests: it applies to routes with `cluster` or `clusters`",
+                Some("remove mirror from this route".into()),
+            );
+        }
+        let percent = section
+            .percent
+            .as_ref()
+            .map_or(model::DEFAULT_MIRROR_PERCENT, |p| *p.get_ref());
+        if percent > 100 {
+            let p = section.percent.as_ref().and_then(span_of);
+            let msg = format!("percent must be between 0 and 100, not {percent}");
+            self.report(p, &key.child("percent"), msg, None);
+        }
+        let max_body = section
+            .max_body
+            .as_ref()
+            .map_or(model::DEFAULT_MIRROR_MAX_BODY, |s| s.get_ref().0);
+        if max_body > MAX_MIRROR_BODY {
+            let span = section.max_body.as_ref().and_then(span_of);
+            self.report(
+                span,
+                &key.child("max_body"),
+                format!("{max_body} bytes is over the largest mirrored body"),
+                Some("give it at most \"16MiB\"; larger bodies are not mirrored".into()),
+            );
+        }
+        let cluster = self.cluster_ref(&section.cluster, &key.child("cluster"), clusters)??;
+        if self.error_count() != before {
+            return None;
+        }
+        // Within MAX_MIRROR_BODY, so it fits.
+        let max_body = usize::try_from(max_body).unwrap_or(usize::MAX);
+        Some(Arc::new(Mirror::new(route, cluster, percent, max_body)))
     }
 
     /// A reference to a cluster: `Some(None)` when it failed to compile (already reported),
