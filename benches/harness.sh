@@ -80,3 +80,34 @@ rs256_token() {
   echo "$head.$body.$sig"
 }
 _b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+
+# resilience_routes UPSTREAM: TOML for three clusters of the backend UPSTREAM and their routes:
+# /least (balancer = "least_request"), /ewma ("peak_ewma") and /resilient (round robin with a
+# [retry] table, [outlier] detection, max_requests and a route timeout, none of them triggered).
+resilience_routes() {
+  cat <<CONF
+[clusters.least]
+balancer = "least_request"
+backends = ["$1"]
+[routes.least]
+paths = ["/least"]
+cluster = "least"
+
+[clusters.ewma]
+balancer = "peak_ewma"
+backends = ["$1"]
+[routes.ewma]
+paths = ["/ewma"]
+cluster = "ewma"
+
+[clusters.resilient]
+backends = ["$1"]
+max_requests = 100000
+[clusters.resilient.retry]
+[clusters.resilient.outlier]
+[routes.resilient]
+paths = ["/resilient"]
+cluster = "resilient"
+timeout = "30s"
+CONF
+}

@@ -146,29 +146,7 @@ cluster = "upstream"
 [routes.cached.plugins.cache]
 default_ttl = "60s"
 
-[clusters.least]
-balancer = "least_request"
-backends = ["127.0.0.1:$UP"]
-[routes.least]
-paths = ["/least"]
-cluster = "least"
-
-[clusters.ewma]
-balancer = "peak_ewma"
-backends = ["127.0.0.1:$UP"]
-[routes.ewma]
-paths = ["/ewma"]
-cluster = "ewma"
-
-[clusters.resilient]
-backends = ["127.0.0.1:$UP"]
-max_requests = 100000
-[clusters.resilient.retry]
-[clusters.resilient.outlier]
-[routes.resilient]
-paths = ["/resilient"]
-cluster = "resilient"
-timeout = "30s"
+$(resilience_routes "127.0.0.1:$UP")
 CONF
 
 TOKEN=$(rs256_token)

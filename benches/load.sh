@@ -9,6 +9,7 @@
 #   CACHE_ONLY=1 benches/load.sh                        # only the cached-hit comparison
 #   LOG_ONLY=1 ROUNDS=5 benches/load.sh                 # only the access log's cost
 #   PROXY_ONLY=1 CONNS=1000 benches/load.sh             # only Gantry against nginx
+#   RESILIENCE_ONLY=1 ROUNDS=5 benches/load.sh          # only the balancers and resilience
 #
 # Upstream: nginx, one worker, answering a small body. Both proxies write an access log to a
 # file (nginx combined, buffered; Gantry JSON). A second Gantry without the log measures its
@@ -23,6 +24,10 @@
 # /redis-limited (rate-limit, policy redis, never hit, against a local redis-server on CPU 1),
 # compared with its plain route. Last, cached hits: nginx's proxy_cache against Gantry's cache
 # plugin on /cached (the upstream is asked once; every measured request is a hit).
+# With RESILIENCE_ONLY, the same Gantry's plain route (round robin, the retries shorthand)
+# against /least (balancer = "least_request"), /ewma ("peak_ewma") and /resilient (round robin
+# with a [retry] table, [outlier] detection, max_requests and a route timeout, none triggered),
+# each a cluster of the same upstream, in alternating rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/harness.sh
@@ -37,6 +42,7 @@ REDIS_UNIX=${REDIS_UNIX:-}
 CACHE_ONLY=${CACHE_ONLY:-}
 LOG_ONLY=${LOG_ONLY:-}
 PROXY_ONLY=${PROXY_ONLY:-}
+RESILIENCE_ONLY=${RESILIENCE_ONLY:-}
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -144,6 +150,8 @@ interval = "1s"
 [routes.bench]
 paths = ["/"]
 cluster = "backend"
+
+$(resilience_routes "127.0.0.1:$UP")
 
 [routes.cached]
 paths = ["/cached"]
@@ -286,7 +294,7 @@ log_cost() {
   median < "$work/log_ratios" | awk '{ printf "access log (json, file): median ratio %.3f: costs %.1f%% of throughput\n", $1, (1 - $1) * 100 }'
 }
 
-if [ -z "$PLUGINS_ONLY$CACHE_ONLY" ]; then
+if [ -z "$PLUGINS_ONLY$CACHE_ONLY$RESILIENCE_ONLY" ]; then
   [ -z "$LOG_ONLY" ] && paired server "$PATH_UNDER_TEST" "nginx:$NGX" "gantry:$GAN" && echo
   [ -n "$PROXY_ONLY" ] && exit 0
   log_cost
@@ -294,7 +302,7 @@ fi
 [ -n "$LOG_ONLY" ] && exit 0
 
 # Cached hits: nginx proxy_cache against Gantry's cache plugin.
-if [ -z "$PLUGINS_ONLY" ]; then
+if [ -z "$PLUGINS_ONLY$RESILIENCE_ONLY" ]; then
   for port in "$NGX" "$GAN"; do
     curl -fs -o /dev/null "http://127.0.0.1:$port/cached"
     hit=$(curl -fs -o /dev/null -D - "http://127.0.0.1:$port/cached" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache-status" {print $2}')
@@ -305,27 +313,45 @@ if [ -z "$PLUGINS_ONLY" ]; then
 fi
 [ -n "$CACHE_ONLY" ] && exit 0
 
+# compare_routes SPEC...: the same Gantry on each route of SPEC ("name|path|header"), the first
+# the reference, in ROUNDS rounds of one run each; prints each run, then the medians and each
+# route's cost in throughput against the first.
+compare_routes() {
+  local results="$work/routes.$RANDOM" spec name path header rps p50 p99 cpu busy first=
+  printf "%-7s %-9s %12s %9s %9s %11s %6s\n" round route "req/s" "p50 ms" "p99 ms" "cpu us/req" "busy"
+  for r in $(seq "$ROUNDS"); do
+    for spec in "$@"; do
+      IFS='|' read -r name path header <<< "$spec"
+      read -r rps p50 p99 cpu < <(run gantry "$GAN" "$path" "$header")
+      # busy: the share of its core Gantry used; under 100% the other core (wrk, the upstream,
+      # Redis) was the bottleneck, not Gantry.
+      busy=$(awk -v c="$cpu" -v r="$rps" 'BEGIN {printf "%.0f%%", c * r / 1e4}')
+      printf "%-7s %-9s %12s %9s %9s %11s %6s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu" "$busy"
+      echo "$name $rps $p50 $p99 $cpu" >> "$results"
+    done
+  done
+  for spec in "$@"; do
+    name=${spec%%|*}
+    rps=$(awk -v n="$name" '$1==n {print $2}' "$results" | median)
+    cpu=$(awk -v n="$name" '$1==n {print $5}' "$results" | median)
+    [ -n "$first" ] || first=$rps
+    awk -v n="$name" -v r="$rps" -v c="$cpu" -v f="$first" \
+      'BEGIN { printf "median  %-9s %12.0f req/s  %8.2f cpu us/req  cost vs the first %5.1f%%\n", n, r, c, (1 - r/f) * 100 }'
+  done
+}
+
+if [ -n "$RESILIENCE_ONLY" ]; then
+  for path in /least /ewma /resilient; do
+    curl -fs -o /dev/null "http://127.0.0.1:$GAN$path" || { echo "$path failed" >&2; exit 1; }
+  done
+  compare_routes "plain|/bench|" "least|/least|" "ewma|/ewma|" "resilient|/resilient|"
+  exit 0
+fi
+
 # Plugins: Gantry's plain route against jwt-auth and key-auth routes, alternating.
 curl -fs -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GAN/jwt" || { echo "jwt route refused the token" >&2; exit 1; }
 curl -fs -o /dev/null -H "x-api-key: bench-key-0123456789" "http://127.0.0.1:$GAN/key" || { echo "key route refused the key" >&2; exit 1; }
 curl -fs -o /dev/null "http://127.0.0.1:$GAN/redis-limited" || { echo "redis-limited route failed (is redis-server up?)" >&2; exit 1; }
 echo
-printf "%-7s %-6s %12s %9s %9s %11s %6s\n" round route "req/s" "p50 ms" "p99 ms" "cpu us/req" "busy"
-: > "$work/plugin_results"
-for r in $(seq "$ROUNDS"); do
-  for spec in "plain|/bench|" "jwt|/jwt|Authorization: Bearer $TOKEN" "key|/key|x-api-key: bench-key-0123456789" "limit|/limited|" "redis|/redis-limited|"; do
-    IFS='|' read -r name path header <<< "$spec"
-    read -r rps p50 p99 cpu < <(run gantry "$GAN" "$path" "$header")
-    # busy: the share of its core Gantry used; under 100% the other core (wrk, the upstream,
-    # Redis) was the bottleneck, not Gantry.
-    busy=$(awk -v c="$cpu" -v r="$rps" 'BEGIN {printf "%.0f%%", c * r / 1e4}')
-    printf "%-7s %-6s %12s %9s %9s %11s %6s\n" "$r" "$name" "$rps" "$p50" "$p99" "$cpu" "$busy"
-    echo "$name $rps $p50 $p99 $cpu" >> "$work/plugin_results"
-  done
-done
-for name in plain jwt key limit redis; do
-  v=$(awk -v n="$name" '$1==n {print $2}' "$work/plugin_results" | median)
-  eval "plugin_$name=$v"
-done
-awk -v p="$plugin_plain" -v j="$plugin_jwt" -v k="$plugin_key" -v l="$plugin_limit" -v r="$plugin_redis" \
-  'BEGIN { printf "median req/s: plain %.0f  jwt %.0f  key %.0f  limit %.0f  redis %.0f\ncost vs plain: jwt-auth %.1f%%  key-auth %.1f%%  rate-limit local %.1f%%  rate-limit redis %.1f%% (keeps %.0f%% of plain)\n", p, j, k, l, r, (1 - j/p) * 100, (1 - k/p) * 100, (1 - l/p) * 100, (1 - r/p) * 100, r/p * 100 }'
+compare_routes "plain|/bench|" "jwt|/jwt|Authorization: Bearer $TOKEN" "key|/key|x-api-key: bench-key-0123456789" \
+  "limit|/limited|" "redis|/redis-limited|"

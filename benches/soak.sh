@@ -175,8 +175,10 @@ sleep 1   # the access log writer flushes
 
 metrics=$(curl -s "http://127.0.0.1:$admin/metrics")
 python3 - "$work" "$DURATION" <<'PY' > "$work/report.txt"
-import collections, json, sys
+import collections, datetime, json, sys
 work, duration = sys.argv[1], int(sys.argv[2])
+errors_at = collections.Counter()
+first_time = None
 oha = json.load(open(f"{work}/oha.json"))
 statuses = collections.Counter()
 causes = collections.Counter()
@@ -188,8 +190,14 @@ for line in open(f"{work}/access.log"):
         continue
     statuses[r["status"]] += 1
     attempts[r.get("attempts", 0)] += 1
+    t = datetime.datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp()
+    first_time = first_time if first_time is not None else t
     if r["status"] != 200:
         causes[(r["status"], r.get("error") or "upstream answer")] += 1
+        errors_at[int(t - first_time) // 5 * 5] += 1
+with open(f"{work}/errors", "w") as out:
+    for t in range(0, duration + 5, 5):
+        out.write(f"{t} {errors_at[t] / 5}\n")
 print(f"duration {duration} s, oha: {oha['summary']['requestsPerSec']:.0f} req/s")
 print("client side (oha) statuses:", dict(oha.get("statusCodeDistribution", {})))
 print("client side (oha) errors:", dict(oha.get("errorDistribution", {})))
@@ -220,7 +228,8 @@ set yrange [0:*]
 set y2range [0:*]
 set title "gantry soak: RSS and requests per second while backends fail"
 plot "$work/series" using 1:2 with lines title "RSS MiB" axes x1y1, \
-     "$work/series" using 1:3 with lines title "req/s (access log)" axes x1y2
+     "$work/series" using 1:3 with lines title "req/s (access log)" axes x1y2, \
+     "$work/errors" using 1:2 with impulses lw 3 title "client-visible errors/s" axes x1y2
 GP
 cat "$work/report.txt"
 echo "chart: $work/soak.png"

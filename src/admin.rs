@@ -138,6 +138,7 @@ impl AdminApp {
                             .map(|t| humantime::format_rfc3339_seconds(t).to_string());
                         serde_json::json!({
                             "address": addr.to_string(),
+                            "host": c.host_of(&addr),
                             "healthy": healthy,
                             "ejected_until": ejected_until,
                             "in_flight": state.map_or(0, |s| s.in_flight.load(std::sync::atomic::Ordering::Relaxed)),

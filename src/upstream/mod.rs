@@ -481,6 +481,16 @@ impl Cluster {
         }
     }
 
+    /// The host name `backend` was written with or resolved from (empty for an IP address).
+    pub fn host_of(&self, backend: &SocketAddr) -> String {
+        self.membership
+            .load()
+            .members
+            .get(backend)
+            .map(|m| m.host.clone())
+            .unwrap_or_default()
+    }
+
     /// What traffic has seen of `backend`.
     pub fn state(&self, backend: &SocketAddr) -> Option<Arc<BackendState>> {
         self.membership

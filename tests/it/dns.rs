@@ -1,7 +1,8 @@
 //! DNS re-resolution of backends written as host names, against a DNS server run by the test.
 
 use crate::common::dns_server::DnsServer;
-use crate::common::{check_config, client, eventually, Gantry, Upstream};
+use crate::common::{check_config, client, eventually, free_port, Gantry, Upstream};
+use crate::resilience::{admin_listener, clusters};
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -32,11 +33,16 @@ async fn traffic_follows_a_changed_answer_and_a_dead_resolver_keeps_the_last_add
     let port = first.addr.port();
     let second = Upstream::start_on("second", SocketAddr::from((SECOND, port))).await;
     let dns = DnsServer::start(&[FIRST]);
+    let admin = free_port();
     let (server, body) = named_cluster(&dns, port, "");
-    let g = Gantry::start_with(&server, &body);
+    let g = Gantry::start_with(&server, &(body + &admin_listener(admin)));
     for _ in 0..5 {
         assert_eq!(served_by(&g).await, "first");
     }
+    let backends = |v: Value| v["clusters"]["svc"]["backends"].clone();
+    let listed = backends(clusters(admin).await);
+    assert_eq!(listed[0]["address"], first.addr.to_string());
+    assert_eq!(listed[0]["host"], "svc.gantry.test");
 
     // No reload: the background refresh (the record's 1 s TTL) finds the new address.
     dns.answer(&[SECOND]);
@@ -47,6 +53,9 @@ async fn traffic_follows_a_changed_answer_and_a_dead_resolver_keeps_the_last_add
     for _ in 0..20 {
         assert_eq!(served_by(&g).await, "second");
     }
+    let listed = backends(clusters(admin).await);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    assert_eq!(listed[0]["address"], second.addr.to_string());
 
     // A resolver that stops answering: the last good address keeps serving, logged once.
     let queries = dns.queries();

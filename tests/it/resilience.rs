@@ -16,11 +16,11 @@ fn two_backends(cluster: &str, a: &Upstream, b: &Upstream, extra: &str) -> Strin
     )
 }
 
-fn admin_listener(admin: u16) -> String {
+pub fn admin_listener(admin: u16) -> String {
     format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"test-admin-token-0123456789\"")
 }
 
-async fn clusters(admin: u16) -> Value {
+pub async fn clusters(admin: u16) -> Value {
     client()
         .get(format!("http://127.0.0.1:{admin}/clusters"))
         .bearer_auth("test-admin-token-0123456789")
