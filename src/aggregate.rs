@@ -207,7 +207,9 @@ impl Call {
                 });
             };
             let (addr, mut peer) = (picked.addr, picked.peer);
-            peer.options.response_header_timeout = policy.per_try_timeout;
+            peer.options.response_header_not_after = policy
+                .per_try_timeout
+                .and_then(|t| tokio::time::Instant::now().checked_add(t));
             attempts += 1;
             let _in_flight = InFlight::enter(&picked.state.in_flight);
             let started = std::time::Instant::now();

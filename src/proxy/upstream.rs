@@ -344,7 +344,8 @@ fn method_idempotent(method: &http::Method) -> bool {
 }
 
 /// Bounds one attempt by the policy's `per_try_timeout` and what is left of the route's
-/// deadline: the connect, and the wait for the response header.
+/// deadline, from now: the connect, and with it the wait for the response header (one instant
+/// both must be done by).
 fn limit_attempt(peer: &mut HttpPeer, per_try: Option<Duration>, remaining: Option<Duration>) {
     let limit = match (per_try, remaining) {
         (Some(a), Some(b)) => a.min(b),
@@ -360,7 +361,7 @@ fn limit_attempt(peer: &mut HttpPeer, per_try: Option<Duration>, remaining: Opti
     ] {
         *timeout = Some(timeout.map_or(limit, |t| t.min(limit)));
     }
-    options.response_header_timeout = Some(limit);
+    options.response_header_not_after = tokio::time::Instant::now().checked_add(limit);
 }
 
 /// The route's deadline passed before another attempt could start: a 504.

@@ -3,7 +3,7 @@
 //! connection of Pingora's [`Connector`].
 //!
 //! Reads and writes are bounded by the peer's read and write timeouts, and the wait for the
-//! response header by its `response_header_timeout` when set. A connection goes back to the
+//! response header by its `response_header_not_after` when set. A connection goes back to the
 //! pool only after a complete exchange.
 
 use super::RetryReason;

@@ -505,6 +505,10 @@ pub struct PeerOptions {
     /// read, 1xx headers included; each read is still bounded by `read_timeout`. The body is
     /// not bounded by it. It does not affect connection reuse.
     pub response_header_timeout: Option<Duration>,
+    /// An instant by which the whole response header must have been read, whenever the request
+    /// was sent (a deadline set before connecting covers the connect too); the earlier of it
+    /// and `response_header_timeout` applies. It does not affect connection reuse.
+    pub response_header_not_after: Option<tokio::time::Instant>,
     pub idle_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
     pub verify_cert: bool,
@@ -582,6 +586,7 @@ impl PeerOptions {
             total_connection_timeout: None,
             read_timeout: None,
             response_header_timeout: None,
+            response_header_not_after: None,
             idle_timeout: None,
             write_timeout: None,
             verify_cert: true,

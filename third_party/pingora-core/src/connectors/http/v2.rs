@@ -385,6 +385,8 @@ impl Connector {
             "newly created connection has no free streams (server may have sent GOAWAY)",
         )?;
         h2_stream.response_header_timeout = peer_options.and_then(|o| o.response_header_timeout);
+        h2_stream.response_header_not_after =
+            peer_options.and_then(|o| o.response_header_not_after);
         if conn.more_streams_allowed() {
             self.in_use_pool.insert(peer.reuse_hash(), conn);
         }
@@ -440,9 +442,11 @@ impl Connector {
             }
             let mut h2_stream = conn.spawn_stream().await?;
             if let Some(h2_stream) = h2_stream.as_mut() {
-                h2_stream.response_header_timeout = peer
-                    .get_peer_options()
-                    .and_then(|o| o.response_header_timeout);
+                let options = peer.get_peer_options();
+                h2_stream.response_header_timeout =
+                    options.and_then(|o| o.response_header_timeout);
+                h2_stream.response_header_not_after =
+                    options.and_then(|o| o.response_header_not_after);
             }
             if conn.more_streams_allowed() {
                 self.in_use_pool.insert(reuse_hash, conn);

@@ -241,9 +241,17 @@ impl<S: Session> HttpSession<S> {
 /// `response_header_timeout` (see [`crate::upstreams::peer::PeerOptions`]).
 pub const RESPONSE_HEADER_TIMEOUT: &str = "response header timeout";
 
-/// The end of `response_header_timeout` from now, set on the first read of a response header.
-pub(crate) fn response_header_deadline(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.and_then(|t| Instant::now().checked_add(t))
+/// The end of `response_header_timeout` from now, or `not_after` if that is earlier; set on
+/// the first read of a response header.
+pub(crate) fn response_header_deadline(
+    timeout: Option<Duration>,
+    not_after: Option<Instant>,
+) -> Option<Instant> {
+    let from_now = timeout.and_then(|t| Instant::now().checked_add(t));
+    match (from_now, not_after) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Await `read`, one read of a response header, within the per-read `read_timeout` (failing

@@ -51,6 +51,8 @@ pub struct HttpSession {
     /// The total time to read the response header, 1xx headers included, from the first read of
     /// it. Each read is still bounded by `read_timeout`. The body is not bounded by it.
     pub response_header_timeout: Option<Duration>,
+    /// See [`crate::upstreams::peer::PeerOptions::response_header_not_after`].
+    pub response_header_not_after: Option<Instant>,
     response_header_deadline: Option<Instant>,
     /// The write timeout which will be applied to both writing request header and body.
     /// The timeout is reset on every write. This is not a timeout on the overall duration of the
@@ -99,6 +101,7 @@ impl HttpSession {
             request_written: None,
             read_timeout: None,
             response_header_timeout: None,
+            response_header_not_after: None,
             response_header_deadline: None,
             write_timeout: None,
             digest,
@@ -119,6 +122,7 @@ impl HttpSession {
                 options.allow_h1_response_invalid_content_length,
             );
             session.response_header_timeout = options.response_header_timeout;
+            session.response_header_not_after = options.response_header_not_after;
         }
         session
     }
@@ -256,7 +260,10 @@ impl HttpSession {
     pub async fn read_response(&mut self) -> Result<usize> {
         let mut parse_existing_buffer = true;
         if self.response_header_deadline.is_none() {
-            self.response_header_deadline = response_header_deadline(self.response_header_timeout);
+            self.response_header_deadline = response_header_deadline(
+                self.response_header_timeout,
+                self.response_header_not_after,
+            );
         }
 
         if self.response_header_read_buf.is_empty() {
@@ -1276,6 +1283,24 @@ mod tests_stream {
         assert!(start.elapsed() < Duration::from_secs(6));
 
         assert_eq!(read_rest(&mut http_stream).await, b"\r\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn response_header_not_after_bounds_the_header_from_an_earlier_instant() {
+        init_log();
+        let mock_io = Builder::new()
+            .wait(Duration::from_secs(2))
+            .read(b"HTTP/1.1 200 OK\r\n\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        // set before a (simulated) 2s connect: 1s of it is left when the request is sent
+        let start = tokio::time::Instant::now();
+        http_stream.response_header_not_after = Some(start + Duration::from_secs(3));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        http_stream.response_header_timeout = Some(Duration::from_secs(5));
+        assert_response_header_timeout(http_stream.read_response().await);
+        assert!(start.elapsed() >= Duration::from_secs(3));
+        assert!(start.elapsed() < Duration::from_secs(4));
     }
 
     #[tokio::test(start_paused = true)]

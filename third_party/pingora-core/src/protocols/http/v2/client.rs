@@ -66,6 +66,8 @@ pub struct Http2Session {
     /// The total time to read the response header, 1xx headers included, from the first read of
     /// it. Each read is still bounded by `read_timeout`. The body is not bounded by it.
     pub response_header_timeout: Option<Duration>,
+    /// See [`crate::upstreams::peer::PeerOptions::response_header_not_after`].
+    pub response_header_not_after: Option<Instant>,
     response_header_deadline: Option<Instant>,
     /// The write timeout which will be applied to writing request body.
     /// The timeout is reset on every write. This is not a timeout on the overall duration of the
@@ -95,6 +97,7 @@ impl Http2Session {
             response_body_reader: None,
             read_timeout: None,
             response_header_timeout: None,
+            response_header_not_after: None,
             response_header_deadline: None,
             write_timeout: None,
             conn,
@@ -208,7 +211,10 @@ impl Http2Session {
         }
 
         if self.response_header_deadline.is_none() {
-            self.response_header_deadline = response_header_deadline(self.response_header_timeout);
+            self.response_header_deadline = response_header_deadline(
+                self.response_header_timeout,
+                self.response_header_not_after,
+            );
         }
         let (read_timeout, deadline) = (self.read_timeout, self.response_header_deadline);
         let res = read_response_header_within(
