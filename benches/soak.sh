@@ -72,6 +72,7 @@ start_backend() { # NAME
   python3 "$work/backend.py" "${bport[$1]}" "$work/$1.mode" 2>>"$work/$1.log" &
   bpid[$1]=$!; pids+=($!)
   wait_port "${bport[$1]}"
+  if [ -n "${started:-}" ]; then echo "$(elapsed) $1 restarted" >> "$work/events"; fi
 }
 mode() { echo "$2" > "$work/$1.mode"; echo "$(elapsed) $1 $2" >> "$work/events"; }
 kill_backend() { kill -KILL "${bpid[$1]}" 2>/dev/null || true; echo "$(elapsed) $1 killed" >> "$work/events"; }

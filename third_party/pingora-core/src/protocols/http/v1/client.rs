@@ -1301,6 +1301,7 @@ mod tests_stream {
         assert_response_header_timeout(http_stream.read_response().await);
         assert!(start.elapsed() >= Duration::from_secs(3));
         assert!(start.elapsed() < Duration::from_secs(4));
+        assert_eq!(read_rest(&mut http_stream).await, b"HTTP/1.1 200 OK\r\n\r\n");
     }
 
     #[tokio::test(start_paused = true)]
