@@ -314,13 +314,16 @@ fi
 [ -n "$CACHE_ONLY" ] && exit 0
 
 # compare_routes SPEC...: the same Gantry on each route of SPEC ("name|path|header"), the first
-# the reference, in ROUNDS rounds of one run each; prints each run, then the medians and each
+# the reference, in ROUNDS rounds of one run each, the order rotated by one each round (so a
+# drift of the machine's speed favours no route); prints each run, then the medians and each
 # route's cost in throughput against the first.
 compare_routes() {
-  local results="$work/routes.$RANDOM" spec name path header rps p50 p99 cpu busy first=
+  local results="$work/routes.$RANDOM" spec name path header rps p50 p99 cpu busy first= i
+  local -a specs=("$@")
   printf "%-7s %-9s %12s %9s %9s %11s %6s\n" round route "req/s" "p50 ms" "p99 ms" "cpu us/req" "busy"
   for r in $(seq "$ROUNDS"); do
-    for spec in "$@"; do
+    for i in $(seq 0 $(($# - 1))); do
+      spec=${specs[$(( (i + r - 1) % $# ))]}
       IFS='|' read -r name path header <<< "$spec"
       read -r rps p50 p99 cpu < <(run gantry "$GAN" "$path" "$header")
       # busy: the share of its core Gantry used; under 100% the other core (wrk, the upstream,

@@ -8,8 +8,9 @@
 //! the primary request never waits for it. A mirror is tried once (no retries), within a
 //! deadline (the sum of the mirror cluster's connect, write and read timeouts); its answer is
 //! read and dropped, and its failures only counted (and fed to the mirror cluster's outlier
-//! detection like any other request's). At most [`MAX_IN_FLIGHT`] mirrored requests are in
-//! flight, over every route; beyond that a mirror is dropped. Each outcome is counted in
+//! detection like any other request's). At most [`MAX_IN_FLIGHT`] mirrored requests are being
+//! copied or in flight, holding at most [`MAX_BUFFERED_BYTES`] of bodies, over every route;
+//! beyond either a mirror is dropped. Each outcome is counted in
 //! `gantry_mirror_requests_total`.
 
 use crate::metrics::{MirrorMetrics, MirrorOutcome};
@@ -22,16 +23,46 @@ use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-/// The most mirrored requests in flight at once, over every route: beyond it a mirror is
-/// dropped (`dropped_queue_full`).
+/// The most mirrored requests being copied or in flight at once, over every route: beyond it
+/// a mirror is dropped (`dropped_queue_full`).
 const MAX_IN_FLIGHT: usize = 256;
 
 /// What [`MAX_IN_FLIGHT`] bounds.
 static IN_FLIGHT: LazyLock<Arc<AtomicUsize>> = LazyLock::new(Arc::default);
+
+/// The most bytes of mirror bodies held at once (copies being buffered or in flight), over
+/// every route: a copy that would pass it is dropped (`dropped_queue_full`).
+const MAX_BUFFERED_BYTES: usize = 64 << 20;
+
+/// What [`MAX_BUFFERED_BYTES`] bounds.
+static BUFFERED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// The bytes of [`BUFFERED_BYTES`] one copy holds, given back when it is dropped.
+#[derive(Debug, Default)]
+struct HeldBytes(usize);
+
+impl HeldBytes {
+    /// Holds `n` more bytes; false (holding nothing more) when that would pass the bound.
+    fn grow(&mut self, n: usize) -> bool {
+        let before = BUFFERED_BYTES.fetch_add(n, Ordering::Relaxed);
+        if before + n > MAX_BUFFERED_BYTES {
+            BUFFERED_BYTES.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        self.0 += n;
+        true
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        BUFFERED_BYTES.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
 
 /// The suffix added to the host of a mirrored request (before its port), as Envoy does, so the
 /// mirror's backend can tell shadow traffic apart.
@@ -98,6 +129,10 @@ pub struct RequestCopy {
     body: BytesMut,
     /// The client's address, for a mirror cluster hashing on it.
     client_ip: Option<IpAddr>,
+    /// Its place among [`MAX_IN_FLIGHT`], from the first header to the end of the send.
+    _place: InFlight,
+    /// Its share of [`MAX_BUFFERED_BYTES`].
+    held: HeldBytes,
 }
 
 impl Mirroring {
@@ -110,19 +145,30 @@ impl Mirroring {
         client_ip: Option<IpAddr>,
     ) {
         match self {
-            Mirroring::Finished => return,
-            Mirroring::Undecided if !mirror.sampled() => {
-                *self = Mirroring::Finished;
-                return;
+            Mirroring::Finished => {}
+            Mirroring::Copying(copy) => {
+                copy.header = header.clone();
+                copy.body.clear();
+                copy.held = HeldBytes::default();
             }
-            _ => {}
+            Mirroring::Undecided if !mirror.sampled() => *self = Mirroring::Finished,
+            Mirroring::Undecided => {
+                let place = InFlight::enter(&IN_FLIGHT);
+                if place.count() > MAX_IN_FLIGHT {
+                    mirror.metrics.record(MirrorOutcome::DroppedQueueFull);
+                    *self = Mirroring::Finished;
+                    return;
+                }
+                *self = Mirroring::Copying(Box::new(RequestCopy {
+                    mirror: Arc::clone(mirror),
+                    header: header.clone(),
+                    body: BytesMut::new(),
+                    client_ip,
+                    _place: place,
+                    held: HeldBytes::default(),
+                }));
+            }
         }
-        *self = Mirroring::Copying(Box::new(RequestCopy {
-            mirror: Arc::clone(mirror),
-            header: header.clone(),
-            body: BytesMut::new(),
-            client_ip,
-        }));
     }
 
     /// A chunk of the body goes upstream, `end` with the last one: copied while within
@@ -139,6 +185,11 @@ impl Mirroring {
                 *self = Mirroring::Finished;
                 return;
             }
+            if !copy.held.grow(chunk.len()) {
+                copy.mirror.metrics.record(MirrorOutcome::DroppedQueueFull);
+                *self = Mirroring::Finished;
+                return;
+            }
             copy.body.extend_from_slice(chunk);
         }
         if end {
@@ -150,15 +201,11 @@ impl Mirroring {
 }
 
 impl RequestCopy {
-    /// Sends the copy from a task of its own when a place in flight (and in the mirror
-    /// cluster's breaker) is free; dropped and counted otherwise.
+    /// Sends the copy from a task of its own when a place in the mirror cluster's breaker is
+    /// free; dropped and counted otherwise. The copy keeps its place among
+    /// [`MAX_IN_FLIGHT`] and its bytes until the send is over.
     fn dispatch(self: Box<Self>, connector: &Arc<Connector>) {
         let metrics = Arc::clone(&self.mirror.metrics);
-        let place = InFlight::enter(&IN_FLIGHT);
-        if place.count() > MAX_IN_FLIGHT {
-            metrics.record(MirrorOutcome::DroppedQueueFull);
-            return;
-        }
         let cluster = &self.mirror.cluster;
         let Some(cluster_place) = cluster.admit() else {
             cluster.metrics.record_overloaded();
@@ -169,7 +216,7 @@ impl RequestCopy {
         tokio::spawn(async move {
             let outcome = self.send(&connector).await;
             metrics.record(outcome);
-            drop((place, cluster_place));
+            drop(cluster_place);
         });
     }
 
@@ -275,6 +322,19 @@ fn shadow_host(host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_bytes_are_bounded_and_given_back() {
+        let mut a = HeldBytes::default();
+        assert!(a.grow(MAX_BUFFERED_BYTES - 10));
+        let mut b = HeldBytes::default();
+        assert!(!b.grow(11), "past the bound");
+        assert!(b.grow(10));
+        drop(a);
+        assert!(b.grow(MAX_BUFFERED_BYTES - 10), "a's bytes came back");
+        drop(b);
+        assert_eq!(BUFFERED_BYTES.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn the_suffix_goes_before_the_port() {

@@ -136,16 +136,17 @@ pub fn resolve_at_load(
             .map_err(|e| format!("cannot start the DNS lookup: {e}"))?;
         runtime.block_on(async {
             let resolver = nameservers.resolver()?;
-            let mut out = Vec::with_capacity(named.len());
-            for name in &named {
-                out.push(
-                    lookup(&resolver, name)
+            // All at once: a load waits for the slowest name, not for their sum.
+            let lookups = named.iter().map(|name| {
+                let resolver = &resolver;
+                async move {
+                    lookup(resolver, name)
                         .await
                         .map(|(addrs, _)| name.backends(&addrs))
-                        .map_err(|e| format!("cannot resolve `{}`: {e}", name.host)),
-                );
-            }
-            Ok::<_, String>(out)
+                        .map_err(|e| format!("cannot resolve `{}`: {e}", name.host))
+                }
+            });
+            Ok::<_, String>(futures::future::join_all(lookups).await)
         })
     };
     let failed_all = |e: String, n: usize| (0..n).map(|_| Err(e.clone())).collect();

@@ -156,7 +156,11 @@ impl Membership {
         let members: AHashMap<SocketAddr, Member> = backends
             .iter()
             .map(|b| {
-                let kept = previous.and_then(|p| p.members.get(&b.addr)).cloned();
+                // The same address under another name is a new backend (its SNI may differ).
+                let kept = previous
+                    .and_then(|p| p.members.get(&b.addr))
+                    .filter(|m| m.host == b.host)
+                    .cloned();
                 let member = kept.unwrap_or_else(|| Member {
                     peer: new_peer(b),
                     state: Arc::default(),
@@ -402,14 +406,18 @@ impl Cluster {
     /// feeds consistent hashing.
     /// When only ejected backends are left, they serve (the least bad keep serving).
     pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<Picked> {
-        let membership = self.membership.load();
-        let addr = self.select_in(&membership, key, tried)?;
-        let member = membership.members.get(&addr)?;
-        Some(Picked {
-            addr,
-            peer: member.peer.clone(),
-            state: Arc::clone(&member.state),
-        })
+        let pick = |membership: &Membership| {
+            let addr = self.select_in(membership, key, tried)?;
+            let member = membership.members.get(&addr)?;
+            Some(Picked {
+                addr,
+                peer: member.peer.clone(),
+                state: Arc::clone(&member.state),
+            })
+        };
+        // A DNS change may have replaced the balancer's backends since the membership was
+        // read: a second read sees them (as members of the union, then of the new set).
+        pick(&self.membership.load()).or_else(|| pick(&self.membership.load()))
     }
 
     /// The address [`Cluster::select`] would pick.
