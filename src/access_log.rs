@@ -92,6 +92,9 @@ pub struct Record<'a> {
     pub error: Option<&'static str>,
     pub user_agent: Option<&'a str>,
     pub referer: Option<&'a str>,
+    /// The request's trace and the gateway's span in it, when `[tracing]` is configured.
+    pub trace_id: Option<&'a str>,
+    pub span_id: Option<&'a str>,
 }
 
 /// The records written since the writer's last drain, one buffer per request thread (so
@@ -382,6 +385,8 @@ fn json(out: &mut Vec<u8>, r: &Record<'_>) {
     o.some("error", r.error);
     o.some("user_agent", r.user_agent);
     o.some("referer", r.referer);
+    o.some("trace_id", r.trace_id);
+    o.some("span_id", r.span_id);
     o.close();
 }
 
@@ -602,6 +607,8 @@ mod tests {
             error: None,
             user_agent: Some("curl/8 \"x\"\u{1}"),
             referer: None,
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            span_id: Some("00f067aa0ba902b7"),
         }
     }
 

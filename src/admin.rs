@@ -389,7 +389,7 @@ fn problem(status: StatusCode, slug: &'static str, detail: &str) -> Response<Vec
         headers: &[],
         close: false,
     }
-    .body(&request_id);
+    .body(&request_id, None);
     let mut response = respond(status, "application/problem+json", body.into_bytes());
     if let Ok(value) = http::HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);

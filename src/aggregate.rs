@@ -72,6 +72,8 @@ pub struct ClientRequest<'a> {
     pub header: &'a RequestHeader,
     /// Plugin state: client IP, consumer, request id.
     pub state: &'a PluginState,
+    /// The request's trace context, passed on to each call with a span of its own.
+    pub trace: Option<&'a crate::trace::RequestTrace>,
 }
 
 impl Aggregate {
@@ -161,6 +163,11 @@ impl Call {
             if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
                 set(&mut req, HeaderName::from_static("x-forwarded-for"), v)?;
             }
+        }
+        if let Some(trace) = client.trace {
+            trace
+                .propagate(&mut req, trace.child_traceparent())
+                .map_err(invalid)?;
         }
         crate::forwarded::set_consumer_headers(&mut req, client.state.consumer.as_deref())
             .map_err(invalid)?;

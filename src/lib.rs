@@ -19,6 +19,7 @@
 //! mirror  (request mirroring: a share of a route's requests copied to another cluster)
 //! cache   (response cache: bounded in-memory storage, eviction, cache lock)
 //! access_log, metrics (one record and a few atomic counters per request)
+//! trace   (W3C trace context, OpenTelemetry spans, the OTLP exporter)
 //! admin   (its own listener: /metrics, /health, /status, /cache/purge)
 //! tls     (TLS listeners: certificates chosen by SNI)
 //! ```
@@ -40,4 +41,5 @@ pub mod router;
 pub(crate) mod runtime_dir;
 pub mod server;
 pub(crate) mod tls;
+pub(crate) mod trace;
 pub(crate) mod upstream;

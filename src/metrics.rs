@@ -488,6 +488,19 @@ fn render_process(out: &mut String) {
         "Access log records dropped because the writer fell behind",
         ACCESS_LOG_DROPPED.load(Ordering::Relaxed),
     );
+    labelled_counters(
+        out,
+        "gantry_tracing_spans_dropped_total",
+        "Trace spans not exported: the queue was full, the collector failed, or tracing was switched off",
+        "reason",
+        &SPANS_DROPPED,
+    );
+    counter(
+        out,
+        "gantry_tracing_spans_exported_total",
+        "Trace spans the collector accepted",
+        SPANS_EXPORTED.load(Ordering::Relaxed),
+    );
     counter(
         out,
         "gantry_redis_errors_total",
@@ -518,6 +531,28 @@ static RELOADS: [(&str, AtomicU64); 2] = [
 
 /// Access log records dropped because the writer fell behind.
 static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Trace spans dropped, by reason.
+static SPANS_DROPPED: [(&str, AtomicU64); 3] = [
+    ("queue_full", AtomicU64::new(0)),
+    ("export_failed", AtomicU64::new(0)),
+    ("disabled", AtomicU64::new(0)),
+];
+
+/// Trace spans the collector accepted.
+static SPANS_EXPORTED: AtomicU64 = AtomicU64::new(0);
+
+/// `n` trace spans were dropped for `reason`.
+pub fn tracing_spans_dropped(reason: &str, n: u64) {
+    if let Some((_, count)) = SPANS_DROPPED.iter().find(|(r, _)| *r == reason) {
+        count.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// `n` trace spans were exported.
+pub fn tracing_spans_exported(n: u64) {
+    SPANS_EXPORTED.fetch_add(n, Ordering::Relaxed);
+}
 
 /// A configuration reload finished: applied (`true`) or refused.
 pub fn config_reloaded(applied: bool) {

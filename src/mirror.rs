@@ -143,6 +143,7 @@ impl Mirroring {
         mirror: &Arc<Mirror>,
         header: &RequestHeader,
         client_ip: Option<IpAddr>,
+        trace: Option<&crate::trace::RequestTrace>,
     ) {
         match self {
             Mirroring::Finished => {}
@@ -150,6 +151,7 @@ impl Mirroring {
                 copy.header = header.clone();
                 copy.body.clear();
                 copy.held = HeldBytes::default();
+                copy.own_trace_span(trace);
             }
             Mirroring::Undecided if !mirror.sampled() => *self = Mirroring::Finished,
             Mirroring::Undecided => {
@@ -159,14 +161,16 @@ impl Mirroring {
                     *self = Mirroring::Finished;
                     return;
                 }
-                *self = Mirroring::Copying(Box::new(RequestCopy {
+                let mut copy = Box::new(RequestCopy {
                     mirror: Arc::clone(mirror),
                     header: header.clone(),
                     body: BytesMut::new(),
                     client_ip,
                     _place: place,
                     held: HeldBytes::default(),
-                }));
+                });
+                copy.own_trace_span(trace);
+                *self = Mirroring::Copying(copy);
             }
         }
     }
@@ -201,6 +205,15 @@ impl Mirroring {
 }
 
 impl RequestCopy {
+    /// The copy carries the request's trace under a span id of its own (the primary's is its
+    /// attempt's).
+    fn own_trace_span(&mut self, trace: Option<&crate::trace::RequestTrace>) {
+        if let Some(trace) = trace {
+            // The header was valid when it was sent upstream; this only replaces a value.
+            let _ = trace.propagate(&mut self.header, trace.child_traceparent());
+        }
+    }
+
     /// Sends the copy from a task of its own when a place in the mirror cluster's breaker is
     /// free; dropped and counted otherwise. The copy keeps its place among
     /// [`MAX_IN_FLIGHT`] and its bytes until the send is over.

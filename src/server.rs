@@ -146,6 +146,10 @@ pub fn build(config: Config, path: PathBuf, opts: RunOptions) -> Result<Server, 
         server.add_service(crate::admin::service(admin, Arc::clone(&live)));
     }
     server.add_service(background_service("cluster tasks", cluster_tasks));
+    server.add_service(background_service(
+        "trace exporter",
+        crate::trace::export::SpanExporter::new(Arc::clone(&live)),
+    ));
     server.add_service(background_service("reload on SIGHUP", ReloadOnSighup(live)));
     if let Some(writer) = log_writer {
         server.add_service(background_service("access log", writer));

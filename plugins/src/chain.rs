@@ -5,6 +5,7 @@ use crate::builtin::cache::CachePolicy;
 use crate::builtin::{basic_auth, cors, jwt_auth, key_auth};
 use crate::plugin::{Flow, Phases, Plugin, Rejection};
 use crate::state::{PluginState, RequestView};
+use crate::trace_events::EventValue;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
@@ -48,7 +49,7 @@ impl PluginChain {
             response_body: of(Phases::RESPONSE_BODY),
             log: of(Phases::LOG),
             cache: plugins.iter().find_map(|p| p.cache_policy()),
-            authenticates: has(&[jwt_auth::NAME, key_auth::NAME, basic_auth::NAME]),
+            authenticates: has(&AUTHENTICATION),
             answers_preflights: has(&[cors::NAME]),
         }
     }
@@ -62,9 +63,10 @@ impl PluginChain {
     /// [`Plugin::on_request`] of each plugin; the first refusal or answer ends the phase.
     pub async fn run_request(&self, request: &mut RequestView<'_>) -> pingora::Result<Flow> {
         for plugin in self.request.iter() {
-            match plugin.on_request(request).await? {
-                Flow::Continue => {}
-                stop => return Ok(stop),
+            let flow = plugin.on_request(request).await?;
+            record_decision(plugin.name(), &flow, request.state);
+            if !matches!(flow, Flow::Continue) {
+                return Ok(flow);
             }
         }
         Ok(Flow::Continue)
@@ -159,6 +161,38 @@ impl PluginChain {
         seen
     }
 }
+
+/// Keeps a request-phase plugin's decision for the request's trace: its outcome, the problem
+/// type of a refusal, and the consumer an authentication plugin resolved.
+fn record_decision(plugin: &'static str, flow: &Flow, state: &mut PluginState) {
+    if !state.trace.recording() {
+        return;
+    }
+    let consumer = state
+        .consumer
+        .as_ref()
+        .filter(|_| AUTHENTICATION.contains(&plugin))
+        .map(|c| Arc::clone(&c.name));
+    state.trace.record("gantry.plugin", || {
+        let mut attributes = vec![("gantry.plugin.name", EventValue::Word(plugin))];
+        let outcome = match flow {
+            Flow::Continue => "continue",
+            Flow::Reject(rejection) => {
+                attributes.push(("gantry.problem.type", EventValue::Word(rejection.slug)));
+                "rejected"
+            }
+            Flow::Answer(_) => "answered",
+        };
+        attributes.push(("gantry.plugin.outcome", EventValue::Word(outcome)));
+        if let Some(name) = consumer {
+            attributes.push(("gantry.consumer", EventValue::Name(name)));
+        }
+        attributes
+    });
+}
+
+/// The authentication plugins, whose decision names the consumer.
+const AUTHENTICATION: [&str; 3] = [jwt_auth::NAME, key_auth::NAME, basic_auth::NAME];
 
 impl std::fmt::Debug for PluginChain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

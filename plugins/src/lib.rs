@@ -10,6 +10,7 @@
 //!   (`deny_unknown_fields`).
 //! - `support/`: what the plugins share (credentials, templates, JSON bodies, Redis, limit
 //!   keys...), private to this crate.
+//! - [`trace_events`]: the decisions a sampled request's plugins record for its trace.
 //! - [`gateway`]: the one module the gateway imports beyond the API (templates, query parsing,
 //!   cache status and policy, consumers, Redis, config value types).
 //!
@@ -36,6 +37,7 @@ mod state;
 mod support;
 #[cfg(test)]
 mod testing;
+pub mod trace_events;
 
 pub use chain::PluginChain;
 pub use plugin::{Answer, Flow, Phases, Plugin, Rejection};

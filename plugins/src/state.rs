@@ -99,6 +99,8 @@ pub struct PluginState {
     pub cache_status: Option<CacheStatus>,
     /// Values private to single plugin instances.
     pub slots: Slots,
+    /// Decisions kept for the request's trace, while it is sampled.
+    pub trace: crate::trace_events::TraceEvents,
 }
 
 impl Default for PluginState {
@@ -114,6 +116,7 @@ impl Default for PluginState {
             response_from_upstream: false,
             cache_status: None,
             slots: Slots::default(),
+            trace: Default::default(),
         }
     }
 }

@@ -37,6 +37,7 @@ const SECTIONS: &[&str] = &[
     "admin",
     "cache",
     "log",
+    "tracing",
 ];
 
 /// The client headers removed from a request before anything reads it, in one pass over its
@@ -209,6 +210,8 @@ pub struct Config {
     pub log: LogSettings,
     /// Some route compresses responses (the compression module is loaded only then).
     pub compression: bool,
+    /// `[tracing]`, when traces are exported.
+    pub tracing: Option<Arc<crate::trace::TracingSettings>>,
 }
 
 impl Config {
@@ -261,6 +264,7 @@ fn compile_source(
     let admin = doc.take("admin");
     let cache = doc.take("cache");
     let log = doc.take("log");
+    let tracing = doc.take("tracing");
     doc.reject_remaining(SECTIONS);
 
     let server = match server {
@@ -276,6 +280,12 @@ fn compile_source(
     let cache =
         cache.and_then(|v| doc.deserialize::<model::CacheSection>(&KeyPath::root("cache"), v));
     let log = log.and_then(|v| doc.deserialize::<model::LogSection>(&KeyPath::root("log"), v));
+    let tracing_on = tracing.is_some();
+    let tracing = tracing.and_then(|v| {
+        let span = v.span();
+        doc.deserialize::<model::TracingSection>(&KeyPath::root("tracing"), v)
+            .map(|t| (span, t))
+    });
     let cluster_sections = doc.deserialize_entries::<model::ClusterSection>("clusters", clusters);
     let build_ctx = BuildContext {
         consumers: plugins::consumers(&mut doc, consumers),
@@ -325,10 +335,22 @@ fn compile_source(
         });
         clusters.insert(name, cluster);
     }
+    let tracing = tracing.and_then(|(span, t)| {
+        compiler.at_entry(span);
+        compiler.tracing(t)
+    });
     let mut specs = Vec::new();
     for (name, span, section, plugin_section) in route_sections {
         compiler.at_entry(span);
-        specs.extend(compiler.route(&name, section, &clusters, &plugins, plugin_section));
+        let route = compiler.route(
+            &name,
+            section,
+            &clusters,
+            &plugins,
+            plugin_section,
+            tracing_on,
+        );
+        specs.extend(route);
     }
     let proxy_listeners: Vec<SocketAddr> = server
         .iter()
@@ -350,6 +372,7 @@ fn compile_source(
             caching,
             log,
             compression,
+            tracing,
             server,
             router: Router::new(specs),
             clusters: clusters

@@ -501,6 +501,12 @@ pub struct RouteSection {
     /// Negotiated from `Accept-Encoding`, for compressible types. Default none.
     #[serde(default)]
     pub compress: Vec<Spanned<String>>,
+    /// Tracing settings of this route (its sample ratio). Needs `[tracing]`.
+    pub tracing: Option<Spanned<RouteTracingSection>>,
+    /// Add `Server-Timing` (plugins, upstream-connect, upstream, total) to responses. Default
+    /// `false`.
+    #[serde(default)]
+    pub server_timing: bool,
 }
 
 /// `routes.*.clusters[*].weight`'s default.
@@ -593,6 +599,51 @@ pub struct CallSection {
     /// Client headers passed on to the call. Default: none.
     #[serde(default)]
     pub forward_headers: Vec<String>,
+}
+
+/// `[tracing]`: OpenTelemetry traces, exported over OTLP/HTTP (`docs/tracing.md`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSection {
+    /// The collector's OTLP/HTTP traces endpoint (`http://host:4318/v1/traces`). Required in
+    /// the section.
+    pub otlp_endpoint: Spanned<String>,
+    /// PEM CA certificates trusted for an `https` endpoint. Default: the system's roots.
+    pub ca_file: Option<Spanned<String>>,
+    /// `service.name`. Default `"gantry"`.
+    pub service_name: Option<Spanned<String>>,
+    /// Further resource attributes. Default: none.
+    #[serde(default)]
+    pub resource: BTreeMap<String, Spanned<String>>,
+    /// The share of requests sampled without a trusted sampled parent, 0 to 1. Default 0.01.
+    pub sample_ratio: Option<Spanned<f64>>,
+    /// Headers sent to the collector (an API key): secrets, never shown. Default: none.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    /// Queueing and batching.
+    pub batch: Option<TracingBatchSection>,
+}
+
+/// `tracing.batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingBatchSection {
+    /// Spans waiting at most; more are dropped and counted. Default 8192.
+    pub max_queue: Option<Spanned<usize>>,
+    /// Spans per export request at most. Default 512.
+    pub max_batch: Option<Spanned<usize>>,
+    /// How often the queue is exported (sooner when a batch is full). Default `"2s"`.
+    pub interval: Option<HumanDuration>,
+    /// The longest one export may take. Default `"5s"`.
+    pub timeout: Option<HumanDuration>,
+}
+
+/// `routes.NAME.tracing`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTracingSection {
+    /// This route's share of sampled requests, replacing `tracing.sample_ratio`.
+    pub sample_ratio: Spanned<f64>,
 }
 
 /// `[admin]`: the admin listener.

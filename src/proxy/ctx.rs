@@ -2,6 +2,7 @@
 
 use super::ProblemKind;
 use crate::router::Route;
+use crate::trace::RequestTrace;
 use crate::upstream::{Cluster, InFlight};
 use gantry_plugins::{PluginState, Rejection};
 use std::net::SocketAddr;
@@ -50,6 +51,10 @@ pub struct RequestCtx {
     pub error: Option<Failure>,
     /// The copy of the request for the route's mirror, across attempts.
     pub mirroring: crate::mirror::Mirroring,
+    /// The request's trace context, when `[tracing]` is configured.
+    pub trace: Option<Box<RequestTrace>>,
+    /// How long the route's request plugins took (on routes with `server_timing`).
+    pub plugins_took: Option<std::time::Duration>,
 }
 
 /// Why the gateway answered a request itself: logged as its problem `type` slug, and matched

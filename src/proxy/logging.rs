@@ -6,6 +6,7 @@ use super::request::request_host;
 use super::RequestCtx;
 use super::{Gateway, ProblemKind};
 use crate::access_log::Record;
+use crate::trace::context::{span_id_hex, trace_id_hex, HexId};
 use gantry_plugins::gateway::CacheStatus;
 use http::header;
 use pingora::proxy::Session;
@@ -19,6 +20,7 @@ pub(super) fn access_record<'a>(
     status: u16,
     took: Duration,
     rate_limited: bool,
+    trace_ids: Option<&'a (HexId<32>, HexId<16>)>,
 ) -> Record<'a> {
     let req = session.req_header();
     let seconds = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
@@ -62,6 +64,8 @@ pub(super) fn access_record<'a>(
         error: ctx.error.map(Failure::slug),
         user_agent: header(header::USER_AGENT),
         referer: header(header::REFERER).map(|r| r.split('?').next().unwrap_or_default()),
+        trace_id: trace_ids.map(|(trace, _)| trace.as_str()),
+        span_id: trace_ids.map(|(_, span)| span.as_str()),
     }
 }
 
@@ -113,9 +117,23 @@ impl Gateway {
             let cache = ctx.state.cache_status.unwrap_or(CacheStatus::Bypass);
             metrics.record_cache(cache);
         }
+        let trace_ids = ctx
+            .trace
+            .as_ref()
+            .map(|t| (trace_id_hex(&t.trace_id), span_id_hex(&t.span_id)));
+        let sampled = ctx.trace.as_ref().is_some_and(|t| t.sampled);
+        if !self.access_log.enabled() && !sampled {
+            return;
+        }
+        let record = access_record(session, ctx, status, took, rate_limited, trace_ids.as_ref());
         if self.access_log.enabled() {
-            self.access_log
-                .write(&access_record(session, ctx, status, took, rate_limited));
+            self.access_log.write(&record);
+        }
+        let tracing = ctx.config.as_ref().and_then(|c| c.tracing.as_deref());
+        if let (Some(trace), Some(tracing), Some(started)) = (&ctx.trace, tracing, ctx.started) {
+            let scheme = ctx.state.client.scheme.as_str();
+            let spans = trace.finish(&record, started, scheme, ctx.state.trace.events());
+            crate::trace::export::submit(spans, tracing);
         }
     }
 }

@@ -21,6 +21,7 @@ mod problem;
 mod request;
 mod respond;
 mod target;
+mod timing;
 mod upstream;
 
 pub use crate::forwarded::new_request_id;
@@ -264,7 +265,7 @@ impl ProxyHttp for Gateway {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
@@ -272,6 +273,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_connected = Some(Instant::now());
+        if let Some(trace) = &mut ctx.trace {
+            trace.attempt_connected(reused);
+        }
         Ok(())
     }
 
@@ -292,9 +296,17 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header(X_REQUEST_ID_WIRE, ctx.state.request_id.clone())?;
+        if let Some(timing) = timing::server_timing(ctx) {
+            upstream_response.insert_header(timing::SERVER_TIMING, timing)?;
+        }
         ctx.state.response_from_upstream = true;
         if cache_policy(ctx).is_some() {
-            ctx.state.cache_status = Some(crate::cache::status(session.cache.phase()));
+            let status = crate::cache::status(session.cache.phase());
+            ctx.state.cache_status = Some(status);
+            ctx.state.trace.record("gantry.cache", || {
+                let status = gantry_plugins::trace_events::EventValue::Word(status.as_str());
+                vec![("gantry.cache.status", status)]
+            });
         }
         run_response_plugins(
             ctx.route.as_deref(),

@@ -189,10 +189,14 @@ impl<'a> Problem<'a> {
         }
     }
 
-    /// The JSON body.
-    pub fn body(&self, request_id: &str) -> String {
+    /// The JSON body; `trace_id` when the request has a trace context.
+    pub fn body(&self, request_id: &str, trace_id: Option<&str>) -> String {
+        let trace = match trace_id {
+            Some(id) => format!(",\"trace_id\":{}", serde_json::Value::from(id)),
+            None => String::new(),
+        };
         format!(
-            "{{\"type\":\"urn:gantry:problem:{}\",\"title\":{},\"status\":{},\"detail\":{},\"request_id\":{}}}",
+            "{{\"type\":\"urn:gantry:problem:{}\",\"title\":{},\"status\":{},\"detail\":{},\"request_id\":{}{trace}}}",
             self.slug,
             serde_json::Value::from(self.title),
             self.status,
@@ -204,7 +208,7 @@ impl<'a> Problem<'a> {
     /// The whole HTTP/1.1 response, for answers written before Pingora has a session (the
     /// connection loop's refusals); it says `Connection: close`.
     pub fn raw(&self, request_id: &str) -> Vec<u8> {
-        let body = self.body(request_id);
+        let body = self.body(request_id, None);
         let reason = http::StatusCode::from_u16(self.status)
             .ok()
             .and_then(|s| s.canonical_reason())
@@ -220,8 +224,12 @@ impl<'a> Problem<'a> {
     }
 
     /// The response header and body, for callers that adjust the header before writing.
-    pub fn response(&self, request_id: &HeaderValue) -> Result<(ResponseHeader, String)> {
-        let body = self.body(request_id.to_str().unwrap_or_default());
+    pub fn response(
+        &self,
+        request_id: &HeaderValue,
+        trace_id: Option<&str>,
+    ) -> Result<(ResponseHeader, String)> {
+        let body = self.body(request_id.to_str().unwrap_or_default(), trace_id);
         let mut resp = ResponseHeader::build(self.status, Some(5 + self.headers.len()))?;
         resp.insert_header(header::CONTENT_TYPE, "application/problem+json")?;
         resp.insert_header(header::CONTENT_LENGTH, body.len())?;
@@ -245,11 +253,15 @@ mod tests {
     #[test]
     fn body_is_valid_json_with_escaped_detail() {
         let p = Problem::new(ProblemKind::NoRoute, "no route for \"/x\"\n");
-        let v: serde_json::Value = serde_json::from_str(&p.body("id-1")).expect("valid json");
+        let v: serde_json::Value =
+            serde_json::from_str(&p.body("id-1", Some("4bf9"))).expect("valid json");
         assert_eq!(v["type"], "urn:gantry:problem:no-route");
         assert_eq!(v["status"], 404);
         assert_eq!(v["detail"], "no route for \"/x\"\n");
         assert_eq!(v["request_id"], "id-1");
+        assert_eq!(v["trace_id"], "4bf9");
+        let v: serde_json::Value = serde_json::from_str(&p.body("id-1", None)).unwrap();
+        assert!(v.get("trace_id").is_none());
     }
 
     #[test]

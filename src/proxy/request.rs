@@ -6,6 +6,7 @@ use crate::compression::Compression;
 use crate::config::Config;
 use crate::forwarded;
 use crate::router::{self, normalize_host, Lookup, RouteAction};
+use crate::trace::RequestTrace;
 use crate::upstream::hash_key::ip_key;
 use gantry_plugins::{ClientFacts, Flow, RequestView, Scheme};
 use http::{header, Method};
@@ -51,7 +52,13 @@ impl Gateway {
             has_body,
             state: &mut ctx.state,
         };
-        route.plugins.run_request(&mut view).await
+        if !route.server_timing {
+            return route.plugins.run_request(&mut view).await;
+        }
+        let started = std::time::Instant::now();
+        let flow = route.plugins.run_request(&mut view).await;
+        ctx.plugins_took = Some(started.elapsed());
+        flow
     }
 }
 
@@ -66,9 +73,33 @@ pub(super) fn decide(session: &mut Session, ctx: &mut RequestCtx, config: &Confi
     }
     let target = identify(session, ctx, settings);
     let req = session.req_header();
-    match check_head(req, target, settings) {
+    if config.tracing.is_some() {
+        ctx.trace = Some(Box::new(RequestTrace::begin(
+            &req.headers,
+            ctx.peer_trusted,
+        )));
+    }
+    let decision = match check_head(req, target, settings) {
         Err(why) => Decision::Problem(why.0, why.1, Vec::new()),
         Ok(()) => route(req, ctx, config),
+    };
+    sample(ctx, config);
+    decision
+}
+
+/// Decides whether the request's trace is sampled, by its route's ratio (or the global one
+/// when it has none or matched no route), and lets the plugins record their decisions if so.
+fn sample(ctx: &mut RequestCtx, config: &Config) {
+    let (Some(trace), Some(tracing)) = (&mut ctx.trace, &config.tracing) else {
+        return;
+    };
+    let ratio = ctx
+        .route
+        .as_ref()
+        .and_then(|r| r.trace_ratio)
+        .unwrap_or(tracing.sample_ratio);
+    if trace.sample(ratio) {
+        ctx.state.trace.start_recording();
     }
 }
 

@@ -10,6 +10,7 @@ use crate::aggregate::{Aggregate, ClientRequest, Outcome};
 use crate::forwarded;
 use crate::forwarded::X_REQUEST_ID_WIRE;
 use crate::router::{Route, RouteAction};
+use crate::trace::context::trace_id_hex;
 use gantry_plugins::{Flow, PluginState};
 use http::{header, Method};
 use pingora::http::ResponseHeader;
@@ -31,6 +32,7 @@ impl Gateway {
         let client = ClientRequest {
             header: session.req_header(),
             state: &ctx.state,
+            trace: ctx.trace.as_deref(),
         };
         match aggregate.run(&self.connector, &client).await {
             Outcome::Merged(body, partial) => {
@@ -107,7 +109,9 @@ pub(super) async fn write_problem(
     if problem.close {
         session.set_keepalive(None);
     }
-    let (resp, body) = problem.response(&ctx.state.request_id)?;
+    let trace_id = ctx.trace.as_ref().map(|t| trace_id_hex(&t.trace_id));
+    let trace_id = trace_id.as_ref().map(|t| t.as_str());
+    let (resp, body) = problem.response(&ctx.state.request_id, trace_id)?;
     let content = Content::Gateway(bytes::Bytes::from(body));
     write_response(session, route, ctx, resp, content).await
 }
@@ -134,6 +138,9 @@ pub(super) async fn write_response(
     content: Content,
 ) -> Result<()> {
     resp.insert_header(X_REQUEST_ID_WIRE, ctx.state.request_id.clone())?;
+    if let Some(timing) = super::timing::server_timing(ctx) {
+        resp.insert_header(super::timing::SERVER_TIMING, timing)?;
+    }
     let (body, from_upstream) = match content {
         Content::Gateway(body) => (body, false),
         Content::Upstream(body) => (body, true),

@@ -72,6 +72,9 @@ impl Gateway {
                 ctx.backend = Some(picked.addr);
                 ctx.backend_slot = Some(InFlight::enter(&picked.state.in_flight));
                 ctx.attempts += 1;
+                if let Some(trace) = &mut ctx.trace {
+                    trace.start_attempt(ctx.attempts, picked.addr);
+                }
                 ctx.upstream_started = Some(Instant::now());
                 ctx.upstream_connected = None;
                 let mut peer = Box::new(picked.peer);
@@ -112,6 +115,9 @@ impl Gateway {
         let reason = match connected {
             None => RetryReason::ConnectFailure,
             Some(_) if *e.esource() != ErrorSource::Upstream => {
+                if let Some(trace) = &mut ctx.trace {
+                    trace.attempt_failed("client-failure");
+                }
                 e.set_retry(false);
                 return e;
             }
@@ -120,6 +126,9 @@ impl Gateway {
                 _ => RetryReason::Reset,
             },
         };
+        if let Some(trace) = &mut ctx.trace {
+            trace.attempt_failed(reason.as_str());
+        }
         // What Pingora itself knows is safe to try again says nothing about the backend: a
         // pooled connection it had already closed, an HTTP/2 stream refused or a connection
         // going away (GOAWAY) before the request was processed. Tried again for idempotent
@@ -234,6 +243,9 @@ impl Gateway {
             host,
         )?;
         upstream.insert_header(X_REQUEST_ID_WIRE, ctx.state.request_id.clone())?;
+        if let Some(trace) = &ctx.trace {
+            trace.propagate(upstream, trace.upstream_traceparent())?;
+        }
         forwarded::set_consumer_headers(upstream, ctx.state.consumer.as_deref())?;
         let bridged = ctx.route.as_ref().is_some_and(|r| r.grpc_web)
             && session
@@ -258,8 +270,9 @@ impl Gateway {
         // An upgrade's frames are not a request to copy.
         let mirror = ctx.route.as_ref().and_then(|r| r.mirror.as_ref());
         if let Some(mirror) = mirror.filter(|_| !session.is_upgrade_req()) {
+            let trace = ctx.trace.as_deref();
             ctx.mirroring
-                .header_sent(mirror, upstream, ctx.state.client.ip);
+                .header_sent(mirror, upstream, ctx.state.client.ip, trace);
         }
         Ok(())
     }
@@ -274,6 +287,9 @@ impl Gateway {
         ctx.upstream_responded = Some(now);
         // A 1xx is passed on to the client (a response has started): neither timed nor judged.
         let final_header = !upstream_response.status.is_informational();
+        if let Some(trace) = ctx.trace.as_mut().filter(|_| final_header) {
+            trace.attempt_answered(upstream_response.status.as_u16());
+        }
         if let Some(cluster) = proxied_cluster(ctx).cloned().filter(|_| final_header) {
             if let Some(started) = ctx.upstream_started {
                 cluster.metrics.upstream_duration.observe(now - started);

@@ -73,6 +73,10 @@ pub struct Route {
     pub timeout: Option<std::time::Duration>,
     /// Where a share of the route's requests is copied to.
     pub mirror: Option<Arc<crate::mirror::Mirror>>,
+    /// The route's trace sample ratio, replacing `tracing.sample_ratio`.
+    pub trace_ratio: Option<f64>,
+    /// Responses carry `Server-Timing`.
+    pub server_timing: bool,
 }
 
 /// What a matched route does.

@@ -34,6 +34,7 @@ use crate::registry::PluginScope;
 use crate::support::config_types::HumanDuration;
 use crate::support::limit_key::{KeySpec, LimitKey};
 use crate::support::redis_store::{RedisStore, RedisUnavailable, StoreUnavailable};
+use crate::trace_events::EventValue;
 use crate::{Flow, Phases, Plugin, PluginState, Rejection, RequestView, Slot};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
@@ -582,22 +583,36 @@ impl Plugin for RateLimit {
                 on_error,
             } => {
                 let keys = self.redis_keys(store, scope, (set, windows), request);
-                match self.take_redis(store, windows, &keys).await {
+                let started = std::time::Instant::now();
+                let taken = self.take_redis(store, windows, &keys).await;
+                record_redis_call(request.state, started, taken.is_ok());
+                match taken {
                     Ok(decision) => decision,
                     Err(StoreUnavailable) if *on_error == OnStoreError::Deny => {
-                        return Ok(store_unavailable())
+                        record_outcome(request.state, "store_unavailable_denied");
+                        return Ok(store_unavailable());
                     }
-                    Err(StoreUnavailable) => return Ok(Flow::Continue),
+                    Err(StoreUnavailable) => {
+                        record_outcome(request.state, "store_unavailable_allowed");
+                        return Ok(Flow::Continue);
+                    }
                 }
             }
         };
         let status = match decision {
-            Decision::Allow(status) => status,
+            Decision::Allow(status) => {
+                record_outcome(request.state, "allowed");
+                status
+            }
             Decision::Delay(status, wait) => {
+                record_outcome(request.state, "delayed");
                 tokio::time::sleep(wait).await;
                 status
             }
-            Decision::Refuse(limit, wait) => return Ok(rejection(limit, wait)),
+            Decision::Refuse(limit, wait) => {
+                record_outcome(request.state, "limited");
+                return Ok(rejection(limit, wait));
+            }
         };
         request.state.slots.set(self.status, status);
         request.state.rate_limit_counted = true;
@@ -618,6 +633,29 @@ impl Plugin for RateLimit {
         }
         Ok(())
     }
+}
+
+/// The limit's verdict, for the request's trace.
+fn record_outcome(state: &mut PluginState, outcome: &'static str) {
+    state.trace.record("gantry.rate_limit", || {
+        vec![("gantry.rate_limit.outcome", EventValue::Word(outcome))]
+    });
+}
+
+/// One Redis round trip (the sliding-window script), for the request's trace.
+fn record_redis_call(state: &mut PluginState, started: std::time::Instant, ok: bool) {
+    state.trace.record("gantry.redis", || {
+        let micros = started.elapsed().as_micros().min(i64::MAX as u128) as i64;
+        vec![
+            ("db.system.name", EventValue::Word("redis")),
+            ("db.operation.name", EventValue::Word("EVALSHA")),
+            (
+                "gantry.redis.outcome",
+                EventValue::Word(if ok { "ok" } else { "error" }),
+            ),
+            ("gantry.redis.duration_us", EventValue::Int(micros)),
+        ]
+    });
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ use toml::Spanned;
 
 mod backends;
 mod resilience;
+mod tracing;
 
 /// Headers about a message's own framing or connection, never copied to another request.
 const FRAMING_HEADERS: &[&str] = &[
@@ -721,6 +722,7 @@ impl<'d, 'a> Compiler<'d, 'a> {
         clusters: &BTreeMap<String, Option<Arc<Cluster>>>,
         plugins: &Plugins,
         plugin_section: Option<Spanned<DeValue<'a>>>,
+        tracing_on: bool,
     ) -> Option<RouteSpec> {
         let before = self.error_count();
         let key = KeyPath::root("routes").child(name);
@@ -775,6 +777,10 @@ impl<'d, 'a> Compiler<'d, 'a> {
             self.mirror(name, &key.child("mirror"), m, proxied, clusters)
         });
         let compress = self.compress(&key, &r.compress);
+        let trace_ratio = r
+            .tracing
+            .as_ref()
+            .and_then(|t| self.route_tracing(&key, t, tracing_on));
         if self.error_count() != before {
             return None;
         }
@@ -800,6 +806,8 @@ impl<'d, 'a> Compiler<'d, 'a> {
             compress,
             timeout,
             mirror,
+            trace_ratio,
+            server_timing: r.server_timing,
         };
         Some(RouteSpec {
             route: Arc::new(route),
