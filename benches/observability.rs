@@ -35,6 +35,8 @@ fn record(query: Option<Cow<'static, str>>) -> Record<'static> {
         error: None,
         user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
         referer: None,
+        trace_id: None,
+        span_id: None,
     }
 }
 
