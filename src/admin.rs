@@ -110,7 +110,7 @@ impl AdminApp {
                 )
             }
         };
-        redact(&mut parsed, "");
+        redact(&mut parsed, &mut Vec::new());
         let body = serde_json::json!({
             "generation": self.live.generation(),
             "sha256": config.source_sha256,
@@ -323,29 +323,44 @@ fn json(body: &serde_json::Value) -> Response<Vec<u8>> {
 /// Keys whose values are secrets.
 const SECRET_KEYS: [&str; 5] = ["token", "password", "keys", "secret", "secrets"];
 
-/// Tables whose every value may be a secret: header and query values set by transforms and
-/// composed calls (`authorization = "Bearer ..."`, `api_key = "..."`).
-const SECRET_TABLES: [&str; 5] = [
-    "set_headers",
-    "add_headers",
-    "headers",
-    "set_query",
-    "add_query",
+/// Tables whose every value may be a secret, wherever they are: header and query values set
+/// by transforms (`authorization = "Bearer ..."`, `api_key = "..."`).
+const SECRET_TABLES: [&str; 4] = ["set_headers", "add_headers", "set_query", "add_query"];
+
+/// Tables whose every value may be a secret, by key path (`*`: any one key): the collector's
+/// headers and direct responses' headers. A route's `headers` (what it matches) stays visible.
+const SECRET_PATHS: [&[&str]; 2] = [
+    &["tracing", "headers"],
+    &["routes", "*", "respond", "headers"],
 ];
 
-/// Replaces secrets in a parsed configuration: the values of [`SECRET_KEYS`], everything
-/// under [`SECRET_TABLES`], and the credentials of URLs (`redis://user:password@host`).
-fn redact(value: &mut toml::Value, key: &str) {
-    if SECRET_TABLES.contains(&key) && value.is_table() {
+/// Whether the table at `path` holds only secrets.
+fn secret_table(path: &[&str]) -> bool {
+    let last = path.last().copied().unwrap_or_default();
+    SECRET_TABLES.contains(&last)
+        || SECRET_PATHS.iter().any(|pattern| {
+            pattern.len() == path.len()
+                && pattern.iter().zip(path).all(|(p, k)| *p == "*" || p == k)
+        })
+}
+
+/// Replaces secrets in a parsed configuration: the values of [`SECRET_KEYS`], everything in
+/// a [`secret_table`], and the credentials of URLs (`redis://user:password@host`). `path`: the
+/// keys down to `value`.
+fn redact<'k>(value: &'k mut toml::Value, path: &mut Vec<&'k str>) {
+    if value.is_table() && secret_table(path) {
         return redact_all(value);
     }
+    let key = path.last().copied().unwrap_or_default();
     match value {
         toml::Value::Table(table) => {
             for (k, v) in table.iter_mut() {
-                redact(v, k);
+                path.push(k);
+                redact(v, path);
+                path.pop();
             }
         }
-        toml::Value::Array(items) => items.iter_mut().for_each(|v| redact(v, key)),
+        toml::Value::Array(items) => items.iter_mut().for_each(|v| redact(v, &mut path.clone())),
         toml::Value::String(_) if SECRET_KEYS.contains(&key) => redact_all(value),
         toml::Value::String(s) => {
             if let Some((scheme, rest)) = s.split_once("://") {

@@ -23,5 +23,6 @@ mod reload;
 mod resilience;
 mod routing;
 mod tls;
+mod tracing;
 mod traffic;
 mod websocket;

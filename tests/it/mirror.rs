@@ -1,80 +1,13 @@
 //! Request mirroring: the mirror gets its share of the requests as they were sent upstream,
 //! and nothing it does (hanging, failing, a body too large to copy) reaches the client.
 
+use crate::common::recorder::Recorder;
 use crate::common::{
     admin_metrics, check_config, client, dead_addr, eventually, free_port, wait_for_metric, Gantry,
     Upstream,
 };
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-
-/// One request a [`Recorder`] received.
-#[derive(Debug, Clone)]
-struct Recorded {
-    uri: String,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-/// An upstream that keeps every request it receives, for what the mirror saw.
-struct Recorder {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Recorded>>>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Recorder {
-    async fn start() -> Recorder {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind recorder");
-        let addr = listener.local_addr().expect("addr");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = Arc::clone(&seen);
-        let server = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                let record = Arc::clone(&record);
-                conns.spawn(async move {
-                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let record = Arc::clone(&record);
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await?.to_bytes();
-                            record.lock().expect("record").push(Recorded {
-                                uri: parts.uri.to_string(),
-                                headers: parts.headers,
-                                body,
-                            });
-                            Ok::<_, hyper::Error>(hyper::Response::new(Full::new(
-                                Bytes::from_static(b"shadow"),
-                            )))
-                        }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Recorder { addr, seen, server }
-    }
-
-    fn seen(&self) -> Vec<Recorded> {
-        self.seen.lock().expect("seen").clone()
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
 
 /// Clusters `users` (at `primary`) and `shadow` (at `mirror`), an admin listener on `admin`,
 /// and route `users` on `/` mirroring to `shadow` with `mirror_keys` (e.g. `percent = 10`).

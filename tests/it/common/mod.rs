@@ -4,6 +4,7 @@
 pub mod dns_server;
 pub mod protocol_upstream;
 pub mod raw_http;
+pub mod recorder;
 pub mod redis_server;
 
 use bytes::Bytes;
