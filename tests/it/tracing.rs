@@ -436,13 +436,11 @@ async fn a_collector_that_hangs_or_fails_never_fails_a_request_and_drops_are_cou
     collector.0.faults.hang(true);
     let admin_port = free_port();
     let g = Gantry::start(&format!(
-        "{}{}[clusters.u]\nbackends = [\"{}\"]\n[routes.u]\npaths = [\"/\"]\ncluster = \"u\"\n",
+        "{}[tracing]\notlp_endpoint = \"http://{}/v1/traces\"\nsample_ratio = 1.0\n\
+         batch = {{ max_queue = 20, max_batch = 10, interval = \"50ms\", timeout = \"200ms\" }}\n\
+         [clusters.u]\nbackends = [\"{}\"]\n[routes.u]\npaths = [\"/\"]\ncluster = \"u\"\n",
         admin(admin_port),
-        format!(
-            "[tracing]\notlp_endpoint = \"http://{}/v1/traces\"\nsample_ratio = 1.0\n\
-             batch = {{ max_queue = 20, max_batch = 10, interval = \"50ms\", timeout = \"200ms\" }}\n",
-            collector.0.addr
-        ),
+        collector.0.addr,
         up.addr
     ));
     let c = client();
