@@ -661,6 +661,62 @@ async fn queued_spans_are_flushed_on_sigterm() {
         .expect("gantry exits after SIGTERM");
 }
 
+#[tokio::test]
+async fn the_old_process_flushes_its_spans_in_a_graceful_upgrade() {
+    let (up, collector) = (Upstream::start("u").await, Collector::start().await);
+    let mut old = Gantry::start(&format!(
+        "[tracing]\notlp_endpoint = \"http://{}/v1/traces\"\nsample_ratio = 1.0\n\
+         batch = {{ interval = \"1h\" }}\n\
+         [clusters.u]\nbackends = [\"{}\"]\n[routes.u]\npaths = [\"/\"]\ncluster = \"u\"\n",
+        collector.0.addr, up.addr
+    ));
+    for _ in 0..2 {
+        assert_eq!(old.get("/", &[]).await.status(), 200);
+    }
+    let _new = old.spawn_upgrade();
+    old.signal(libc::SIGQUIT);
+    let spans = collector.wait_servers(2).await;
+    assert_eq!(servers(&spans).len(), 2);
+    old.wait_exit(std::time::Duration::from_secs(30))
+        .expect("the old process exits after the upgrade");
+}
+
+#[tokio::test]
+async fn redis_calls_are_events_with_their_outcome() {
+    let redis = crate::common::redis_server::RedisServer::start();
+    let (up, collector) = (Upstream::start("u").await, Collector::start().await);
+    let g = Gantry::start(&format!(
+        "{}{}[clusters.u]\nbackends = [\"{}\"]\n[routes.u]\npaths = [\"/\"]\ncluster = \"u\"\n\
+         [routes.u.plugins.rate-limit]\nlimits = [{{ requests = 100, per = \"60s\" }}]\npolicy = \"redis\"\n",
+        redis.section(),
+        tracing(&collector, "sample_ratio = 1.0"),
+        up.addr
+    ));
+    assert_eq!(g.get("/", &[]).await.status(), 200);
+    let spans = collector.wait_servers(1).await;
+    let event = servers(&spans)[0]
+        .events
+        .iter()
+        .find(|e| e.name == "gantry.redis")
+        .expect("a Redis event");
+    let value = |key: &str| {
+        event
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone()?.value)
+    };
+    assert_eq!(
+        value("db.system.name"),
+        Some(Any::StringValue("redis".into()))
+    );
+    assert_eq!(
+        value("gantry.redis.outcome"),
+        Some(Any::StringValue("ok".into()))
+    );
+    assert!(matches!(value("gantry.redis.duration_us"), Some(Any::IntValue(us)) if us >= 0));
+}
+
 #[test]
 fn tracing_config_errors_are_reported_and_never_echo_header_values() {
     let cases = [
