@@ -426,9 +426,17 @@ impl Clock {
     }
 }
 
-/// A string attribute.
+/// The longest string attribute value, in bytes: a span's size is bounded whatever a client
+/// sends (a path or `User-Agent` of the largest head fits no attribute whole).
+pub const MAX_ATTRIBUTE_LEN: usize = 1024;
+
+/// A string attribute, cut to [`MAX_ATTRIBUTE_LEN`] bytes at a character boundary.
 pub fn text(key: &str, value: &str) -> KeyValue {
-    attribute(key, any_value::Value::StringValue(value.to_string()))
+    let mut end = value.len().min(MAX_ATTRIBUTE_LEN);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    attribute(key, any_value::Value::StringValue(value[..end].to_string()))
 }
 
 fn int(key: &str, value: i64) -> KeyValue {
@@ -460,6 +468,17 @@ mod tests {
             HeaderValue::from_str(traceparent).unwrap(),
         );
         h
+    }
+
+    #[test]
+    fn string_attributes_are_bounded_at_a_character_boundary() {
+        let long = format!("a{}", "é".repeat(MAX_ATTRIBUTE_LEN));
+        let kv = text("user_agent.original", &long);
+        let Some(any_value::Value::StringValue(s)) = kv.value.and_then(|v| v.value) else {
+            panic!("a string");
+        };
+        assert_eq!(s.len(), MAX_ATTRIBUTE_LEN - 1);
+        assert!(long.starts_with(&s));
     }
 
     #[test]

@@ -717,6 +717,36 @@ async fn redis_calls_are_events_with_their_outcome() {
     assert!(matches!(value("gantry.redis.duration_us"), Some(Any::IntValue(us)) if us >= 0));
 }
 
+#[tokio::test]
+async fn an_https_collector_is_trusted_through_ca_file_only() {
+    let collector = crate::common::protocol_upstream::ProtocolUpstream::tls().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("collector-ca.pem");
+    std::fs::write(&ca, &collector.cert_pem).unwrap();
+    let port = collector.addr.port();
+    let run = |ca_file: String| {
+        let admin_port = free_port();
+        let g = Gantry::start(&format!(
+            "{}[tracing]\notlp_endpoint = \"https://localhost:{port}/v1/traces\"\n{ca_file}\n\
+             sample_ratio = 1.0\nbatch = {{ interval = \"50ms\" }}\n\
+             [routes.r]\npaths = [\"/\"]\nrespond = {{ body = \"x\" }}\n",
+            admin(admin_port)
+        ));
+        (g, admin_port)
+    };
+    let (trusting, admin_port) = run(format!("ca_file = \"{}\"", ca.display()));
+    assert_eq!(trusting.get("/", &[]).await.status(), 200);
+    wait_for_metric(admin_port, "gantry_tracing_spans_exported_total 1\n").await;
+    // The system's roots do not know the collector's certificate.
+    let (untrusting, admin_port) = run(String::new());
+    assert_eq!(untrusting.get("/", &[]).await.status(), 200);
+    wait_for_metric(
+        admin_port,
+        "gantry_tracing_spans_dropped_total{reason=\"export_failed\"} 1\n",
+    )
+    .await;
+}
+
 #[test]
 fn tracing_config_errors_are_reported_and_never_echo_header_values() {
     let cases = [

@@ -18,6 +18,8 @@ use tokio_rustls::rustls;
 /// A running upstream; stopped on drop.
 pub struct ProtocolUpstream {
     pub addr: SocketAddr,
+    /// The TLS upstream's self-signed certificate, PEM (a CA file that trusts it).
+    pub cert_pem: String,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -61,7 +63,11 @@ where
             });
         }
     });
-    ProtocolUpstream { addr, server }
+    ProtocolUpstream {
+        addr,
+        cert_pem: String::new(),
+        server,
+    }
 }
 
 /// `message` in gRPC's length-prefixed framing (uncompressed).
@@ -124,6 +130,7 @@ impl ProtocolUpstream {
     /// TLS with a self-signed certificate for `localhost`; ALPN `h2` and `http/1.1`.
     pub async fn tls() -> ProtocolUpstream {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let cert_pem = cert.cert.pem();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -150,6 +157,10 @@ impl ProtocolUpstream {
                 });
             }
         });
-        ProtocolUpstream { addr, server }
+        ProtocolUpstream {
+            addr,
+            cert_pem,
+            server,
+        }
     }
 }
