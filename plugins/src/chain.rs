@@ -26,6 +26,9 @@ pub struct PluginChain {
     pub authenticates: bool,
     /// The route answers CORS preflights (it has the `cors` plugin).
     pub answers_preflights: bool,
+    /// A plugin of the route calls another service for its requests (and so gets
+    /// [`PluginState::outbound_traceparent`]).
+    pub calls_out: bool,
 }
 
 impl PluginChain {
@@ -51,6 +54,7 @@ impl PluginChain {
             cache: plugins.iter().find_map(|p| p.cache_policy()),
             authenticates: has(&AUTHENTICATION),
             answers_preflights: has(&[cors::NAME]),
+            calls_out: plugins.iter().any(|p| p.calls_out()),
         }
     }
 

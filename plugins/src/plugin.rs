@@ -99,6 +99,12 @@ pub trait Plugin: Send + Sync {
         None
     }
 
+    /// Whether the plugin calls another service for a request (forward-auth, token
+    /// introspection): such calls carry [`crate::PluginState::outbound_traceparent`].
+    fn calls_out(&self) -> bool {
+        false
+    }
+
     /// After routing, before the request goes upstream (or a direct response is sent), for
     /// every request of the route, including WebSocket upgrades and requests with bodies.
     async fn on_request(&self, _request: &mut RequestView<'_>) -> pingora::Result<Flow> {

@@ -101,6 +101,9 @@ pub struct PluginState {
     pub slots: Slots,
     /// Decisions kept for the request's trace, while it is sampled.
     pub trace: crate::trace_events::TraceEvents,
+    /// The `traceparent` for the calls a plugin makes for this request (an auth service, an
+    /// introspection endpoint), when `[tracing]` is configured: this trace, a span of its own.
+    pub outbound_traceparent: Option<HeaderValue>,
 }
 
 impl Default for PluginState {
@@ -117,6 +120,7 @@ impl Default for PluginState {
             cache_status: None,
             slots: Slots::default(),
             trace: Default::default(),
+            outbound_traceparent: None,
         }
     }
 }

@@ -101,6 +101,9 @@ fn sample(ctx: &mut RequestCtx, config: &Config) {
     if trace.sample(ratio) {
         ctx.state.trace.start_recording();
     }
+    if ctx.route.as_ref().is_some_and(|r| r.plugins.calls_out) {
+        ctx.state.outbound_traceparent = Some(trace.child_traceparent());
+    }
 }
 
 /// Trust of the direct peer, the settled target, untrusted headers stripped, the request id
