@@ -23,6 +23,14 @@
 # request is a hit), gantry-least (balancer = "least_request"), gantry-ewma (balancer =
 # "peak_ewma"), gantry-resilient (round robin with a [retry] table, [outlier] detection,
 # max_requests and a route timeout, none of them triggered).
+# Traced (issue 17): gantry-trace0, gantry-trace5 and gantry-trace100 run a second Gantry config,
+# the same tables plus [tracing] (global sample_ratio = 0.0, default batching: 512 spans or 2 s)
+# and [admin] (to read the span counters), on / (the global 0.0: a trace context and a
+# traceparent upstream, no spans), /t5 (route sample_ratio = 0.05) and /t100 (1.0: a server and a
+# client span per request, all exported). The collector is the upstream nginx
+# (`location = /v1/traces`, answers 200, logs each POST). After the load the script waits until
+# the exporter has sent every queued span, so export (protobuf encoding, the POSTs) is inside the
+# counted instructions; it prints the spans exported and dropped and the POSTs the collector got.
 # nginx: daemon off, master_process off, one worker, no access log, upstream keepalive, and the
 # headers Gantry adds by default (X-Forwarded-For/-Proto/-Host, X-Request-Id up and down).
 # Needs valgrind, h2load (nghttp2-client), nginx, redis-server, curl, openssl and python3.
@@ -45,6 +53,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 UP=$(free_port); GW=$(free_port); PX=$(free_port); BP=$(free_port); RD=$(free_port)
+AD=$(free_port)   # the traced Gantry's admin listener
 
 # running PID: the process exists and is not a zombie waiting to be reaped.
 running() { [ -e "/proc/$1" ] && [ "$(sed 's/.*) //; s/ .*//' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
@@ -87,6 +96,12 @@ events { worker_connections 1024; }"
 nginx_conf_foreground "$work/upstream" "  server {
     listen 127.0.0.1:$UP;
     location / { return 200 \"ok\\n\"; }
+    # The traced Gantry's OTLP collector: reads and discards each export, logs it.
+    location = /v1/traces {
+      client_max_body_size 16m;
+      access_log $work/upstream/traces.log;
+      return 200 \"\";
+    }
   }"
 
 nginx_conf_foreground "$work/nginx" "  upstream backend { server 127.0.0.1:$UP; keepalive 32; }
@@ -149,9 +164,33 @@ default_ttl = "60s"
 $(resilience_routes "127.0.0.1:$UP")
 CONF
 
+# The traced Gantry: the same tables, [tracing] and two routes with a sample ratio of their own.
+cp "$work/gantry/gantry.toml" "$work/gantry/traced.toml"
+cat >> "$work/gantry/traced.toml" <<CONF
+
+[admin]
+listen = "127.0.0.1:$AD"
+
+[tracing]
+otlp_endpoint = "http://127.0.0.1:$UP/v1/traces"
+sample_ratio = 0.0
+
+[routes.t5]
+paths = ["/t5"]
+cluster = "upstream"
+tracing = { sample_ratio = 0.05 }
+
+[routes.t100]
+paths = ["/t100"]
+cluster = "upstream"
+tracing = { sample_ratio = 1.0 }
+CONF
+
 TOKEN=$(rs256_token)
 "$GANTRY" -t -c "$work/gantry/gantry.toml" >/dev/null
+"$GANTRY" -t -c "$work/gantry/traced.toml" >/dev/null
 
+: > "$work/upstream/traces.log"
 "$NGINX" -p "$work/upstream/" -e "$work/upstream/error.log" -c "$work/upstream/nginx.conf" \
   >"$work/upstream/out.log" 2>&1 &
 upstream_pid=$!; pids+=("$upstream_pid")
@@ -181,17 +220,44 @@ measure() {
      [ "$(awk '/^status codes:/ {print $3}' <<<"$result")" != "$n" ]; then
     echo "$name: not all $n requests got a 2xx:" >&2; echo "$result" >&2; exit 1
   fi
+  if [ -n "$traced" ]; then settle "$name" "$n" "$log"; fi
   stop "$pid" "$sig" "$log"
   total=$(awk '/^summary:/ {print $2}' "$out")
   if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/"; fi
   [ -n "$total" ] || { echo "$name: no callgrind summary in $out" >&2; exit 1; }
 }
 
+# span_counter NAME: the traced Gantry's counter NAME (the sum over its labels).
+span_counter() {
+  curl -fs --max-time 30 "http://127.0.0.1:$AD/metrics" |
+    awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $2} END {print s + 0}'
+}
+
+# settle NAME N LOG: wait until the traced Gantry's exporter has nothing left (the exported and
+# dropped counts stay the same over more than one batch interval), then record the counts.
+declare -A exported dropped posts
+settle() {
+  local before after=-1 deadline=$((SECONDS + 300))
+  before=$(( $(span_counter gantry_tracing_spans_exported_total) + $(span_counter gantry_tracing_spans_dropped_total) ))
+  while [ "$before" != "$after" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "$1: spans still being exported after 300 s" >&2; cat "$3" >&2; exit 1; }
+    [ "$after" = -1 ] || before=$after
+    sleep 3   # more than the batch interval (2 s)
+    after=$(( $(span_counter gantry_tracing_spans_exported_total) + $(span_counter gantry_tracing_spans_dropped_total) ))
+  done
+  exported[$1.$2]=$(span_counter gantry_tracing_spans_exported_total)
+  dropped[$1.$2]=$(span_counter gantry_tracing_spans_dropped_total)
+  posts[$1.$2]=$(( $(wc -l < "$work/upstream/traces.log") - posts_before ))
+}
+
 declare -A ir1 ir2 per
 PROXIES=${PROXIES:-gantry gantry-jwt gantry-key gantry-limited gantry-redis gantry-cached pingora nginx}
 for name in $PROXIES; do
-  url_path=/; client_headers=()
+  url_path=/; client_headers=(); traced=
   case $name in
+    gantry-trace0) traced=1 ;;
+    gantry-trace5) traced=1; url_path=/t5 ;;
+    gantry-trace100) traced=1; url_path=/t100 ;;
     gantry-jwt) url_path=/jwt; client_headers=(-H "authorization: Bearer $TOKEN") ;;
     gantry-key) url_path=/key; client_headers=(-H "x-api-key: bench-key-0123456789") ;;
     gantry-limited) url_path=/limited ;;
@@ -203,6 +269,8 @@ for name in $PROXIES; do
   esac
   for n in "$REQUESTS" $((2 * REQUESTS)); do
     case $name in
+      gantry-trace*) posts_before=$(wc -l < "$work/upstream/traces.log")
+        measure "$name" "$GW" "$n" TERM "$GANTRY" -c "$work/gantry/traced.toml" ;;
       gantry*) measure "$name" "$GW" "$n" TERM "$GANTRY" -c "$work/gantry/gantry.toml" ;;
       pingora) measure pingora "$BP" "$n" TERM "$BARE" "127.0.0.1:$BP" "127.0.0.1:$UP" ;;
       nginx) measure nginx "$PX" "$n" QUIT "$NGINX" -p "$work/nginx/" \
@@ -220,4 +288,19 @@ printf "%-15s %9s %16s %16s %12s %10s\n" proxy requests "Ir(N)" "Ir(2N)" "instr/
 for name in $PROXIES; do
   printf "%-15s %9s %16s %16s %12s %10s\n" "$name" "$REQUESTS" "${ir1[$name]}" "${ir2[$name]}" \
     "${per[$name]}" "$(awk -v a="${per[$name]}" -v b="${per[nginx]:-0}" 'BEGIN {if (b > 0) printf "%.2fx", a / b; else print "-"}')"
+done
+for name in $PROXIES; do
+  case $name in
+    gantry-trace*)
+      for n in "$REQUESTS" $((2 * REQUESTS)); do
+        printf "%-15s %9s requests: %7s spans exported, %5s dropped, %5s POSTs to the collector\n" \
+          "$name" "$n" "${exported[$name.$n]}" "${dropped[$name.$n]}" "${posts[$name.$n]}"
+      done ;;
+  esac
+done
+for name in $PROXIES; do
+  case $name in
+    gantry?*) [ -n "${per[gantry]:-}" ] && awk -v n="$name" -v a="${per[$name]}" -v b="${per[gantry]}" \
+      'BEGIN {printf "%-15s %+8d instructions per request over gantry (%+.2f%%)\n", n, a - b, (a - b) * 100 / b}' ;;
+  esac
 done
