@@ -324,15 +324,19 @@ fn json(body: &serde_json::Value) -> Response<Vec<u8>> {
 const SECRET_KEYS: [&str; 5] = ["token", "password", "keys", "secret", "secrets"];
 
 /// Tables whose every value may be a secret, wherever they are: header and query values set
-/// by transforms (`authorization = "Bearer ..."`, `api_key = "..."`).
-const SECRET_TABLES: [&str; 4] = ["set_headers", "add_headers", "set_query", "add_query"];
-
-/// Tables whose every value may be a secret, by key path (`*`: any one key): the collector's
-/// headers and direct responses' headers. A route's `headers` (what it matches) stays visible.
-const SECRET_PATHS: [&[&str]; 2] = [
-    &["tracing", "headers"],
-    &["routes", "*", "respond", "headers"],
+/// by transforms (`authorization = "Bearer ..."`, `api_key = "..."`), and any `headers` table
+/// (a route may match on a shared secret header).
+const SECRET_TABLES: [&str; 5] = [
+    "set_headers",
+    "add_headers",
+    "headers",
+    "set_query",
+    "add_query",
 ];
+
+/// Tables whose every value is a secret, by key path (`*`: any one key), whatever their
+/// name: the headers Gantry sends to the trace collector.
+const SECRET_PATHS: [&[&str]; 1] = [&["tracing", "headers"]];
 
 /// Whether the table at `path` holds only secrets.
 fn secret_table(path: &[&str]) -> bool {
@@ -464,5 +468,45 @@ impl ServeHttp for AdminApp {
             "/reload" => self.reload().await,
             _ => purge(&self.live.current(), session).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redacted(toml_text: &str) -> toml::Value {
+        let mut value: toml::Value = toml::from_str(toml_text).unwrap();
+        redact(&mut value, &mut Vec::new());
+        value
+    }
+
+    #[test]
+    fn secrets_are_redacted_by_key_and_by_key_path() {
+        let v = redacted(
+            r#"
+[admin]
+token = "t0ken"
+[tracing]
+otlp_endpoint = "http://u:pw@collector:4318/v1/traces"
+headers = { "x-api-key" = "k3y" }
+[routes.r]
+headers = { "x-internal-auth" = "sh4red" }
+[routes.r.plugins.request-transform]
+set_headers = { authorization = "Bearer b" }
+"#,
+        );
+        let text = v.to_string();
+        for secret in ["t0ken", "k3y", "sh4red", "Bearer b", "pw@"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(
+            v["tracing"]["headers"]["x-api-key"].as_str(),
+            Some("REDACTED")
+        );
+        assert!(text.contains("collector:4318"));
+        assert!(secret_table(&["tracing", "headers"]));
+        assert!(!secret_table(&["tracing", "resource"]));
+        assert!(secret_table(&["routes", "r", "headers"]));
     }
 }

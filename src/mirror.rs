@@ -205,8 +205,8 @@ impl Mirroring {
 }
 
 impl RequestCopy {
-    /// The copy carries the request's trace under a span id of its own (the primary's is its
-    /// attempt's).
+    /// The copy carries the request's trace with the server span as its parent (the primary's
+    /// parent is its attempt's client span).
     fn own_trace_span(&mut self, trace: Option<&crate::trace::RequestTrace>) {
         if let Some(trace) = trace {
             // The header was valid when it was sent upstream; this only replaces a value.

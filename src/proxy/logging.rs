@@ -132,7 +132,7 @@ impl Gateway {
         let tracing = ctx.config.as_ref().and_then(|c| c.tracing.as_deref());
         if let (Some(trace), Some(tracing), Some(started)) = (&ctx.trace, tracing, ctx.started) {
             let scheme = ctx.state.client.scheme.as_str();
-            let spans = trace.finish(&record, started, scheme, ctx.state.trace.events());
+            let spans = trace.finish(&record, started, scheme, &ctx.state.trace);
             crate::trace::export::submit(spans, tracing);
         }
     }

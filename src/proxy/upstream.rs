@@ -116,7 +116,12 @@ impl Gateway {
             None => RetryReason::ConnectFailure,
             Some(_) if *e.esource() != ErrorSource::Upstream => {
                 if let Some(trace) = &mut ctx.trace {
-                    trace.attempt_failed("client-failure");
+                    let downstream = *e.esource() == ErrorSource::Downstream;
+                    trace.attempt_failed(if downstream {
+                        "client-failure"
+                    } else {
+                        "gateway-failure"
+                    });
                 }
                 e.set_retry(false);
                 return e;

@@ -4,12 +4,12 @@
 //! <https://www.w3.org/TR/trace-context/>: `VERSION-TRACEID-PARENTID-FLAGS`, lowercase hex,
 //! neither id all zeros, version `ff` invalid; a later version may append fields after a `-`.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// `traceparent`.
-pub const TRACEPARENT: &str = "traceparent";
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `tracestate`.
-pub const TRACESTATE: &str = "tracestate";
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The longest `tracestate` passed on (the specification's limit for what a vendor must
 /// propagate).

@@ -24,44 +24,63 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
 use prost::Message;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// The bytes of a collector's answer that are read (and discarded) at most.
-const MAX_ANSWER: usize = 64 * 1024;
-
 /// How often queued spans are exported once shutdown has begun.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
+/// The most bytes (protobuf-encoded) the queued spans may take together, whatever
+/// `max_queue` allows: a span holds at most a few KiB a client controls (each string
+/// attribute is cut to 1 KiB), and this bounds the queue's memory.
+pub const MAX_QUEUE_BYTES: usize = 64 << 20;
+
+/// Spans waiting for export, oldest first, and their encoded size.
+#[derive(Default)]
+struct Queued {
+    spans: VecDeque<(Span, usize)>,
+    bytes: usize,
+}
+
 /// Spans waiting for export.
 struct SpanQueue {
-    spans: Mutex<Vec<Span>>,
+    queued: Mutex<Queued>,
     /// Wakes the exporter when a batch is full.
     full: Notify,
 }
 
 static QUEUE: LazyLock<SpanQueue> = LazyLock::new(|| SpanQueue {
-    spans: Mutex::new(Vec::new()),
+    queued: Mutex::new(Queued::default()),
     full: Notify::new(),
 });
 
 /// Queues a finished request's spans, or drops and counts them when the queue would pass
-/// `settings`' `max_queue`.
+/// `settings`' `max_queue` or [`MAX_QUEUE_BYTES`].
 pub fn submit(spans: Vec<Span>, settings: &TracingSettings) {
     if spans.is_empty() {
         return;
     }
     let batch = &settings.batch;
-    let mut queue = QUEUE.spans.lock();
-    if queue.len() + spans.len() > batch.max_queue {
+    let sized: Vec<(Span, usize)> = spans
+        .into_iter()
+        .map(|s| {
+            let len = s.encoded_len();
+            (s, len)
+        })
+        .collect();
+    let bytes: usize = sized.iter().map(|(_, len)| len).sum();
+    let mut queue = QUEUE.queued.lock();
+    if queue.spans.len() + sized.len() > batch.max_queue || queue.bytes + bytes > MAX_QUEUE_BYTES {
         drop(queue);
-        crate::metrics::tracing_spans_dropped("queue_full", spans.len() as u64);
+        crate::metrics::tracing_spans_dropped("queue_full", sized.len() as u64);
         return;
     }
-    queue.extend(spans);
-    let full = queue.len() >= batch.max_batch;
+    queue.bytes += bytes;
+    queue.spans.extend(sized);
+    let full = queue.spans.len() >= batch.max_batch;
     drop(queue);
     if full {
         QUEUE.full.notify_one();
@@ -70,15 +89,21 @@ pub fn submit(spans: Vec<Span>, settings: &TracingSettings) {
 
 /// Takes at most `max` queued spans, oldest first.
 fn take(max: usize) -> Vec<Span> {
-    let mut queue = QUEUE.spans.lock();
-    let n = queue.len().min(max);
-    queue.drain(..n).collect()
+    let mut queue = QUEUE.queued.lock();
+    let n = queue.spans.len().min(max);
+    let taken: Vec<(Span, usize)> = queue.spans.drain(..n).collect();
+    queue.bytes -= taken.iter().map(|(_, len)| len).sum::<usize>();
+    drop(queue);
+    taken.into_iter().map(|(span, _)| span).collect()
 }
 
 /// The background service that exports queued spans.
 pub struct SpanExporter {
     live: Arc<Live>,
-    connector: Connector,
+    /// The connector for the settings it was made for: a reload gets a new one, so pooled
+    /// connections made under an old `ca_file` (Pingora's pool does not key on it) are not
+    /// reused.
+    connector: Mutex<(Option<Arc<TracingSettings>>, Arc<Connector>)>,
 }
 
 impl SpanExporter {
@@ -86,8 +111,17 @@ impl SpanExporter {
     pub fn new(live: Arc<Live>) -> Self {
         SpanExporter {
             live,
-            connector: Connector::new(None),
+            connector: Mutex::new((None, Arc::new(Connector::new(None)))),
         }
+    }
+
+    /// The connector for `settings`.
+    fn connector(&self, settings: &Arc<TracingSettings>) -> Arc<Connector> {
+        let mut current = self.connector.lock();
+        if !current.0.as_ref().is_some_and(|s| Arc::ptr_eq(s, settings)) {
+            *current = (Some(Arc::clone(settings)), Arc::new(Connector::new(None)));
+        }
+        Arc::clone(&current.1)
     }
 
     /// Exports what the queue holds, in batches, while there is a full batch (or, with
@@ -95,7 +129,7 @@ impl SpanExporter {
     async fn export_queued(&self, everything: bool) {
         loop {
             let config = self.live.current();
-            let Some(settings) = config.tracing.as_deref() else {
+            let Some(settings) = config.tracing.as_ref() else {
                 let dropped = take(usize::MAX);
                 crate::metrics::tracing_spans_dropped("disabled", dropped.len() as u64);
                 return;
@@ -119,28 +153,30 @@ impl SpanExporter {
         }
     }
 
-    async fn export(&self, settings: &TracingSettings, spans: Vec<Span>) -> Result<(), String> {
-        let body = encode(settings, spans);
-        let endpoint = &settings.endpoint;
+    /// Sends one batch; one deadline (`batch.timeout`) covers the lookup, the connect, the
+    /// request and the answer.
+    async fn export(
+        &self,
+        settings: &Arc<TracingSettings>,
+        spans: Vec<Span>,
+    ) -> Result<(), String> {
         let timeout = settings.batch.timeout;
-        let addr = tokio::time::timeout(timeout, resolve(endpoint))
+        tokio::time::timeout(timeout, self.send(settings, encode(settings, spans)))
             .await
-            .map_err(|_| "the collector's name did not resolve in time".to_string())??;
-        let peer = peer(endpoint, addr, timeout);
+            .map_err(|_| format!("not done within {timeout:?}"))?
+    }
+
+    async fn send(&self, settings: &Arc<TracingSettings>, body: Vec<u8>) -> Result<(), String> {
+        let endpoint = &settings.endpoint;
+        let addr = resolve(endpoint).await?;
+        let peer = peer(endpoint, addr, settings.batch.timeout);
         let mut req = RequestHeader::build("POST", endpoint.target.as_bytes(), Some(4))
             .map_err(|e| e.to_string())?;
-        let host = match endpoint.port {
-            80 | 443 => endpoint.host.clone(),
-            port => format!("{}:{port}", endpoint.host),
-        };
         let set = |req: &mut RequestHeader, name: http::HeaderName, value: http::HeaderValue| {
             req.insert_header(name, value).map_err(|e| e.to_string())
         };
-        set(
-            &mut req,
-            http::header::HOST,
-            host.parse().map_err(|_| "bad host")?,
-        )?;
+        let host = host_header(endpoint).parse().map_err(|_| "bad host")?;
+        set(&mut req, http::header::HOST, host)?;
         set(
             &mut req,
             http::header::CONTENT_TYPE,
@@ -150,21 +186,30 @@ impl SpanExporter {
         for (name, value) in &settings.headers {
             set(&mut req, name.clone(), value.clone())?;
         }
-        let mut read = 0;
-        let answer = tokio::time::timeout(
-            timeout,
-            exchange(&self.connector, &peer, req, Some(body.into()), |chunk| {
-                read += chunk.len();
-                read <= MAX_ANSWER
-            }),
-        )
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|e| format!("{:?} at {:?}", e.reason, e.stage))?;
+        // The answer (an ExportTraceServiceResponse, usually empty) is read and discarded:
+        // nothing of it is kept, and the deadline bounds the reading.
+        let connector = self.connector(settings);
+        let answer = exchange(&connector, &peer, req, Some(body.into()), |_| true)
+            .await
+            .map_err(|e| format!("{:?} at {:?}", e.reason, e.stage))?;
         match answer.status.as_u16() {
             200..=299 => Ok(()),
             status => Err(format!("the collector answered {status}")),
         }
+    }
+}
+
+/// The `Host` of the export request: the port only when it is not the scheme's default, an
+/// IPv6 address in brackets.
+fn host_header(endpoint: &Endpoint) -> String {
+    let host = if endpoint.host.contains(':') {
+        format!("[{}]", endpoint.host)
+    } else {
+        endpoint.host.clone()
+    };
+    match (endpoint.tls, endpoint.port) {
+        (false, 80) | (true, 443) => host,
+        (_, port) => format!("{host}:{port}"),
     }
 }
 
@@ -185,7 +230,7 @@ impl BackgroundService for SpanExporter {
             }
         }
         // Shutting down: what is queued goes now, and what the requests still in flight
-        // finish with goes while they drain (until the runtime stops).
+        // finish with goes while they drain (until the runtime stops, after the grace period).
         loop {
             self.export_queued(true).await;
             tokio::time::sleep(DRAIN_EVERY).await;
@@ -252,5 +297,29 @@ fn log_failure(endpoint: &Endpoint, why: &str) {
             "tracing: exporting spans to {} failed ({why}); spans are dropped and counted",
             endpoint.url
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(host: &str, port: u16, tls: bool) -> Endpoint {
+        Endpoint {
+            url: String::new(),
+            host: host.into(),
+            port,
+            tls,
+            target: "/v1/traces".into(),
+            ca: None,
+        }
+    }
+
+    #[test]
+    fn the_host_header_keeps_a_port_only_when_it_is_not_the_default() {
+        assert_eq!(host_header(&endpoint("otel", 80, false)), "otel");
+        assert_eq!(host_header(&endpoint("otel", 443, true)), "otel");
+        assert_eq!(host_header(&endpoint("otel", 443, false)), "otel:443");
+        assert_eq!(host_header(&endpoint("::1", 4318, false)), "[::1]:4318");
     }
 }

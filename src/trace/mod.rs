@@ -17,7 +17,7 @@ pub mod export;
 
 use crate::access_log::Record;
 use context::{Parent, SpanId, TraceId};
-use gantry_plugins::trace_events::{EventValue, TraceEvent};
+use gantry_plugins::trace_events::{EventValue, TraceEvent, TraceEvents};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span, status, Span, Status};
@@ -206,9 +206,10 @@ impl RequestTrace {
     }
 
     /// `traceparent` for a call the gateway makes for the request outside its attempts (an
-    /// `aggregate` call, a mirrored copy): a new span id under this trace.
+    /// `aggregate` call, a mirrored copy, a plugin's call): the server span is its parent, so
+    /// the callee's spans hang off a span the collector has.
     pub fn child_traceparent(&self) -> HeaderValue {
-        context::traceparent(&self.trace_id, &context::new_span_id(), self.sampled)
+        context::traceparent(&self.trace_id, &self.span_id, self.sampled)
     }
 
     /// Sets `traceparent` (and the client's `tracestate`) on a request the gateway sends.
@@ -221,7 +222,7 @@ impl RequestTrace {
         match &self.tracestate {
             Some(state) => headers.insert_header(context::TRACESTATE, state.clone())?,
             None => {
-                headers.remove_header(context::TRACESTATE);
+                headers.remove_header(&context::TRACESTATE);
             }
         }
         Ok(())
@@ -234,7 +235,7 @@ impl RequestTrace {
         record: &Record<'_>,
         started: Instant,
         scheme: &'static str,
-        events: &[TraceEvent],
+        events: &TraceEvents,
     ) -> Vec<Span> {
         let Some(recording) = &self.recording else {
             return Vec::new();
@@ -253,19 +254,26 @@ impl RequestTrace {
         r: &Record<'_>,
         started: Instant,
         scheme: &'static str,
-        events: &[TraceEvent],
+        events: &TraceEvents,
         clock: &Clock,
     ) -> Span {
+        let method = Method::of(r.method);
+        let route = match r.route {
+            "" | crate::metrics::UNMATCHED => None,
+            route => Some(route),
+        };
         let mut attributes = vec![
-            text("http.request.method", r.method),
             text("url.path", r.path),
             text("url.scheme", scheme),
-            text("http.route", r.route),
             int("http.response.status_code", i64::from(r.status)),
             text("server.address", r.host),
             text("network.protocol.version", protocol_version(r.protocol)),
             text("gantry.request_id", r.request_id),
         ];
+        method.attributes(&mut attributes);
+        if let Some(route) = route {
+            attributes.push(text("http.route", route));
+        }
         if let Some(ip) = r.client_ip {
             attributes.push(text("client.address", &ip.to_string()));
         }
@@ -286,9 +294,9 @@ impl RequestTrace {
                 attributes.push(text(key, value));
             }
         }
-        let name = match r.route {
-            "" | crate::metrics::UNMATCHED => r.method.to_string(),
-            route => format!("{} {route}", r.method),
+        let name = match route {
+            None => method.name.to_string(),
+            Some(route) => text_value(&format!("{} {route}", method.name)),
         };
         Span {
             trace_id: self.trace_id.to_vec(),
@@ -306,15 +314,18 @@ impl RequestTrace {
             start_time_unix_nano: clock.unix_nanos(started),
             end_time_unix_nano: clock.now_nanos,
             attributes,
-            events: events.iter().map(|e| event(e, clock)).collect(),
-            status: error.map(|e| error_status(&e)),
+            events: events.events().iter().map(|e| event(e, clock)).collect(),
+            dropped_events_count: events.dropped(),
+            // A server span's status is an error for a 5xx only (OpenTelemetry's HTTP
+            // conventions): a refused request is the client's failure.
+            status: error.filter(|_| r.status >= 500).map(|e| error_status(&e)),
             ..Span::default()
         }
     }
 
     fn client_span(&self, a: &Attempt, r: &Record<'_>, clock: &Clock) -> Span {
+        let method = Method::of(r.method);
         let mut attributes = vec![
-            text("http.request.method", r.method),
             text("server.address", &a.backend.ip().to_string()),
             int("server.port", i64::from(a.backend.port())),
             int("gantry.attempt", i64::from(a.number)),
@@ -341,12 +352,13 @@ impl RequestTrace {
         if let Some(error) = &error {
             attributes.push(text("error.type", error));
         }
+        method.attributes(&mut attributes);
         Span {
             trace_id: self.trace_id.to_vec(),
             span_id: a.span_id.to_vec(),
             parent_span_id: self.span_id.to_vec(),
             flags: SAMPLED_FLAGS | remote_parent_flags(false),
-            name: r.method.to_string(),
+            name: method.name.to_string(),
             kind: span::SpanKind::Client as i32,
             start_time_unix_nano: clock.unix_nanos(a.started),
             end_time_unix_nano: a.ended.map_or(clock.now_nanos, |e| clock.unix_nanos(e)),
@@ -381,9 +393,52 @@ fn error_status(message: &str) -> Status {
     }
 }
 
-/// `1.1` of `HTTP/1.1`.
+/// `1.1` of `HTTP/1.1`, `2` of `HTTP/2.0`.
 fn protocol_version(protocol: &str) -> &str {
-    protocol.strip_prefix("HTTP/").unwrap_or(protocol)
+    match protocol {
+        "HTTP/2.0" => "2",
+        p => p.strip_prefix("HTTP/").unwrap_or(p),
+    }
+}
+
+/// A request method as OpenTelemetry records it: the known methods by name, any other as
+/// `_OTHER` (span name `HTTP`), its own name kept, cut, in `http.request.method_original`, so
+/// a client cannot make a span larger than the attribute bound with a long method.
+struct Method<'a> {
+    /// `http.request.method`.
+    name: &'static str,
+    /// The method as sent, when it is not a known one.
+    original: Option<&'a str>,
+}
+
+/// The methods of RFC 9110 and RFC 5789 (`PATCH`).
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+impl<'a> Method<'a> {
+    fn of(method: &'a str) -> Self {
+        match KNOWN_METHODS.iter().find(|m| **m == method) {
+            Some(known) => Method {
+                name: known,
+                original: None,
+            },
+            None => Method {
+                name: "HTTP",
+                original: Some(method),
+            },
+        }
+    }
+
+    fn attributes(&self, out: &mut Vec<KeyValue>) {
+        match self.original {
+            None => out.push(text("http.request.method", self.name)),
+            Some(original) => {
+                out.push(text("http.request.method", "_OTHER"));
+                out.push(text("http.request.method_original", original));
+            }
+        }
+    }
 }
 
 fn event(e: &TraceEvent, clock: &Clock) -> span::Event {
@@ -432,11 +487,16 @@ pub const MAX_ATTRIBUTE_LEN: usize = 1024;
 
 /// A string attribute, cut to [`MAX_ATTRIBUTE_LEN`] bytes at a character boundary.
 pub fn text(key: &str, value: &str) -> KeyValue {
+    attribute(key, any_value::Value::StringValue(text_value(value)))
+}
+
+/// `value` cut to [`MAX_ATTRIBUTE_LEN`] bytes at a character boundary.
+fn text_value(value: &str) -> String {
     let mut end = value.len().min(MAX_ATTRIBUTE_LEN);
     while !value.is_char_boundary(end) {
         end -= 1;
     }
-    attribute(key, any_value::Value::StringValue(value[..end].to_string()))
+    value[..end].to_string()
 }
 
 fn int(key: &str, value: i64) -> KeyValue {
@@ -468,6 +528,21 @@ mod tests {
             HeaderValue::from_str(traceparent).unwrap(),
         );
         h
+    }
+
+    #[test]
+    fn unknown_methods_are_other_and_cut() {
+        let long = "X".repeat(10 * MAX_ATTRIBUTE_LEN);
+        let m = Method::of(&long);
+        assert_eq!(m.name, "HTTP");
+        let mut attributes = Vec::new();
+        m.attributes(&mut attributes);
+        assert_eq!(attributes.len(), 2);
+        assert_eq!(attributes[1].key, "http.request.method_original");
+        assert!(format!("{attributes:?}").len() < 2 * MAX_ATTRIBUTE_LEN);
+        assert_eq!(Method::of("PATCH").name, "PATCH");
+        assert_eq!(protocol_version("HTTP/2.0"), "2");
+        assert_eq!(protocol_version("HTTP/1.1"), "1.1");
     }
 
     #[test]
@@ -518,5 +593,7 @@ mod tests {
         assert_ne!(parsed(&first).span_id, parsed(&second).span_id);
         assert_ne!(parsed(&first).span_id, t.span_id);
         assert_eq!(t.recording.as_ref().unwrap().attempts.len(), 2);
+        // Calls outside the attempts hang off the server span.
+        assert_eq!(parsed(&t.child_traceparent()).span_id, t.span_id);
     }
 }

@@ -237,6 +237,90 @@ async fn a_retry_is_two_client_spans_and_the_second_attempt_is_the_upstreams_par
 }
 
 #[tokio::test]
+async fn a_retried_status_is_a_failed_client_span_and_unmatched_requests_use_the_global_ratio() {
+    let (bad, good) = (Upstream::start("bad").await, Upstream::start("good").await);
+    bad.faults.answer(503);
+    let collector = Collector::start().await;
+    let g = Gantry::start(&format!(
+        "{}[clusters.users]\nbackends = [\"{}\", \"{}\"]\nbalancer = \"round_robin\"\n\
+         retry = {{ on = [\"status\"], statuses = [503], attempts = 2 }}\n\
+         [routes.users]\npaths = [\"/users\"]\ncluster = \"users\"\n",
+        tracing(&collector, "sample_ratio = 1.0"),
+        bad.addr,
+        good.addr
+    ));
+    for _ in 0..2 {
+        assert_eq!(g.get("/users", &[]).await.status(), 200);
+    }
+    let resp = g.get("/nowhere", &[]).await;
+    assert_problem(resp, 404, "no-route").await;
+    let spans = collector.wait_servers(3).await;
+    let retried = servers(&spans)
+        .into_iter()
+        .find(|s| children(&spans, s).len() == 2)
+        .expect("a request with two attempts");
+    let attempts = children(&spans, retried);
+    assert_eq!(int(attempts[0], "http.response.status_code"), 503);
+    assert_eq!(text(attempts[0], "error.type"), "503");
+    assert_eq!(int(attempts[0], "server.port"), i64::from(bad.addr.port()));
+    assert_eq!(int(attempts[1], "http.response.status_code"), 200);
+    // The unmatched request: sampled at the global ratio, no http.route, a 4xx is no error.
+    let unmatched = servers(&spans)
+        .into_iter()
+        .find(|s| int(s, "http.response.status_code") == 404)
+        .expect("the unmatched request's span");
+    assert_eq!(unmatched.name, "GET");
+    assert!(attr(unmatched, "http.route").is_none());
+    assert_eq!(text(unmatched, "error.type"), "no-route");
+    assert!(
+        unmatched.status.is_none(),
+        "a 4xx leaves the server span's status unset"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_method_is_other_and_cut_and_http2_is_version_2() {
+    let (up, collector) = (Upstream::start("u").await, Collector::start().await);
+    let g = Gantry::start_with(
+        "h2c = true",
+        &format!(
+            "{}[clusters.u]\nbackends = [\"{}\"]\n[routes.u]\npaths = [\"/\"]\ncluster = \"u\"\n",
+            tracing(&collector, "sample_ratio = 1.0"),
+            up.addr
+        ),
+    );
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2.get(g.url("/h2")).send().await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.version()),
+        (200, http::Version::HTTP_2)
+    );
+    let method = "X".repeat(4000);
+    let mut conn = RawConn::connect(g.port).await;
+    conn.send(format!("{method} /long HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(conn.response().await.expect("an answer").status, 200);
+    let spans = collector.wait_servers(2).await;
+    let h2_span = servers(&spans)
+        .into_iter()
+        .find(|s| text(s, "url.path") == "/h2")
+        .unwrap();
+    assert_eq!(text(h2_span, "network.protocol.version"), "2");
+    let long = servers(&spans)
+        .into_iter()
+        .find(|s| text(s, "url.path") == "/long")
+        .unwrap();
+    assert_eq!(long.name, "HTTP u");
+    assert_eq!(text(long, "http.request.method"), "_OTHER");
+    assert_eq!(text(long, "http.request.method_original").len(), 1024);
+    assert!(spans.iter().all(|s| s.name.len() < 100));
+}
+
+#[tokio::test]
 async fn plugin_decisions_are_events_of_the_server_span() {
     let (up, collector) = (Upstream::start("api").await, Collector::start().await);
     let g = Gantry::start(&format!(
@@ -617,8 +701,8 @@ async fn a_reload_moves_export_to_the_new_collector_and_headers_are_redacted() {
         "the header's name stays: {config}"
     );
     assert!(
-        config.contains("visible"),
-        "what a route matches is no secret: {config}"
+        !config.contains("visible"),
+        "a route's match headers stay redacted: {config}"
     );
 
     g.rewrite_config("", &body(&second, "collector-secret-2"));
@@ -774,6 +858,21 @@ fn tracing_config_errors_are_reported_and_never_echo_header_values() {
         out.contains("x-api-key") && !out.contains("secret-value"),
         "{out}"
     );
+    // The table form: the source line (with the value) is not quoted either.
+    for table in [
+        "x-honeycomb-team = \"secret-one\\u0001\"",
+        "host = \"secret-two\"",
+        "\"bad name\" = \"secret-three\"",
+    ] {
+        let (ok, out) = check_config(&format!(
+            "[tracing]\notlp_endpoint = \"http://x\"\n[tracing.headers]\n{table}\n"
+        ));
+        assert!(!ok, "{table}");
+        assert!(!out.contains("secret-"), "{out}");
+    }
+    let (ok, out) =
+        check_config("[tracing]\notlp_endpoint = \"http://user:s3cret x@host/v1/traces\"\n");
+    assert!(!ok && !out.contains("s3cret"), "{out}");
     let (ok, out) = check_config("[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\n");
     assert!(ok, "{out}");
 }

@@ -52,7 +52,10 @@ impl Compiler<'_, '_> {
             .iter()
             .map(|(k, v)| (k.clone(), v.get_ref().clone()))
             .collect();
+        // A header's value is a secret: its problems never quote the source line.
+        let headers_from = self.error_count();
         let headers = self.collector_headers(&key.child("headers"), &t.headers);
+        self.doc.redact_since(headers_from);
         let batch = self.batch(&key.child("batch"), t.batch);
         if self.error_count() != before {
             return None;
@@ -210,7 +213,10 @@ impl Compiler<'_, '_> {
 
 /// `http[s]://host[:port][/path]`, without credentials (those go in `headers`).
 fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
-    let uri: http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    // Not quoted back: a URL that does not parse may still hold a credential.
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| "otlp_endpoint is not a URL".to_string())?;
     let tls = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
@@ -229,9 +235,15 @@ fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
     if host.is_empty() {
         return Err("otlp_endpoint has no host".into());
     }
-    let target = match uri.path_and_query().map(|p| p.as_str()) {
-        None | Some("") | Some("/") => "/v1/traces".to_string(),
-        Some(p) => p.to_string(),
+    if uri.query().is_some() {
+        return Err(
+            "otlp_endpoint must not have a query (a key there would show in logs): send it in tracing.headers"
+                .into(),
+        );
+    }
+    let target = match uri.path() {
+        "" | "/" => "/v1/traces".to_string(),
+        p => p.to_string(),
     };
     Ok(Endpoint {
         url: url.to_string(),
@@ -285,9 +297,13 @@ mod tests {
     }
 
     #[test]
-    fn a_collector_url_that_is_not_a_url_is_named() {
-        let err = parse_endpoint("http://exa mple").err().unwrap();
-        assert!(err.contains("is not a URL"), "{err}");
+    fn a_collector_url_that_is_not_a_url_is_not_quoted() {
+        let err = parse_endpoint("http://user:s3cret x@host/").err().unwrap();
+        assert!(
+            err.contains("is not a URL") && !err.contains("s3cret"),
+            "{err}"
+        );
+        assert!(parse_endpoint("http://x/v1/traces?key=1").is_err());
     }
 
     #[test]
