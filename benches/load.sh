@@ -10,6 +10,8 @@
 #   LOG_ONLY=1 ROUNDS=5 benches/load.sh                 # only the access log's cost
 #   PROXY_ONLY=1 CONNS=1000 benches/load.sh             # only Gantry against nginx
 #   RESILIENCE_ONLY=1 ROUNDS=5 benches/load.sh          # only the balancers and resilience
+#   TRACING_ONLY=1 ROUNDS=5 benches/load.sh             # only tracing's cost
+#   GANTRY=/tmp/gantry-abc123 benches/load.sh           # that binary, not a fresh release build
 #
 # Upstream: nginx, one worker, answering a small body. Both proxies write an access log to a
 # file (nginx combined, buffered; Gantry JSON). A second Gantry without the log measures its
@@ -28,6 +30,14 @@
 # against /least (balancer = "least_request"), /ewma ("peak_ewma") and /resilient (round robin
 # with a [retry] table, [outlier] detection, max_requests and a route timeout, none triggered),
 # each a cluster of the same upstream, in alternating rounds.
+# With TRACING_ONLY, the plain route of the main Gantry (no [tracing]) against a second Gantry,
+# the same config plus [tracing] (default batching) whose collector is the upstream nginx
+# (`location = /v1/traces`, answers 200): its plain route (the global sample_ratio = 0.0), /t5
+# (route ratio 0.05) and /t100 (1.0, every request exported); and a third, the same as the
+# second but with its collector hung (a Python listener that accepts connections and never
+# reads or answers), on /t100: requests must not wait on it. Every run is on the same CPU 0 with
+# the same connections and duration, the order rotated each round; afterwards the span counters
+# of both traced Gantrys (from their [admin] /metrics) show what was exported and dropped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/harness.sh
@@ -43,6 +53,7 @@ CACHE_ONLY=${CACHE_ONLY:-}
 LOG_ONLY=${LOG_ONLY:-}
 PROXY_ONLY=${PROXY_ONLY:-}
 RESILIENCE_ONLY=${RESILIENCE_ONLY:-}
+TRACING_ONLY=${TRACING_ONLY:-}
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -59,8 +70,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release --quiet
-GANTRY=target/release/gantry
+if [ -z "${GANTRY:-}" ]; then
+  cargo build --release --quiet
+  GANTRY=target/release/gantry
+fi
 
 work=$(mktemp -d)
 # nginx's workers (user nobody when started as root) write its proxy_cache here.
@@ -74,6 +87,7 @@ cleanup() {
 trap cleanup EXIT
 
 UP=$(free_port); NGX=$(free_port); GAN=$(free_port); REDIS=$(free_port); NOLOG=$(free_port)
+TRC=$(free_port); HUNG=$(free_port); HUNG_COLLECTOR=$(free_port); TRC_ADMIN=$(free_port); HUNG_ADMIN=$(free_port)
 
 cat > "$work/upstream.conf" <<CONF
 worker_processes 1;
@@ -87,6 +101,8 @@ http {
   server {
     listen 127.0.0.1:$UP;
     location / { return 200 "hello from the upstream\n"; }
+    # The traced Gantry's OTLP collector (TRACING_ONLY): reads and discards each export.
+    location = /v1/traces { client_max_body_size 16m; return 200 ""; }
   }
 }
 CONF
@@ -204,8 +220,53 @@ sed -e "s/127.0.0.1:$GAN/127.0.0.1:$NOLOG/" -e "s#$work/gantry.pid#$work/nolog.p
     -e "s#$work/gantry.sock#$work/nolog.sock#" -e "s#^access = .*#access = \"off\"#" \
     "$work/gantry.toml" > "$work/nolog.toml"
 RUST_LOG=error taskset -c 0 "$GANTRY" -c "$work/nolog.toml" 2>"$work/nolog.err" & pids+=($!); nolog_pid=$!
+declare -A cpu_pid=() gantry_port=([gantry]=$GAN)
+serving=("$UP" "$NGX" "$GAN" "$NOLOG")
+if [ -n "$TRACING_ONLY" ]; then
+  # traced_conf NAME PORT ADMIN COLLECTOR: the main Gantry's config with [tracing] (global
+  # ratio 0.0, the collector at COLLECTOR), [admin] on ADMIN and the routes /t5 and /t100.
+  traced_conf() {
+    sed -e "s/127.0.0.1:$GAN/127.0.0.1:$2/" -e "s#$work/gantry.pid#$work/$1.pid#" \
+        -e "s#$work/gantry.sock#$work/$1.sock#" -e "s#$work/access.log#$work/$1-access.log#" \
+        "$work/gantry.toml" > "$work/$1.toml"
+    cat >> "$work/$1.toml" <<CONF
 
-for port in "$UP" "$NGX" "$GAN" "$NOLOG"; do
+[admin]
+listen = "127.0.0.1:$3"
+
+[tracing]
+otlp_endpoint = "http://$4/v1/traces"
+sample_ratio = 0.0
+
+[routes.t5]
+paths = ["/t5"]
+cluster = "backend"
+tracing = { sample_ratio = 0.05 }
+
+[routes.t100]
+paths = ["/t100"]
+cluster = "backend"
+tracing = { sample_ratio = 1.0 }
+CONF
+  }
+  # The hung collector: accepts every connection, never reads, never answers.
+  taskset -c 1 python3 -c '
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1024)
+held = []
+while True:
+    held.append(s.accept()[0])
+' "$HUNG_COLLECTOR" & pids+=($!)
+  traced_conf traced "$TRC" "$TRC_ADMIN" "127.0.0.1:$UP"
+  traced_conf hung "$HUNG" "$HUNG_ADMIN" "127.0.0.1:$HUNG_COLLECTOR"
+  RUST_LOG=error taskset -c 0 "$GANTRY" -c "$work/traced.toml" 2>"$work/traced.err" & pids+=($!); cpu_pid[traced]=$!
+  RUST_LOG=error taskset -c 0 "$GANTRY" -c "$work/hung.toml" 2>"$work/hung.err" & pids+=($!); cpu_pid[hung]=$!
+  gantry_port[traced]=$TRC; gantry_port[hung]=$HUNG
+  serving+=("$TRC" "$HUNG")
+fi
+
+for port in "${serving[@]}"; do
   for _ in $(seq 100); do
     curl -fs -o /dev/null "http://127.0.0.1:$port$PATH_UNDER_TEST" && break
     sleep 0.1
@@ -214,7 +275,7 @@ for port in "$UP" "$NGX" "$GAN" "$NOLOG"; do
 done
 
 nginx_worker=$(pgrep -P "$nginx_master" | head -1)
-declare -A cpu_pid=([nginx]=$nginx_worker [gantry]=$gantry_pid [nolog]=$nolog_pid)
+cpu_pid+=([nginx]=$nginx_worker [gantry]=$gantry_pid [nolog]=$nolog_pid)
 TICK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
@@ -243,6 +304,10 @@ run() { # name port [path [header]] -> "rps p50 p99 cpu_us_per_request"
 taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NGX$PATH_UNDER_TEST" >/dev/null
 taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$GAN$PATH_UNDER_TEST" >/dev/null
 taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NOLOG$PATH_UNDER_TEST" >/dev/null
+if [ -n "$TRACING_ONLY" ]; then
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$TRC/t100" >/dev/null
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$HUNG/t100" >/dev/null
+fi
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
@@ -294,7 +359,7 @@ log_cost() {
   median < "$work/log_ratios" | awk '{ printf "access log (json, file): median ratio %.3f: costs %.1f%% of throughput\n", $1, (1 - $1) * 100 }'
 }
 
-if [ -z "$PLUGINS_ONLY$CACHE_ONLY$RESILIENCE_ONLY" ]; then
+if [ -z "$PLUGINS_ONLY$CACHE_ONLY$RESILIENCE_ONLY$TRACING_ONLY" ]; then
   [ -z "$LOG_ONLY" ] && paired server "$PATH_UNDER_TEST" "nginx:$NGX" "gantry:$GAN" && echo
   [ -n "$PROXY_ONLY" ] && exit 0
   log_cost
@@ -302,7 +367,7 @@ fi
 [ -n "$LOG_ONLY" ] && exit 0
 
 # Cached hits: nginx proxy_cache against Gantry's cache plugin.
-if [ -z "$PLUGINS_ONLY$RESILIENCE_ONLY" ]; then
+if [ -z "$PLUGINS_ONLY$RESILIENCE_ONLY$TRACING_ONLY" ]; then
   for port in "$NGX" "$GAN"; do
     curl -fs -o /dev/null "http://127.0.0.1:$port/cached"
     hit=$(curl -fs -o /dev/null -D - "http://127.0.0.1:$port/cached" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache-status" {print $2}')
@@ -313,19 +378,21 @@ if [ -z "$PLUGINS_ONLY$RESILIENCE_ONLY" ]; then
 fi
 [ -n "$CACHE_ONLY" ] && exit 0
 
-# compare_routes SPEC...: the same Gantry on each route of SPEC ("name|path|header"), the first
-# the reference, in ROUNDS rounds of one run each, the order rotated by one each round (so a
-# drift of the machine's speed favours no route); prints each run, then the medians and each
-# route's cost in throughput against the first.
+# compare_routes SPEC...: each route of SPEC ("name|path|header|process", the process gantry
+# unless named: a key of gantry_port), the first the reference, in ROUNDS rounds of one run
+# each, the order rotated by one each round (so a drift of the machine's speed favours no
+# route); prints each run, then the medians and each route's cost in throughput against the
+# first.
 compare_routes() {
-  local results="$work/routes.$RANDOM" spec name path header rps p50 p99 cpu busy first= i
+  local results="$work/routes.$RANDOM" spec name path header proc rps p50 p99 cpu busy first= i
   local -a specs=("$@")
   printf "%-7s %-9s %12s %9s %9s %11s %6s\n" round route "req/s" "p50 ms" "p99 ms" "cpu us/req" "busy"
   for r in $(seq "$ROUNDS"); do
     for i in $(seq 0 $(($# - 1))); do
       spec=${specs[$(( (i + r - 1) % $# ))]}
-      IFS='|' read -r name path header <<< "$spec"
-      read -r rps p50 p99 cpu < <(run gantry "$GAN" "$path" "$header")
+      IFS='|' read -r name path header proc <<< "$spec"
+      proc=${proc:-gantry}
+      read -r rps p50 p99 cpu < <(run "$proc" "${gantry_port[$proc]}" "$path" "$header")
       # busy: the share of its core Gantry used; under 100% the other core (wrk, the upstream,
       # Redis) was the bottleneck, not Gantry.
       busy=$(awk -v c="$cpu" -v r="$rps" 'BEGIN {printf "%.0f%%", c * r / 1e4}')
@@ -337,11 +404,26 @@ compare_routes() {
     name=${spec%%|*}
     rps=$(awk -v n="$name" '$1==n {print $2}' "$results" | median)
     cpu=$(awk -v n="$name" '$1==n {print $5}' "$results" | median)
+    p99=$(awk -v n="$name" '$1==n {print $4}' "$results" | median)
     [ -n "$first" ] || first=$rps
-    awk -v n="$name" -v r="$rps" -v c="$cpu" -v f="$first" \
-      'BEGIN { printf "median  %-9s %12.0f req/s  %8.2f cpu us/req  cost vs the first %5.1f%%\n", n, r, c, (1 - r/f) * 100 }'
+    awk -v n="$name" -v r="$rps" -v c="$cpu" -v f="$first" -v p="$p99" \
+      'BEGIN { printf "median  %-9s %12.0f req/s  %8.2f cpu us/req  cost vs the first %5.1f%%  p99 %.3f ms\n", n, r, c, (1 - r/f) * 100, p }'
   done
 }
+
+if [ -n "$TRACING_ONLY" ]; then
+  for path in /bench /t5 /t100; do
+    curl -fs -o /dev/null "http://127.0.0.1:$TRC$path" || { echo "traced $path failed" >&2; exit 1; }
+  done
+  compare_routes "plain|/bench||gantry" "trace0|/bench||traced" "trace5|/t5||traced" \
+    "trace100|/t100||traced" "hung100|/t100||hung"
+  sleep 3   # one more batch interval: what was queued is exported (or dropped)
+  for proc in traced hung; do
+    port=$TRC_ADMIN; [ "$proc" = hung ] && port=$HUNG_ADMIN
+    echo "$proc: $(curl -fs "http://127.0.0.1:$port/metrics" | grep '^gantry_tracing_spans' | tr '\n' ' ')"
+  done
+  exit 0
+fi
 
 if [ -n "$RESILIENCE_ONLY" ]; then
   for path in /least /ewma /resilient; do
