@@ -81,6 +81,32 @@ rs256_token() {
 }
 _b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 
+# traced_tables ADMIN COLLECTOR CLUSTER: TOML for [admin] on ADMIN, [tracing] exporting to the
+# collector at COLLECTOR (host:port) with the global sample_ratio 0.0, and the routes /t5 (route
+# ratio 0.05) and /t100 (1.0) of cluster CLUSTER (the traced variants of instructions.sh and
+# load.sh's TRACING_ONLY).
+traced_tables() {
+  cat <<CONF
+
+[admin]
+listen = "127.0.0.1:$1"
+
+[tracing]
+otlp_endpoint = "http://$2/v1/traces"
+sample_ratio = 0.0
+
+[routes.t5]
+paths = ["/t5"]
+cluster = "$3"
+tracing = { sample_ratio = 0.05 }
+
+[routes.t100]
+paths = ["/t100"]
+cluster = "$3"
+tracing = { sample_ratio = 1.0 }
+CONF
+}
+
 # resilience_routes UPSTREAM: TOML for three clusters of the backend UPSTREAM and their routes:
 # /least (balancer = "least_request"), /ewma ("peak_ewma") and /resilient (round robin with a
 # [retry] table, [outlier] detection, max_requests and a route timeout, none of them triggered).

@@ -166,25 +166,7 @@ CONF
 
 # The traced Gantry: the same tables, [tracing] and two routes with a sample ratio of their own.
 cp "$work/gantry/gantry.toml" "$work/gantry/traced.toml"
-cat >> "$work/gantry/traced.toml" <<CONF
-
-[admin]
-listen = "127.0.0.1:$AD"
-
-[tracing]
-otlp_endpoint = "http://127.0.0.1:$UP/v1/traces"
-sample_ratio = 0.0
-
-[routes.t5]
-paths = ["/t5"]
-cluster = "upstream"
-tracing = { sample_ratio = 0.05 }
-
-[routes.t100]
-paths = ["/t100"]
-cluster = "upstream"
-tracing = { sample_ratio = 1.0 }
-CONF
+traced_tables "$AD" "127.0.0.1:$UP" upstream >> "$work/gantry/traced.toml"
 
 TOKEN=$(rs256_token)
 "$GANTRY" -t -c "$work/gantry/gantry.toml" >/dev/null
