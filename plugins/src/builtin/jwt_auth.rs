@@ -531,7 +531,7 @@ mod tests {
             config
                 .as_object_mut()
                 .expect("object")
-                .extend(extra.as_object().cloned().expect("object").into_iter());
+                .extend(extra.as_object().cloned().expect("object"));
             from_json(config).err()
         };
         assert_eq!(
