@@ -321,7 +321,14 @@ fn json(body: &serde_json::Value) -> Response<Vec<u8>> {
 }
 
 /// Keys whose values are secrets.
-const SECRET_KEYS: [&str; 5] = ["token", "password", "keys", "secret", "secrets"];
+const SECRET_KEYS: [&str; 6] = [
+    "token",
+    "password",
+    "keys",
+    "secret",
+    "secrets",
+    "client_secret",
+];
 
 /// Tables whose every value may be a secret, wherever they are: header and query values set
 /// by transforms (`authorization = "Bearer ..."`, `api_key = "..."`), and any `headers` table

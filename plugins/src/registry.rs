@@ -2,7 +2,7 @@
 
 use crate::builtin::{
     acl, basic_auth, body_limit, cache, concurrency_limit, cors, ip_restriction, jwt_auth,
-    key_auth, rate_limit, request_transform, response_transform,
+    key_auth, oauth2_introspection, rate_limit, request_transform, response_transform,
 };
 use crate::slots::SlotAllocator;
 use crate::support::consumer::Consumers;
@@ -23,6 +23,7 @@ pub const BUILTINS: &[(&str, i32)] = &[
     // An oversized upload is refused before any authentication work.
     (body_limit::NAME, 2900),
     (jwt_auth::NAME, 2020),
+    (oauth2_introspection::NAME, 2015),
     (key_auth::NAME, 2010),
     (basic_auth::NAME, 2000),
     // Authorization needs the consumer authentication found.
@@ -131,6 +132,11 @@ pub fn build<S: ConfigSource>(
             request_transform::RequestTransform::new(c, &scope.templates, &mut scope.slots)
         })),
         cache::NAME => finish(source.parse().map(cache::Cache::new)),
+        oauth2_introspection::NAME => finish(
+            source
+                .parse()
+                .map(|c| oauth2_introspection::Introspection::new(c, Arc::clone(&ctx.consumers))),
+        ),
         _ => Build::Unknown,
     }
 }

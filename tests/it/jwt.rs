@@ -1,6 +1,7 @@
-//! `jwt-auth` through the real gateway, with a real JWKS server on loopback.
+//! `jwt-auth` through the real gateway, with a real JWKS server on loopback, and OIDC
+//! discovery against a real OpenID configuration.
 
-use crate::common::{assert_problem, client, eventually, Gantry, Upstream};
+use crate::common::{assert_problem, check_config, client, eventually, Gantry, Upstream};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
@@ -9,6 +10,7 @@ use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
@@ -59,19 +61,27 @@ fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) ->
     encode(&header, claims, key).expect("sign")
 }
 
-/// A JWKS endpoint whose answer the test changes.
-struct JwksServer {
+/// What an [`IdpServer`] answers on one path, and how often it was asked.
+#[derive(Default)]
+struct Documents {
+    by_path: HashMap<String, (u16, String)>,
+    hits: HashMap<String, usize>,
+}
+
+/// An identity provider whose documents (a JWKS at `/jwks`, an OpenID configuration) the test
+/// changes; other paths get 404.
+struct IdpServer {
     port: u16,
-    state: Arc<Mutex<(u16, String)>>,
+    documents: Arc<Mutex<Documents>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl JwksServer {
-    async fn start(set: &JwkSet) -> JwksServer {
+impl IdpServer {
+    async fn start(set: &JwkSet) -> IdpServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let state = Arc::new(Mutex::new((200, serde_json::to_string(set).expect("json"))));
-        let shared = Arc::clone(&state);
+        let documents = Arc::new(Mutex::new(Documents::default()));
+        let shared = Arc::clone(&documents);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -79,8 +89,17 @@ impl JwksServer {
                 };
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
-                    let svc = service_fn(move |_req| {
-                        let (status, body) = shared.lock().expect("lock").clone();
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let path = req.uri().path().to_string();
+                        let (status, body) = {
+                            let mut documents = shared.lock().expect("lock");
+                            *documents.hits.entry(path.clone()).or_default() += 1;
+                            documents
+                                .by_path
+                                .get(&path)
+                                .cloned()
+                                .unwrap_or((404, String::new()))
+                        };
                         async move {
                             hyper::Response::builder()
                                 .status(status)
@@ -93,15 +112,36 @@ impl JwksServer {
                 });
             }
         });
-        JwksServer { port, state, task }
+        let idp = IdpServer {
+            port,
+            documents,
+            task,
+        };
+        idp.set(200, set);
+        idp
     }
 
+    /// Answers `/jwks` with `status` and `set`.
     fn set(&self, status: u16, set: &JwkSet) {
-        *self.state.lock().expect("lock") = (status, serde_json::to_string(set).expect("json"));
+        self.serve("/jwks", status, &serde_json::to_string(set).expect("json"));
+    }
+
+    /// Answers `path` with `status` and `body`.
+    fn serve(&self, path: &str, status: u16, body: &str) {
+        let mut documents = self.documents.lock().expect("lock");
+        documents
+            .by_path
+            .insert(path.to_string(), (status, body.to_string()));
+    }
+
+    /// Requests for `path` so far.
+    fn hits(&self, path: &str) -> usize {
+        let documents = self.documents.lock().expect("lock");
+        documents.hits.get(path).copied().unwrap_or(0)
     }
 }
 
-impl Drop for JwksServer {
+impl Drop for IdpServer {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -134,7 +174,7 @@ async fn refused(g: &Gantry, path: &str, token: &str, detail: &str) {
 /// route, a PEM-key route reading cookies and the query, and an anonymous route.
 struct JwtSetup {
     g: Gantry,
-    jwks: JwksServer,
+    jwks: IdpServer,
     _up: Upstream,
     rsa1: EncodingKey,
     rsa2: EncodingKey,
@@ -144,7 +184,7 @@ struct JwtSetup {
 async fn jwt_setup() -> JwtSetup {
     let (rsa1, rsa2) = (rsa("rsa1.key"), rsa("rsa2.key"));
     let ec1 = EncodingKey::from_ec_pem(&key_file("ec1.key")).expect("ec key");
-    let jwks = JwksServer::start(&JwkSet {
+    let jwks = IdpServer::start(&JwkSet {
         keys: vec![
             jwk(&rsa1, Algorithm::RS256, "k1"),
             jwk(&ec1, Algorithm::ES256, "e1"),
@@ -313,13 +353,7 @@ async fn jwt_tokens_are_verified_claims_checked_and_consumers_mapped() {
             c.as_object_mut().map(|o| o.remove("aud"));
         }),
     );
-    refused(
-        &g,
-        "/api",
-        &t,
-        "the token lacks a required claim (exp, iss or aud)",
-    )
-    .await;
+    refused(&g, "/api", &t, "the token has no audience (aud)").await;
     let parts: Vec<&str> = token.split('.').collect();
     let tampered = format!(
         "{}.{}.{}",
@@ -459,4 +493,140 @@ async fn hs256_pem_keys_token_sources_anonymous_access_and_websockets() {
         Err(e) => panic!("unexpected upgrade error: {e}"),
         Ok(_) => panic!("an unauthenticated upgrade went through"),
     }
+}
+
+// OIDC discovery: the keys found through the issuer's OpenID configuration.
+
+const CONFIGURATION: &str = "/.well-known/openid-configuration";
+
+/// An identity provider on loopback whose OpenID configuration names `issuer` (its own when
+/// `None`) and `jwks_uri` (its own `/jwks` when `None`); the JWKS holds `key` as `k1`.
+async fn discoverable(
+    key: &EncodingKey,
+    issuer: Option<&str>,
+    jwks_uri: Option<&str>,
+) -> IdpServer {
+    let idp = IdpServer::start(&JwkSet {
+        keys: vec![jwk(key, Algorithm::RS256, "k1")],
+    })
+    .await;
+    let own = format!("http://127.0.0.1:{}/", idp.port);
+    let document = json!({
+        "issuer": issuer.unwrap_or(&own),
+        "jwks_uri": jwks_uri.map_or(format!("{own}jwks"), String::from),
+        "response_types_supported": ["code"],
+    });
+    idp.serve(CONFIGURATION, 200, &document.to_string());
+    idp
+}
+
+fn discovery_route(name: &str, idp: &IdpServer) -> String {
+    format!(
+        "[routes.{name}]\npaths = [\"/{name}\"]\nrespond = {{ body = \"{name}\" }}\n\
+         [routes.{name}.plugins.jwt-auth]\nalgorithms = [\"RS256\"]\n\
+         issuer = \"http://127.0.0.1:{}/\"\naudiences = [\"users-api\"]\ndiscovery = true\n",
+        idp.port
+    )
+}
+
+#[tokio::test]
+async fn oidc_discovery_finds_the_keys_and_never_uses_a_document_of_another_issuer() {
+    let rsa1 = rsa("rsa1.key");
+    let good = discoverable(&rsa1, None, None).await;
+    let mixed = discoverable(&rsa1, Some("https://evil.test/"), None).await;
+    let insecure = discoverable(&rsa1, None, Some("http://keys.example/jwks")).await;
+    let g = Gantry::start(&format!(
+        "{}{}{}",
+        discovery_route("users", &good),
+        discovery_route("mixed", &mixed),
+        discovery_route("insecure", &insecure)
+    ));
+    let token_of = |idp: &IdpServer| {
+        let issuer = format!("http://127.0.0.1:{}/", idp.port);
+        sign(
+            Algorithm::RS256,
+            Some("k1"),
+            &rsa1,
+            &claims(|c| c["iss"] = json!(issuer)),
+        )
+    };
+
+    // Found on first use, then cached like a JWKS.
+    assert_eq!(
+        good.hits(CONFIGURATION),
+        0,
+        "nothing is fetched before a token comes"
+    );
+    let token = token_of(&good);
+    for _ in 0..2 {
+        let resp = call(&g, "/users", Some(&token)).await;
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!((good.hits(CONFIGURATION), good.hits("/jwks")), (1, 1));
+    let other = sign(
+        Algorithm::RS256,
+        Some("k1"),
+        &rsa1,
+        &claims(|c| c["iss"] = json!("https://evil.test/")),
+    );
+    refused(&g, "/users", &other, "the token's issuer is not accepted").await;
+
+    // Mix-up: the document names another issuer, so none of its keys are ever fetched.
+    let mixed_token = token_of(&mixed);
+    refused(&g, "/mixed", &mixed_token, "no signing keys are available").await;
+    assert_eq!(mixed.hits(CONFIGURATION), 1);
+    assert_eq!(
+        mixed.hits("/jwks"),
+        0,
+        "keys of a foreign document are never fetched"
+    );
+    eventually("the mix-up is logged", || async {
+        g.log()
+            .contains("names the issuer \"https://evil.test/\"")
+            .then_some(())
+    })
+    .await;
+
+    // A jwks_uri in the clear is refused like a jwks_url would be.
+    refused(
+        &g,
+        "/insecure",
+        &token_of(&insecure),
+        "no signing keys are available",
+    )
+    .await;
+    eventually("the plain jwks_uri is logged", || async {
+        g.log()
+            .contains("`jwks_uri` must be https://")
+            .then_some(())
+    })
+    .await;
+    let log = g.log();
+    for token in [&token, &mixed_token] {
+        assert!(!log.contains(token.as_str()), "{log}");
+    }
+}
+
+#[test]
+fn discovery_needs_no_identity_provider_at_load_and_checks_its_keys() {
+    // `-t` and startup fetch nothing: an unreachable identity provider is fine.
+    let dead = crate::common::dead_addr();
+    let route = |table: &str| {
+        format!(
+            "[routes.r]\npaths = [\"/\"]\nrespond = {{ body = \"x\" }}\n\
+             [routes.r.plugins.jwt-auth]\nalgorithms = [\"RS256\"]\naudiences = [\"a\"]\n{table}\n"
+        )
+    };
+    let (ok, out) = check_config(&route(&format!(
+        "issuer = \"http://{dead}/\"\ndiscovery = true"
+    )));
+    assert!(ok, "{out}");
+    let (ok, out) = check_config(&route("discovery = true"));
+    assert!(!ok && out.contains("needs `issuer`"), "{out}");
+    let (ok, out) = check_config(&route(
+        "issuer = \"https://idp.example/\"\ndiscovery = true\njwks_url = \"https://idp.example/jwks\"",
+    ));
+    assert!(!ok && out.contains("finds the keys itself"), "{out}");
+    let (ok, out) = check_config(&route("issuer = \"http://idp.example/\"\ndiscovery = true"));
+    assert!(!ok && out.contains("`issuer` must be https://"), "{out}");
 }

@@ -1,6 +1,9 @@
 //! `jwt-auth`: verifies JSON Web Tokens (signature, `exp`/`nbf`/`iat`, issuer, audience,
 //! scopes, claims) and maps them to consumers.
 //!
+//! Keys come from a secret, a key file, a JWKS file, a JWKS URL, or the identity provider's
+//! OpenID configuration (`discovery = true`), whose `jwks_uri` then serves as the JWKS URL.
+//!
 //! An RSA or ECDSA verification costs more than a whole proxied request, so verified tokens are
 //! cached, keyed by the SHA-256 of the whole token and expiring with the token (at most
 //! [`CACHE_TTL`]): a client that reuses its token pays for the signature once.
@@ -10,7 +13,8 @@ use crate::support::consumer::{Consumer, Consumers};
 use crate::support::credentials::{self, Kinds, Source};
 use crate::support::failure_limit::{FailureLimit, MaxFailures};
 use crate::support::jwks::{KeySet, RemoteJwks};
-use crate::{Flow, Phases, Plugin, PluginState, Rejection, RequestView};
+use crate::support::token_checks::{self, now_secs, Refusal, TokenRules};
+use crate::{Flow, Phases, Plugin, PluginState, RequestView};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
@@ -22,7 +26,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// The configuration name.
@@ -44,12 +48,16 @@ pub struct Config {
     pub algorithms: Vec<String>,
     /// Required `iss`. Default: not checked.
     pub issuer: Option<String>,
-    /// Accepted `aud` values (any one). Required with `jwks_url` unless `any_audience`.
+    /// Accepted `aud` values (any one). Required with `jwks_url` or `discovery` unless
+    /// `any_audience`.
     #[serde(default)]
     pub audiences: Vec<String>,
-    /// Accept tokens for any audience with `jwks_url`. Default `false`.
+    /// Accept tokens for any audience with `jwks_url` or `discovery`. Default `false`.
     #[serde(default)]
     pub any_audience: bool,
+    /// Find the JWKS through `{issuer}/.well-known/openid-configuration`. Default `false`.
+    #[serde(default)]
+    pub discovery: bool,
     /// A JWKS URL, fetched in the background.
     pub jwks_url: Option<String>,
     /// A JWKS file, read at load.
@@ -108,10 +116,8 @@ pub struct JwtAuth {
     /// algorithms of another family than the key.
     validations: Vec<(Algorithm, Validation)>,
     leeway: u64,
-    required_scopes: Vec<String>,
+    rules: TokenRules,
     required_claims: Vec<(String, Value)>,
-    consumer_claim: Option<String>,
-    consumers: Arc<Consumers>,
     anonymous: bool,
     forward_claims: Vec<(HeaderName, String)>,
     sources: Vec<Source>,
@@ -148,10 +154,13 @@ impl JwtAuth {
             forward_claims,
             sources: Source::parse_all(&config.token_sources, "token_sources", Kinds::Token)?,
             failures: FailureLimit::new(config.max_failures)?,
-            required_scopes: config.required_scopes,
+            rules: TokenRules::new(
+                config.audiences,
+                config.required_scopes,
+                config.consumer_claim,
+                consumers,
+            ),
             required_claims: config.required_claims.into_iter().collect(),
-            consumer_claim: config.consumer_claim,
-            consumers,
             anonymous: config.anonymous,
             hide_credentials: config.hide_credentials,
             cache: MemoryCache::new(CACHE_ENTRIES),
@@ -160,22 +169,16 @@ impl JwtAuth {
 
     /// The answer to a refused token, counting it as a failed attempt when it is one.
     fn refuse(&self, state: &PluginState, refusal: Refusal) -> Flow {
-        let failure = refusal.is_failure();
-        let rejection = refusal.into_rejection(&self.required_scopes);
-        if failure {
-            self.failures.failed(state.client.ip, rejection)
-        } else {
-            Flow::Reject(rejection)
-        }
+        self.rules.refuse(refusal, &self.failures, state.client.ip)
     }
 
     /// Verifies `token` completely, or says why it is refused.
     async fn verify(&self, token: &str, fingerprint: [u8; 32]) -> Result<Verified, Refusal> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| {
-            Refusal::invalid("the token is malformed or its algorithm is not supported")
+            Refusal::Invalid("the token is malformed or its algorithm is not supported")
         })?;
         let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
-            return Err(Refusal::invalid("the token's algorithm is not allowed"));
+            return Err(Refusal::Invalid("the token's algorithm is not allowed"));
         };
         let kid = header.kid.as_deref();
         let remote_set;
@@ -185,22 +188,21 @@ impl JwtAuth {
                 remote_set = jwks
                     .key_set(kid, header.alg)
                     .await
-                    .ok_or(Refusal::invalid("no signing keys are available"))?;
+                    .ok_or(Refusal::Invalid("no signing keys are available"))?;
                 &remote_set
             }
         };
         let key = set
             .find(kid, header.alg)
-            .ok_or(Refusal::invalid("the token's signing key is unknown"))?;
+            .ok_or(Refusal::Invalid("the token's signing key is unknown"))?;
         let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
-            Refusal::invalid(match e.kind() {
+            Refusal::Invalid(match e.kind() {
                 ErrorKind::ExpiredSignature => "the token has expired",
                 ErrorKind::ImmatureSignature => "the token is not valid yet",
                 ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
-                ErrorKind::InvalidAudience => "the token's audience is not accepted",
                 ErrorKind::InvalidSignature => "the token's signature is not valid",
                 ErrorKind::MissingRequiredClaim(_) => {
-                    "the token lacks a required claim (exp, iss or aud)"
+                    "the token lacks a required claim (exp or iss)"
                 }
                 ErrorKind::InvalidAlgorithm => "the token's algorithm does not match its key",
                 _ => "the token is not valid",
@@ -211,12 +213,11 @@ impl JwtAuth {
         match claims.get("iat").map(Value::as_f64) {
             None => {}
             Some(Some(iat)) if iat <= (now + self.leeway) as f64 => {}
-            Some(Some(_)) => return Err(Refusal::invalid("the token was issued in the future")),
-            Some(None) => return Err(Refusal::invalid("the token's iat is not a number")),
+            Some(Some(_)) => return Err(Refusal::Invalid("the token was issued in the future")),
+            Some(None) => return Err(Refusal::Invalid("the token's iat is not a number")),
         }
-        if !self.required_scopes.iter().all(|s| has_scope(&claims, s)) {
-            return Err(Refusal::Scope);
-        }
+        self.rules.audience(&claims)?;
+        self.rules.scopes(&claims)?;
         if !self
             .required_claims
             .iter()
@@ -224,86 +225,12 @@ impl JwtAuth {
         {
             return Err(Refusal::Claims);
         }
-        let consumer = match &self.consumer_claim {
-            None => None,
-            Some(claim) => {
-                let subject = claims
-                    .get(claim)
-                    .and_then(Value::as_str)
-                    .ok_or(Refusal::invalid("the token lacks the consumer claim"))?;
-                Some(Arc::clone(
-                    self.consumers
-                        .by_subject(subject)
-                        .ok_or(Refusal::UnknownConsumer)?,
-                ))
-            }
-        };
+        let consumer = self.rules.consumer(&claims)?;
         Ok(Verified {
             fingerprint,
             claims: Arc::new(claims),
             consumer,
         })
-    }
-}
-
-/// Why a token was refused.
-enum Refusal {
-    Invalid(&'static str),
-    Scope,
-    Claims,
-    UnknownConsumer,
-}
-
-impl Refusal {
-    fn invalid(why: &'static str) -> Self {
-        Refusal::Invalid(why)
-    }
-
-    /// A token that did not authenticate (not one that lacks a permission) is a failed attempt.
-    fn is_failure(&self) -> bool {
-        matches!(self, Refusal::Invalid(_) | Refusal::UnknownConsumer)
-    }
-
-    fn into_rejection(self, scopes: &[String]) -> Rejection {
-        let bearer = |error: &str, description: &str| {
-            HeaderValue::from_str(&format!(
-                "Bearer realm=\"gantry\", error=\"{error}\", error_description=\"{description}\""
-            ))
-            .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"gantry\""))
-        };
-        match self {
-            Refusal::Invalid(why) => {
-                Rejection::unauthorized("invalid-token", why, &bearer("invalid_token", why))
-            }
-            Refusal::UnknownConsumer => Rejection::unauthorized(
-                "unknown-consumer",
-                "the token does not belong to a known consumer",
-                &bearer("invalid_token", "unknown consumer"),
-            ),
-            Refusal::Scope => {
-                let challenge = HeaderValue::from_str(&format!(
-                    "Bearer realm=\"gantry\", error=\"insufficient_scope\", scope=\"{}\"",
-                    scopes.join(" ")
-                ))
-                .unwrap_or_else(|_| {
-                    HeaderValue::from_static("Bearer error=\"insufficient_scope\"")
-                });
-                Rejection {
-                    status: 403,
-                    slug: "insufficient-scope",
-                    title: "Insufficient scope",
-                    detail: "the token lacks a required scope".into(),
-                    headers: vec![(http::header::WWW_AUTHENTICATE, challenge)],
-                }
-            }
-            Refusal::Claims => Rejection {
-                status: 403,
-                slug: "claim-mismatch",
-                title: "Forbidden",
-                detail: "a required claim of the token has another value".into(),
-                headers: Vec::new(),
-            },
-        }
     }
 }
 
@@ -315,20 +242,43 @@ fn check_key_source(config: &Config, algorithms: &[Algorithm]) -> Result<(), Str
         config.public_key_file.is_some(),
         config.secret.is_some(),
     ];
-    if sources_set.iter().filter(|s| **s).count() != 1 {
-        return Err("set exactly one of jwks_url, jwks_file, public_key_file, secret".into());
+    let key_sources = sources_set.iter().filter(|s| **s).count();
+    if config.discovery {
+        if config.issuer.is_none() {
+            return Err(
+                "`discovery = true` needs `issuer`: the OpenID configuration is \
+                        read from {issuer}/.well-known/openid-configuration"
+                    .into(),
+            );
+        }
+        if key_sources != 0 {
+            return Err(
+                "`discovery = true` finds the keys itself: remove jwks_url, \
+                        jwks_file, public_key_file and secret"
+                    .into(),
+            );
+        }
+    } else if key_sources != 1 {
+        return Err(
+            "set exactly one of jwks_url, jwks_file, public_key_file, secret (or discovery = true)"
+                .into(),
+        );
     }
     if config.any_audience && !config.audiences.is_empty() {
         return Err("set either `audiences` or `any_audience = true`, not both".into());
     }
-    if config.jwks_url.is_some() && config.audiences.is_empty() && !config.any_audience {
-        return Err(
-            "`jwks_url` needs `audiences`: an identity provider signs tokens for all its \
+    let remote = if config.discovery {
+        Some("`discovery = true`")
+    } else {
+        config.jwks_url.as_ref().map(|_| "`jwks_url`")
+    };
+    if let Some(remote) = remote.filter(|_| config.audiences.is_empty() && !config.any_audience) {
+        return Err(format!(
+            "{remote} needs `audiences`: an identity provider signs tokens for all its \
              applications with the same keys, so without an audience check tokens issued \
              for other applications are accepted (write `any_audience = true` if that is \
              intended)"
-                .into(),
-        );
+        ));
     }
     let hmac = |a: &Algorithm| a.family() == AlgorithmFamily::Hmac;
     if config.secret.is_some() && !algorithms.iter().all(hmac) {
@@ -365,15 +315,20 @@ fn keys(config: &Config) -> Result<Keys, String> {
             std::fs::read(path).map_err(|e| format!("cannot read jwks_file `{path}`: {e}"))?;
         Keys::Static(KeySet::from_jwks(&json).map_err(|e| format!("`{path}`: {e}"))?)
     } else {
-        let url = config.jwks_url.as_deref().unwrap_or_default();
         let refresh = config
             .jwks_refresh
             .map_or(Duration::from_secs(300), |d| d.0);
-        Keys::Remote(Arc::new(RemoteJwks::new(url, refresh)?))
+        let remote = match (&config.jwks_url, &config.issuer) {
+            (Some(url), _) => RemoteJwks::new(url, refresh)?,
+            (None, Some(issuer)) => RemoteJwks::discovered(issuer, refresh)?,
+            (None, None) => return Err("no key source is configured".into()),
+        };
+        Keys::Remote(Arc::new(remote))
     })
 }
 
-/// One `Validation` per allowed algorithm: `exp` always, `nbf`, issuer and audiences as set.
+/// One `Validation` per allowed algorithm: `exp` always, `nbf`, and the issuer when set
+/// (audiences are checked by [`TokenRules`], as for introspected tokens).
 fn validations(
     config: &Config,
     algorithms: &[Algorithm],
@@ -389,36 +344,14 @@ fn validations(
             if config.issuer.is_some() {
                 required.push("iss");
             }
-            if !config.audiences.is_empty() {
-                required.push("aud");
-            }
             validation.set_required_spec_claims(&required);
             if let Some(issuer) = &config.issuer {
                 validation.set_issuer(&[issuer]);
             }
-            if config.audiences.is_empty() {
-                validation.validate_aud = false;
-            } else {
-                validation.set_audience(&config.audiences);
-            }
+            validation.validate_aud = false;
             (*alg, validation)
         })
         .collect()
-}
-
-fn has_scope(claims: &Claims, scope: &str) -> bool {
-    let in_value = |v: &Value| match v {
-        Value::String(s) => s.split(' ').any(|x| x == scope),
-        Value::Array(a) => a.iter().any(|x| x.as_str() == Some(scope)),
-        _ => false,
-    };
-    claims.get("scope").is_some_and(in_value) || claims.get("scp").is_some_and(in_value)
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
@@ -460,18 +393,12 @@ impl Plugin for JwtAuth {
         let token = match credentials::take_one(&self.sources, request, &self.failures) {
             Ok(Some(token)) => token,
             Ok(None) if self.anonymous => return Ok(Flow::Continue),
-            Ok(None) => {
-                return Ok(Flow::Reject(Rejection::unauthorized(
-                    "missing-credentials",
-                    "a bearer token is required",
-                    &HeaderValue::from_static("Bearer realm=\"gantry\""),
-                )))
-            }
+            Ok(None) => return Ok(Flow::Reject(token_checks::missing_token())),
             Err(refused) => return Ok(refused),
         };
         let Ok(token) = std::str::from_utf8(token) else {
             let refusal =
-                Refusal::invalid("the token is malformed or its algorithm is not supported");
+                Refusal::Invalid("the token is malformed or its algorithm is not supported");
             return Ok(self.refuse(request.state, refusal));
         };
         let fingerprint: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -540,6 +467,7 @@ mod tests {
             issuer: None,
             audiences: vec!["users-api".into()],
             any_audience: false,
+            discovery: false,
             jwks_url: secret
                 .is_none()
                 .then(|| "https://idp.example/jwks".to_string()),
@@ -596,19 +524,39 @@ mod tests {
             "algorithms": ["RS256"], "jwks_url": url, "any_audience": true, "audiences": ["a"]
         }))
         .is_err());
+        // Discovery finds the keys of an issuer, whose tokens also serve other applications.
+        let issuer = "https://idp.example/";
+        let discovery = |extra: Value| {
+            let mut config = serde_json::json!({"algorithms": ["RS256"], "discovery": true});
+            config
+                .as_object_mut()
+                .expect("object")
+                .extend(extra.as_object().cloned().expect("object"));
+            from_json(config).err()
+        };
+        assert_eq!(
+            discovery(serde_json::json!({"issuer": issuer, "audiences": ["a"]})),
+            None
+        );
+        let no_issuer = discovery(serde_json::json!({"audiences": ["a"]})).expect("refused");
+        assert!(no_issuer.contains("needs `issuer`"), "{no_issuer}");
+        let with_url =
+            discovery(serde_json::json!({"issuer": issuer, "audiences": ["a"], "jwks_url": url}))
+                .expect("refused");
+        assert!(with_url.contains("finds the keys itself"), "{with_url}");
+        let no_audience = discovery(serde_json::json!({"issuer": issuer})).expect("refused");
+        assert!(
+            no_audience.contains("`discovery = true` needs `audiences`"),
+            "{no_audience}"
+        );
+        let plain =
+            discovery(serde_json::json!({"issuer": "http://idp.example/", "any_audience": true}))
+                .expect("refused");
+        assert!(plain.contains("`issuer` must be https://"), "{plain}");
         // Keys of one's own (a secret, a key file) are not shared with other applications.
         assert!(from_json(serde_json::json!({
             "algorithms": ["HS256"], "secret": "0123456789abcdef0123456789abcdef"
         }))
         .is_ok());
-    }
-
-    #[test]
-    fn scopes_come_from_scope_or_scp() {
-        let claims: Claims =
-            serde_json::from_str(r#"{"scope":"a users:read b","scp":["x"]}"#).expect("json");
-        assert!(has_scope(&claims, "users:read"));
-        assert!(has_scope(&claims, "x"));
-        assert!(!has_scope(&claims, "users"));
     }
 }

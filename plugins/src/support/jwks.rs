@@ -1,14 +1,24 @@
 //! Verification keys for `jwt-auth`: static keys (a secret, a PEM file, a JWKS file) or a
-//! remote JWKS fetched in the background.
+//! remote JWKS fetched in the background, from a configured URL or from the `jwks_uri` of the
+//! issuer's OpenID configuration (OIDC discovery).
 //!
 //! A remote set is fetched on first use, refreshed in the background once it is older than
 //! `jwks_refresh`, and fetched again at once (attempts are at least [`MIN_FETCH_INTERVAL`] apart) when a
 //! token names a `kid` the set does not have, which is how key rotation shows up. When the
 //! identity provider is down, the last good set is kept and a warning is logged per attempt.
+//!
+//! With discovery, every attempt reads `{issuer}/.well-known/openid-configuration` first. Its
+//! `issuer` must equal the configured issuer exactly (mix-up protection, OpenID Connect
+//! Discovery 1.0 §4.3): a document naming another issuer is never used, the key set is
+//! dropped so tokens are refused, and an error is logged per attempt.
 
+use crate::support::outbound::{self, Redirects};
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey};
+use reqwest::Url;
+use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,8 +26,14 @@ use std::time::{Duration, Instant};
 /// The least time between two fetch attempts, whatever caused them (first use, age, unknown
 /// `kid`), so a failing identity provider is not hammered.
 pub const MIN_FETCH_INTERVAL: Duration = Duration::from_secs(1);
-/// Timeout of one JWKS request.
+/// Timeout of one JWKS or OpenID configuration request.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest JWKS read.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// The largest OpenID configuration read.
+const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
+/// The most characters of a foreign issuer name a log line quotes.
+const MAX_QUOTED_ISSUER: usize = 200;
 
 /// One verification key.
 pub struct Key {
@@ -86,11 +102,32 @@ impl KeySet {
     }
 }
 
+/// Where a remote key set is found.
+enum Location {
+    /// A configured `jwks_url`.
+    Jwks(Url),
+    /// The `jwks_uri` of the OpenID configuration of `issuer`, read from `document`.
+    Discovery { issuer: String, document: Url },
+}
+
+/// The part of an OpenID configuration Gantry reads.
+#[derive(Deserialize)]
+struct OpenIdConfiguration {
+    issuer: String,
+    jwks_uri: Option<String>,
+}
+
+/// Why a fetch attempt brought no key set.
+enum FetchError {
+    /// The identity provider could not be reached or answered something unusable.
+    Failed(String),
+    /// The OpenID configuration names this issuer, not the configured one.
+    ForeignIssuer(String),
+}
+
 /// A JWKS fetched from an identity provider.
 pub struct RemoteJwks {
-    url: String,
-    /// `scheme://host` of `url`, for logs (never the path or query, which may hold credentials).
-    origin: String,
+    location: Location,
     client: reqwest::Client,
     refresh: Duration,
     current: ArcSwapOption<KeySet>,
@@ -107,33 +144,34 @@ pub struct RemoteJwks {
 impl RemoteJwks {
     /// A set fetched from `url` and refreshed every `refresh`.
     pub fn new(url: &str, refresh: Duration) -> Result<Self, String> {
-        let parsed =
-            reqwest::Url::parse(url).map_err(|e| format!("jwks_url `{url}` is not a URL: {e}"))?;
-        let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
-        match parsed.scheme() {
-            "https" => {}
-            "http" if loopback => {}
-            _ => {
-                return Err(
-                    "jwks_url must be https:// (plain http:// only for loopback): \
-                            keys fetched in the clear can be forged"
-                        .into(),
-                )
-            }
+        let url = outbound::secure_url("jwks_url", url, "keys fetched")?;
+        RemoteJwks::at(Location::Jwks(url), refresh)
+    }
+
+    /// A set fetched from the `jwks_uri` of `issuer`'s OpenID configuration, both read again
+    /// every `refresh`.
+    pub fn discovered(issuer: &str, refresh: Duration) -> Result<Self, String> {
+        let parsed = outbound::secure_url("issuer", issuer, "keys discovered")?;
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(
+                "with `discovery = true`, `issuer` must be a URL without a query or \
+                        fragment (OpenID Connect Discovery 1.0)"
+                    .into(),
+            );
         }
-        let client = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .build()
-            .map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?;
-        let origin = format!(
-            "{}://{}",
-            parsed.scheme(),
-            parsed.host_str().unwrap_or_default()
+        let document = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
         );
+        let document = Url::parse(&document).map_err(|e| format!("`issuer`: {e}"))?;
+        let issuer = issuer.to_string();
+        RemoteJwks::at(Location::Discovery { issuer, document }, refresh)
+    }
+
+    fn at(location: Location, refresh: Duration) -> Result<Self, String> {
         Ok(RemoteJwks {
-            url: url.to_string(),
-            origin,
-            client,
+            location,
+            client: outbound::client(FETCH_TIMEOUT, Redirects::FollowSecure)?,
             refresh,
             current: ArcSwapOption::empty(),
             started: Instant::now(),
@@ -203,27 +241,80 @@ impl RemoteJwks {
                 self.current.store(Some(Arc::new(set)));
                 self.fetched_ms.store(self.now_ms(), Ordering::Relaxed);
             }
-            Err(e) => log::warn!(
-                "jwt-auth: fetching the JWKS from {} failed: {e}; keeping the last good key set",
-                self.origin
-            ),
+            Err(FetchError::Failed(e)) => {
+                log::warn!("jwt-auth: {e}; keeping the last good key set")
+            }
+            Err(FetchError::ForeignIssuer(named)) => {
+                self.current.store(None);
+                let quoted: String = named.chars().take(MAX_QUOTED_ISSUER).collect();
+                log::error!(
+                    "jwt-auth: the OpenID configuration of issuer {:?} names the issuer \
+                     {quoted:?}: they must be equal exactly, so its keys are not used and \
+                     tokens are refused",
+                    self.issuer().unwrap_or_default()
+                );
+            }
         }
     }
 
-    async fn download(&self) -> Result<KeySet, String> {
+    /// The configured issuer, with discovery.
+    fn issuer(&self) -> Option<&str> {
+        match &self.location {
+            Location::Jwks(_) => None,
+            Location::Discovery { issuer, .. } => Some(issuer),
+        }
+    }
+
+    async fn download(&self) -> Result<KeySet, FetchError> {
+        let jwks = match &self.location {
+            Location::Jwks(url) => url.clone(),
+            Location::Discovery { issuer, document } => self.jwks_uri(issuer, document).await?,
+        };
+        self.get(&jwks, MAX_JWKS_BYTES)
+            .await
+            .and_then(|body| KeySet::from_jwks(&body))
+            .map_err(|e| {
+                FetchError::Failed(format!(
+                    "fetching the JWKS from {} failed: {e}",
+                    outbound::origin(&jwks)
+                ))
+            })
+    }
+
+    /// The `jwks_uri` of the OpenID configuration at `document`, which must be `issuer`'s.
+    async fn jwks_uri(&self, issuer: &str, document: &Url) -> Result<Url, FetchError> {
+        let failed = |e: String| {
+            FetchError::Failed(format!(
+                "reading the OpenID configuration at {} failed: {e}",
+                outbound::origin(document)
+            ))
+        };
+        let body = self
+            .get(document, MAX_DOCUMENT_BYTES)
+            .await
+            .map_err(failed)?;
+        let found: OpenIdConfiguration = serde_json::from_slice(&body)
+            .map_err(|e| failed(format!("not an OpenID configuration: {e}")))?;
+        if found.issuer != issuer {
+            return Err(FetchError::ForeignIssuer(found.issuer));
+        }
+        let jwks_uri = found
+            .jwks_uri
+            .ok_or_else(|| failed("it has no `jwks_uri`".into()))?;
+        outbound::secure_url("jwks_uri", &jwks_uri, "keys fetched").map_err(failed)
+    }
+
+    /// The body of a successful `GET url`, at most `limit` bytes.
+    async fn get(&self, url: &Url, limit: usize) -> Result<Bytes, String> {
         let resp = self
             .client
-            .get(&self.url)
+            .get(url.clone())
             .send()
             .await
-            .map_err(|e| e.without_url().to_string())?;
+            .map_err(outbound::describe)?;
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
-        KeySet::from_jwks(&body)
+        outbound::read_capped(resp, limit).await
     }
 }
