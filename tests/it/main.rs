@@ -13,6 +13,7 @@ mod credentials;
 mod dns;
 mod docs;
 mod errors;
+mod forward_auth;
 mod jwt;
 mod mirror;
 mod observability;
