@@ -8,9 +8,10 @@
 //! call); a failed optional call becomes `null`, is described under `errors`, and is named in
 //! the `Gantry-Partial` response header.
 
-use crate::upstream::exchange::{exchange, ExchangeError, Stage};
+use crate::upstream::call::{self, CallError};
+use crate::upstream::exchange::{ExchangeError, Stage};
 use crate::upstream::hash_key::ip_key;
-use crate::upstream::{Cluster, InFlight, RetryReason};
+use crate::upstream::{Cluster, RetryReason};
 use gantry_plugins::gateway::Template;
 use gantry_plugins::PluginState;
 use http::{header, HeaderName, HeaderValue};
@@ -180,9 +181,8 @@ impl Call {
         Ok(req)
     }
 
-    /// One call through the cluster's resilience: its breaker, balancer and outlier
-    /// detection, and its retry policy (conditions, statuses, attempts, per-try timeout,
-    /// backoff and budget; a call is a GET), then the whole body.
+    /// One call through the cluster's resilience (see [`call::get`]; a call is a GET), then
+    /// the whole body.
     async fn fetch(
         &self,
         connector: &Connector,
@@ -190,83 +190,20 @@ impl Call {
     ) -> Result<Value, CallFailure> {
         let req = self.request(client)?;
         let cluster = &self.cluster;
-        let Some(_slot) = cluster.admit() else {
-            cluster.metrics.record_overloaded();
-            return Err(CallFailure {
-                status: 503,
-                detail: format!("cluster `{}` has max_requests in flight", cluster.name),
-            });
-        };
-        cluster.retry_budget.record_request();
-        let policy = &cluster.resilience.retry;
         let mut ip_buf = [0u8; 16];
         let key = ip_key(client.state.client.ip, &mut ip_buf);
-        let mut failed = Vec::new();
-        let mut attempts = 0;
-        loop {
-            if attempts > 0 {
-                tokio::time::sleep(policy.backoff.delay(attempts)).await;
-            }
-            let Some(picked) = cluster.select(key, &failed) else {
-                return Err(CallFailure {
-                    status: 503,
-                    detail: format!("cluster `{}` has no healthy backend left", cluster.name),
-                });
-            };
-            let (addr, mut peer) = (picked.addr, picked.peer);
-            peer.options.response_header_not_after = policy
-                .per_try_timeout
-                .and_then(|t| tokio::time::Instant::now().checked_add(t));
-            attempts += 1;
-            let _in_flight = InFlight::enter(&picked.state.in_flight);
-            let started = std::time::Instant::now();
-            let (failure, reason) = match self.attempt(connector, &peer, &req).await {
-                Ok(answer) => {
-                    cluster.record_latency(addr, started.elapsed());
-                    if !cluster.judge_status(addr, answer.status) {
-                        return answer.into_value();
-                    }
-                    failed.push(addr);
-                    let status = RetryReason::Status;
-                    if !(policy.allows(status, &http::Method::GET)
-                        && cluster.may_retry(Some(status), attempts, &failed))
-                    {
-                        return answer.into_value();
-                    }
-                    continue;
-                }
-                Err(e) => e,
-            };
-            cluster.record_failed_attempt(addr, started.elapsed());
-            failed.push(addr);
-            if !(policy.allows(reason, &http::Method::GET)
-                && cluster.may_retry(Some(reason), attempts, &failed))
-            {
-                return Err(failure);
-            }
+        match call::get(cluster, connector, key, MAX_CALL_BODY, |_| req.clone()).await {
+            Ok(answer) => into_value(answer),
+            Err(CallError::Overloaded) => Err(CallFailure {
+                status: 503,
+                detail: format!("cluster `{}` has max_requests in flight", cluster.name),
+            }),
+            Err(CallError::NoBackend) => Err(CallFailure {
+                status: 503,
+                detail: format!("cluster `{}` has no healthy backend left", cluster.name),
+            }),
+            Err(CallError::Exchange(e)) => Err(self.failure(e)),
         }
-    }
-
-    /// One try on `peer`: the request and the whole answer, or why it failed.
-    async fn attempt(
-        &self,
-        connector: &Connector,
-        peer: &pingora::upstreams::peer::HttpPeer,
-        req: &RequestHeader,
-    ) -> Result<Answer, (CallFailure, RetryReason)> {
-        let mut body = Vec::new();
-        let sink = |chunk: bytes::Bytes| {
-            body.extend_from_slice(&chunk);
-            body.len() <= MAX_CALL_BODY
-        };
-        let resp = exchange(connector, peer, req.clone(), None, sink)
-            .await
-            .map_err(|e| (self.failure(e), e.reason))?;
-        Ok(Answer {
-            status: resp.status.as_u16(),
-            json: gantry_plugins::gateway::is_json(&resp.headers),
-            body,
-        })
     }
 
     /// What a failed exchange with the cluster means for the call.
@@ -294,31 +231,23 @@ impl Call {
     }
 }
 
-/// A call's final answer.
-struct Answer {
-    status: u16,
-    json: bool,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    /// The answer as the merged document's member: parsed JSON, or the text.
-    fn into_value(self) -> Result<Value, CallFailure> {
-        if !(200..300).contains(&self.status) {
-            return Err(CallFailure {
-                status: self.status,
-                detail: format!("the upstream answered {}", self.status),
-            });
-        }
-        if self.json {
-            serde_json::from_slice(&self.body).map_err(|_| CallFailure {
-                status: 502,
-                detail: "the upstream failed while sending invalid JSON".into(),
-            })
-        } else {
-            Ok(Value::String(
-                String::from_utf8_lossy(&self.body).into_owned(),
-            ))
-        }
+/// A call's final answer as the merged document's member: parsed JSON, or the text.
+fn into_value(answer: call::Answer) -> Result<Value, CallFailure> {
+    let status = answer.header.status.as_u16();
+    if !(200..300).contains(&status) {
+        return Err(CallFailure {
+            status,
+            detail: format!("the upstream answered {status}"),
+        });
+    }
+    if gantry_plugins::gateway::is_json(&answer.header.headers) {
+        serde_json::from_slice(&answer.body).map_err(|_| CallFailure {
+            status: 502,
+            detail: "the upstream failed while sending invalid JSON".into(),
+        })
+    } else {
+        Ok(Value::String(
+            String::from_utf8_lossy(&answer.body).into_owned(),
+        ))
     }
 }

@@ -507,6 +507,13 @@ fn render_process(out: &mut String) {
         "Redis operations that failed, timed out or were skipped because Redis was down",
         gantry_plugins::gateway::redis_errors_total(),
     );
+    labelled_counters(
+        out,
+        "gantry_forward_auth_decisions_total",
+        "forward-auth decisions: allowed, cached (allowed from the decision cache), refused (a 3xx or 4xx answer), unknown_consumer, failed (then on_error)",
+        "outcome",
+        gantry_plugins::gateway::forward_auth_decisions_total(),
+    );
     if let Some(cache) = crate::cache::running() {
         gauge(
             out,

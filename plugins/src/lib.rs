@@ -10,6 +10,8 @@
 //!   (`deny_unknown_fields`).
 //! - `support/`: what the plugins share (credentials, templates, JSON bodies, Redis, limit
 //!   keys...), private to this crate.
+//! - `services`: the calls a plugin makes through the gateway's clusters ([`Clusters`],
+//!   [`ClusterClient`]), which the gateway implements.
 //! - [`trace_events`]: the decisions a sampled request's plugins record for its trace.
 //! - [`gateway`]: the one module the gateway imports beyond the API (templates, query parsing,
 //!   cache status and policy, consumers, Redis, config value types).
@@ -32,6 +34,7 @@ mod plugin;
 #[cfg(test)]
 mod props;
 pub mod registry;
+mod services;
 mod slots;
 mod state;
 mod support;
@@ -41,5 +44,6 @@ pub mod trace_events;
 
 pub use chain::PluginChain;
 pub use plugin::{Answer, Flow, Phases, Plugin, Rejection};
+pub use services::{ClusterClient, Clusters, ServiceAnswer, ServiceFailure};
 pub use slots::{Slot, SlotAllocator, Slots};
 pub use state::{Claims, ClientFacts, PeerCertificate, PluginState, RequestView, Scheme};

@@ -25,14 +25,16 @@ pub struct Rejection {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// A complete answer without a body (a CORS preflight): the request goes no further, and the
-/// route's response-phase plugins still run on it.
+/// A complete answer (a CORS preflight, an auth service's refusal passed on): the request goes
+/// no further, and the route's response-phase plugins still run on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     /// HTTP status.
     pub status: u16,
     /// Response headers.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body (empty: none), sent with its `Content-Length`.
+    pub body: Bytes,
 }
 
 /// The outcome of a plugin phase.

@@ -1,9 +1,10 @@
 //! The explicit list of built-in plugins and how each is built from its configuration.
 
 use crate::builtin::{
-    acl, basic_auth, body_limit, cache, concurrency_limit, cors, ip_restriction, jwt_auth,
-    key_auth, oauth2_introspection, rate_limit, request_transform, response_transform,
+    acl, basic_auth, body_limit, cache, concurrency_limit, cors, forward_auth, ip_restriction,
+    jwt_auth, key_auth, oauth2_introspection, rate_limit, request_transform, response_transform,
 };
+use crate::services::Clusters;
 use crate::slots::SlotAllocator;
 use crate::support::consumer::Consumers;
 use crate::support::redis_store::{RedisStore, RedisUnavailable};
@@ -26,6 +27,8 @@ pub const BUILTINS: &[(&str, i32)] = &[
     (oauth2_introspection::NAME, 2015),
     (key_auth::NAME, 2010),
     (basic_auth::NAME, 2000),
+    // After the local checks: it costs a call to another service.
+    (forward_auth::NAME, 1950),
     // Authorization needs the consumer authentication found.
     (acl::NAME, 1900),
     (rate_limit::NAME, 1100),
@@ -67,6 +70,8 @@ pub struct BuildContext {
     pub consumers: Arc<Consumers>,
     /// `[redis]`, or why it cannot be used.
     pub redis: Result<Arc<RedisStore>, RedisUnavailable>,
+    /// `[clusters.*]`, for the plugins that call one.
+    pub clusters: Arc<dyn Clusters>,
 }
 
 /// Where a plugin's typed configuration comes from. The gateway implements it over its
@@ -137,6 +142,11 @@ pub fn build<S: ConfigSource>(
                 .parse()
                 .map(|c| oauth2_introspection::Introspection::new(c, Arc::clone(&ctx.consumers))),
         ),
+        forward_auth::NAME => finish(
+            source
+                .parse()
+                .map(|c| forward_auth::ForwardAuth::new(c, ctx, &mut scope.slots)),
+        ),
         _ => Build::Unknown,
     }
 }
@@ -177,6 +187,15 @@ mod tests {
         );
     }
 
+    /// A configuration without clusters.
+    struct NoClusters;
+
+    impl Clusters for NoClusters {
+        fn client(&self, name: &str) -> Result<Arc<dyn crate::ClusterClient>, String> {
+            Err(format!("cluster `{name}` is not defined"))
+        }
+    }
+
     /// A source whose every table failed to deserialize.
     struct Unparsable;
 
@@ -192,6 +211,7 @@ mod tests {
         let ctx = BuildContext {
             consumers: Arc::new(Consumers::default()),
             redis: Err(RedisUnavailable::NotConfigured),
+            clusters: Arc::new(NoClusters),
         };
         for (name, priority) in BUILTINS {
             let built = build(name, &mut scope, &mut Unparsable, &ctx);
@@ -218,6 +238,7 @@ mod tests {
         let ctx = BuildContext {
             consumers: Arc::new(Consumers::default()),
             redis: Err(RedisUnavailable::NotConfigured),
+            clusters: Arc::new(NoClusters),
         };
         match build(name, scope, &mut Json(Some(table)), &ctx) {
             Build::Ready(plugin) => plugin,
@@ -253,6 +274,7 @@ mod tests {
         let ctx = BuildContext {
             consumers: Arc::new(Consumers::default()),
             redis: Err(RedisUnavailable::NotConfigured),
+            clusters: Arc::new(NoClusters),
         };
         let table = serde_json::json!({"max_inflight": 0});
         let built = build(

@@ -15,6 +15,7 @@ pub use error::{ConfigError, ConfigErrors};
 use error::KeyPath;
 
 use crate::router::Router;
+use crate::upstream::call::PluginClusters;
 use crate::upstream::Cluster;
 use compile::Compiler;
 use document::Document;
@@ -287,35 +288,8 @@ fn compile_source(
             .map(|t| (span, t))
     });
     let cluster_sections = doc.deserialize_entries::<model::ClusterSection>("clusters", clusters);
-    let build_ctx = BuildContext {
-        consumers: plugins::consumers(&mut doc, consumers),
-        redis: redis::store(&mut doc, redis),
-    };
-    // Global plugins first: they claim their state slots before any route's plugins.
-    let plugins = plugins::global(&mut doc, global_plugins, build_ctx);
-    let routes_key = KeyPath::root("routes");
-    let route_entries = routes
-        .map(|v| doc.entries(&routes_key, v))
-        .unwrap_or_default();
-    let route_sections: Vec<_> = route_entries
-        .into_iter()
-        .filter_map(|mut e| {
-            let span = e.value.span();
-            let plugin_section = Document::take_child(&mut e.value, "plugins");
-            let key = routes_key.child(&e.name);
-            match doc.try_deserialize::<model::RouteSection>(&key, e.value) {
-                Ok(section) => Some((e.name, span, section, plugin_section)),
-                Err(rest) => {
-                    // Not compiled (a required key is missing), but its plugins are checked.
-                    if plugin_section.is_some() {
-                        let templates = plugins::unparsed_route_templates(rest);
-                        plugins.route(&mut doc, &e.name, plugin_section, templates);
-                    }
-                    None
-                }
-            }
-        })
-        .collect();
+    let consumers = plugins::consumers(&mut doc, consumers);
+    let redis = redis::store(&mut doc, redis);
 
     let mut compiler = Compiler::new(&mut doc);
     let server = server.map(|(span, s)| {
@@ -335,6 +309,40 @@ fn compile_source(
         });
         clusters.insert(name, cluster);
     }
+    // Plugins are built after the clusters, which they may call (`forward-auth`).
+    let build_ctx = BuildContext {
+        consumers,
+        redis,
+        clusters: Arc::new(PluginClusters {
+            clusters: clusters.clone(),
+        }),
+    };
+    // Global plugins first: they claim their state slots before any route's plugins.
+    let sections = compiler.doc();
+    let plugins = plugins::global(sections, global_plugins, build_ctx);
+    let routes_key = KeyPath::root("routes");
+    let route_entries = routes
+        .map(|v| sections.entries(&routes_key, v))
+        .unwrap_or_default();
+    let route_sections: Vec<_> = route_entries
+        .into_iter()
+        .filter_map(|mut e| {
+            let span = e.value.span();
+            let plugin_section = Document::take_child(&mut e.value, "plugins");
+            let key = routes_key.child(&e.name);
+            match sections.try_deserialize::<model::RouteSection>(&key, e.value) {
+                Ok(section) => Some((e.name, span, section, plugin_section)),
+                Err(rest) => {
+                    // Not compiled (a required key is missing), but its plugins are checked.
+                    if plugin_section.is_some() {
+                        let templates = plugins::unparsed_route_templates(rest);
+                        plugins.route(sections, &e.name, plugin_section, templates);
+                    }
+                    None
+                }
+            }
+        })
+        .collect();
     let tracing = tracing.and_then(|(span, t)| {
         compiler.at_entry(span);
         compiler.tracing(t)

@@ -83,14 +83,19 @@ impl Gateway {
             Flow::Answer(answer) => {
                 let mut resp =
                     ResponseHeader::build(answer.status, Some(answer.headers.len() + 2))?;
+                // Appended: an answer may carry a header twice (two `Set-Cookie`).
                 for (name, value) in answer.headers {
-                    resp.insert_header(name, value)?;
+                    resp.append_header(name, value)?;
                 }
-                // RFC 9110: a 204 carries no Content-Length.
-                if answer.status != 204 {
-                    resp.insert_header(header::CONTENT_LENGTH, 0)?;
-                }
-                let content = Content::Gateway(bytes::Bytes::new());
+                // RFC 9110: a 204 or 304 carries no body (nor, here, a Content-Length).
+                let bodiless = matches!(answer.status, 204 | 304);
+                let body = if bodiless {
+                    bytes::Bytes::new()
+                } else {
+                    resp.insert_header(header::CONTENT_LENGTH, answer.body.len())?;
+                    answer.body
+                };
+                let content = Content::Gateway(body);
                 write_response(session, route.as_deref(), ctx, resp, content).await
             }
         }

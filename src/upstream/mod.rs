@@ -10,6 +10,7 @@
 //! their state, and the balancer keeps their health.
 
 mod background;
+pub mod call;
 pub mod dns;
 pub mod exchange;
 pub mod hash_key;

@@ -13,6 +13,7 @@ mod credentials;
 mod dns;
 mod docs;
 mod errors;
+mod forward_auth;
 mod introspection;
 mod jwt;
 mod mirror;

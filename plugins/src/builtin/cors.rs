@@ -265,6 +265,7 @@ impl Cors {
         Flow::Answer(Answer {
             status: 204,
             headers: answer,
+            body: bytes::Bytes::new(),
         })
     }
 

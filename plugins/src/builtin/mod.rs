@@ -7,6 +7,7 @@ pub(crate) mod body_limit;
 pub(crate) mod cache;
 pub(crate) mod concurrency_limit;
 pub(crate) mod cors;
+pub(crate) mod forward_auth;
 pub(crate) mod ip_restriction;
 pub(crate) mod jwt_auth;
 pub(crate) mod key_auth;

@@ -37,6 +37,8 @@ pub struct Consumers {
     by_name: HashMap<Box<str>, (Arc<Consumer>, Arc<str>)>,
     /// Consumers by the JWT subject they are mapped from.
     by_subject: HashMap<Box<str>, Arc<Consumer>>,
+    /// Every consumer, by name (an auth service's answer names one).
+    named: HashMap<Box<str>, Arc<Consumer>>,
 }
 
 /// A consumer's configuration, as the gateway's config loader hands it over.
@@ -141,6 +143,9 @@ impl Consumers {
                 name_header,
                 groups_header,
             });
+            consumers
+                .named
+                .insert(spec.name.into(), Arc::clone(&consumer));
             if let Some(subject) = spec.jwt_subject {
                 if let Some(other) = consumers
                     .by_subject
@@ -208,6 +213,11 @@ impl Consumers {
     /// The consumer called `name` and its password hash, if it has a password.
     pub fn with_password(&self, name: &str) -> Option<&(Arc<Consumer>, Arc<str>)> {
         self.by_name.get(name)
+    }
+
+    /// The consumer called `name`.
+    pub fn named(&self, name: &str) -> Option<&Arc<Consumer>> {
+        self.named.get(name)
     }
 
     /// The consumer a token's `consumer_claim` value maps to.

@@ -103,6 +103,11 @@ impl<'d, 'a> Compiler<'d, 'a> {
         }
     }
 
+    /// The document problems are reported to.
+    pub fn doc(&mut self) -> &mut Document<'a> {
+        self.doc
+    }
+
     /// Sets the entry that following problems without a narrower position point at.
     pub fn at_entry(&mut self, span: Range<usize>) {
         self.entry = Some(span);
