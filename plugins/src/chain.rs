@@ -2,7 +2,7 @@
 //! phase per call, so the gateway's hooks never loop over plugins themselves.
 
 use crate::builtin::cache::CachePolicy;
-use crate::builtin::{basic_auth, cors, jwt_auth, key_auth};
+use crate::builtin::{basic_auth, cors, jwt_auth, key_auth, mtls_auth};
 use crate::plugin::{Flow, Phases, Plugin, Rejection};
 use crate::state::{PluginState, RequestView};
 use crate::trace_events::EventValue;
@@ -22,7 +22,8 @@ pub struct PluginChain {
     log: Box<[Arc<dyn Plugin>]>,
     /// The route's caching rules, when it has the `cache` plugin.
     pub cache: Option<Arc<CachePolicy>>,
-    /// The route has an authentication plugin (`jwt-auth`, `key-auth`, `basic-auth`).
+    /// The route has an authentication plugin (`jwt-auth`, `key-auth`, `basic-auth`,
+    /// `mtls-auth`).
     pub authenticates: bool,
     /// The route answers CORS preflights (it has the `cors` plugin).
     pub answers_preflights: bool,
@@ -196,7 +197,12 @@ fn record_decision(plugin: &'static str, flow: &Flow, state: &mut PluginState) {
 }
 
 /// The authentication plugins, whose decision names the consumer.
-const AUTHENTICATION: [&str; 3] = [jwt_auth::NAME, key_auth::NAME, basic_auth::NAME];
+const AUTHENTICATION: [&str; 4] = [
+    jwt_auth::NAME,
+    key_auth::NAME,
+    basic_auth::NAME,
+    mtls_auth::NAME,
+];
 
 impl std::fmt::Debug for PluginChain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

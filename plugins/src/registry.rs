@@ -2,7 +2,7 @@
 
 use crate::builtin::{
     acl, basic_auth, body_limit, cache, concurrency_limit, cors, ip_restriction, jwt_auth,
-    key_auth, rate_limit, request_transform, response_transform,
+    key_auth, mtls_auth, rate_limit, request_transform, response_transform,
 };
 use crate::slots::SlotAllocator;
 use crate::support::consumer::Consumers;
@@ -22,6 +22,8 @@ pub const BUILTINS: &[(&str, i32)] = &[
     (cors::NAME, 2950),
     // An oversized upload is refused before any authentication work.
     (body_limit::NAME, 2900),
+    // A certificate verified in the handshake costs only a lookup.
+    (mtls_auth::NAME, 2030),
     (jwt_auth::NAME, 2020),
     (key_auth::NAME, 2010),
     (basic_auth::NAME, 2000),
@@ -110,6 +112,11 @@ pub fn build<S: ConfigSource>(
             source
                 .parse()
                 .map(|c| basic_auth::BasicAuth::new(c, Arc::clone(&ctx.consumers))),
+        ),
+        mtls_auth::NAME => finish(
+            source
+                .parse()
+                .map(|c| mtls_auth::MtlsAuth::new(c, Arc::clone(&ctx.consumers))),
         ),
         acl::NAME => finish(source.parse().map(acl::Acl::new)),
         rate_limit::NAME => finish(

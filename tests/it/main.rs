@@ -15,6 +15,7 @@ mod docs;
 mod errors;
 mod jwt;
 mod mirror;
+mod mtls;
 mod observability;
 mod plugins;
 mod proxying;

@@ -10,6 +10,7 @@ pub(crate) mod cors;
 pub(crate) mod ip_restriction;
 pub(crate) mod jwt_auth;
 pub(crate) mod key_auth;
+pub(crate) mod mtls_auth;
 pub(crate) mod rate_limit;
 pub(crate) mod request_transform;
 pub(crate) mod response_transform;
