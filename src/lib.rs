@@ -21,7 +21,8 @@
 //! access_log, metrics (one record and a few atomic counters per request)
 //! trace   (W3C trace context, OpenTelemetry spans, the OTLP exporter)
 //! admin   (its own listener: /metrics, /health, /status, /cache/purge)
-//! tls     (TLS listeners: certificates chosen by SNI)
+//! tls     (TLS listeners: certificates chosen by SNI; upstream client certificates)
+//! client_auth (client certificates on TLS listeners: verification, identities, failures)
 //! ```
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod access_log;
 pub(crate) mod admin;
 pub(crate) mod aggregate;
 pub(crate) mod cache;
+pub(crate) mod client_auth;
 pub(crate) mod compression;
 pub mod config;
 pub(crate) mod connection;

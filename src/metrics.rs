@@ -4,7 +4,7 @@
 //! Every route and cluster gets its counters when the configuration loads (kept by name, so a
 //! reload keeps counting where it was): a request then only increments atomics it already
 //! points to. Label values are bounded: routes and clusters come from the configuration (an
-//! unmatched request is route `-`), methods are the nine standard ones or `OTHER`, and statuses
+//! unmatched request is route `-`; TLS listeners too), methods are the nine standard ones or `OTHER`, and statuses
 //! are the common codes or their class (`2xx`...).
 
 use gantry_plugins::gateway::CacheStatus;
@@ -475,6 +475,7 @@ fn render_process(out: &mut String) {
         "reason",
         &REFUSED_HEADS,
     );
+    render_tls_listeners(out);
     labelled_counters(
         out,
         "gantry_config_reloads_total",
@@ -527,6 +528,86 @@ fn render_process(out: &mut String) {
             "Responses held by the response cache",
             cache.storage.entries() as u64,
         );
+    }
+}
+
+/// Why a TLS handshake failed: the `reason` label of `gantry_tls_handshake_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsHandshakeFailure {
+    /// A listener with `client_auth = "required"` got no client certificate.
+    NoClientCertificate,
+    /// The client certificate does not chain to `client_ca`, has expired, or is otherwise
+    /// invalid.
+    BadClientCertificate,
+    /// The client ended the handshake with an alert (it refused the server's certificate,
+    /// for example).
+    ClientAlert,
+    /// Any other TLS error: no common version or cipher suite, or not TLS at all.
+    Protocol,
+    /// The connection closed or failed during the handshake.
+    Connection,
+}
+
+impl TlsHandshakeFailure {
+    /// Every reason, in label order.
+    const ALL: [TlsHandshakeFailure; 5] = [
+        TlsHandshakeFailure::NoClientCertificate,
+        TlsHandshakeFailure::BadClientCertificate,
+        TlsHandshakeFailure::ClientAlert,
+        TlsHandshakeFailure::Protocol,
+        TlsHandshakeFailure::Connection,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsHandshakeFailure::NoClientCertificate => "no_client_certificate",
+            TlsHandshakeFailure::BadClientCertificate => "bad_client_certificate",
+            TlsHandshakeFailure::ClientAlert => "client_alert",
+            TlsHandshakeFailure::Protocol => "protocol",
+            TlsHandshakeFailure::Connection => "connection",
+        }
+    }
+}
+
+/// One TLS listener's failed handshakes, by reason.
+#[derive(Default)]
+pub struct TlsListenerMetrics {
+    failures: [AtomicU64; TlsHandshakeFailure::ALL.len()],
+}
+
+impl TlsListenerMetrics {
+    /// Counts a failed handshake.
+    pub fn record_handshake_failure(&self, reason: TlsHandshakeFailure) {
+        self.failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Every TLS listener's counters, by address, for the life of the process.
+static TLS_LISTENERS: LazyLock<Mutex<BTreeMap<SocketAddr, Arc<TlsListenerMetrics>>>> =
+    LazyLock::new(Mutex::default);
+
+/// The counters of the TLS listener on `addr`.
+pub fn tls_listener(addr: SocketAddr) -> Arc<TlsListenerMetrics> {
+    Arc::clone(TLS_LISTENERS.lock().entry(addr).or_default())
+}
+
+/// `gantry_tls_handshake_failures_total`, every reason of every TLS listener.
+fn render_tls_listeners(out: &mut String) {
+    let name = "gantry_tls_handshake_failures_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} TLS handshakes that failed, by listener and reason\n# TYPE {name} counter"
+    );
+    for (listener, m) in TLS_LISTENERS.lock().iter() {
+        for (reason, n) in TlsHandshakeFailure::ALL.iter().zip(&m.failures) {
+            let _ = writeln!(
+                out,
+                "{name}{{listener=\"{listener}\",reason=\"{}\"}} {}",
+                reason.label(),
+                n.load(Ordering::Relaxed)
+            );
+        }
     }
 }
 
@@ -697,6 +778,13 @@ mod tests {
             "OTHER"
         );
         assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
+    }
+
+    #[test]
+    fn tls_failure_reasons_count_in_label_order() {
+        for (i, reason) in TlsHandshakeFailure::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{}", reason.label());
+        }
     }
 
     #[test]

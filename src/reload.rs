@@ -3,10 +3,12 @@
 //!
 //! Each request takes the configuration once, when it starts, and keeps that generation to its
 //! end. Clusters defined exactly as before are kept (with their backends' health); the health
-//! checks and DNS refresh follow the new set of clusters; TLS listeners get the new certificates. What only a
-//! restart can change (listeners, threads, the admin listener, the access log, the cache size)
-//! is reported as such and left as it was.
+//! checks and DNS refresh follow the new set of clusters; TLS listeners get the new certificates
+//! and client certificate verification (`client_ca`, `client_auth`). What only a restart can
+//! change (listeners, threads, the admin listener, the access log, the cache size) is reported
+//! as such and left as it was.
 
+use crate::client_auth::ClientCertSwitch;
 use crate::config::{self, Config, ConfigErrors};
 use crate::tls::CertStore;
 use crate::upstream::Cluster;
@@ -40,13 +42,22 @@ impl ResolvesServerCert for CertSwitch {
     }
 }
 
+/// What reloads replace on a TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsSwitches {
+    /// Its certificates.
+    pub certs: Arc<CertSwitch>,
+    /// Its client certificate verification.
+    pub clients: Arc<ClientCertSwitch>,
+}
+
 /// The running configuration and how to replace it.
 pub struct Live {
     path: PathBuf,
     config: ArcSwap<Config>,
     generation: AtomicU64,
     cluster_tasks: watch::Sender<Vec<Arc<Cluster>>>,
-    certs: Vec<(SocketAddr, Arc<CertSwitch>)>,
+    tls: Vec<(SocketAddr, TlsSwitches)>,
     /// One reload at a time.
     reloading: Mutex<()>,
 }
@@ -64,19 +75,19 @@ pub struct Reloaded {
 
 impl Live {
     /// `config`, read from `path`, as generation 1; `cluster_tasks` feeds the clusters'
-    /// health checks and DNS refresh, and `certs` are the TLS listeners' certificates.
+    /// health checks and DNS refresh, and `tls` are what reloads replace on the TLS listeners.
     pub fn new(
         path: PathBuf,
         config: Arc<Config>,
         cluster_tasks: watch::Sender<Vec<Arc<Cluster>>>,
-        certs: Vec<(SocketAddr, Arc<CertSwitch>)>,
+        tls: Vec<(SocketAddr, TlsSwitches)>,
     ) -> Self {
         Live {
             path,
             config: ArcSwap::new(config),
             generation: AtomicU64::new(1),
             cluster_tasks,
-            certs,
+            tls,
             reloading: Mutex::new(()),
         }
     }
@@ -109,8 +120,9 @@ impl Live {
         };
         let needs_restart = restart_only_changes(&old, &new);
         for tls in &new.server.tls {
-            if let Some((_, switch)) = self.certs.iter().find(|(addr, _)| *addr == tls.addr) {
-                switch.0.store(Arc::clone(&tls.certificates));
+            if let Some((_, switches)) = self.tls.iter().find(|(addr, _)| *addr == tls.addr) {
+                switches.certs.0.store(Arc::clone(&tls.certificates));
+                switches.clients.store(Arc::clone(&tls.client_verification));
             }
         }
         self.cluster_tasks.send_replace(new.cluster_list());

@@ -1,10 +1,11 @@
 //! Bootstrap: turns a compiled [`Config`] into a running Pingora server.
 
 use crate::access_log::AccessLog;
+use crate::client_auth::{ClientCertSwitch, HandshakeObserver};
 use crate::config::Config;
 use crate::connection::EdgeConnections;
 use crate::proxy::Gateway;
-use crate::reload::{CertSwitch, Live, ReloadOnSighup};
+use crate::reload::{CertSwitch, Live, ReloadOnSighup, TlsSwitches};
 use crate::upstream::ClusterTasks;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
@@ -90,17 +91,18 @@ pub fn build(config: Config, path: PathBuf, opts: RunOptions) -> Result<Server, 
 
     let config = Arc::new(config);
     let (tasks_tx, cluster_tasks) = ClusterTasks::new(config.cluster_list());
-    let certs: Vec<_> = settings
+    let tls: Vec<_> = settings
         .tls
         .iter()
         .map(|t| {
-            (
-                t.addr,
-                Arc::new(CertSwitch::new(Arc::clone(&t.certificates))),
-            )
+            let switches = TlsSwitches {
+                certs: Arc::new(CertSwitch::new(Arc::clone(&t.certificates))),
+                clients: Arc::new(ClientCertSwitch::new(Arc::clone(&t.client_verification))),
+            };
+            (t.addr, switches)
         })
         .collect();
-    let live = Arc::new(Live::new(path, config, tasks_tx, certs.clone()));
+    let live = Arc::new(Live::new(path, config, tasks_tx, tls.clone()));
 
     let mut app = pingora::proxy::http_proxy(
         &server.configuration,
@@ -122,13 +124,15 @@ pub fn build(config: Config, path: PathBuf, opts: RunOptions) -> Result<Server, 
     for addr in &settings.listen {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(downstream_buffers()));
     }
-    for (addr, switch) in certs {
+    for (addr, switches) in tls {
         let http2 = settings.tls.iter().any(|t| t.addr == addr && t.http2);
-        // The paths are unused: the resolver, loaded and checked with the configuration (and
-        // replaced by reloads), provides every certificate.
-        match TlsSettings::intermediate("", "") {
+        // The resolver and the client verifier, loaded and checked with the configuration (and
+        // replaced by reloads), provide every certificate and CA; the observer reads client
+        // certificates for plugins and counts failed handshakes.
+        match TlsSettings::with_callbacks(Box::new(HandshakeObserver::new(addr))) {
             Ok(mut tls_settings) => {
-                tls_settings.set_cert_resolver(switch as _);
+                tls_settings.set_cert_resolver(switches.certs as _);
+                tls_settings.set_client_cert_verifier(switches.clients as _);
                 if http2 {
                     tls_settings.enable_h2();
                 }

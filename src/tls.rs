@@ -1,8 +1,10 @@
 //! TLS termination: certificates loaded and checked when the configuration loads, chosen per
 //! connection by SNI (exact names first, then `*.` wildcards, else the listener's first
 //! certificate). TLS 1.2 and 1.3 only (Pingora's rustls acceptor); ALPN offers h2 and
-//! http/1.1.
+//! http/1.1. Also the client certificates clusters present to their backends
+//! ([`load_client_certificate`]), checked the same way.
 
+use pingora::utils::tls::CertKey;
 use rustls::crypto::ring::default_provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -36,16 +38,31 @@ pub struct LoadedCertificate {
     names: Vec<String>,
 }
 
-/// Loads a PEM chain and PEM private key and checks they belong together.
-pub fn load_certificate(cert_path: &str, key_path: &str) -> Result<LoadedCertificate, String> {
+/// A PEM certificate chain, leaf first, as DER.
+fn read_chain(cert_path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain = CertificateDer::pem_file_iter(cert_path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("cannot read certificates from `{cert_path}`: {e}"))?;
     if chain.is_empty() {
         return Err(format!("`{cert_path}` holds no PEM certificate"));
     }
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|e| format!("cannot read a private key from `{key_path}`: {e}"))?;
+    Ok(chain)
+}
+
+/// A PEM private key, as DER. Errors name the file, never what it holds.
+fn read_key(key_path: &str) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(key_path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::Io(e) => {
+            format!("cannot read a private key from `{key_path}`: {e}")
+        }
+        _ => format!("`{key_path}` holds no PEM private key (PKCS#8, PKCS#1 or SEC1)"),
+    })
+}
+
+/// Loads a PEM chain and PEM private key and checks they belong together.
+pub fn load_certificate(cert_path: &str, key_path: &str) -> Result<LoadedCertificate, String> {
+    let chain = read_chain(cert_path)?;
+    let key = read_key(key_path)?;
     let names = dns_names(&chain[0])
         .map_err(|e| format!("cannot parse the certificate in `{cert_path}`: {e}"))?;
     if names.is_empty() {
@@ -60,6 +77,48 @@ pub fn load_certificate(cert_path: &str, key_path: &str) -> Result<LoadedCertifi
         key: Arc::new(key),
         names,
     })
+}
+
+/// A client certificate that cannot be used: a problem of the certificate file or of the key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientCertificateError {
+    /// The certificate file is unreadable or holds no usable certificate.
+    Certificate(String),
+    /// The key file is unreadable, holds no usable key, or the key does not fit.
+    Key(String),
+}
+
+/// Loads the client certificate (PEM chain, leaf first) and PEM private key a cluster presents
+/// to its backends, and checks them as Pingora will use them on every connection: each
+/// certificate parses, the key's format is recognised from its DER, and the key fits the leaf.
+pub fn load_client_certificate(
+    cert_path: &str,
+    key_path: &str,
+) -> Result<CertKey, ClientCertificateError> {
+    use ClientCertificateError::{Certificate, Key};
+    let chain = read_chain(cert_path).map_err(Certificate)?;
+    for (i, cert) in chain.iter().enumerate() {
+        x509_parser::parse_x509_certificate(cert).map_err(|e| {
+            Certificate(format!(
+                "certificate {} in `{cert_path}` cannot be parsed: {e}",
+                i + 1
+            ))
+        })?;
+    }
+    let key = read_key(key_path).map_err(Key)?;
+    let key_der = key.secret_der().to_vec();
+    if PrivateKeyDer::try_from(key_der.as_slice()).is_err() {
+        return Err(Key(format!(
+            "the key in `{key_path}` is not PKCS#8, PKCS#1 or SEC1 DER"
+        )));
+    }
+    let chain_der = chain.iter().map(|c| c.to_vec()).collect();
+    CertifiedKey::from_der(chain, key, &default_provider()).map_err(|e| {
+        Key(format!(
+            "the key `{key_path}` does not fit the certificate `{cert_path}`: {e}"
+        ))
+    })?;
+    Ok(CertKey::new(chain_der, key_der))
 }
 
 /// The certificate's DNS subject alternative names, or its common name when it has none.

@@ -2,7 +2,9 @@
 //! phase per call, so the gateway's hooks never loop over plugins themselves.
 
 use crate::builtin::cache::CachePolicy;
-use crate::builtin::{basic_auth, cors, forward_auth, jwt_auth, key_auth, oauth2_introspection};
+use crate::builtin::{
+    basic_auth, cors, forward_auth, jwt_auth, key_auth, mtls_auth, oauth2_introspection,
+};
 use crate::plugin::{Flow, Phases, Plugin, Rejection};
 use crate::state::{PluginState, RequestView};
 use crate::trace_events::EventValue;
@@ -23,7 +25,7 @@ pub struct PluginChain {
     /// The route's caching rules, when it has the `cache` plugin.
     pub cache: Option<Arc<CachePolicy>>,
     /// The route has an authentication plugin (`jwt-auth`, `key-auth`, `basic-auth`,
-    /// `oauth2-introspection`, `forward-auth`).
+    /// `oauth2-introspection`, `forward-auth`, `mtls-auth`).
     pub authenticates: bool,
     /// The route answers CORS preflights (it has the `cors` plugin).
     pub answers_preflights: bool,
@@ -197,12 +199,13 @@ fn record_decision(plugin: &'static str, flow: &Flow, state: &mut PluginState) {
 }
 
 /// The authentication plugins, whose decision names the consumer.
-const AUTHENTICATION: [&str; 5] = [
+const AUTHENTICATION: [&str; 6] = [
     jwt_auth::NAME,
     key_auth::NAME,
     basic_auth::NAME,
     oauth2_introspection::NAME,
     forward_auth::NAME,
+    mtls_auth::NAME,
 ];
 
 impl std::fmt::Debug for PluginChain {

@@ -3,6 +3,7 @@
 
 pub use crate::builtin::cache::{CachePolicy, ClientIdentity, NAME as CACHE_PLUGIN};
 pub use crate::builtin::forward_auth::decisions_total as forward_auth_decisions_total;
+pub use crate::builtin::mtls_auth::CERTIFICATE_HEADERS as CLIENT_CERTIFICATE_HEADERS;
 pub use crate::builtin::rate_limit::REJECTED_SLUG as RATE_LIMITED_SLUG;
 pub use crate::support::cache_status::CacheStatus;
 pub use crate::support::config_types::{HumanDuration, HumanSize};

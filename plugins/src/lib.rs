@@ -4,6 +4,8 @@
 //!   ([`Flow`], [`Rejection`], [`Answer`]) in `plugin`, the request's [`RequestView`] and
 //!   [`PluginState`] in `state`, plugin-private [`Slots`] in `slots`, and a route's
 //!   [`PluginChain`], which runs one phase per call, in `chain`.
+//! - `client_cert`: the identities of a verified TLS client certificate
+//!   ([`ClientCertificate`]), which the gateway reads once per connection.
 //! - [`registry`]: every built-in plugin, its fixed priority, and how it is built from its
 //!   configuration.
 //! - `builtin/`: one module per built-in plugin, each with its typed `Config`
@@ -29,6 +31,7 @@
 
 mod builtin;
 mod chain;
+mod client_cert;
 pub mod gateway;
 mod plugin;
 #[cfg(test)]
@@ -43,6 +46,7 @@ mod testing;
 pub mod trace_events;
 
 pub use chain::PluginChain;
+pub use client_cert::ClientCertificate;
 pub use plugin::{Answer, Flow, Phases, Plugin, Rejection};
 pub use services::{ClusterClient, Clusters, ServiceAnswer, ServiceFailure};
 pub use slots::{Slot, SlotAllocator, Slots};

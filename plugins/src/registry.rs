@@ -2,7 +2,8 @@
 
 use crate::builtin::{
     acl, basic_auth, body_limit, cache, concurrency_limit, cors, forward_auth, ip_restriction,
-    jwt_auth, key_auth, oauth2_introspection, rate_limit, request_transform, response_transform,
+    jwt_auth, key_auth, mtls_auth, oauth2_introspection, rate_limit, request_transform,
+    response_transform,
 };
 use crate::services::Clusters;
 use crate::slots::SlotAllocator;
@@ -23,6 +24,8 @@ pub const BUILTINS: &[(&str, i32)] = &[
     (cors::NAME, 2950),
     // An oversized upload is refused before any authentication work.
     (body_limit::NAME, 2900),
+    // A certificate verified in the handshake costs only a lookup.
+    (mtls_auth::NAME, 2030),
     (jwt_auth::NAME, 2020),
     (oauth2_introspection::NAME, 2015),
     (key_auth::NAME, 2010),
@@ -116,6 +119,11 @@ pub fn build<S: ConfigSource>(
             source
                 .parse()
                 .map(|c| basic_auth::BasicAuth::new(c, Arc::clone(&ctx.consumers))),
+        ),
+        mtls_auth::NAME => finish(
+            source
+                .parse()
+                .map(|c| mtls_auth::MtlsAuth::new(c, Arc::clone(&ctx.consumers))),
         ),
         acl::NAME => finish(source.parse().map(acl::Acl::new)),
         rate_limit::NAME => finish(

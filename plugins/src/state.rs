@@ -4,6 +4,7 @@
 //! None of it refers to Pingora's `Session`, so a chain can run on a request that never
 //! arrived on a connection (the operator tools evaluate chains offline).
 
+use crate::client_cert::ClientCertificate;
 use crate::slots::Slots;
 use crate::support::cache_status::CacheStatus;
 use crate::support::consumer::Consumer;
@@ -50,6 +51,8 @@ pub struct ClientFacts {
     pub scheme: Scheme,
     /// The TLS session, on a TLS listener.
     pub tls: Option<Arc<SslDigest>>,
+    /// The client certificate verified in the TLS handshake, on a listener with `client_ca`.
+    pub certificate: Option<Arc<ClientCertificate>>,
 }
 
 /// The client certificate a TLS client presented.
@@ -159,6 +162,11 @@ impl RequestView<'_> {
     /// The client certificate, on a TLS connection that presented one.
     pub fn peer_certificate(&self) -> Option<PeerCertificate<'_>> {
         self.state.client.peer_certificate()
+    }
+
+    /// The client certificate verified in the TLS handshake (on a listener with `client_ca`).
+    pub fn client_certificate(&self) -> Option<&ClientCertificate> {
+        self.state.client.certificate.as_deref()
     }
 
     /// The consumer authentication resolved so far.

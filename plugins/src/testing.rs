@@ -54,6 +54,7 @@ pub(crate) fn consumers(specs: &[(&str, &[&str], &[&str])]) -> Arc<Consumers> {
         keys,
         password: None,
         jwt_subject: None,
+        certificate_subjects: &[],
     });
     Arc::new(Consumers::new(specs).expect("valid consumers"))
 }

@@ -43,8 +43,9 @@ const SECTIONS: &[&str] = &[
 
 /// The client headers removed from a request before anything reads it, in one pass over its
 /// names (with their `_` spellings): from an untrusted peer `server.strip_untrusted_headers`,
-/// the forwarding headers Gantry sets and the consumer headers; from a trusted peer only the
-/// consumer headers (its forwarding headers are believed).
+/// the forwarding headers Gantry sets and the consumer and client certificate headers; from a
+/// trusted peer only the consumer and client certificate headers (its forwarding headers are
+/// believed).
 #[derive(Debug, Clone)]
 pub struct StrippedHeaders {
     untrusted: Vec<http::HeaderName>,
@@ -59,7 +60,8 @@ impl StrippedHeaders {
                 .map(|n| http::HeaderName::from_static(n))
                 .collect::<Vec<_>>()
         };
-        let trusted = names(model::CONSUMER_HEADERS);
+        let mut trusted = names(model::CONSUMER_HEADERS);
+        trusted.extend(names(&gantry_plugins::gateway::CLIENT_CERTIFICATE_HEADERS));
         let mut untrusted = configured;
         for name in names(model::FORWARDING_HEADERS)
             .into_iter()
@@ -178,6 +180,8 @@ pub struct TlsListener {
     pub certificates: Arc<crate::tls::CertStore>,
     /// Offer HTTP/2 by ALPN.
     pub http2: bool,
+    /// How client certificates are verified (`client_ca`, `client_auth`).
+    pub client_verification: Arc<crate::client_auth::ClientVerification>,
 }
 
 impl ServerSettings {
@@ -645,10 +649,22 @@ respond = { status = 99 }
                 "x-forwarded-proto",
                 "x-forwarded-host",
                 "x-consumer-name",
-                "x-consumer-groups"
+                "x-consumer-groups",
+                "x-client-cert-subject",
+                "x-client-cert-san",
+                "x-client-cert-fingerprint"
             ]
         );
         let trusted: Vec<&str> = stripped.for_peer(true).iter().map(|n| n.as_str()).collect();
-        assert_eq!(trusted, ["x-consumer-name", "x-consumer-groups"]);
+        assert_eq!(
+            trusted,
+            [
+                "x-consumer-name",
+                "x-consumer-groups",
+                "x-client-cert-subject",
+                "x-client-cert-san",
+                "x-client-cert-fingerprint"
+            ]
+        );
     }
 }

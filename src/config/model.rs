@@ -135,6 +135,12 @@ pub struct TlsSection {
     /// Offer HTTP/2 by ALPN (with HTTP/1.1). Default `true`.
     #[serde(default = "default_true")]
     pub http2: bool,
+    /// PEM CA certificates that client certificates must chain to; setting it makes the
+    /// listener ask clients for a certificate. Default: none (no client certificates).
+    pub client_ca: Option<Spanned<String>>,
+    /// `required` (a handshake without a valid certificate is refused) or `optional` (plugins
+    /// decide). Only with `client_ca`. Default `required`.
+    pub client_auth: Option<Spanned<crate::client_auth::ClientAuthMode>>,
 }
 
 /// `{ cert = "chain.pem", key = "key.pem" }`.
@@ -252,6 +258,11 @@ pub struct ClusterSection {
     pub sni: Option<String>,
     /// Verify the backends' certificates and host names. Default `true` (with `tls`).
     pub verify: Option<bool>,
+    /// The PEM client certificate chain presented to the backends (and health checks), with
+    /// `client_key`. Only with `tls`. Default: none.
+    pub client_cert: Option<Spanned<String>>,
+    /// The PEM private key of `client_cert`. Default: none.
+    pub client_key: Option<Spanned<String>>,
 }
 
 /// `clusters.*.retry.on`'s default: every condition.
@@ -726,4 +737,9 @@ pub struct ConsumerSection {
     pub password: Option<String>,
     /// Maps a verified JWT whose `consumer_claim` has this value to this consumer. Default: none.
     pub jwt_subject: Option<String>,
+    /// Maps a verified client certificate whose `mtls-auth` `subject_claim` (a SAN DNS name, a
+    /// SAN URI or the subject CN) is one of these to this consumer; unique across consumers.
+    /// Default: none.
+    #[serde(default)]
+    pub certificate_subjects: Vec<String>,
 }

@@ -236,6 +236,7 @@ pub fn consumers<'a>(
         keys: &s.keys,
         password: s.password.as_deref(),
         jwt_subject: s.jwt_subject.as_deref(),
+        certificate_subjects: &s.certificate_subjects,
     });
     match Consumers::new(specs) {
         Ok(consumers) => Arc::new(consumers),

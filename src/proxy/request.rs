@@ -8,7 +8,7 @@ use crate::forwarded;
 use crate::router::{self, normalize_host, Lookup, RouteAction};
 use crate::trace::RequestTrace;
 use crate::upstream::hash_key::ip_key;
-use gantry_plugins::{ClientFacts, Flow, RequestView, Scheme};
+use gantry_plugins::{ClientCertificate, ClientFacts, Flow, RequestView, Scheme};
 use http::{header, Method};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::compression::Algorithm;
@@ -130,6 +130,10 @@ fn identify(
         } else {
             Scheme::Http
         },
+        certificate: tls
+            .as_ref()
+            .and_then(|d| d.extension.get::<Arc<ClientCertificate>>())
+            .cloned(),
         tls,
     };
     target

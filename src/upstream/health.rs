@@ -51,7 +51,7 @@ impl HealthCheckSpec {
             Some(req) => {
                 let mut hc = HttpHealthCheck::new("localhost", transport.tls);
                 hc.peer_template.sni = sni.to_string();
-                transport.apply(&mut hc.peer_template.options);
+                transport.apply(&mut hc.peer_template);
                 hc.req = req.clone();
                 hc.consecutive_success = self.healthy_threshold;
                 hc.consecutive_failure = self.unhealthy_threshold;

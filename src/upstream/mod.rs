@@ -37,6 +37,7 @@ use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::CertKey;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -95,17 +96,21 @@ pub struct Transport {
     pub sni: Option<String>,
     /// Verify the certificate chain and host name.
     pub verify: bool,
+    /// The client certificate and key presented in the TLS handshake.
+    pub client_cert_key: Option<Arc<CertKey>>,
 }
 
 impl Transport {
-    /// Applies the transport to `peer`'s options.
-    pub fn apply(&self, options: &mut pingora::upstreams::peer::PeerOptions) {
+    /// Applies the transport to `peer` (a backend's, or a health check's template).
+    pub fn apply(&self, peer: &mut HttpPeer) {
+        let options = &mut peer.options;
         match self.protocol {
             Protocol::Http1 => options.set_http_version(1, 1),
             Protocol::H2 | Protocol::H2c => options.set_http_version(2, 2),
         }
         options.verify_cert = self.verify;
         options.verify_hostname = self.verify;
+        peer.client_cert_key = self.client_cert_key.clone();
     }
 }
 
@@ -742,7 +747,7 @@ fn peer_for(backend: &BackendAddr, t: &Timeouts, transport: &Transport) -> HttpP
         .clone()
         .unwrap_or_else(|| backend.host.clone());
     let mut peer = HttpPeer::new(backend.addr, transport.tls, sni);
-    transport.apply(&mut peer.options);
+    transport.apply(&mut peer);
     peer.options.connection_timeout = Some(t.connect);
     peer.options.total_connection_timeout = Some(t.connect);
     peer.options.read_timeout = Some(t.read);
@@ -775,6 +780,7 @@ mod tests {
             tls: false,
             sni: None,
             verify: false,
+            client_cert_key: None,
         };
         let resilience = Resilience {
             retry: RetryPolicy::new(

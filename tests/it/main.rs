@@ -17,6 +17,7 @@ mod forward_auth;
 mod introspection;
 mod jwt;
 mod mirror;
+mod mtls;
 mod observability;
 mod plugins;
 mod proxying;

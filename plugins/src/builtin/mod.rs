@@ -11,6 +11,7 @@ pub(crate) mod forward_auth;
 pub(crate) mod ip_restriction;
 pub(crate) mod jwt_auth;
 pub(crate) mod key_auth;
+pub(crate) mod mtls_auth;
 pub(crate) mod oauth2_introspection;
 pub(crate) mod rate_limit;
 pub(crate) mod request_transform;

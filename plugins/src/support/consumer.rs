@@ -39,6 +39,8 @@ pub struct Consumers {
     by_subject: HashMap<Box<str>, Arc<Consumer>>,
     /// Every consumer, by name (an auth service's answer names one).
     named: HashMap<Box<str>, Arc<Consumer>>,
+    /// Consumers by the client certificate subjects they are mapped from (`mtls-auth`).
+    by_certificate_subject: HashMap<Box<str>, Arc<Consumer>>,
 }
 
 /// A consumer's configuration, as the gateway's config loader hands it over.
@@ -53,6 +55,9 @@ pub struct ConsumerSpec<'s> {
     pub password: Option<&'s str>,
     /// The verified JWT claim value (`consumer_claim`) that maps a token to it.
     pub jwt_subject: Option<&'s str>,
+    /// The client certificate subjects (DNS names, URIs or common names) that map a verified
+    /// certificate to it.
+    pub certificate_subjects: &'s [String],
 }
 
 /// A consumer that cannot be indexed. Messages never quote a key or a password.
@@ -65,6 +70,14 @@ pub enum ConsumerError {
     #[error("`{subject}` is also the jwt_subject of consumer `{other}`")]
     SharedSubject {
         consumer: String,
+        subject: String,
+        other: String,
+    },
+    /// Two consumers claim one client certificate subject.
+    #[error("`{subject}` is also a certificate subject of consumer `{other}`")]
+    SharedCertificateSubject {
+        consumer: String,
+        index: usize,
         subject: String,
         other: String,
     },
@@ -95,6 +108,7 @@ impl ConsumerError {
         match self {
             ConsumerError::NotPrintable { consumer }
             | ConsumerError::SharedSubject { consumer, .. }
+            | ConsumerError::SharedCertificateSubject { consumer, .. }
             | ConsumerError::NotArgon2 { consumer }
             | ConsumerError::BadDigest { consumer, .. }
             | ConsumerError::ShortKey { consumer, .. }
@@ -108,6 +122,9 @@ impl ConsumerError {
         match self {
             ConsumerError::NotPrintable { .. } => format!("consumers.{consumer}"),
             ConsumerError::SharedSubject { .. } => format!("consumers.{consumer}.jwt_subject"),
+            ConsumerError::SharedCertificateSubject { index, .. } => {
+                format!("consumers.{consumer}.certificate_subjects[{index}]")
+            }
             ConsumerError::NotArgon2 { .. } => format!("consumers.{consumer}.password"),
             ConsumerError::BadDigest { index, .. }
             | ConsumerError::ShortKey { index, .. }
@@ -154,6 +171,19 @@ impl Consumers {
                     errors.push(ConsumerError::SharedSubject {
                         consumer: spec.name.into(),
                         subject: subject.into(),
+                        other: other.name.to_string(),
+                    });
+                }
+            }
+            for (i, subject) in spec.certificate_subjects.iter().enumerate() {
+                let taken = consumers
+                    .by_certificate_subject
+                    .insert(subject.as_str().into(), Arc::clone(&consumer));
+                if let Some(other) = taken {
+                    errors.push(ConsumerError::SharedCertificateSubject {
+                        consumer: spec.name.into(),
+                        index: i,
+                        subject: subject.clone(),
                         other: other.name.to_string(),
                     });
                 }
@@ -225,6 +255,11 @@ impl Consumers {
         self.by_subject.get(subject)
     }
 
+    /// The consumer a verified client certificate subject maps to (compared exactly).
+    pub fn by_certificate_subject(&self, subject: &str) -> Option<&Arc<Consumer>> {
+        self.by_certificate_subject.get(subject)
+    }
+
     /// The consumer owning API key `key`, if any.
     pub fn by_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
         let presented = digest(key);
@@ -253,6 +288,7 @@ mod tests {
                 keys: &["secret-a".into()],
                 password: None,
                 jwt_subject: None,
+                certificate_subjects: &[],
             },
             ConsumerSpec {
                 name: "bob",
@@ -260,6 +296,7 @@ mod tests {
                 keys: &[hashed],
                 password: None,
                 jwt_subject: None,
+                certificate_subjects: &[],
             },
         ])
         .expect("valid");
@@ -280,6 +317,7 @@ mod tests {
                 keys: &["sha256:abc".into(), "shared-key".into(), "short".into()],
                 password: None,
                 jwt_subject: None,
+                certificate_subjects: &[],
             },
             ConsumerSpec {
                 name: "b",
@@ -287,6 +325,7 @@ mod tests {
                 keys: &["shared-key".into()],
                 password: Some("plain-text"),
                 jwt_subject: None,
+                certificate_subjects: &[],
             },
         ])
         .expect_err("invalid");
@@ -314,5 +353,35 @@ mod tests {
         );
         assert_eq!(errors[1].key_path(), "consumers.a.keys[2]");
         assert!(errors[1].to_string().contains("at least 8 characters"));
+    }
+
+    #[test]
+    fn a_certificate_subject_belongs_to_one_consumer() {
+        let subjects = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (acme, globex) = (
+            subjects(&["api.acme.example"]),
+            subjects(&["api.acme.example"]),
+        );
+        let spec = |name, certificate_subjects| ConsumerSpec {
+            name,
+            groups: &[],
+            keys: &[],
+            password: None,
+            jwt_subject: None,
+            certificate_subjects,
+        };
+        let errors = Consumers::new([spec("acme", &acme[..]), spec("globex", &globex[..])])
+            .expect_err("shared");
+        assert_eq!(
+            errors[0].key_path(),
+            "consumers.globex.certificate_subjects[0]"
+        );
+        assert!(errors[0].to_string().contains("consumer `acme`"));
+        let consumers = Consumers::new([spec("acme", &acme[..])]).expect("valid");
+        let found = consumers.by_certificate_subject("api.acme.example");
+        assert_eq!(found.map(|c| &*c.name), Some("acme"));
+        assert!(consumers
+            .by_certificate_subject("API.acme.example")
+            .is_none());
     }
 }

@@ -16,8 +16,10 @@ use super::{
 };
 use crate::access_log::{Format, Sink};
 use crate::aggregate::{Aggregate, Call};
+use crate::client_auth::{ClientAuthMode, ClientVerification};
 use crate::mirror::Mirror;
 use crate::router::{DirectResponse, HostPattern, PathPattern, Route, RouteAction, RouteSpec};
+use crate::tls::ClientCertificateError;
 use crate::upstream::{
     BackendAddr, Balancing, Cluster, HashOn, HealthCheckSpec, Protocol, Resilience, Timeouts,
     TrafficSplit, Transport,
@@ -27,6 +29,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::compression::Algorithm;
+use pingora::utils::tls::CertKey;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -184,12 +187,47 @@ impl<'d, 'a> Compiler<'d, 'a> {
                 Err(e) => self.report(span_of(c), &key.child("certificates").index(j), e, None),
             }
         }
+        let client_verification = self.client_verification(&key, t.client_ca, t.client_auth);
         let certificates = crate::tls::CertStore::new(loaded)?;
         Some(TlsListener {
             addr: addr?,
             certificates: Arc::new(certificates),
             http2: t.http2,
+            client_verification: Arc::new(client_verification?),
         })
+    }
+
+    /// `client_ca` and `client_auth` of the TLS listener at `key`; `None` when they have
+    /// errors.
+    fn client_verification(
+        &mut self,
+        key: &KeyPath,
+        client_ca: Option<Spanned<String>>,
+        client_auth: Option<Spanned<ClientAuthMode>>,
+    ) -> Option<ClientVerification> {
+        let Some(ca) = client_ca else {
+            if let Some(mode) = client_auth {
+                self.report(
+                    span_of(&mode),
+                    &key.child("client_auth"),
+                    "client_auth only applies with client_ca",
+                    Some(
+                        "add client_ca = \"conf/certs/clients-ca.pem\" or remove client_auth"
+                            .into(),
+                    ),
+                );
+                return None;
+            }
+            return Some(ClientVerification::none());
+        };
+        let mode = client_auth.map_or(ClientAuthMode::default(), Spanned::into_inner);
+        match ClientVerification::load(ca.get_ref(), mode) {
+            Ok(verification) => Some(verification),
+            Err(e) => {
+                self.report(span_of(&ca), &key.child("client_ca"), e, None);
+                None
+            }
+        }
     }
 
     /// `[admin]`.
@@ -551,7 +589,9 @@ impl<'d, 'a> Compiler<'d, 'a> {
             max_requests: c.max_requests,
         };
         let health = c.health_check.and_then(|h| self.health_check(&key, h));
-        let transport = self.transport(&key, &c.protocol, c.tls, c.sni, c.verify, &backends);
+        let mut transport = self.transport(&key, &c.protocol, c.tls, c.sni, c.verify, &backends);
+        transport.client_cert_key =
+            self.client_certificate(&key, c.tls, c.client_cert, c.client_key);
         (self.error_count() == before).then(|| {
             Cluster::new(
                 name, &backends, balancing, timeouts, &transport, resilience, health, dns,
@@ -614,6 +654,64 @@ impl<'d, 'a> Compiler<'d, 'a> {
             tls,
             sni,
             verify,
+            client_cert_key: None,
+        }
+    }
+
+    /// `client_cert` and `client_key` of a cluster: both or neither, and only with `tls`.
+    fn client_certificate(
+        &mut self,
+        key: &KeyPath,
+        tls: bool,
+        cert: Option<Spanned<String>>,
+        private_key: Option<Spanned<String>>,
+    ) -> Option<Arc<CertKey>> {
+        let (cert, private_key) = match (cert, private_key) {
+            (None, None) => return None,
+            (Some(cert), Some(private_key)) => (cert, private_key),
+            (Some(cert), None) => {
+                let hint = "add client_key = \"conf/certs/gantry-client.key\"";
+                let msg = "client_cert needs client_key, the certificate's private key";
+                self.report(
+                    span_of(&cert),
+                    &key.child("client_key"),
+                    msg,
+                    Some(hint.into()),
+                );
+                return None;
+            }
+            (None, Some(private_key)) => {
+                let hint = "add client_cert = \"conf/certs/gantry-client.pem\"";
+                let msg = "client_key needs client_cert, the certificate it belongs to";
+                self.report(
+                    span_of(&private_key),
+                    &key.child("client_cert"),
+                    msg,
+                    Some(hint.into()),
+                );
+                return None;
+            }
+        };
+        if !tls {
+            self.report(
+                span_of(&cert),
+                &key.child("client_cert"),
+                "client_cert and client_key only apply with tls = true",
+                Some("set tls = true or remove them".into()),
+            );
+            return None;
+        }
+        match crate::tls::load_client_certificate(cert.get_ref(), private_key.get_ref()) {
+            Ok(cert_key) => Some(Arc::new(cert_key)),
+            Err(ClientCertificateError::Certificate(e)) => {
+                self.report(span_of(&cert), &key.child("client_cert"), e, None);
+                None
+            }
+            Err(ClientCertificateError::Key(e)) => {
+                let span = span_of(&private_key);
+                self.report(span, &key.child("client_key"), e, None);
+                None
+            }
         }
     }
 

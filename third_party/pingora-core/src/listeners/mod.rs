@@ -117,6 +117,13 @@ pub trait TlsAccept {
     ) -> Option<Arc<dyn Any + Send + Sync>> {
         None
     }
+
+    /// This function is called when a TLS handshake fails, with the error (whose cause is the
+    /// TLS library's error, when it has one): to count refused clients, for example.
+    /// Note. This is only supported for rustls
+    fn handshake_failed_callback(&self, _error: &pingora_error::Error) {
+        // does nothing by default
+    }
 }
 
 pub type TlsAcceptCallbacks = Box<dyn TlsAccept + Send + Sync>;

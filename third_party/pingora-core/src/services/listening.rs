@@ -33,6 +33,7 @@ use crate::services::Service as ServiceTrait;
 
 use async_trait::async_trait;
 use log::{debug, error, info};
+use pingora_error::ErrorType::TLSHandshakeFailure;
 use pingora_error::Result;
 use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
@@ -238,6 +239,12 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
+                                    // A failed TLS handshake is the client's doing (no or a bad
+                                    // certificate, no common version, not TLS at all): logged
+                                    // at debug, so that clients cannot flood the error log.
+                                    Err(e) if e.etype() == &TLSHandshakeFailure => {
+                                        debug!("Downstream TLS handshake failed from {peer_addr:?}: {e}");
+                                    }
                                     Err(e) => {
                                         // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
                                         if let Some(addr) = peer_addr {

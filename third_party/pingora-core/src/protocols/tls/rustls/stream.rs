@@ -314,9 +314,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> InnerStream<T> {
             "TLS accept not available to perform handshake.",
         )?;
 
+        // The TLS error is kept as the cause, for TlsAccept::handshake_failed_callback.
         let stream = accept
             .await
-            .explain_err(TLSHandshakeFailure, |e| format!("tls connect error: {e}"))?;
+            .or_err(TLSHandshakeFailure, "tls accept error")?;
         self.stream = Some(RusTlsStream::Server(stream));
         Ok(())
     }
