@@ -203,6 +203,7 @@ mod tests {
             keys: &[],
             password: None,
             jwt_subject: Some("acme-client"),
+            certificate_subjects: &[],
         }])
         .expect("consumers");
         TokenRules::new(
