@@ -229,25 +229,7 @@ if [ -n "$TRACING_ONLY" ]; then
     sed -e "s/127.0.0.1:$GAN/127.0.0.1:$2/" -e "s#$work/gantry.pid#$work/$1.pid#" \
         -e "s#$work/gantry.sock#$work/$1.sock#" -e "s#$work/access.log#$work/$1-access.log#" \
         "$work/gantry.toml" > "$work/$1.toml"
-    cat >> "$work/$1.toml" <<CONF
-
-[admin]
-listen = "127.0.0.1:$3"
-
-[tracing]
-otlp_endpoint = "http://$4/v1/traces"
-sample_ratio = 0.0
-
-[routes.t5]
-paths = ["/t5"]
-cluster = "backend"
-tracing = { sample_ratio = 0.05 }
-
-[routes.t100]
-paths = ["/t100"]
-cluster = "backend"
-tracing = { sample_ratio = 1.0 }
-CONF
+    traced_tables "$3" "$4" backend >> "$work/$1.toml"
   }
   # The hung collector: accepts every connection, never reads, never answers.
   taskset -c 1 python3 -c '
@@ -411,12 +393,52 @@ compare_routes() {
   done
 }
 
+# concurrent_cost SPEC...: for each SPEC ("name|path|process"), the plain route of the main
+# Gantry and PATH of that Gantry process loaded at the same time (half the connections each,
+# both processes on CPU 0), in ROUNDS rounds; per run each side's req/s, p99 and CPU per
+# request, and the ratio of requests served; then each case's median ratio: its cost.
+concurrent_cost() {
+  local spec name path proc r bg a0 b0 a1 b1 out="$work/concurrent.$RANDOM"
+  printf "%-6s %-9s %11s %11s %10s %10s %10s %10s %7s\n" round case "plain r/s" "case r/s" \
+    "plain p99" "case p99" "plain us" "case us" ratio
+  for r in $(seq "$ROUNDS"); do
+    for spec in "$@"; do
+      IFS='|' read -r name path proc <<< "$spec"
+      a0=$(cpu_ticks "$gantry_pid"); b0=$(cpu_ticks "${cpu_pid[$proc]}")
+      taskset -c 1 wrk -t1 -c$((CONNS / 2)) -d"$DURATION" --latency "http://127.0.0.1:$GAN$PATH_UNDER_TEST" > "$work/plain.out" & bg=$!
+      taskset -c 1 wrk -t1 -c$((CONNS / 2)) -d"$DURATION" --latency "http://127.0.0.1:${gantry_port[$proc]}$path" > "$work/case.out"
+      wait "$bg"
+      a1=$(cpu_ticks "$gantry_pid"); b1=$(cpu_ticks "${cpu_pid[$proc]}")
+      for f in plain case; do
+        awk '/Non-2xx|Socket errors/ {print "  '"$name"' ('"$f"'): " $0}' "$work/$f.out" >&2
+      done
+      awk -v r="$r" -v n="$name" -v ta=$((a1 - a0)) -v tb=$((b1 - b0)) -v hz="$TICK" \
+        -v na="$(awk '/requests in/ {print $1}' "$work/plain.out")" -v nb="$(awk '/requests in/ {print $1}' "$work/case.out")" \
+        -v ra="$(awk '/Requests\/sec/ {print $2}' "$work/plain.out")" -v rb="$(awk '/Requests\/sec/ {print $2}' "$work/case.out")" \
+        -v pa="$(awk '$1=="99%" {print $2}' "$work/plain.out" | to_ms)" -v pb="$(awk '$1=="99%" {print $2}' "$work/case.out" | to_ms)" \
+        'BEGIN { printf "%-6s %-9s %11.0f %11.0f %10.3f %10.3f %10.2f %10.2f %7.3f\n", r, n, ra, rb, pa, pb, ta/hz*1e6/na, tb/hz*1e6/nb, nb/na
+                 printf "%s %f %f %f %f %f\n", n, nb/na, pa, pb, ta/hz*1e6/na, tb/hz*1e6/nb > "/dev/stderr" }' 2>> "$out"
+    done
+  done
+  for spec in "$@"; do
+    name=${spec%%|*}
+    awk -v n="$name" '$1==n {print $2}' "$out" | median | awk -v n="$name" \
+      -v pa="$(awk -v n="$name" '$1==n {print $3}' "$out" | median)" -v pb="$(awk -v n="$name" '$1==n {print $4}' "$out" | median)" \
+      -v ca="$(awk -v n="$name" '$1==n {print $5}' "$out" | median)" -v cb="$(awk -v n="$name" '$1==n {print $6}' "$out" | median)" \
+      '{ printf "median  %-9s ratio to plain %.3f: costs %5.1f%% of throughput; p99 %.3f ms (plain %.3f); cpu us/req %.2f (plain %.2f)\n", n, $1, (1 - $1) * 100, pb, pa, cb, ca }'
+  done
+}
+
 if [ -n "$TRACING_ONLY" ]; then
   for path in /bench /t5 /t100; do
     curl -fs -o /dev/null "http://127.0.0.1:$TRC$path" || { echo "traced $path failed" >&2; exit 1; }
   done
   compare_routes "plain|/bench||gantry" "trace0|/bench||traced" "trace5|/t5||traced" \
     "trace100|/t100||traced" "hung100|/t100||hung"
+  echo
+  # Then each traced case loaded at the same time as the plain route (as log_cost does), which
+  # holds on this machine when its speed drifts during the rounds above.
+  concurrent_cost "trace0|/bench|traced" "trace5|/t5|traced" "trace100|/t100|traced" "hung100|/t100|hung"
   sleep 3   # one more batch interval: what was queued is exported (or dropped)
   for proc in traced hung; do
     port=$TRC_ADMIN; [ "$proc" = hung ] && port=$HUNG_ADMIN
