@@ -282,7 +282,7 @@ for name in $PROXIES; do
 done
 for name in $PROXIES; do
   case $name in
-    gantry?*) [ -n "${per[gantry]:-}" ] && awk -v n="$name" -v a="${per[$name]}" -v b="${per[gantry]}" \
-      'BEGIN {printf "%-15s %+8d instructions per request over gantry (%+.2f%%)\n", n, a - b, (a - b) * 100 / b}' ;;
+    gantry?*) if [ -n "${per[gantry]:-}" ]; then awk -v n="$name" -v a="${per[$name]}" -v b="${per[gantry]}" \
+      'BEGIN {printf "%-15s %+8d instructions per request over gantry (%+.2f%%)\n", n, a - b, (a - b) * 100 / b}'; fi ;;
   esac
 done
