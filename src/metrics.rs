@@ -632,9 +632,7 @@ static SPANS_EXPORTED: AtomicU64 = AtomicU64::new(0);
 
 /// `n` trace spans were dropped for `reason`.
 pub fn tracing_spans_dropped(reason: &str, n: u64) {
-    if let Some((_, count)) = SPANS_DROPPED.iter().find(|(r, _)| *r == reason) {
-        count.fetch_add(n, Ordering::Relaxed);
-    }
+    count_reason_by(&SPANS_DROPPED, reason, n);
 }
 
 /// `n` trace spans were exported.
@@ -689,8 +687,13 @@ static REFUSED_HEADS: [(&str, AtomicU64); 4] = [
 ];
 
 fn count_reason(counters: &ReasonCounters, reason: &str) {
-    if let Some((_, n)) = counters.iter().find(|(r, _)| *r == reason) {
-        n.fetch_add(1, Ordering::Relaxed);
+    count_reason_by(counters, reason, 1);
+}
+
+/// Adds `n` to the counter of `reason`.
+fn count_reason_by(counters: &ReasonCounters, reason: &str, n: u64) {
+    if let Some((_, count)) = counters.iter().find(|(r, _)| *r == reason) {
+        count.fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -117,14 +117,14 @@ impl Gateway {
             let cache = ctx.state.cache_status.unwrap_or(CacheStatus::Bypass);
             metrics.record_cache(cache);
         }
-        let trace_ids = ctx
-            .trace
-            .as_ref()
-            .map(|t| (trace_id_hex(&t.trace_id), span_id_hex(&t.span_id)));
         let sampled = ctx.trace.as_ref().is_some_and(|t| t.sampled);
         if !self.access_log.enabled() && !sampled {
             return;
         }
+        let trace_ids = ctx
+            .trace
+            .as_ref()
+            .map(|t| (trace_id_hex(&t.trace_id), span_id_hex(&t.span_id)));
         let record = access_record(session, ctx, status, took, rate_limited, trace_ids.as_ref());
         if self.access_log.enabled() {
             self.access_log.write(&record);

@@ -221,9 +221,11 @@ impl RequestTrace {
         headers.insert_header(context::TRACEPARENT, traceparent)?;
         match &self.tracestate {
             Some(state) => headers.insert_header(context::TRACESTATE, state.clone())?,
-            None => {
+            // Most requests have none: the lookup is cheaper than a removal's.
+            None if headers.headers.contains_key(context::TRACESTATE) => {
                 headers.remove_header(&context::TRACESTATE);
             }
+            None => {}
         }
         Ok(())
     }
